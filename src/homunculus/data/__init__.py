@@ -1,0 +1,1 @@
+"""Data: tabular loaders, validation into integer datasets, the bundled example generator."""

@@ -1,0 +1,195 @@
+"""The integer table pipeline: what a quantised model lowers to before a backend emits it.
+
+``features -> encoder tables -> lookup tables -> score sum -> arg-max -> verdict table``
+
+Every table has one action that writes its entry's parameters into its output fields; entries are
+in priority order (the first match wins) and a default applies when none matches. All values are
+unsigned integers; every field has a width. Nothing here knows about any target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class MatchKind(StrEnum):
+    EXACT = "exact"
+    TERNARY = "ternary"
+    RANGE = "range"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A pipeline field (metadata in P4, a local in C) of ``width`` bits."""
+
+    name: str
+    width: int
+
+    @property
+    def max_value(self) -> int:
+        return (1 << self.width) - 1
+
+
+@dataclass(frozen=True)
+class Exact:
+    value: int
+
+    def matches(self, x: int) -> bool:
+        return x == self.value
+
+
+@dataclass(frozen=True)
+class Ternary:
+    value: int
+    mask: int
+
+    def matches(self, x: int) -> bool:
+        return (x & self.mask) == (self.value & self.mask)
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: int
+    hi: int
+
+    def matches(self, x: int) -> bool:
+        return self.lo <= x <= self.hi
+
+
+Match = Exact | Ternary | Range
+
+
+@dataclass(frozen=True)
+class Entry:
+    matches: tuple[Match, ...]
+    params: tuple[int, ...]
+
+
+class TableRole(StrEnum):
+    ENCODER = "encoder"  # feature value -> code
+    LOOKUP = "lookup"  # codes or feature values -> score contributions (or the class directly)
+    VERDICT = "verdict"  # class -> action parameters
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    role: TableRole
+    keys: tuple[Field, ...]
+    kinds: tuple[MatchKind, ...]
+    outputs: tuple[Field, ...]
+    entries: tuple[Entry, ...]
+    default: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.kinds):
+            raise ValueError(f"table {self.name}: keys and match kinds differ in number")
+        if len(self.default) != len(self.outputs):
+            raise ValueError(f"table {self.name}: default has wrong arity")
+
+    @property
+    def key_width(self) -> int:
+        return sum(k.width for k in self.keys)
+
+    @property
+    def data_width(self) -> int:
+        return sum(o.width for o in self.outputs)
+
+    @property
+    def match_kind(self) -> MatchKind:
+        """The table's overall kind: ternary if any key is ternary, then range, else exact."""
+        for kind in (MatchKind.TERNARY, MatchKind.RANGE):
+            if kind in self.kinds:
+                return kind
+        return MatchKind.EXACT
+
+
+@dataclass(frozen=True)
+class ScoreSum:
+    """``outputs[c] = bias[c] + sum(terms[c])`` for every class c (unsigned, no overflow)."""
+
+    outputs: tuple[Field, ...]
+    terms: tuple[tuple[Field, ...], ...]
+    bias: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Argmax:
+    """``output = index of the largest score`` (ties to the lowest index)."""
+
+    scores: tuple[Field, ...]
+    output: Field
+
+
+class VerdictKind(StrEnum):
+    METADATA = "metadata"  # only set the class in metadata; forward on the default port
+    DSCP = "dscp"  # mark the IPv4 DSCP by class
+    DROP = "drop"  # drop the listed classes, forward the others
+    FORWARD = "forward"  # choose the egress port by class
+
+
+@dataclass(frozen=True)
+class FeatureInput:
+    """A feature as the pipeline reads it: the field it lands in and where it comes from."""
+
+    name: str  # the user's name (never emitted as code)
+    field: Field  # sanitised pipeline field
+    header_field: str | None  # e.g. "ipv4.ttl"; None = carried in the feature header
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    features: tuple[FeatureInput, ...]
+    encoders: tuple[Table, ...]
+    lookups: tuple[Table, ...]
+    score_sum: ScoreSum | None  # None when a lookup table writes the class directly
+    argmax: Argmax | None
+    class_field: Field
+    verdict: Table
+    verdict_kind: VerdictKind
+    class_labels: tuple[str, ...]
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def tables(self) -> Iterator[Table]:
+        yield from self.encoders
+        yield from self.lookups
+        yield self.verdict
+
+    @property
+    def n_entries(self) -> int:
+        return sum(len(t.entries) for t in self.tables())
+
+    def table(self, name: str) -> Table:
+        for t in self.tables():
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def bits_for(value: int) -> int:
+    """Bits needed to hold the unsigned integer ``value`` (at least 1)."""
+    return max(1, int(value).bit_length())
+
+
+@dataclass(frozen=True)
+class VerdictPlan:
+    """What the data plane does with each class (class indices, not labels)."""
+
+    kind: VerdictKind = VerdictKind.METADATA
+    default_port: int = 1
+    ports: dict[int, int] = field(default_factory=dict)  # FORWARD: class -> egress port
+    drop: frozenset[int] = frozenset()  # DROP: classes to drop
+    dscp: dict[int, int] = field(default_factory=dict)  # DSCP: class -> DSCP value (0..63)
+
+    def params(self, class_index: int) -> tuple[int, int, int, int]:
+        """(port, drop, mark, dscp) for one class."""
+        port = self.ports.get(class_index, self.default_port)
+        drop = int(self.kind is VerdictKind.DROP and class_index in self.drop)
+        mark = int(self.kind is VerdictKind.DSCP and class_index in self.dscp)
+        return port, drop, mark, self.dscp.get(class_index, 0) if mark else 0
+
+
+VERDICT_FIELDS = (Field("verdict_port", 9), Field("verdict_drop", 1), Field("verdict_mark", 1),
+                  Field("verdict_dscp", 6))

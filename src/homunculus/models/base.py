@@ -1,0 +1,79 @@
+"""The family protocol and the registry of families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+
+from homunculus.ir.quantised import QuantisedModel
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained float model and its quantised integer twin, with the outputs->class map."""
+
+    family: str
+    params: dict[str, Any]
+    float_model: Any
+    quantised: QuantisedModel
+    # index of the quantised arg-max -> class index; None = identity (k-means maps clusters)
+    winner_to_class: tuple[int, ...] | None = None
+
+    def predict_float(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.float_model.predict(np.asarray(x, dtype=np.float64)), dtype=np.int64)
+
+    def predict_quantised(self, x: np.ndarray) -> np.ndarray:
+        from homunculus.ir.quantised import predict_index
+
+        winners = predict_index(self.quantised, x)
+        if self.winner_to_class is None:
+            return winners
+        return np.asarray(self.winner_to_class, dtype=np.int64)[winners]
+
+
+class Family(Protocol):
+    """What every model family provides to the search."""
+
+    name: str
+    description: str
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample this family's hyperparameters (names prefixed with the family name)."""
+
+    def default_params(self) -> dict[str, Any]:
+        """The hand-tuned default configuration (the benchmark's baseline)."""
+
+    def minimal_params(self) -> dict[str, Any]:
+        """The smallest configuration, used to rule the family out when even it cannot fit."""
+
+    def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
+              widths: tuple[int, ...], seed: int) -> TrainedModel:
+        """Train the float model on integer features and quantise it."""
+
+
+FAMILIES: dict[str, Family] = {}
+
+# Families the compiler knows but that no match-action target can run (their reason).
+MAT_UNSUPPORTED: dict[str, str] = {
+    "mlp": "a neural network's multiply-accumulate layers do not map to match-action tables; "
+           "use the XDP or C targets",
+}
+
+
+def register(family: Family) -> Family:
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    from homunculus.models import bayes, clustering, linear, trees  # noqa: F401  (registration)
+
+    return FAMILIES[name]
+
+
+def all_families() -> dict[str, Family]:
+    get_family("dt")
+    return dict(FAMILIES)

@@ -1,0 +1,45 @@
+"""Per-feature binning for lookup-and-sum models: integer intervals with representative values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Binning:
+    """Inclusive upper edges (the last is the width's maximum) and one representative per bin."""
+
+    upper_edges: np.ndarray
+    representatives: np.ndarray
+
+    def index(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.upper_edges, values, side="left")
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.upper_edges)
+
+
+def fit_binning(values: np.ndarray, width: int, n_bins: int) -> Binning:
+    """Bins at distinct values when few, else at quantiles; representatives are bin medians."""
+    top = (1 << width) - 1
+    distinct = np.unique(values)
+    if len(distinct) <= n_bins:
+        cuts = (distinct[:-1] + distinct[1:]) // 2
+    else:
+        qs = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1], method="lower")
+        cuts = np.unique(qs.astype(np.int64))
+    edges = np.unique(np.concatenate([cuts[(cuts >= 0) & (cuts < top)], [top]])).astype(np.int64)
+    lows = np.concatenate([[0], edges[:-1] + 1])
+    idx = np.searchsorted(edges, values, side="left")
+    reps = np.empty(len(edges), dtype=np.float64)
+    for b in range(len(edges)):
+        inside = values[idx == b]
+        reps[b] = np.median(inside) if len(inside) else (lows[b] + edges[b]) / 2.0
+    return Binning(edges, reps)
+
+
+def fit_binnings(x: np.ndarray, widths: tuple[int, ...], n_bins: int) -> list[Binning]:
+    return [fit_binning(x[:, j], widths[j], n_bins) for j in range(x.shape[1])]

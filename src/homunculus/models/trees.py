@@ -1,0 +1,207 @@
+"""Tree families: decision tree, random forest, gradient-boosted trees (xgboost).
+
+All three quantise to a `QTreeEnsemble`: integer thresholds (``x <= t`` goes left) and integer
+leaf score vectors. A decision tree keeps its exact prediction (one-hot leaves); a forest scales
+its leaf class distributions to ``leaf_bits``; boosted trees scale their leaf margins so that the
+summed scores fit ``score_bits``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+import xgboost as xgb
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from homunculus.ir.quantised import QTree, QTreeEnsemble, ScoreQuantiser
+from homunculus.models.base import TrainedModel, register
+
+
+def _full_class_rows(values: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Place per-node class columns (for the classes the estimator saw) into n_classes columns."""
+    out = np.zeros((values.shape[0], n_classes), dtype=np.float64)
+    out[:, np.asarray(classes, dtype=np.int64)] = values
+    return out
+
+
+def sklearn_tree_to_qtree(estimator: Any, leaf_rows: np.ndarray) -> QTree:
+    """Convert a fitted sklearn tree; ``x <= thr`` on float32 is ``x <= floor(thr)`` on ints."""
+    t = estimator.tree_
+    thresholds = [int(math.floor(v)) if f >= 0 else 0 for f, v in zip(t.feature, t.threshold,
+                                                                        strict=True)]
+    return QTree(
+        feature=tuple(int(f) for f in t.feature),
+        threshold=tuple(thresholds),
+        left=tuple(int(v) for v in t.children_left),
+        right=tuple(int(v) for v in t.children_right),
+        leaf_scores=tuple(tuple(int(v) for v in row) for row in leaf_rows),
+    )
+
+
+class DecisionTreeFamily:
+    name = "dt"
+    description = "decision tree (one ternary entry per leaf over thermometer-coded features)"
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "dt_max_depth": trial.suggest_int("dt_max_depth", 1, 12),
+            "dt_min_samples_leaf": trial.suggest_int("dt_min_samples_leaf", 1, 32, log=True),
+            "dt_criterion": trial.suggest_categorical("dt_criterion", ["gini", "entropy"]),
+        }
+
+    def default_params(self) -> dict[str, Any]:
+        return {"dt_max_depth": 5, "dt_min_samples_leaf": 1, "dt_criterion": "gini"}
+
+    def minimal_params(self) -> dict[str, Any]:
+        return {"dt_max_depth": 1, "dt_min_samples_leaf": 1, "dt_criterion": "gini"}
+
+    def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
+              widths: tuple[int, ...], seed: int) -> TrainedModel:
+        model = DecisionTreeClassifier(
+            max_depth=params["dt_max_depth"], min_samples_leaf=params["dt_min_samples_leaf"],
+            criterion=params["dt_criterion"], random_state=seed,
+        ).fit(x.astype(np.float64), y)
+        proba = _full_class_rows(model.tree_.value[:, 0, :], model.classes_, n_classes)
+        onehot = np.zeros_like(proba, dtype=np.int64)
+        onehot[np.arange(len(proba)), np.argmax(proba, axis=1)] = 1
+        tree = sklearn_tree_to_qtree(model, onehot)
+        q = QTreeEnsemble(trees=(tree,), bias=(0,) * n_classes)
+        return TrainedModel(self.name, params, model, q)
+
+
+class RandomForestFamily:
+    name = "rf"
+    description = "random forest (per-tree leaf tables, class-distribution votes summed)"
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "rf_n_estimators": trial.suggest_int("rf_n_estimators", 2, 24),
+            "rf_max_depth": trial.suggest_int("rf_max_depth", 1, 10),
+            "rf_min_samples_leaf": trial.suggest_int("rf_min_samples_leaf", 1, 32, log=True),
+            "rf_max_features": trial.suggest_float("rf_max_features", 0.2, 1.0),
+            "rf_leaf_bits": trial.suggest_int("rf_leaf_bits", 1, 8),
+        }
+
+    def default_params(self) -> dict[str, Any]:
+        return {"rf_n_estimators": 10, "rf_max_depth": 6, "rf_min_samples_leaf": 1,
+                "rf_max_features": 0.5, "rf_leaf_bits": 4}
+
+    def minimal_params(self) -> dict[str, Any]:
+        return {"rf_n_estimators": 2, "rf_max_depth": 1, "rf_min_samples_leaf": 1,
+                "rf_max_features": 1.0, "rf_leaf_bits": 1}
+
+    def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
+              widths: tuple[int, ...], seed: int) -> TrainedModel:
+        model = RandomForestClassifier(
+            n_estimators=params["rf_n_estimators"], max_depth=params["rf_max_depth"],
+            min_samples_leaf=params["rf_min_samples_leaf"],
+            max_features=params["rf_max_features"], random_state=seed, n_jobs=1,
+        ).fit(x.astype(np.float64), y)
+        top = (1 << params["rf_leaf_bits"]) - 1
+        trees = []
+        for est in model.estimators_:
+            values = est.tree_.value[:, 0, :]
+            proba = values / np.maximum(values.sum(axis=1, keepdims=True), 1e-12)
+            rows = np.floor(_full_class_rows(proba, model.classes_, n_classes) * top + 0.5)
+            trees.append(sklearn_tree_to_qtree(est, rows.astype(np.int64)))
+        q = QTreeEnsemble(trees=tuple(trees), bias=(0,) * n_classes)
+        return TrainedModel(self.name, params, model, q)
+
+
+def _xgb_tree_arrays(tree_json: dict[str, Any]) -> tuple[list[int], list[int], list[int],
+                                                         list[int], list[float]]:
+    """Flatten one xgboost JSON tree dump into arrays indexed by node id."""
+    nodes: dict[int, dict[str, Any]] = {}
+    stack = [tree_json]
+    while stack:
+        node = stack.pop()
+        nodes[node["nodeid"]] = node
+        stack.extend(node.get("children", []))
+    n = max(nodes) + 1
+    feature, threshold, left, right = [-2] * n, [0] * n, [-1] * n, [-1] * n
+    leaf = [0.0] * n
+    for nid, node in nodes.items():
+        if "leaf" in node:
+            leaf[nid] = float(node["leaf"])
+            continue
+        feature[nid] = int(str(node["split"]).lstrip("f"))
+        # xgboost goes "yes" when x < c; for integers that is x <= ceil(c) - 1.
+        threshold[nid] = int(math.ceil(float(node["split_condition"]))) - 1
+        left[nid], right[nid] = int(node["yes"]), int(node["no"])
+    return feature, threshold, left, right, leaf
+
+
+class XGBoostFamily:
+    name = "xgb"
+    description = "gradient-boosted trees (xgboost; per-tree leaf tables, margins summed)"
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {
+            "xgb_n_estimators": trial.suggest_int("xgb_n_estimators", 1, 24),
+            "xgb_max_depth": trial.suggest_int("xgb_max_depth", 1, 6),
+            "xgb_learning_rate": trial.suggest_float("xgb_learning_rate", 0.05, 1.0, log=True),
+            "xgb_score_bits": trial.suggest_int("xgb_score_bits", 6, 16),
+        }
+
+    def default_params(self) -> dict[str, Any]:
+        return {"xgb_n_estimators": 10, "xgb_max_depth": 4, "xgb_learning_rate": 0.3,
+                "xgb_score_bits": 12}
+
+    def minimal_params(self) -> dict[str, Any]:
+        return {"xgb_n_estimators": 1, "xgb_max_depth": 1, "xgb_learning_rate": 0.3,
+                "xgb_score_bits": 6}
+
+    def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
+              widths: tuple[int, ...], seed: int) -> TrainedModel:
+        model = xgb.XGBClassifier(
+            n_estimators=params["xgb_n_estimators"], max_depth=params["xgb_max_depth"],
+            learning_rate=params["xgb_learning_rate"], random_state=seed, n_jobs=1,
+            tree_method="hist", objective="binary:logistic" if n_classes == 2
+            else "multi:softprob",
+        ).fit(x.astype(np.float64), y)
+        return TrainedModel(self.name, params, model, self.quantise(model, x, n_classes,
+                                                                     params["xgb_score_bits"]))
+
+    @staticmethod
+    def quantise(model: xgb.XGBClassifier, x: np.ndarray, n_classes: int,
+                 score_bits: int) -> QTreeEnsemble:
+        booster = model.get_booster()
+        dumps = [json.loads(d) for d in booster.get_dump(dump_format="json")]
+        margin_classes = 1 if n_classes == 2 else n_classes
+        arrays = [_xgb_tree_arrays(d) for d in dumps]
+        base = _base_margin(booster, x[:1], arrays, margin_classes)
+        # Binary: class 1 wins iff margin > 0, i.e. scores (0, margin); ties go to class 0.
+        bias_float = np.zeros(n_classes)
+        bias_float[n_classes - margin_classes:] = base
+        spreads = [max(a[4]) - min(a[4]) for a in arrays]
+        quant = ScoreQuantiser.for_terms([*spreads, float(np.ptp(bias_float))], score_bits)
+        trees = []
+        for i, (feature, threshold, left, right, leaf) in enumerate(arrays):
+            column = (n_classes - margin_classes) + i % margin_classes
+            rows = np.zeros((len(leaf), n_classes), dtype=np.int64)
+            rows[:, column] = quant(np.asarray(leaf))
+            trees.append(QTree(tuple(feature), tuple(threshold), tuple(left), tuple(right),
+                               tuple(tuple(int(v) for v in r) for r in rows)))
+        return QTreeEnsemble(trees=tuple(trees), bias=tuple(int(v) for v in quant(bias_float)))
+
+
+def _base_margin(booster: xgb.Booster, x1: np.ndarray, arrays: list[Any],
+                 margin_classes: int) -> np.ndarray:
+    """The model's base margin per class: predicted margin minus the sum of its leaf values."""
+    dm = xgb.DMatrix(x1.astype(np.float64))
+    margin = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64).reshape(-1)
+    leaves = np.asarray(booster.predict(dm, pred_leaf=True)).reshape(-1)
+    sums = np.zeros(margin_classes)
+    for i, leaf_id in enumerate(leaves):
+        sums[i % margin_classes] += arrays[i][4][int(leaf_id)]
+    return margin[:margin_classes] - sums
+
+
+register(DecisionTreeFamily())
+register(RandomForestFamily())
+register(XGBoostFamily())

@@ -1,0 +1,1 @@
+"""Passes over the IR: lowering, table merging, range encoding, default elision, allocation."""

@@ -1,0 +1,259 @@
+"""Lower a quantised model to the integer table pipeline.
+
+Trees: each feature's thresholds become a *thermometer code* (bit i set iff x > t_i), computed by
+one range table per feature; every leaf of a tree is then exactly one ternary entry over the codes
+of the features that tree tests (linear in leaves, never a cross product). Lookup-and-sum models:
+one range table per feature whose bins hold the score contributions. Both then share the score
+stage: per-table class columns are offset to start at 0 (the offsets move into the bias, which
+leaves the arg-max unchanged), constant columns vanish, and the sums and arg-max follow. With a
+single table left the arg-max is precomputed per entry and the table writes the winner directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from homunculus.data.dataset import FeatureDecl
+from homunculus.ir.names import unique_identifiers
+from homunculus.ir.pipeline import (
+    VERDICT_FIELDS,
+    Argmax,
+    Entry,
+    Exact,
+    FeatureInput,
+    Field,
+    Match,
+    MatchKind,
+    Pipeline,
+    Range,
+    ScoreSum,
+    Table,
+    TableRole,
+    Ternary,
+    VerdictPlan,
+    bits_for,
+)
+from homunculus.ir.quantised import QLookupSum, QTree, QTreeEnsemble, QuantisedModel
+
+
+@dataclass
+class ScoreTable:
+    """A table whose entries carry a score vector (before fields are assigned)."""
+
+    name: str
+    keys: tuple[Field, ...]
+    kinds: tuple[MatchKind, ...]
+    matches: list[tuple[Match, ...]]
+    scores: np.ndarray  # [n_entries, n_scores] int64
+
+
+def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...]:
+    idents = unique_identifiers([f.name for f in features], "f")
+    return tuple(FeatureInput(f.name, Field(i, f.width), f.field)
+                 for f, i in zip(features, idents, strict=True))
+
+
+def lower(model: QuantisedModel, features: tuple[FeatureDecl, ...], class_labels: tuple[str, ...],
+          verdict: VerdictPlan, winner_to_class: tuple[int, ...] | None = None) -> Pipeline:
+    """Lower ``model`` to a Pipeline whose tables are partitions (disjoint and exhaustive)."""
+    inputs = feature_inputs(features)
+    if isinstance(model, QTreeEnsemble):
+        encoders, score_tables, bias = lower_trees(model, inputs)
+    else:
+        encoders, score_tables, bias = [], *lower_lookup_sum(model, inputs)
+    n_winners = len(bias)
+    winner = Field("winner", bits_for(max(n_winners - 1, 1)))
+    lookups, score_sum, argmax = score_stage(score_tables, np.asarray(bias), winner)
+    class_field = Field("class_id", bits_for(max(len(class_labels) - 1, 1)))
+    verdict_table = build_verdict_table(winner, class_field, n_winners, winner_to_class, verdict)
+    return Pipeline(
+        features=inputs, encoders=tuple(encoders), lookups=tuple(lookups), score_sum=score_sum,
+        argmax=argmax, class_field=class_field, verdict=verdict_table, verdict_kind=verdict.kind,
+        class_labels=class_labels, notes={"winner": winner},
+    )
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def _live_thresholds(model: QTreeEnsemble,
+                     inputs: tuple[FeatureInput, ...]) -> dict[int, list[int]]:
+    """Per feature, the sorted thresholds that can go either way for some input value."""
+    out: dict[int, set[int]] = {}
+    for tree in model.trees:
+        for f, t in zip(tree.feature, tree.threshold, strict=True):
+            if f >= 0 and 0 <= t < inputs[f].field.max_value:
+                out.setdefault(f, set()).add(t)
+    return {f: sorted(ts) for f, ts in sorted(out.items())}
+
+
+CODE_CHUNK_BITS = 32
+
+
+def code_chunks(feature: Field, n_thresholds: int) -> tuple[Field, ...]:
+    """The thermometer code of a feature, split into fields of at most CODE_CHUNK_BITS bits."""
+    stem = "c" + feature.name[1:]
+    n = -(-n_thresholds // CODE_CHUNK_BITS)
+    return tuple(Field(f"{stem}_{i}" if n > 1 else stem,
+                       min(CODE_CHUNK_BITS, n_thresholds - i * CODE_CHUNK_BITS)) for i in range(n))
+
+
+def split_code(value: int, chunks: tuple[Field, ...]) -> tuple[int, ...]:
+    return tuple((value >> (i * CODE_CHUNK_BITS)) & c.max_value for i, c in enumerate(chunks))
+
+
+def lower_trees(model: QTreeEnsemble, inputs: tuple[FeatureInput, ...]
+                ) -> tuple[list[Table], list[ScoreTable], list[int]]:
+    thresholds = _live_thresholds(model, inputs)
+    codes = {f: code_chunks(inputs[f].field, len(ts)) for f, ts in thresholds.items()}
+    encoders = [thermometer_encoder(inputs[f].field, codes[f], ts)
+                for f, ts in thresholds.items()]
+    bias = np.asarray(model.bias, dtype=np.int64)
+    max_values = tuple(i.field.max_value for i in inputs)
+    tables: list[ScoreTable] = []
+    for i, tree in enumerate(model.trees):
+        table = tree_leaf_table(f"tree{i}", tree, thresholds, codes, max_values)
+        if table.keys:
+            tables.append(table)
+        else:  # a tree without live splits always lands in the same leaf
+            bias = bias + table.scores[0]
+    return encoders, tables, bias.tolist()
+
+
+def thermometer_encoder(feature: Field, codes: tuple[Field, ...], thresholds: list[int]) -> Table:
+    """Range table: interval j (between thresholds j-1 and j) gets the code with j low bits set."""
+    bounds = [-1, *thresholds, feature.max_value]
+    entries = tuple(
+        Entry((Range(bounds[j] + 1, bounds[j + 1]),), split_code((1 << j) - 1, codes))
+        for j in range(len(bounds) - 1)
+    )
+    return Table(name="enc" + feature.name[1:], role=TableRole.ENCODER, keys=(feature,),
+                 kinds=(MatchKind.RANGE,), outputs=codes, entries=entries,
+                 default=(0,) * len(codes))
+
+
+def _leaf_pattern(conds: list[tuple[int, int, bool]], thresholds: dict[int, list[int]],
+                  max_values: tuple[int, ...]) -> dict[int, tuple[int, int]] | None:
+    """Ternary (value, mask) per feature code for one leaf path; None if it is unreachable.
+
+    The path confines feature f to ``low < x <= high``; on a thermometer code that is: every bit
+    whose threshold is <= low is set, every bit whose threshold is >= high is clear.
+    """
+    lo: dict[int, int] = {}
+    hi: dict[int, int] = {}
+    for f, t, went_left in conds:
+        if went_left:
+            hi[f] = min(hi.get(f, max_values[f]), t)
+        else:
+            lo[f] = max(lo.get(f, -1), t)
+    pattern: dict[int, tuple[int, int]] = {}
+    for f in set(lo) | set(hi):
+        low, high = lo.get(f, -1), hi.get(f, max_values[f])
+        if low >= high:
+            return None  # no integer x with low < x <= high
+        value = mask = 0
+        for bit, t in enumerate(thresholds.get(f, [])):
+            if t <= low:
+                value, mask = value | (1 << bit), mask | (1 << bit)
+            elif t >= high:
+                mask |= 1 << bit
+        pattern[f] = (value, mask)
+    return pattern
+
+
+def tree_leaf_table(name: str, tree: QTree, thresholds: dict[int, list[int]],
+                    codes: dict[int, tuple[Field, ...]], max_values: tuple[int, ...]) -> ScoreTable:
+    """One ternary entry per reachable leaf over the code chunks the tree tests."""
+    rows: list[tuple[dict[tuple[int, int], tuple[int, int]], tuple[int, ...]]] = []
+    for leaf, conds in sorted(tree.paths().items()):
+        pattern = _leaf_pattern(conds, thresholds, max_values)
+        if pattern is None:
+            continue
+        chunked = {}
+        for f, (value, mask) in pattern.items():
+            for c, (v, m) in enumerate(zip(split_code(value, codes[f]), split_code(mask, codes[f]),
+                                           strict=True)):
+                if m:
+                    chunked[(f, c)] = (v, m)
+        rows.append((chunked, tree.leaf_scores[leaf]))
+    used = sorted({key for chunked, _ in rows for key in chunked})
+    matches = [tuple(Ternary(*chunked.get(key, (0, 0))) for key in used) for chunked, _ in rows]
+    return ScoreTable(name, tuple(codes[f][c] for f, c in used), (MatchKind.TERNARY,) * len(used),
+                      matches, np.asarray([s for _, s in rows], dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------- lookup-and-sum
+
+
+def lower_lookup_sum(model: QLookupSum, inputs: tuple[FeatureInput, ...]
+                     ) -> tuple[list[ScoreTable], list[int]]:
+    tables = []
+    for fb in model.bins:
+        feature = inputs[fb.feature].field
+        lows = [0, *[e + 1 for e in fb.upper_edges[:-1]]]
+        matches = [(Range(lo, hi),) for lo, hi in zip(lows, fb.upper_edges, strict=True)]
+        tables.append(ScoreTable("lut" + feature.name[1:], (feature,), (MatchKind.RANGE,),
+                                 matches, np.asarray(fb.scores, dtype=np.int64)))
+    return tables, list(model.bias)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def score_stage(tables: list[ScoreTable], bias: np.ndarray, winner: Field
+                ) -> tuple[list[Table], ScoreSum | None, Argmax | None]:
+    """Offset and prune score columns, then either fold the arg-max or build sum + arg-max."""
+    bias = bias.astype(np.int64).copy()
+    kept: list[tuple[ScoreTable, np.ndarray, list[int]]] = []
+    for t in tables:
+        mins = t.scores.min(axis=0)
+        bias += mins
+        shifted = t.scores - mins
+        columns = [c for c in range(shifted.shape[1]) if shifted[:, c].any()]
+        if columns:
+            kept.append((t, shifted, columns))
+    bias -= bias.min()
+    if len(kept) <= 1:
+        return [fold_argmax(kept[0] if kept else None, bias, winner)], None, None
+    lookups: list[Table] = []
+    terms: list[list[Field]] = [[] for _ in range(len(bias))]
+    totals = bias.copy()
+    for t, shifted, columns in kept:
+        outputs = tuple(Field(f"{t.name}_s{c}", bits_for(int(shifted[:, c].max())))
+                        for c in columns)
+        for c, out in zip(columns, outputs, strict=True):
+            terms[c].append(out)
+            totals[c] += int(shifted[:, c].max())
+        entries = tuple(Entry(m, tuple(int(shifted[i, c]) for c in columns))
+                        for i, m in enumerate(t.matches))
+        lookups.append(Table(t.name, TableRole.LOOKUP, t.keys, t.kinds, outputs, entries,
+                             default=(0,) * len(columns)))
+    scores = tuple(Field(f"score{c}", bits_for(int(totals[c]))) for c in range(len(bias)))
+    score_sum = ScoreSum(scores, tuple(tuple(ts) for ts in terms), tuple(int(b) for b in bias))
+    return lookups, score_sum, Argmax(scores, winner)
+
+
+def fold_argmax(table: tuple[ScoreTable, np.ndarray, list[int]] | None, bias: np.ndarray,
+                winner: Field) -> Table:
+    """One table left: each entry writes its precomputed winner (a keyless table if none)."""
+    if table is None:
+        return Table("decide", TableRole.LOOKUP, (), (), (winner,), (),
+                     default=(int(np.argmax(bias)),))
+    t, shifted, _ = table
+    winners = np.argmax(bias[None, :] + shifted, axis=1)
+    entries = tuple(Entry(m, (int(w),)) for m, w in zip(t.matches, winners, strict=True))
+    return Table(t.name, TableRole.LOOKUP, t.keys, t.kinds, (winner,), entries, default=(0,))
+
+
+def build_verdict_table(winner: Field, class_field: Field, n_winners: int,
+                        winner_to_class: tuple[int, ...] | None, verdict: VerdictPlan) -> Table:
+    """Exact table winner -> (class, port, drop, mark, dscp)."""
+    entries = []
+    for w in range(n_winners):
+        cls = winner_to_class[w] if winner_to_class is not None else w
+        entries.append(Entry((Exact(w),), (cls, *verdict.params(cls))))
+    default = (0, verdict.default_port, 0, 0, 0)
+    return Table("verdict", TableRole.VERDICT, (winner,), (MatchKind.EXACT,),
+                 (class_field, *VERDICT_FIELDS), tuple(entries), default)

@@ -1,0 +1,116 @@
+"""The P4 backend's executable twin: a match-action simulator running the generated entries.
+
+It executes tables exactly as a switch would (first match by priority, else the default action),
+the score sums with the field widths' wrap-around, the tournament arg-max of the generated code,
+and the verdict table. It reads the entries from the runtime JSON written for the control plane,
+so what is verified is what would be installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from homunculus.ir.pipeline import (
+    Argmax,
+    Exact,
+    Match,
+    Pipeline,
+    Range,
+    ScoreSum,
+    Table,
+    Ternary,
+)
+
+
+@dataclass(frozen=True)
+class TwinResult:
+    """Per sample: the class index and the verdict fields the pipeline produced."""
+
+    class_index: np.ndarray
+    fields: dict[str, np.ndarray]
+
+
+def _match_vector(match: Match, values: np.ndarray) -> np.ndarray:
+    if isinstance(match, Ternary):
+        return (values & match.mask) == (match.value & match.mask)
+    if isinstance(match, Range):
+        return (values >= match.lo) & (values <= match.hi)
+    if isinstance(match, Exact):
+        return values == match.value
+    raise TypeError(f"unknown match {match!r}")
+
+
+def run_table(table: Table, env: dict[str, np.ndarray], n: int) -> None:
+    """Apply ``table`` to every sample: the first matching entry's params, else the default."""
+    outputs = [np.full(n, d, dtype=np.int64) for d in table.default]
+    unmatched = np.ones(n, dtype=bool)
+    for entry in table.entries:
+        hit = unmatched.copy()
+        for key, match in zip(table.keys, entry.matches, strict=True):
+            hit &= _match_vector(match, env[key.name])
+        if not hit.any():
+            continue
+        for out, param in zip(outputs, entry.params, strict=True):
+            out[hit] = param
+        unmatched &= ~hit
+    for field, values in zip(table.outputs, outputs, strict=True):
+        env[field.name] = values & field.max_value
+
+
+def run_score_sum(score_sum: ScoreSum, env: dict[str, np.ndarray], n: int) -> None:
+    for out, terms, bias in zip(score_sum.outputs, score_sum.terms, score_sum.bias, strict=True):
+        total = np.full(n, bias, dtype=np.int64)
+        for term in terms:
+            total = total + env[term.name]
+        env[out.name] = total & out.max_value  # the hardware wraps; lowering must prevent it
+
+
+def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
+    """Pairwise tournament, lower index wins ties: the generated code's exact order."""
+    contenders = [(np.full_like(env[s.name], i), env[s.name]) for i, s in enumerate(argmax.scores)]
+    while len(contenders) > 1:
+        nxt = []
+        for a in range(0, len(contenders) - 1, 2):
+            (ia, va), (ib, vb) = contenders[a], contenders[a + 1]
+            right_wins = vb > va
+            nxt.append((np.where(right_wins, ib, ia), np.where(right_wins, vb, va)))
+        if len(contenders) % 2:
+            nxt.append(contenders[-1])
+        contenders = nxt
+    env[argmax.output.name] = contenders[0][0]
+
+
+def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+    """Run ``pipeline`` on integer feature rows ``x`` (n, n_features)."""
+    x = np.asarray(x, dtype=np.int64)
+    n = len(x)
+    env: dict[str, np.ndarray] = {}
+    for j, feature in enumerate(pipeline.features):
+        env[feature.field.name] = x[:, j] & feature.field.max_value
+    for table in (*pipeline.encoders, *pipeline.lookups):
+        run_table(table, env, n)
+    if pipeline.score_sum is not None and pipeline.argmax is not None:
+        run_score_sum(pipeline.score_sum, env, n)
+        run_argmax(pipeline.argmax, env)
+    run_table(pipeline.verdict, env, n)
+    return TwinResult(env[pipeline.class_field.name], env)
+
+
+def with_installed_entries(pipeline: Pipeline,
+                           installed: dict[str, tuple[tuple, tuple[int, ...]]]) -> Pipeline:
+    """The pipeline with every table's entries and default replaced by what was installed."""
+
+    def swap(table: Table) -> Table:
+        if table.name not in installed:
+            raise KeyError(f"no entries were written for table '{table.name}'")
+        entries, default = installed[table.name]
+        return replace(table, entries=tuple(entries), default=tuple(default))
+
+    return replace(
+        pipeline,
+        encoders=tuple(swap(t) for t in pipeline.encoders),
+        lookups=tuple(swap(t) for t in pipeline.lookups),
+        verdict=swap(pipeline.verdict),
+    )

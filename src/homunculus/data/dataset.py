@@ -46,28 +46,34 @@ class Dataset:
         return len(self.class_labels)
 
 
+class FeatureDeclError(DataError):
+    """A bad feature declaration; ``index`` is its position in the declared list."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def check_feature_decls(features: list[FeatureDecl], source: str) -> None:
     """Reject duplicate names, widths outside 1..32 and header bindings of the wrong width."""
     if not features:
         raise DataError(f"{source}: no features declared")
     seen: set[str] = set()
-    for f in features:
-        where = f"{source}: feature '{f.name}'"
+    for i, f in enumerate(features):
+        where = f"feature '{f.name}'"
         if f.name in seen:
-            raise DataError(f"{where} is declared twice")
+            raise FeatureDeclError(f"{where} is declared twice", i)
         seen.add(f.name)
         if not 1 <= f.width <= MAX_WIDTH:
-            raise DataError(f"{where}: width {f.width} is outside 1..{MAX_WIDTH} bits")
+            raise FeatureDeclError(f"{where}: width {f.width} is outside 1..{MAX_WIDTH} bits", i)
         if f.field is not None:
             try:
                 hf = lookup_header_field(f.field)
             except KeyError as exc:
-                raise DataError(f"{where}: {exc.args[0]}") from None
+                raise FeatureDeclError(f"{where}: {exc.args[0]}", i) from None
             if hf.width != f.width:
-                raise DataError(
-                    f"{where}: declared width {f.width} but header field {f.field} has "
-                    f"{hf.width} bits"
-                )
+                raise FeatureDeclError(f"{where}: declared width {f.width} but header field "
+                                       f"{f.field} has {hf.width} bits", i)
 
 
 def to_integer_matrix(values: np.ndarray, features: tuple[FeatureDecl, ...], source: str,

@@ -47,7 +47,10 @@ class Family(Protocol):
         """The hand-tuned default configuration (the benchmark's baseline)."""
 
     def minimal_params(self) -> dict[str, Any]:
-        """The smallest configuration, used to rule the family out when even it cannot fit."""
+        """A small, fast configuration (for tests)."""
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline the family can produce, built without training."""
 
     def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
               widths: tuple[int, ...], seed: int) -> TrainedModel:
@@ -77,3 +80,28 @@ def get_family(name: str) -> Family:
 def all_families() -> dict[str, Family]:
     get_family("dt")
     return dict(FAMILIES)
+
+
+def stump_ensemble(n_trees: int, n_classes: int, width: int) -> QuantisedModel:
+    """The smallest tree model: ``n_trees`` one-split stumps voting for different classes."""
+    from homunculus.ir.quantised import QTree, QTreeEnsemble
+
+    trees = []
+    for i in range(n_trees):
+        lo, hi = [0] * n_classes, [0] * n_classes
+        lo[i % n_classes], hi[(i + 1) % n_classes] = 1, 1
+        trees.append(QTree((0, -2, -2), ((1 << width) // 2 - 1, 0, 0), (1, -1, -1), (2, -1, -1),
+                           ((0,) * n_classes, tuple(lo), tuple(hi))))
+    return QTreeEnsemble(trees=tuple(trees), bias=(0,) * n_classes)
+
+
+def two_bin_lookup(widths: tuple[int, ...], n_scores: int) -> QuantisedModel:
+    """The smallest lookup-and-sum model over all features: two bins each, every score varying."""
+    from homunculus.ir.quantised import FeatureBins, QLookupSum
+
+    bins = tuple(
+        FeatureBins(j, ((1 << w) // 2 - 1, (1 << w) - 1),
+                    (tuple(range(n_scores)), tuple(reversed(range(n_scores)))))
+        for j, w in enumerate(widths)
+    )
+    return QLookupSum(bins=bins, bias=(0,) * n_scores)

@@ -8,7 +8,8 @@ import numpy as np
 import optuna
 from sklearn.naive_bayes import CategoricalNB, GaussianNB
 
-from homunculus.models.base import TrainedModel, register
+from homunculus.ir.quantised import QuantisedModel
+from homunculus.models.base import TrainedModel, register, two_bin_lookup
 from homunculus.models.binning import fit_binnings
 from homunculus.models.lookup import BinnedClassifier, build_lookup_sum
 
@@ -36,6 +37,10 @@ class GaussianNBFamily:
 
     def default_params(self) -> dict[str, Any]:
         return {"gnb_bins": 16, "gnb_var_smoothing": 1e-9, "gnb_score_bits": 12}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return two_bin_lookup(widths, n_classes)
 
     def minimal_params(self) -> dict[str, Any]:
         return {"gnb_bins": 2, "gnb_var_smoothing": 1e-9, "gnb_score_bits": 6}
@@ -69,6 +74,10 @@ class CategoricalNBFamily:
 
     def default_params(self) -> dict[str, Any]:
         return {"cnb_bins": 16, "cnb_alpha": 1.0, "cnb_score_bits": 12}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return two_bin_lookup(widths, n_classes)
 
     def minimal_params(self) -> dict[str, Any]:
         return {"cnb_bins": 2, "cnb_alpha": 1.0, "cnb_score_bits": 6}

@@ -14,7 +14,8 @@ from sklearn.cluster import KMeans
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from homunculus.models.base import TrainedModel, register
+from homunculus.ir.quantised import QuantisedModel
+from homunculus.models.base import TrainedModel, register, two_bin_lookup
 from homunculus.models.binning import fit_binnings
 from homunculus.models.lookup import MappedClassifier, build_lookup_sum, representatives_scaled
 
@@ -32,6 +33,10 @@ class KMeansFamily:
 
     def default_params(self) -> dict[str, Any]:
         return {"kmeans_clusters": 8, "kmeans_bins": 16, "kmeans_score_bits": 12}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return two_bin_lookup(widths, 2)
 
     def minimal_params(self) -> dict[str, Any]:
         return {"kmeans_clusters": 2, "kmeans_bins": 2, "kmeans_score_bits": 6}

@@ -10,7 +10,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from homunculus.models.base import TrainedModel, register
+from homunculus.ir.quantised import QuantisedModel
+from homunculus.models.base import TrainedModel, register, two_bin_lookup
 from homunculus.models.binning import fit_binnings
 from homunculus.models.lookup import build_lookup_sum, representatives_scaled
 
@@ -28,6 +29,10 @@ class LinearSVMFamily:
 
     def default_params(self) -> dict[str, Any]:
         return {"svm_c": 1.0, "svm_bins": 16, "svm_score_bits": 12}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return two_bin_lookup(widths, n_classes)
 
     def minimal_params(self) -> dict[str, Any]:
         return {"svm_c": 1.0, "svm_bins": 2, "svm_score_bits": 6}

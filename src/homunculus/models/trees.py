@@ -18,8 +18,8 @@ import xgboost as xgb
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from homunculus.ir.quantised import QTree, QTreeEnsemble, ScoreQuantiser
-from homunculus.models.base import TrainedModel, register
+from homunculus.ir.quantised import QTree, QTreeEnsemble, QuantisedModel, ScoreQuantiser
+from homunculus.models.base import TrainedModel, register, stump_ensemble
 
 
 def _full_class_rows(values: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -57,6 +57,10 @@ class DecisionTreeFamily:
     def default_params(self) -> dict[str, Any]:
         return {"dt_max_depth": 5, "dt_min_samples_leaf": 1, "dt_criterion": "gini"}
 
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return stump_ensemble(1, n_classes, widths[0])
+
     def minimal_params(self) -> dict[str, Any]:
         return {"dt_max_depth": 1, "dt_min_samples_leaf": 1, "dt_criterion": "gini"}
 
@@ -90,6 +94,10 @@ class RandomForestFamily:
     def default_params(self) -> dict[str, Any]:
         return {"rf_n_estimators": 10, "rf_max_depth": 6, "rf_min_samples_leaf": 1,
                 "rf_max_features": 0.5, "rf_leaf_bits": 4}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return stump_ensemble(2, n_classes, widths[0])
 
     def minimal_params(self) -> dict[str, Any]:
         return {"rf_n_estimators": 2, "rf_max_depth": 1, "rf_min_samples_leaf": 1,
@@ -151,6 +159,10 @@ class XGBoostFamily:
     def default_params(self) -> dict[str, Any]:
         return {"xgb_n_estimators": 10, "xgb_max_depth": 4, "xgb_learning_rate": 0.3,
                 "xgb_score_bits": 12}
+
+    def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
+        """The smallest pipeline this family can produce (for candidate selection)."""
+        return stump_ensemble(1 if n_classes == 2 else n_classes, n_classes, widths[0])
 
     def minimal_params(self) -> dict[str, Any]:
         return {"xgb_n_estimators": 1, "xgb_max_depth": 1, "xgb_learning_rate": 0.3,

@@ -1,0 +1,59 @@
+"""Tabular datasets from CSV or Parquet, with errors that name the file and the column."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
+from homunculus.errors import DataError
+
+Locate = Callable[[str, str], Exception]  # (spec field, message) -> error to raise
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file (by extension)."""
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read as {'Parquet' if 'parq' in path.suffix else 'CSV'}"
+                        f": {exc}") from None
+
+
+def _columns(frame: pd.DataFrame, path: Path, features: list[FeatureDecl], label: str,
+             locate: Locate) -> tuple[np.ndarray, np.ndarray]:
+    if frame.empty:
+        raise DataError(f"{path}: the dataset is empty")
+    if label not in frame.columns:
+        raise locate("data.label", f"label column '{label}' is not in {path} "
+                                   f"(columns: {list(frame.columns)[:12]})")
+    for i, f in enumerate(features):
+        if f.name not in frame.columns:
+            raise locate(f"data.features[{i}].name",
+                         f"feature column '{f.name}' is not in {path}")
+    return frame[[f.name for f in features]].to_numpy(), frame[label].to_numpy()
+
+
+def load_tabular(path: Path, label: str, features: list[FeatureDecl], *, test_path: Path | None,
+                 test_fraction: float, seed: int, locate: Locate) -> Dataset:
+    """Build a Dataset from one table (split, stratified when possible) or a train/test pair."""
+    x, y = _columns(read_table(path), path, features, label, locate)
+    if test_path is not None:
+        x_test, y_test = _columns(read_table(test_path), test_path, features, label, locate)
+        return make_dataset(features, x, y, x_test, y_test, str(path))
+    labels = np.asarray([str(v) for v in y])
+    _, counts = np.unique(labels, return_counts=True)
+    if len(labels) < 4:
+        raise DataError(f"{path}: {len(labels)} rows are too few to split into train and test")
+    stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, labels, test_size=test_fraction, random_state=seed, stratify=stratify)
+    return make_dataset(features, x_train, y_train, x_test, y_test, str(path))

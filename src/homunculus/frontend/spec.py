@@ -1,0 +1,119 @@
+"""The declarative spec shared by both frontends (pydantic-validated; unknown keys rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from homunculus.search.metrics import METRICS
+from homunculus.search.study import RESOURCE_OBJECTIVES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureSpec(Strict):
+    name: str = Field(min_length=1)
+    width: int = Field(ge=1, le=32, description="bits, as the data plane sees the field")
+    field: str | None = Field(default=None, description="header field, e.g. ipv4.ttl")
+
+
+class DataSpec(Strict):
+    path: str = Field(description="CSV or Parquet file, relative to the spec")
+    label: str
+    features: list[FeatureSpec] = Field(min_length=1)
+    test_path: str | None = None
+    test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+
+
+class VerdictSpec(Strict):
+    kind: Literal["metadata", "dscp", "drop", "forward"] = "metadata"
+    default_port: int = Field(default=1, ge=0, le=511)
+    dscp: dict[str, int] = Field(default_factory=dict, description="class label -> DSCP 0..63")
+    drop: list[str] = Field(default_factory=list, description="class labels to drop")
+    ports: dict[str, int] = Field(default_factory=dict, description="class label -> port")
+
+    @field_validator("dscp")
+    @classmethod
+    def _dscp_range(cls, v: dict[str, int]) -> dict[str, int]:
+        for label, value in v.items():
+            if not 0 <= value <= 63:
+                raise ValueError(f"DSCP for class '{label}' is {value}; it must be 0..63")
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, v: dict[str, int]) -> dict[str, int]:
+        for label, value in v.items():
+            if not 0 <= value <= 511:
+                raise ValueError(f"port for class '{label}' is {value}; it must be 0..511")
+        return v
+
+
+Metric = Literal["f1_macro", "f1_binary", "accuracy", "recall", "precision"]
+assert set(Metric.__args__) == set(METRICS)  # type: ignore[attr-defined]
+Objective = Literal["metric", "entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits"]
+assert set(Objective.__args__) == {"metric", *RESOURCE_OBJECTIVES}  # type: ignore[attr-defined]
+
+
+class ModelSpec(Strict):
+    name: str = Field(min_length=1)
+    metric: Metric = "f1_macro"
+    class_of_interest: str | None = None
+    algorithms: list[str] | None = None
+    objectives: list[Objective] = Field(default_factory=lambda: ["metric"])
+    verdict: VerdictSpec = Field(default_factory=VerdictSpec)
+
+    @field_validator("objectives")
+    @classmethod
+    def _metric_first(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "metric" or len(set(v)) != len(v):
+            raise ValueError("objectives must start with 'metric', then distinct resources "
+                             f"from {list(RESOURCE_OBJECTIVES)}")
+        return v
+
+
+class Performance(Strict):
+    throughput_gpps: float | None = Field(default=None, gt=0)
+    latency_ns: float | None = Field(default=None, gt=0)
+
+
+class Resources(Strict):
+    stages: int | None = Field(default=None, ge=1)
+    tables: int | None = Field(default=None, ge=1)
+    sram_kbit: float | None = Field(default=None, ge=0)
+    tcam_kbit: float | None = Field(default=None, ge=0)
+    entries: int | None = Field(default=None, ge=1)
+    phv_bits: int | None = Field(default=None, ge=1)
+
+
+class Constraints(Strict):
+    performance: Performance = Field(default_factory=Performance)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class PlatformSpec(Strict):
+    target: Literal["tofino", "bmv2"]
+    profile: dict[str, float | int | bool] = Field(
+        default_factory=dict, description="overrides of the target profile's documented defaults")
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+class SearchSpec(Strict):
+    trials: int | None = Field(default=30, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    sampler: Literal["tpe", "random"] = "tpe"
+    validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+
+class Spec(Strict):
+    """A whole YAML spec: one model on one platform (schedules of several come later)."""
+
+    name: str = Field(min_length=1)
+    data: DataSpec
+    model: ModelSpec
+    platform: PlatformSpec
+    search: SearchSpec = Field(default_factory=SearchSpec)

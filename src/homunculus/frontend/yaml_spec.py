@@ -1,0 +1,97 @@
+"""YAML specs: parse with line numbers so every error names file, field and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from homunculus.data.dataset import Dataset, FeatureDecl, FeatureDeclError, check_feature_decls
+from homunculus.data.tabular import load_tabular
+from homunculus.errors import SpecError
+from homunculus.frontend.plan import Plan
+from homunculus.frontend.spec import Spec
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every mapping key and sequence item under ``node``."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _line_index(item, (*path, i), out)
+
+
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    """The line of ``loc`` or of its nearest ancestor present in the file."""
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
+    """Read and validate a YAML spec; return it with its line index (for later data errors)."""
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec: {exc.strerror}", file=source) from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=source,
+                        line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict) or root is None:
+        raise SpecError("the spec must be a YAML mapping (name, data, model, platform, search)",
+                        file=source, line=1)
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_index(root, (), lines)
+    try:
+        return Spec.model_validate(data), lines
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise SpecError(err["msg"] + more, file=source, field=dotted(loc),
+                        line=line_of(lines, loc)) from None
+
+
+def plan_from_yaml(path: Path) -> Plan:
+    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines)."""
+    spec, lines = load_yaml_spec(path)
+    source = str(path)
+    origins = {dotted(k): (source, v) for k, v in lines.items()}
+    features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
+    plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
+                source, origins)
+    try:
+        check_feature_decls(features, source)
+    except FeatureDeclError as exc:
+        raise plan.error(f"data.features[{exc.index}]", str(exc)) from None
+    base = path.parent
+
+    def load() -> Dataset:
+        return load_tabular(
+            base / spec.data.path, spec.data.label, features,
+            test_path=base / spec.data.test_path if spec.data.test_path else None,
+            test_fraction=spec.data.test_fraction, seed=spec.search.seed, locate=plan.error)
+
+    plan.load_data = load
+    return plan

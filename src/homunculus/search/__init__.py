@@ -1,0 +1,1 @@
+"""The optimisation core: candidate selection, trial evaluation, constrained Bayesian search."""

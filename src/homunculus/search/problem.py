@@ -1,0 +1,78 @@
+"""One compile problem and the evaluation of a configuration: train, quantise, lower, cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from homunculus.data.dataset import Dataset
+from homunculus.ir.pipeline import Pipeline, VerdictPlan
+from homunculus.models.base import TrainedModel, get_family
+from homunculus.passes.lower import lower
+from homunculus.search.metrics import score
+from homunculus.targets.base import Feasibility, Limits, Usage, assess
+from homunculus.targets.p4.target import SwitchTarget
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a trial needs: the data splits, the target, its limits and the metric."""
+
+    dataset: Dataset
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    target: SwitchTarget
+    limits: Limits
+    metric: str
+    positive: int | None
+    verdict: VerdictPlan
+    seed: int
+
+
+def make_problem(dataset: Dataset, target: SwitchTarget, limits: Limits, metric: str,
+                 positive: int | None, verdict: VerdictPlan, seed: int,
+                 validation_fraction: float = 0.25) -> Problem:
+    """Carve a stratified validation split out of the training data (the test set stays unseen)."""
+    y = dataset.y_train
+    counts = np.bincount(y, minlength=dataset.n_classes)
+    stratify = y if counts.min() >= 2 else None
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        dataset.x_train, y, test_size=validation_fraction, random_state=seed, stratify=stratify)
+    return Problem(dataset, x_fit, y_fit, x_val, y_val, target, limits, metric, positive,
+                   verdict, seed)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    family: str
+    params: dict[str, Any]
+    trained: TrainedModel
+    pipeline: Pipeline
+    usage: Usage
+    feasibility: Feasibility
+    metric: float  # on the validation split, of the quantised model
+
+
+def build_pipeline(problem: Problem, trained: TrainedModel) -> Pipeline:
+    ds = problem.dataset
+    pipeline = lower(trained.quantised, ds.features, ds.class_labels, problem.verdict,
+                     trained.winner_to_class)
+    return problem.target.prepare(pipeline)
+
+
+def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:
+    """Train ``family`` with ``params`` on the fit split and cost its pipeline on the target."""
+    ds = problem.dataset
+    trained = get_family(family).train(params, problem.x_fit, problem.y_fit, ds.n_classes,
+                                       ds.widths, problem.seed)
+    pipeline = build_pipeline(problem, trained)
+    usage = problem.target.estimate(pipeline)
+    feasibility = assess(usage, problem.limits)
+    metric = score(problem.metric, problem.y_val, trained.predict_quantised(problem.x_val),
+                   ds.n_classes, problem.positive)
+    return Evaluation(family, params, trained, pipeline, usage, feasibility, metric)

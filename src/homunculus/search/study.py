@@ -1,0 +1,170 @@
+"""Constrained (multi-objective) Bayesian optimisation over families and their hyperparameters.
+
+Each trial picks a family and its hyperparameters, trains, quantises, lowers and costs the
+pipeline on the target. The metric is measured on a validation split; the target's feasibility
+becomes Optuna constraints (<= 0 is feasible), so an infeasible point is recorded as infeasible,
+not as a bad score, and the TPE sampler learns to avoid that region. Studies live in SQLite so an
+interrupted compile resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from homunculus.errors import InfeasibleError
+from homunculus.models.base import get_family
+from homunculus.search.problem import Evaluation, Problem, evaluate
+from homunculus.targets.base import LIMIT_KEYS, UNITS
+
+RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int | None = 30
+    seconds: float | None = None
+
+
+@dataclass
+class SearchProgress:
+    """Live counters for a progress display."""
+
+    done: int = 0
+    infeasible: int = 0
+    best: float | None = None
+    on_update: Callable[[SearchProgress], None] | None = None
+
+    def record(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        if not trial.user_attrs.get("feasible", False):
+            self.infeasible += 1
+        elif trial.user_attrs.get("metric") is not None:
+            m = trial.user_attrs["metric"]
+            self.best = m if self.best is None else max(self.best, m)
+        if self.on_update:
+            self.on_update(self)
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    best_trial: optuna.trial.FrozenTrial
+    seconds: float
+    trials: list[optuna.trial.FrozenTrial] = field(default_factory=list)
+
+
+def make_sampler(kind: str, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = max(5, min(10, (n_trials or 30) // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=startup)
+
+
+def record(trial: optuna.Trial, ev: Evaluation) -> None:
+    """Store everything the report needs about one evaluated configuration."""
+    trial.set_user_attr("family", ev.family)
+    trial.set_user_attr("metric", ev.metric)
+    trial.set_user_attr("feasible", ev.feasibility.feasible)
+    trial.set_user_attr("binding", ev.feasibility.binding)
+    trial.set_user_attr("violations", list(ev.feasibility.violations))
+    trial.set_user_attr("usage", {k: ev.usage.totals()[k] for k in LIMIT_KEYS})
+    for key, value in ev.feasibility.constraint_values().items():
+        trial.set_constraint(key, value)  # <= 0 is feasible; the sampler learns the boundary
+
+
+def objective_values(ev: Evaluation, objectives: tuple[str, ...]) -> list[float]:
+    values = []
+    for name in objectives:
+        values.append(ev.metric if name == "metric" else float(ev.usage.totals()[name]))
+    return values
+
+
+def directions(objectives: tuple[str, ...]) -> list[str]:
+    return ["maximize" if o == "metric" else "minimize" for o in objectives]
+
+
+def suggest_configuration(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, Any]]:
+    family = trial.suggest_categorical("family", families)
+    return family, get_family(family).suggest(trial)
+
+
+def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampler_kind: str,
+               seed: int, budget: Budget, resume: bool) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
+    if not resume:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
+    return optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=resume,
+        directions=directions(objectives),
+        sampler=make_sampler(sampler_kind, seed, budget.trials),
+    )
+
+
+def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
+               budget: Budget, study: optuna.Study,
+               progress: SearchProgress | None = None) -> SearchResult:
+    """Run the remaining budget of ``study`` and return its best feasible trial."""
+    progress = progress or SearchProgress()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        progress.record(t)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        family, params = suggest_configuration(trial, families)
+        ev = evaluate(problem, family, params)
+        record(trial, ev)
+        return objective_values(ev, objectives)
+
+    finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    remaining = None if budget.trials is None else max(budget.trials - finished, 0)
+    start = time.monotonic()
+    if remaining != 0:
+        study.optimize(objective, n_trials=remaining, timeout=budget.seconds,
+                       callbacks=[lambda _s, t: progress.record(t)], catch=())
+    seconds = time.monotonic() - start
+    trials = study.get_trials(deepcopy=False)
+    return SearchResult(study, pick_best(trials, objectives), seconds, trials)
+
+
+def pick_best(trials: list[optuna.trial.FrozenTrial],
+              objectives: tuple[str, ...]) -> optuna.trial.FrozenTrial:
+    """Best feasible metric; ties go to the cheaper pipeline (then the earlier trial)."""
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    feasible = [t for t in complete if t.user_attrs.get("feasible")]
+    if not feasible:
+        raise InfeasibleError(infeasibility_message(complete))
+    tie_break = next((o for o in objectives if o != "metric"), "entries")
+    return max(feasible, key=lambda t: (t.user_attrs["metric"],
+                                        -t.user_attrs["usage"][tie_break], -t.number))
+
+
+def infeasibility_message(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """Say which constraint binds most often and the smallest use of it that was seen."""
+    if not trials:
+        return "the search finished no trial (budget too small?)"
+    binding: dict[str, int] = {}
+    for t in trials:
+        key = t.user_attrs.get("binding")
+        if key:
+            binding[key] = binding.get(key, 0) + 1
+    key = max(binding, key=lambda k: binding[k]) if binding else None
+    if key is None:
+        return f"none of {len(trials)} trials met the constraints"
+    pick = min if key != "throughput_gpps" else max
+    best = pick(trials, key=lambda t: t.user_attrs["usage"][key])
+    return (f"no feasible pipeline in {len(trials)} trials: the binding constraint is '{key}' "
+            f"(binding in {binding[key]} trials); the smallest use seen was "
+            f"{best.user_attrs['usage'][key]:g} {UNITS[key]} (trial {best.number}, "
+            f"{best.user_attrs['family']}): {'; '.join(best.user_attrs['violations'])}")

@@ -1,0 +1,1 @@
+"""Backends that turn an integer table pipeline into a data-plane program."""

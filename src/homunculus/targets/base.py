@@ -1,0 +1,101 @@
+"""What every target shares: limits, resource usage, and the feasibility verdict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+RESOURCE_KEYS = ("stages", "tables", "sram_kbit", "tcam_kbit", "entries", "phv_bits")
+PERFORMANCE_KEYS = ("throughput_gpps", "latency_ns")
+LIMIT_KEYS = RESOURCE_KEYS + PERFORMANCE_KEYS
+UNITS = {"stages": "stages", "tables": "tables", "sram_kbit": "Kbit SRAM", "tcam_kbit": "Kbit TCAM",
+         "entries": "entries", "phv_bits": "PHV bits", "throughput_gpps": "Gpkt/s",
+         "latency_ns": "ns"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Constraints on a compile; None = unconstrained. Throughput is a minimum, the rest maxima."""
+
+    stages: int | None = None
+    tables: int | None = None
+    sram_kbit: float | None = None
+    tcam_kbit: float | None = None
+    entries: int | None = None
+    phv_bits: int | None = None
+    throughput_gpps: float | None = None
+    latency_ns: float | None = None
+
+    def merged(self, overrides: dict[str, float | int | None]) -> Limits:
+        """These limits with the given keys replaced (unknown keys raise KeyError)."""
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise KeyError(f"unknown constraint(s) {bad}; known: {sorted(known)}")
+        return Limits(**{**asdict(self), **overrides})
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StageUsage:
+    stage: int
+    tables: tuple[str, ...]
+    ops: tuple[str, ...]
+    entries: int
+    sram_bits: int
+    tcam_bits: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a compiled pipeline uses on a target (memory as allocated: whole blocks)."""
+
+    stages: int
+    tables: int
+    sram_kbit: float
+    tcam_kbit: float
+    entries: int
+    phv_bits: int
+    throughput_gpps: float
+    latency_ns: float
+    per_stage: tuple[StageUsage, ...] = field(default=())
+
+    def totals(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in LIMIT_KEYS}
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    feasible: bool
+    binding: str | None  # the tightest constraint (the one that fails first)
+    ratios: dict[str, float]  # usage / limit (for throughput: required / achieved)
+    violations: tuple[str, ...]
+
+    def constraint_values(self) -> dict[str, float]:
+        """Optuna-style constraints: one value per limit, <= 0 when satisfied."""
+        return {k: self.ratios[k] - 1.0 for k in LIMIT_KEYS if k in self.ratios}
+
+
+def assess(usage: Usage, limits: Limits) -> Feasibility:
+    """Compare usage with every limit; name the binding one."""
+    ratios: dict[str, float] = {}
+    violations: list[str] = []
+    for key in LIMIT_KEYS:
+        limit = getattr(limits, key)
+        if limit is None:
+            continue
+        used = float(getattr(usage, key))
+        if key == "throughput_gpps":
+            ratio = float(limit) / used if used > 0 else float("inf")
+            broken = used < float(limit)
+            text = f"throughput {used:g} {UNITS[key]} < required {limit:g}"
+        else:
+            ratio = used / float(limit) if limit > 0 else (float("inf") if used > 0 else 0.0)
+            broken = used > float(limit)
+            text = f"{key} {used:g} > limit {limit:g} {UNITS[key]}"
+        ratios[key] = ratio
+        if broken:
+            violations.append(text)
+    binding = max(ratios, key=lambda k: ratios[k]) if ratios else None
+    return Feasibility(not violations, binding, ratios, tuple(violations))

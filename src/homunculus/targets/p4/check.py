@@ -1,0 +1,219 @@
+"""A guard against generator bugs: do the runtime entries fit the P4 program we generated?
+
+The program is our own regular output, so a few regular expressions recover what matters: the
+metadata field widths, the ingress control's actions (parameter names and widths) and tables
+(keys and match kinds, actions, size, default action). Every runtime table, entry, value, mask
+and parameter is then checked against those declarations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from homunculus.targets.p4.codegen import INGRESS_CONTROL
+from homunculus.targets.p4.entries import parse_int
+
+_META_STRUCT = re.compile(r"struct\s+metadata_t\s*\{([^}]*)\}")
+_BIT_FIELD = re.compile(r"bit<(\d+)>\s+(\w+)\s*;")
+_ACTION = re.compile(r"\baction\s+(\w+)\s*\(([^)]*)\)")
+_PARAM = re.compile(r"^\s*bit<(\d+)>\s+(\w+)\s*$")
+_TABLE = re.compile(r"\btable\s+(\w+)\s*\{")
+_KEY_BLOCK = re.compile(r"\bkey\s*=\s*\{([^}]*)\}")
+_KEY = re.compile(r"([\w.]+)\s*:\s*(\w+)\s*;")
+_ACTIONS_BLOCK = re.compile(r"\bactions\s*=\s*\{([^}]*)\}")
+_SIZE = re.compile(r"\bsize\s*=\s*(\d+)\s*;")
+_DEFAULT = re.compile(r"\bdefault_action\s*=\s*(\w+)\s*\(([^)]*)\)\s*;")
+_LITERAL = re.compile(r"^\s*(\d+)w(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    """What the P4 source declares for one table."""
+
+    keys: dict[str, tuple[str, int]]  # "meta.x" -> (match kind, width)
+    actions: tuple[str, ...]
+    size: int
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", " ", re.sub(r"//[^\n]*", "", text), flags=re.S)
+
+
+def _block(text: str, open_brace: int) -> str:
+    """The text between the brace at ``open_brace`` and its matching close brace."""
+    depth = 0
+    for i in range(open_brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_brace + 1 : i]
+    raise ValueError("P4 program: unbalanced braces")
+
+
+def _control_body(text: str, name: str) -> str:
+    match = re.search(rf"\bcontrol\s+{name}\s*\(", text)
+    if match is None:
+        raise ValueError(f"P4 program has no control {name}")
+    return _block(text, text.index("{", match.end()))
+
+
+def _metadata_widths(text: str) -> dict[str, int]:
+    match = _META_STRUCT.search(text)
+    if match is None:
+        raise ValueError("P4 program has no struct metadata_t")
+    return {name: int(width) for width, name in _BIT_FIELD.findall(match.group(1))}
+
+
+def _actions(body: str) -> dict[str, dict[str, int]]:
+    actions: dict[str, dict[str, int]] = {}
+    for name, params in _ACTION.findall(body):
+        parsed: dict[str, int] = {}
+        for param in filter(str.strip, params.split(",")):
+            m = _PARAM.match(param)
+            if m is None:
+                raise ValueError(f"action {name}: cannot read parameter '{param.strip()}'")
+            parsed[m.group(2)] = int(m.group(1))
+        actions[name] = parsed
+    return actions
+
+
+def _table_decl(name: str, body: str, widths: dict[str, int],
+                actions: dict[str, dict[str, int]]) -> TableDecl:
+    keys: dict[str, tuple[str, int]] = {}
+    key_block = _KEY_BLOCK.search(body)
+    for expr, kind in _KEY.findall(key_block.group(1) if key_block else ""):
+        field = expr.removeprefix("meta.")
+        if field not in widths:
+            raise ValueError(f"table {name}: key {expr} is not a metadata field")
+        keys[expr] = (kind, widths[field])
+    acts = _ACTIONS_BLOCK.search(body)
+    size = _SIZE.search(body)
+    if acts is None or size is None:
+        raise ValueError(f"table {name}: no actions or size")
+    names = tuple(a.strip() for a in acts.group(1).split(";") if a.strip())
+    default = _DEFAULT.search(body)
+    if default is not None:
+        _check_default_literals(name, default.group(1), default.group(2), actions)
+    return TableDecl(keys, names, int(size.group(1)))
+
+
+def _check_default_literals(table: str, action: str, args: str,
+                            actions: dict[str, dict[str, int]]) -> None:
+    if action not in actions:
+        raise ValueError(f"table {table}: default action {action} is not declared")
+    literals = [a for a in args.split(",") if a.strip()]
+    widths = list(actions[action].values())
+    if len(literals) != len(widths):
+        raise ValueError(f"table {table}: default action has {len(literals)} args, "
+                         f"{action} takes {len(widths)}")
+    for literal, width in zip(literals, widths, strict=True):
+        m = _LITERAL.match(literal)
+        if m is None or int(m.group(1)) != width or int(m.group(2)) >= 1 << width:
+            raise ValueError(f"table {table}: default argument '{literal.strip()}' is not a "
+                             f"bit<{width}> literal that fits")
+
+
+def _tables(body: str, widths: dict[str, int],
+            actions: dict[str, dict[str, int]]) -> dict[str, TableDecl]:
+    tables = {}
+    for match in _TABLE.finditer(body):
+        name = match.group(1)
+        tables[name] = _table_decl(name, _block(body, match.end() - 1), widths, actions)
+    return tables
+
+
+def _fits(value: Any, width: int, what: str) -> int:
+    parsed = parse_int(value, what)
+    if parsed >= 1 << width:
+        raise ValueError(f"{what}: value {parsed} does not fit in bit<{width}>")
+    return parsed
+
+
+def _check_action(spec: Any, decl: TableDecl, actions: dict[str, dict[str, int]],
+                  what: str) -> None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("action"), str):
+        raise ValueError(f"{what}: no action")
+    control, _, name = spec["action"].partition(".")
+    if control != INGRESS_CONTROL or name not in actions or name not in decl.actions:
+        raise ValueError(f"{what}: action {spec['action']!r} is not an action of the table")
+    params = spec.get("params", {})
+    if not isinstance(params, dict) or sorted(params) != sorted(actions[name]):
+        raise ValueError(f"{what}: params {sorted(params) if isinstance(params, dict) else params}"
+                         f" != declared {sorted(actions[name])}")
+    for pname, width in actions[name].items():
+        _fits(params[pname], width, f"{what} param {pname}")
+
+
+def _check_match(expr: str, spec: Any, kind: str, width: int, what: str) -> tuple[int, ...]:
+    if not isinstance(spec, dict) or list(spec) != [kind] or not isinstance(spec[kind], dict):
+        raise ValueError(f"{what}: key {expr} is declared {kind}, entry has {spec!r}")
+    body = spec[kind]
+    fields = {"exact": ("value",), "ternary": ("value", "mask"), "range": ("low", "high")}[kind]
+    if sorted(body) != sorted(fields):
+        raise ValueError(f"{what}: {kind} match on {expr} needs exactly {list(fields)}")
+    values = tuple(_fits(body[f], width, f"{what} {expr} {f}") for f in fields)
+    if kind == "ternary" and values[0] & ~values[1]:
+        raise ValueError(f"{what}: ternary value of {expr} has bits outside its mask")
+    if kind == "range" and values[0] > values[1]:
+        raise ValueError(f"{what}: empty range on {expr}")
+    return values
+
+
+def _check_entries(name: str, spec: dict[str, Any], decl: TableDecl,
+                   actions: dict[str, dict[str, int]]) -> None:
+    entries = spec.get("entries", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"table {name}: entries is not a list")
+    if len(entries) > decl.size:
+        raise ValueError(f"table {name}: {len(entries)} entries but size = {decl.size}")
+    prioritised = any(kind in ("ternary", "range") for kind, _ in decl.keys.values())
+    seen: set[Any] = set()
+    for i, entry in enumerate(entries):
+        what = f"table {name} entry {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), dict):
+            raise ValueError(f"{what}: no match")
+        if sorted(entry["match"]) != sorted(decl.keys):
+            raise ValueError(f"{what}: keys {sorted(entry['match'])} != {sorted(decl.keys)}")
+        key = tuple(_check_match(expr, entry["match"][expr], kind, width, what)
+                    for expr, (kind, width) in decl.keys.items())
+        _check_action(entry.get("action"), decl, actions, what)
+        priority = parse_int(entry.get("priority", 0), f"{what} priority")
+        if prioritised and priority < 1:
+            raise ValueError(f"{what}: ternary/range entries need priority >= 1")
+        if not prioritised and priority != 0:
+            raise ValueError(f"{what}: exact-only entries must have priority 0")
+        ident = priority if prioritised else key
+        if ident in seen:
+            raise ValueError(f"{what}: duplicate {'priority' if prioritised else 'key'}")
+        seen.add(ident)
+
+
+def check_program(p4_text: str, runtime: dict[str, Any]) -> None:
+    """Raise ValueError unless every runtime table/entry/value fits the P4 declarations."""
+    text = _strip_comments(p4_text)
+    widths = _metadata_widths(text)
+    body = _control_body(text, INGRESS_CONTROL)
+    actions = _actions(body)
+    tables = _tables(body, widths, actions)
+    specs = runtime.get("tables") if isinstance(runtime, dict) else None
+    if not isinstance(specs, list):
+        raise ValueError("runtime: 'tables' must be a list")
+    written: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("table"), str):
+            raise ValueError("runtime: table without a name")
+        control, _, name = spec["table"].partition(".")
+        if control != INGRESS_CONTROL or name not in tables:
+            raise ValueError(f"runtime table {spec['table']!r} is not declared in the program")
+        if name in written:
+            raise ValueError(f"runtime table {name} appears twice")
+        written.add(name)
+        _check_action(spec.get("default_action"), tables[name], actions, f"table {name} default")
+        _check_entries(name, spec, tables[name], actions)
+    missing = sorted(set(tables) - written)
+    if missing:
+        raise ValueError(f"program tables without runtime entries: {missing}")

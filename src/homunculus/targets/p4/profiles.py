@@ -1,0 +1,77 @@
+"""Switch target profiles: documented defaults a spec may override.
+
+Tofino-class figures are public orders of magnitude (see docs/targets.md), not vendor data:
+12 stages, 16 logical tables, 80 SRAM blocks of 1K x 128 bit and 24 TCAM blocks of 512 x 44 bit
+per stage, ~4 Kbit of PHV, one packet per clock (~1.2 Gpkt/s per pipeline). bmv2 is a software
+switch: no stage or memory limits; its rate and latency are rough figures for simple_switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from homunculus.targets.base import Limits
+
+
+@dataclass(frozen=True)
+class SwitchProfile:
+    name: str
+    arch: str  # "tna" or "v1model"
+    stages: int | None
+    tables_per_stage: int | None
+    sram_blocks_per_stage: int | None
+    tcam_blocks_per_stage: int | None
+    phv_bits: int | None
+    supports_range: bool
+    pipeline_gpps: float
+    base_latency_ns: float
+    stage_latency_ns: float
+    sram_block_entries: int = 1024
+    sram_block_width: int = 128
+    tcam_block_entries: int = 512
+    tcam_block_width: int = 44
+
+    def default_limits(self) -> Limits:
+        """Limits implied by the device itself (a spec's constraints tighten them)."""
+        sram = tcam = None
+        if self.stages is not None and self.sram_blocks_per_stage is not None:
+            sram = self.stages * self.sram_blocks_per_stage * self.sram_block_bits / 1024
+        if self.stages is not None and self.tcam_blocks_per_stage is not None:
+            tcam = self.stages * self.tcam_blocks_per_stage * self.tcam_block_bits / 1024
+        tables = (self.stages * self.tables_per_stage
+                  if self.stages is not None and self.tables_per_stage is not None else None)
+        return Limits(stages=self.stages, tables=tables, sram_kbit=sram, tcam_kbit=tcam,
+                      phv_bits=self.phv_bits)
+
+    @property
+    def sram_block_bits(self) -> int:
+        return self.sram_block_entries * self.sram_block_width
+
+    @property
+    def tcam_block_bits(self) -> int:
+        return self.tcam_block_entries * self.tcam_block_width
+
+    def with_overrides(self, overrides: dict[str, object]) -> SwitchProfile:
+        known = {f.name for f in fields(self)} - {"name", "arch"}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise KeyError(f"unknown profile field(s) {bad}; known: {sorted(known)}")
+        return replace(self, **overrides)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+TOFINO = SwitchProfile(
+    name="tofino", arch="tna", stages=12, tables_per_stage=16, sram_blocks_per_stage=80,
+    tcam_blocks_per_stage=24, phv_bits=4096, supports_range=False, pipeline_gpps=1.2,
+    base_latency_ns=150.0, stage_latency_ns=20.0,
+)
+
+BMV2 = SwitchProfile(
+    name="bmv2", arch="v1model", stages=None, tables_per_stage=None, sram_blocks_per_stage=None,
+    tcam_blocks_per_stage=None, phv_bits=None, supports_range=True, pipeline_gpps=0.0002,
+    base_latency_ns=20000.0, stage_latency_ns=1000.0,
+)
+
+PROFILES = {p.name: p for p in (TOFINO, BMV2)}

@@ -1,0 +1,74 @@
+"""The match-action switch target (Tofino/TNA and bmv2/v1model): passes, costs, emission."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from homunculus.ir.pipeline import Pipeline
+from homunculus.passes.encode import encode_for_target
+from homunculus.targets.base import Usage
+from homunculus.targets.p4 import resources
+from homunculus.targets.p4.check import check_program
+from homunculus.targets.p4.codegen import emit_p4
+from homunculus.targets.p4.entries import (
+    bfrt_loader,
+    read_runtime_entries,
+    runtime_entries,
+    simple_switch_commands,
+)
+from homunculus.targets.p4.profiles import SwitchProfile
+from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entries
+
+
+@dataclass(frozen=True)
+class SwitchTarget:
+    profile: SwitchProfile
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def arch(self) -> str:
+        return self.profile.arch
+
+    def prepare(self, pipeline: Pipeline) -> Pipeline:
+        """Target-specific encoding: ternary prefixes where range matching is missing."""
+        return encode_for_target(pipeline, self.profile.supports_range)
+
+    def estimate(self, pipeline: Pipeline) -> Usage:
+        return resources.estimate(pipeline, self.profile)
+
+    def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str) -> dict[str, Path]:
+        """Write the P4 program and its control-plane entries; check them against each other."""
+        p4_text = emit_p4(pipeline, self.arch, program_name=program_name,
+                          default_port=pipeline.verdict.default[1])
+        runtime = runtime_entries(pipeline, program_name=program_name)
+        check_program(p4_text, runtime)
+        files = {
+            "p4": out_dir / "p4" / f"{program_name}.p4",
+            "entries": out_dir / "runtime" / "entries.json",
+        }
+        if self.arch == "v1model":
+            files["cli"] = out_dir / "runtime" / "simple_switch_cli.txt"
+        else:
+            files["bfrt"] = out_dir / "runtime" / "bfrt_load.py"
+        for path in files.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        files["p4"].write_text(p4_text)
+        files["entries"].write_text(json.dumps(runtime, indent=1) + "\n")
+        if "cli" in files:
+            files["cli"].write_text(simple_switch_commands(pipeline))
+        if "bfrt" in files:
+            files["bfrt"].write_text(bfrt_loader(pipeline, program_name=program_name))
+        return files
+
+    def run_twin(self, pipeline: Pipeline, out_dir: Path, x: np.ndarray) -> TwinResult:
+        """Execute the entries written in ``out_dir`` on feature rows ``x``."""
+        runtime = json.loads((out_dir / "runtime" / "entries.json").read_text())
+        installed = read_runtime_entries(runtime, pipeline)
+        return simulate(with_installed_entries(pipeline, installed), x)

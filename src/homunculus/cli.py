@@ -1,0 +1,125 @@
+"""Command line: ``homunculus compile SPEC -o OUT`` and friends."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from homunculus.errors import HomunculusError, SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Homunculus: a compiler for in-network machine learning.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float | None,
+                 resume: bool, seed: int | None, progress: bool):  # noqa: ANN201
+    """Compile a YAML spec or run a Python (Alchemy) script with these options."""
+    from homunculus.compile import CompileOptions, compile_plan
+    from homunculus.frontend.alchemy import cli_overrides
+    from homunculus.frontend.yaml_spec import plan_from_yaml
+
+    if not spec.exists():
+        raise SpecError("no such spec file", file=str(spec))
+    if spec.suffix in (".yaml", ".yml"):
+        options = CompileOptions(out_dir, trials, seconds, resume, seed, progress)
+        return compile_plan(plan_from_yaml(spec), options)
+    if spec.suffix == ".py":
+        with cli_overrides(out_dir, trials, seconds, resume, seed, progress) as calls:
+            sys.path.insert(0, str(spec.parent.resolve()))
+            try:
+                runpy.run_path(str(spec), run_name="__main__")
+            finally:
+                sys.path.pop(0)
+        if not calls:
+            raise SpecError("the script never called generate(platform, ...)", file=str(spec))
+        return calls[-1]
+    raise SpecError("a spec is a .yaml/.yml file or a .py script", file=str(spec))
+
+
+@app.command("compile")
+def compile_command(
+    spec: Annotated[Path, typer.Argument(help="YAML spec or Python (Alchemy) script")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("out"),
+    trials: Annotated[int | None, typer.Option(help="trial budget (overrides the spec)")] = None,
+    seconds: Annotated[float | None, typer.Option(help="time budget in seconds")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the search stored in OUT")] = False,
+    seed: Annotated[int | None, typer.Option(help="random seed (overrides the spec)")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Search, train, quantise, generate and verify a data-plane program."""
+    if trials is not None and trials < 1:
+        _fail(SpecError("--trials must be at least 1"))
+    if seconds is not None and seconds <= 0:
+        _fail(SpecError("--seconds must be positive"))
+    try:
+        result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    m = result.metrics
+    res = result.report["resources"]
+    out.print(f"[bold green]compiled[/] {result.report['name']} -> {result.out_dir}")
+    out.print(f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
+              f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
+              f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
+    t = res["totals"]
+    out.print(f"  {t['stages']} stages, {t['tables']} tables, {t['entries']} entries, "
+              f"{t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
+              f"binding: {res['binding']}")
+
+
+@app.command("families")
+def families_command() -> None:
+    """List the model families and how each maps to tables."""
+    from homunculus.models.base import MAT_UNSUPPORTED, all_families
+
+    table = Table("family", "lowering")
+    for name, fam in sorted(all_families().items()):
+        table.add_row(name, fam.description)
+    for name, why in MAT_UNSUPPORTED.items():
+        table.add_row(name, f"(not on switches) {why}")
+    out.print(table)
+
+
+@app.command("targets")
+def targets_command() -> None:
+    """List the target profiles and their documented defaults."""
+    from homunculus.targets.p4.profiles import PROFILES
+
+    for profile in PROFILES.values():
+        table = Table(title=f"{profile.name} ({profile.arch})")
+        table.add_column("field")
+        table.add_column("default")
+        for key, value in profile.as_dict().items():
+            table.add_row(key, str(value))
+        out.print(table)
+
+
+@app.command("example-data")
+def example_data_command(
+    path: Annotated[Path, typer.Argument(help="CSV file to write")],
+    rows: Annotated[int, typer.Option(help="number of rows")] = 6000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """Regenerate the bundled example feature table (seeded: same seed, same bytes)."""
+    from homunculus.data.example import write_example
+
+    write_example(path, rows, seed)
+    out.print(f"wrote {rows} rows to {path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,285 @@
+"""The Alchemy-style Python frontend (after the Homunculus paper).
+
+    @DataLoader(features=[Feature("ttl", 8, field="ipv4.ttl"), ...])
+    def load():
+        return x_train, y_train, x_test, y_test
+
+    model = Model("iot", data=load, metric="f1_macro", algorithms=["dt", "rf"])
+    tofino = Platforms.Tofino()
+    tofino.constrain(performance={"throughput_gpps": 1}, resources={"stages": 12})
+    tofino.schedule(model)
+    generate(tofino, "out/")
+
+Errors name the script and the line of the call that caused them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from homunculus.data.dataset import (
+    Dataset,
+    FeatureDecl,
+    FeatureDeclError,
+    check_feature_decls,
+    make_dataset,
+)
+from homunculus.errors import DataError, NotSupportedError, SpecError
+from homunculus.frontend.plan import Plan
+from homunculus.frontend.spec import Constraints, ModelSpec, PlatformSpec, SearchSpec, VerdictSpec
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def _caller() -> tuple[str, int | None]:
+    """File and line of the first frame outside this package (the user's script)."""
+    for frame in inspect.stack()[1:]:
+        if not str(Path(frame.filename).resolve()).startswith(_PACKAGE_DIR):
+            return frame.filename, frame.lineno
+    return "<python>", None
+
+
+def _spec_error(exc: ValidationError, prefix: str, origin: tuple[str, int | None]) -> SpecError:
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    return SpecError(err["msg"], file=origin[0], field=path, line=origin[1])
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A feature as the data plane sees it: name, width in bits, optional header field."""
+
+    name: str
+    width: int
+    field: str | None = None
+
+
+@dataclass
+class LoadedData:
+    """A decorated data-loading function and the features it returns, in column order."""
+
+    fn: Callable[[], Any]
+    features: list[FeatureDecl]
+    origin: tuple[str, int | None]
+
+    def dataset(self) -> Dataset:
+        result = self.fn()
+        source = f"{self.origin[0]}:{self.origin[1]} ({self.fn.__name__})"
+        if isinstance(result, dict):
+            try:
+                result = (result["x_train"], result["y_train"], result["x_test"],
+                          result["y_test"])
+            except KeyError as exc:
+                raise DataError(f"{source}: the loader's dict lacks {exc.args[0]!r}") from None
+        if not isinstance(result, tuple | list) or len(result) != 4:
+            raise DataError(f"{source}: a @DataLoader function must return "
+                            "(x_train, y_train, x_test, y_test)")
+        x_train, y_train, x_test, y_test = (np.asarray(v) for v in result)
+        return make_dataset(self.features, x_train, y_train, x_test, y_test, source)
+
+
+class DataLoader:
+    """Decorator declaring the features a loader returns: ``@DataLoader(features=[...])``."""
+
+    def __init__(self, features: list[Feature] | dict[str, int]) -> None:
+        self.origin = _caller()
+        items = ([Feature(k, v) for k, v in features.items()] if isinstance(features, dict)
+                 else list(features))
+        self.features = [FeatureDecl(f.name, f.width, f.field) for f in items]
+        try:
+            check_feature_decls(self.features, self.origin[0])
+        except FeatureDeclError as exc:
+            raise SpecError(str(exc), file=self.origin[0], field=f"features[{exc.index}]",
+                            line=self.origin[1]) from None
+
+    def __call__(self, fn: Callable[[], Any]) -> LoadedData:
+        return LoadedData(fn, self.features, self.origin)
+
+
+class Verdict:
+    """What the switch does with each class."""
+
+    @staticmethod
+    def metadata(default_port: int = 1) -> VerdictSpec:
+        return VerdictSpec(kind="metadata", default_port=default_port)
+
+    @staticmethod
+    def dscp(marks: dict[str, int], default_port: int = 1) -> VerdictSpec:
+        return VerdictSpec(kind="dscp", dscp=marks, default_port=default_port)
+
+    @staticmethod
+    def drop(classes: list[str], default_port: int = 1) -> VerdictSpec:
+        return VerdictSpec(kind="drop", drop=classes, default_port=default_port)
+
+    @staticmethod
+    def forward(ports: dict[str, int], default_port: int = 1) -> VerdictSpec:
+        return VerdictSpec(kind="forward", ports=ports, default_port=default_port)
+
+
+class _Schedulable:
+    def __gt__(self, other: _Schedulable) -> Schedule:
+        return Schedule(">", [self, other])
+
+    def __or__(self, other: _Schedulable) -> Schedule:
+        return Schedule("|", [self, other])
+
+
+@dataclass(eq=False)
+class Schedule(_Schedulable):
+    """``m1 > m2`` runs m2 after m1 (sequential); ``m1 | m2`` runs them side by side."""
+
+    op: str
+    parts: list[Any]
+
+    def models(self) -> Iterator[Model]:
+        for part in self.parts:
+            yield from part.models() if isinstance(part, Schedule) else [part]
+
+
+class Model(_Schedulable):
+    """An ML need: the data, the metric that matters, the families allowed, the verdict."""
+
+    def __init__(self, name: str, *, data: LoadedData, metric: str = "f1_macro",
+                 algorithms: list[str] | None = None, class_of_interest: str | None = None,
+                 objectives: list[str] | tuple[str, ...] = ("metric",),
+                 verdict: VerdictSpec | None = None) -> None:
+        self.origin = _caller()
+        if not isinstance(data, LoadedData):
+            raise SpecError("data must be a function decorated with @DataLoader(...)",
+                            file=self.origin[0], field="data", line=self.origin[1])
+        self.data = data
+        try:
+            self.spec = ModelSpec(name=name, metric=metric, algorithms=algorithms,
+                                  class_of_interest=class_of_interest,
+                                  objectives=list(objectives), verdict=verdict or VerdictSpec())
+        except ValidationError as exc:
+            raise _spec_error(exc, "", self.origin) from None
+
+    def models(self) -> Iterator[Model]:
+        yield self
+
+
+@dataclass
+class Platform:
+    """A target device with its profile overrides, constraints and scheduled models."""
+
+    target: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    constraints: Constraints = field(default_factory=Constraints)
+    scheduled: Model | Schedule | None = None
+    origin: tuple[str, int | None] = ("<python>", None)
+
+    def constrain(self, performance: dict[str, float] | None = None,
+                  resources: dict[str, float] | None = None) -> Platform:
+        origin = _caller()
+        try:
+            self.constraints = Constraints(performance=performance or {},
+                                           resources=resources or {})
+        except ValidationError as exc:
+            raise _spec_error(exc, "constrain", origin) from None
+        return self
+
+    def schedule(self, what: Model | Schedule) -> Platform:
+        if not isinstance(what, Model | Schedule):
+            origin = _caller()
+            raise SpecError("schedule() takes a Model or a schedule built with > or |",
+                            file=origin[0], field="schedule", line=origin[1])
+        self.scheduled = what
+        return self
+
+
+class Platforms:
+    """The targets: ``Platforms.Tofino()`` (TNA) and ``Platforms.BMv2()`` (v1model)."""
+
+    @staticmethod
+    def Tofino(**profile: Any) -> Platform:  # noqa: N802  (the paper's spelling)
+        return Platform("tofino", dict(profile), origin=_caller())
+
+    @staticmethod
+    def BMv2(**profile: Any) -> Platform:  # noqa: N802
+        return Platform("bmv2", dict(profile), origin=_caller())
+
+
+@dataclass(frozen=True)
+class _Overrides:
+    out_dir: Path
+    trials: int | None
+    seconds: float | None
+    resume: bool
+    seed: int | None
+    progress: bool
+
+
+_CLI: ContextVar[_Overrides | None] = ContextVar("homunculus_cli", default=None)
+_CALLS: ContextVar[list[Any] | None] = ContextVar("homunculus_calls", default=None)
+
+
+@contextmanager
+def cli_overrides(out_dir: Path, trials: int | None, seconds: float | None, resume: bool,
+                  seed: int | None, progress: bool) -> Iterator[list[Any]]:
+    """While active, generate() uses these options and records its results in the list."""
+    calls: list[Any] = []
+    t1 = _CLI.set(_Overrides(out_dir, trials, seconds, resume, seed, progress))
+    t2 = _CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _CLI.reset(t1)
+        _CALLS.reset(t2)
+
+
+def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, seed: int,
+            sampler: str) -> Plan:
+    origin = _caller()
+    if platform.scheduled is None:
+        raise SpecError("nothing is scheduled: call platform.schedule(model) before generate()",
+                        file=origin[0], field="schedule", line=origin[1])
+    models = list(platform.scheduled.models())
+    if len(models) > 1:
+        raise NotSupportedError(
+            f"{origin[0]}:{origin[1]}: scheduling {len(models)} models "
+            f"({' '.join(m.spec.name for m in models)}) with > or | is not supported yet; "
+            "schedule one model")
+    model = models[0]
+    try:
+        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
+                                     constraints=platform.constraints)
+        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler)
+    except ValidationError as exc:
+        raise _spec_error(exc, "", origin) from None
+    origins = {"model": model.origin, "platform": platform.origin, "data": model.data.origin,
+               "search": origin}
+    return Plan(model.spec.name, model.spec, platform_spec, search, model.data.dataset,
+                model.origin[0], origins, n_models=len(models))
+
+
+def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | None = 30,
+             seconds: float | None = None, seed: int = 0, sampler: str = "tpe",
+             resume: bool = False, progress: bool = True) -> Any:
+    """Search, train, quantise and emit the scheduled model for ``platform`` into ``out_dir``.
+
+    Under ``homunculus compile SCRIPT -o OUT`` the command line's options win.
+    """
+    from homunculus.compile import CompileOptions, compile_plan
+
+    cli = _CLI.get()
+    plan = plan_of(platform, trials=trials, seconds=seconds, seed=seed, sampler=sampler)
+    options = CompileOptions(out_dir=Path(out_dir), trials=None, seconds=None, resume=resume,
+                             seed=None, progress=progress)
+    if cli is not None:
+        options = CompileOptions(out_dir=cli.out_dir, trials=cli.trials, seconds=cli.seconds,
+                                 resume=cli.resume, seed=cli.seed, progress=cli.progress)
+    result = compile_plan(plan, options)
+    calls = _CALLS.get()
+    if calls is not None:
+        calls.append(result)
+    return result

@@ -36,7 +36,8 @@ def small_problems(draw: st.DrawFn):
     return widths, x, y, n_classes, probe, seed
 
 
-def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_range) -> None:
+def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_range,
+                 merge_to: int | None = None) -> None:
     fam = all_families()[family]
     feats = [FeatureDecl(f"x{i}", w) for i, w in enumerate(widths)]
     ds = make_dataset(feats, x, [f"c{v}" for v in y], x[:2], [f"c{v}" for v in y[:2]], "prop")
@@ -44,8 +45,8 @@ def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_ran
     trained = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, seed)
     verdict = VerdictPlan(kind=VerdictKind.DROP, drop=frozenset({0}))
     pipeline = encode_for_target(
-        lower(trained.quantised, ds.features, ds.class_labels, verdict, trained.winner_to_class),
-        supports_range)
+        lower(trained.quantised, ds.features, ds.class_labels, verdict, trained.winner_to_class,
+              merge_to), supports_range)
     installed = read_runtime_entries(runtime_entries(pipeline, program_name="p"), pipeline)
     twin = simulate(with_installed_entries(pipeline, installed), np.vstack([ds.x_train, probe]))
     expected = trained.predict_quantised(np.vstack([ds.x_train, probe]))
@@ -56,10 +57,11 @@ def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_ran
 
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=small_problems(), supports_range=st.booleans())
-def test_generated_tables_equal_quantised_model(family, problem, supports_range) -> None:
+@given(problem=small_problems(), supports_range=st.booleans(),
+       merge_to=st.sampled_from([None, 1, 2]))
+def test_generated_tables_equal_quantised_model(family, problem, supports_range, merge_to) -> None:
     widths, x, y, n_classes, probe, seed = problem
-    check_family(family, widths, x, y, n_classes, probe, seed, supports_range)
+    check_family(family, widths, x, y, n_classes, probe, seed, supports_range, merge_to)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

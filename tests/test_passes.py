@@ -88,3 +88,20 @@ def test_decision_tree_quantisation_is_exact(small_dataset) -> None:
     trained = fam.train(fam.default_params(), ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
     np.testing.assert_array_equal(trained.predict_float(ds.x_test),
                                   trained.predict_quantised(ds.x_test))
+
+
+def test_merging_everything_folds_sum_and_argmax(small_dataset) -> None:
+    from homunculus.ir.pipeline import VerdictPlan
+    from homunculus.targets.p4.twin import simulate
+
+    ds = small_dataset
+    fam = get_family("rf")
+    params = {**fam.default_params(), "rf_n_estimators": 3, "rf_max_depth": 2}
+    trained = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
+    apart = lower(trained.quantised, ds.features, ds.class_labels, VerdictPlan())
+    fused = lower(trained.quantised, ds.features, ds.class_labels, VerdictPlan(),
+                  max_lookup_tables=1)
+    assert len(apart.lookups) == 3 and apart.score_sum is not None
+    assert len(fused.lookups) == 1 and fused.score_sum is None and fused.argmax is None
+    np.testing.assert_array_equal(simulate(fused, ds.x_test).class_index,
+                                  trained.predict_quantised(ds.x_test))

@@ -34,7 +34,7 @@ from homunculus.report.summary import (
 )
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
 from homunculus.search.metrics import NEEDS_POSITIVE, score
-from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem
+from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem, merge_budget
 from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.base import Limits
 from homunculus.targets.p4.profiles import PROFILES
@@ -186,7 +186,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     seed = plan.search.seed if options.seed is None else options.seed
     problem, requested = build_problem(plan, seed)
     candidates = select_candidates(requested, problem.dataset, problem.target, problem.limits,
-                                   problem.verdict)
+                                   problem.verdict, merge_budget(problem))
     allowed = allowed_or_raise(candidates)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)

@@ -11,8 +11,6 @@ single table left the arg-max is precomputed per entry and the table writes the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from homunculus.data.dataset import FeatureDecl
@@ -24,7 +22,6 @@ from homunculus.ir.pipeline import (
     Exact,
     FeatureInput,
     Field,
-    Match,
     MatchKind,
     Pipeline,
     Range,
@@ -36,17 +33,8 @@ from homunculus.ir.pipeline import (
     bits_for,
 )
 from homunculus.ir.quantised import QLookupSum, QTree, QTreeEnsemble, QuantisedModel
-
-
-@dataclass
-class ScoreTable:
-    """A table whose entries carry a score vector (before fields are assigned)."""
-
-    name: str
-    keys: tuple[Field, ...]
-    kinds: tuple[MatchKind, ...]
-    matches: list[tuple[Match, ...]]
-    scores: np.ndarray  # [n_entries, n_scores] int64
+from homunculus.passes.merge import merge_tables
+from homunculus.passes.score_table import ScoreTable
 
 
 def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...]:
@@ -56,13 +44,19 @@ def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...
 
 
 def lower(model: QuantisedModel, features: tuple[FeatureDecl, ...], class_labels: tuple[str, ...],
-          verdict: VerdictPlan, winner_to_class: tuple[int, ...] | None = None) -> Pipeline:
-    """Lower ``model`` to a Pipeline whose tables are partitions (disjoint and exhaustive)."""
+          verdict: VerdictPlan, winner_to_class: tuple[int, ...] | None = None,
+          max_lookup_tables: int | None = None) -> Pipeline:
+    """Lower ``model`` to a Pipeline whose tables are partitions (disjoint and exhaustive).
+
+    With ``max_lookup_tables``, score tables are merged (passes.merge) until that many remain.
+    """
     inputs = feature_inputs(features)
     if isinstance(model, QTreeEnsemble):
         encoders, score_tables, bias = lower_trees(model, inputs)
     else:
         encoders, score_tables, bias = [], *lower_lookup_sum(model, inputs)
+    if max_lookup_tables is not None:
+        score_tables = merge_tables(score_tables, max_lookup_tables)
     n_winners = len(bias)
     winner = Field("winner", bits_for(max(n_winners - 1, 1)))
     lookups, score_sum, argmax = score_stage(score_tables, np.asarray(bias), winner)

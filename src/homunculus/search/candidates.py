@@ -25,8 +25,13 @@ def known_families() -> list[str]:
 
 
 def select_candidates(requested: list[str] | None, dataset: Dataset, target: SwitchTarget,
-                      limits: Limits, verdict: VerdictPlan) -> list[Candidate]:
-    """For each requested family (all when None): allowed, or ruled out and why."""
+                      limits: Limits, verdict: VerdictPlan,
+                      max_lookup_tables: int | None = None) -> list[Candidate]:
+    """For each requested family (all when None): allowed, or ruled out and why.
+
+    A family is judged by its smallest pipeline (merged down to ``max_lookup_tables`` when the
+    search may merge tables), built without training.
+    """
     families = all_families()
     names = requested if requested else sorted(families)
     out: list[Candidate] = []
@@ -35,7 +40,8 @@ def select_candidates(requested: list[str] | None, dataset: Dataset, target: Swi
             out.append(Candidate(name, False, MAT_UNSUPPORTED[name]))
             continue
         smallest = families[name].smallest_model(dataset.widths, dataset.n_classes)
-        pipeline = target.prepare(lower(smallest, dataset.features, dataset.class_labels, verdict))
+        pipeline = target.prepare(lower(smallest, dataset.features, dataset.class_labels, verdict,
+                                        max_lookup_tables=max_lookup_tables))
         usage = target.estimate(pipeline)
         verdict_ = assess(usage, limits)
         if verdict_.feasible:

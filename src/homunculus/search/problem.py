@@ -16,6 +16,8 @@ from homunculus.search.metrics import score
 from homunculus.targets.base import Feasibility, Limits, Usage, assess
 from homunculus.targets.p4.target import SwitchTarget
 
+MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -58,10 +60,20 @@ class Evaluation:
     metric: float  # on the validation split, of the quantised model
 
 
-def build_pipeline(problem: Problem, trained: TrainedModel) -> Pipeline:
+def merge_budget(problem: Problem) -> int | None:
+    """How many lookup tables fit beside the encoders: one stage's tables, within the limit."""
+    caps = [problem.target.profile.tables_per_stage]
+    if problem.limits.tables is not None:
+        caps.append(problem.limits.tables - len(problem.dataset.features) - 1)
+    caps = [c for c in caps if c is not None]
+    return max(1, min(caps)) if caps else None
+
+
+def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False) -> Pipeline:
+    """Lower, optionally merge lookup tables (to ``merge_budget``), then encode for the target."""
     ds = problem.dataset
     pipeline = lower(trained.quantised, ds.features, ds.class_labels, problem.verdict,
-                     trained.winner_to_class)
+                     trained.winner_to_class, merge_budget(problem) if merge else None)
     return problem.target.prepare(pipeline)
 
 
@@ -70,7 +82,7 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     ds = problem.dataset
     trained = get_family(family).train(params, problem.x_fit, problem.y_fit, ds.n_classes,
                                        ds.widths, problem.seed)
-    pipeline = build_pipeline(problem, trained)
+    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)))
     usage = problem.target.estimate(pipeline)
     feasibility = assess(usage, problem.limits)
     metric = score(problem.metric, problem.y_val, trained.predict_quantised(problem.x_val),

@@ -21,7 +21,7 @@ import optuna
 
 from homunculus.errors import InfeasibleError
 from homunculus.models.base import get_family
-from homunculus.search.problem import Evaluation, Problem, evaluate
+from homunculus.search.problem import MERGE_PARAM, Evaluation, Problem, evaluate, merge_budget
 from homunculus.targets.base import LIMIT_KEYS, UNITS
 
 RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
@@ -95,9 +95,14 @@ def directions(objectives: tuple[str, ...]) -> list[str]:
     return ["maximize" if o == "metric" else "minimize" for o in objectives]
 
 
-def suggest_configuration(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, Any]]:
+def suggest_configuration(trial: optuna.Trial, families: list[str],
+                          can_merge: bool) -> tuple[str, dict[str, Any]]:
+    """A family, its hyperparameters, and the resource knobs of the design space."""
     family = trial.suggest_categorical("family", families)
-    return family, get_family(family).suggest(trial)
+    params = get_family(family).suggest(trial)
+    if can_merge:
+        params[MERGE_PARAM] = trial.suggest_categorical(MERGE_PARAM, [False, True])
+    return family, params
 
 
 def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampler_kind: str,
@@ -118,11 +123,12 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
                progress: SearchProgress | None = None) -> SearchResult:
     """Run the remaining budget of ``study`` and return its best feasible trial."""
     progress = progress or SearchProgress()
+    can_merge = merge_budget(problem) is not None
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         progress.record(t)
 
     def objective(trial: optuna.Trial) -> list[float]:
-        family, params = suggest_configuration(trial, families)
+        family, params = suggest_configuration(trial, families, can_merge)
         ev = evaluate(problem, family, params)
         record(trial, ev)
         return objective_values(ev, objectives)

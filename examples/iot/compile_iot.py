@@ -39,4 +39,4 @@ tofino.constrain(performance={"throughput_gpps": 1.0, "latency_ns": 600},
 tofino.schedule(iot)
 
 if __name__ == "__main__":
-    generate(tofino, HERE.parent.parent / "out" / "iot-py", trials=30, seed=0)
+    generate(tofino, "out/iot-py", trials=30, seed=0)

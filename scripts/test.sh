@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ruff check src tests bench
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest "$@"

@@ -87,3 +87,13 @@ def test_cli_runs_the_bundled_python_example(tmp_path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["agreement"] == 1.0 and len(report["trials"]) == 3
     assert not (ROOT / "out").exists() or (ROOT / "out").stat()  # the source tree is untouched
+
+
+def test_platform_profile_overrides_from_python(tmp_path) -> None:
+    model = Model("toy", data=make_loader(*toy()), algorithms=["dt"])
+    small = Platforms.Tofino(stages=2)
+    small.schedule(model)
+    from homunculus.errors import InfeasibleError
+
+    with pytest.raises(InfeasibleError, match="stages 3 > limit 2"):
+        generate(small, tmp_path / "out", trials=2, progress=False)

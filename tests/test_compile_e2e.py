@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from homunculus.compile import CompileOptions, build_problem, compile_plan, verify
-from homunculus.errors import InfeasibleError, VerificationError
+from homunculus.errors import InfeasibleError, SpecError, VerificationError
 from homunculus.frontend.yaml_spec import plan_from_yaml
 from homunculus.search.problem import evaluate
 from homunculus.targets.p4.check import check_program
@@ -130,3 +130,25 @@ def test_hostile_names_cannot_reach_generated_code(tmp_path, example_csv) -> Non
     assert all(line.lstrip().startswith(("//", "#include <")) or "//" not in line
                for line in p4.splitlines())  # hostile text only ever sits in whole-line comments
     assert "#include <bad>" not in [line.strip() for line in p4.splitlines()]
+
+
+def test_time_budget_alone_stops_the_search(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv, algorithms="[dt]").replace("  trials: 4", "  trials: null")
+    spec = write_spec(tmp_path / "s.yaml", text)
+    result = compile_yaml(spec, tmp_path / "out", seconds=1.5)
+    assert result.report["search"]["seconds"] < 30 and len(result.report["trials"]) >= 1
+
+
+def test_profile_overrides_change_feasibility(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv, algorithms="[dt]").replace(
+        "  target: tofino", "  target: tofino\n  profile: {stages: 2}").replace(
+        "resources: {stages: 12}", "resources: {}")
+    spec = write_spec(tmp_path / "s.yaml", text)
+    with pytest.raises(InfeasibleError, match="stages 3 > limit 2"):
+        compile_yaml(spec, tmp_path / "out", trials=2)
+    bad = write_spec(tmp_path / "bad.yaml", text.replace("{stages: 2}", "{stagez: 2}"))
+    with pytest.raises(SpecError) as exc:
+        compile_yaml(bad, tmp_path / "out", trials=2)
+    assert exc.value.field == "platform.profile" and "stagez" in str(exc.value)
+    assert exc.value.line == next(i for i, line in enumerate(text.splitlines(), 1)
+                                  if "profile:" in line)

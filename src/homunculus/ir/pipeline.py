@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from homunculus.ir.flow import FlowProgram
+
 
 class MatchKind(StrEnum):
     EXACT = "exact"
@@ -136,7 +138,8 @@ class FeatureInput:
 
     name: str  # the user's name (never emitted as code)
     field: Field  # sanitised pipeline field
-    header_field: str | None  # e.g. "ipv4.ttl"; None = carried in the feature header
+    header_field: str | None  # e.g. "ipv4.ttl"; None = flow state or carried in the feature header
+    flow: bool = False  # computed by the flow-state program (Pipeline.flow)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class Pipeline:
     verdict_kind: VerdictKind
     class_labels: tuple[str, ...]
     notes: dict[str, object] = field(default_factory=dict)
+    flow: FlowProgram | None = None  # per-flow state feeding the flow features
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders

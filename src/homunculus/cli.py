@@ -81,6 +81,66 @@ def compile_command(
               f"binding: {res['binding']}")
 
 
+@app.command("simulate")
+def simulate_command(
+    out_dir: Annotated[Path, typer.Argument(help="a compiled output directory")],
+    pcap: Annotated[list[Path], typer.Option("--pcap", help="capture(s): pcap or pcapng")],
+    labels: Annotated[Path | None, typer.Option(help="label CSV (measures F1)")] = None,
+    default_label: Annotated[str, typer.Option(help="label of unmatched packets")] = "benign",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report here")] = None,
+) -> None:
+    """Run the generated data plane over a capture; compare with the model (must agree 100%)."""
+    import json
+
+    from homunculus.data.labels import label_from_file
+    from homunculus.data.pcap import ingest
+    from homunculus.simulate import simulate_capture
+
+    try:
+        table, stats = ingest(pcap)
+        if labels is not None:
+            table = label_from_file(table, labels, default=default_label)
+        report = simulate_capture(out_dir, table)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    if stats.skipped or stats.truncated_files:
+        err.print(f"warning: skipped {stats.skipped} bad records; "
+                  f"{stats.truncated_files} truncated capture(s)")
+    table_view = Table("class", "packets")
+    for label, count in report.counts.items():
+        table_view.add_row(label, str(count))
+    out.print(table_view)
+    f1 = f"{report.f1_macro:.4f} on {report.labelled} labelled packets" if (
+        report.f1_macro is not None) else "n/a (no labels)"
+    out.print(f"{report.packets} packets, {report.classified} classified; agreement with the "
+              f"model {report.agreement:.2%}; F1 (macro) {f1}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+
+
+@app.command("scenario")
+def scenario_command(
+    name: Annotated[str, typer.Argument(help="anomaly or botnet")],
+    pcap: Annotated[Path, typer.Option("--pcap", help="capture to write")],
+    labels: Annotated[Path, typer.Option("--labels", help="label CSV to write")],
+    flows: Annotated[int, typer.Option(help="background flows")] = 300,
+    seconds: Annotated[float, typer.Option(help="duration of the background")] = 60.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write a seeded attack scenario (injected into synthetic background) with its labels."""
+    from homunculus.data.scenarios import scenario_table, write_scenario
+
+    try:
+        table = scenario_table(name, flows, seconds, seed)
+        write_scenario(table, pcap, labels)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    counts = table["label"].value_counts().to_dict()
+    out.print(f"wrote {len(table)} packets to {pcap} and labels to {labels}: {counts}")
+
+
 @app.command("families")
 def families_command() -> None:
     """List the model families and how each maps to tables."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from homunculus.frontend.plan import Plan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
+from homunculus.ir.serialize import pipeline_to_json
 from homunculus.models.base import all_families
 from homunculus.progress import search_progress
 from homunculus.report.render import write_report
@@ -144,8 +145,21 @@ def write_model(out: Path, ev: Evaluation, dataset: Dataset) -> None:
         "class_labels": list(dataset.class_labels),
         "winner_to_class": list(ev.trained.winner_to_class or range(dataset.n_classes)),
         "model": to_json(ev.trained.quantised),
+        "traffic": None if dataset.traffic is None else {
+            "features": [asdict(f) for f in dataset.traffic.features],
+            "config": asdict(dataset.traffic.config)},
     }
     (model_dir / "quantised.json").write_text(json.dumps(quantised, indent=1) + "\n")
+
+
+def verify_packets(out: Path, dataset: Dataset) -> dict[str, Any] | None:
+    """For traffic compiles: the whole data plane (flow registers included) over every packet of
+    the capture must agree with the model on reference features."""
+    if dataset.traffic is None or dataset.traffic.table is None:
+        return None
+    from homunculus.simulate import simulate_capture
+
+    return simulate_capture(out, dataset.traffic.table).as_dict()
 
 
 def verify(problem: Problem, ev: Evaluation, out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -205,9 +219,13 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     try:
         program = sanitise_identifier(plan.name, "hmn")
         problem.target.emit(ev.pipeline, staging, program)
+        (staging / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
         expected, produced = verify(problem, ev, staging)
         write_model(staging, ev, problem.dataset)
+        packet_check = verify_packets(staging, problem.dataset)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
+        report["packet_simulation"] = packet_check
+        report["traffic"] = traffic_section(problem.dataset)
         (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
         write_report(staging, report)
         shutil.copy2(out_dir / "study.db", staging / "study.db")
@@ -216,6 +234,15 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out_dir, family, params, report["metrics"], report)
+
+
+def traffic_section(dataset: Dataset) -> dict[str, Any] | None:
+    info = dataset.traffic
+    if info is None:
+        return None
+    return {"packets": info.packets, "samples": info.samples, "labels": info.label_counts,
+            "split": info.split, "ingest": info.ingest,
+            "flow": asdict(info.config), "features": [asdict(f) for f in info.features]}
 
 
 def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ class FeatureDecl:
     name: str
     width: int
     field: str | None = None
+    kind: str | None = None  # a flow-state kind (features/library.py); None: a table column
 
     @property
     def max_value(self) -> int:
@@ -36,6 +38,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str = "<memory>"
+    traffic: Any = None  # TrafficInfo for datasets built from packets (data/traffic.py)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -66,6 +69,8 @@ def check_feature_decls(features: list[FeatureDecl], source: str) -> None:
         seen.add(f.name)
         if not 1 <= f.width <= MAX_WIDTH:
             raise FeatureDeclError(f"{where}: width {f.width} is outside 1..{MAX_WIDTH} bits", i)
+        if f.kind is not None:
+            continue  # flow features are validated by features.library.validate
         if f.field is not None:
             try:
                 hf = lookup_header_field(f.field)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from homunculus.search.metrics import METRICS
 from homunculus.search.study import RESOURCE_OBJECTIVES
@@ -109,11 +109,67 @@ class SearchSpec(Strict):
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
 
 
+class TrafficFeature(Strict):
+    """A data-plane feature (features/library.py); ``len_hist``/``iat_hist`` expand to bins."""
+
+    name: str = Field(min_length=1)
+    kind: str = "header"
+    width: int = Field(ge=1, le=32)
+    field: str | None = None
+    param: int = 0
+    bins: int = Field(default=1, ge=1, le=64)
+    bin_shift: int = Field(default=0, ge=0, le=31)
+
+
+class LabelSpec(Strict):
+    kind: Literal["file", "attacks", "ndpi"]
+    path: str | None = Field(default=None, description="file: the label CSV")
+    default: str = "benign"
+    scenario: Literal["anomaly", "botnet"] | None = None
+    seed: int = 0
+    first_n: int = Field(default=8, ge=1, description="ndpi: packets per flow")
+    max_files: int | None = Field(default=None, ge=1, description="ndpi: captures to use")
+
+
+class BackgroundSpec(Strict):
+    flows: int = Field(default=300, ge=1)
+    seconds: float = Field(default=60.0, gt=0)
+    seed: int = 0
+
+
+class FlowSpec(Strict):
+    slots: int = 4096
+    time_shift: int = Field(default=0, ge=0, le=24)
+
+
+class TrafficSpec(Strict):
+    """Packets in, per-packet features computed as the data plane computes them."""
+
+    pcaps: list[str] = Field(default_factory=list)
+    background: BackgroundSpec | None = Field(
+        default=None, description="synthetic background traffic when no capture is given")
+    labels: LabelSpec
+    features: list[TrafficFeature] = Field(min_length=1)
+    flow: FlowSpec = Field(default_factory=FlowSpec)
+    test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    split: Literal["flow", "file", "time"] = "flow"
+    max_packets: int | None = Field(default=None, ge=1)
+    select_features: bool = Field(default=False, description="search the feature set too")
+
+
 class Spec(Strict):
     """A whole YAML spec: one model on one platform (schedules of several come later)."""
 
     name: str = Field(min_length=1)
-    data: DataSpec
+    data: DataSpec | None = None
+    traffic: TrafficSpec | None = None
     model: ModelSpec
     platform: PlatformSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Spec:
+        if (self.data is None) == (self.traffic is None):
+            raise ValueError("give exactly one of 'data' (a feature table) or 'traffic' "
+                             "(packet captures)")
+        return self

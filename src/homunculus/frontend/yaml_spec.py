@@ -78,9 +78,12 @@ def plan_from_yaml(path: Path) -> Plan:
     spec, lines = load_yaml_spec(path)
     source = str(path)
     origins = {dotted(k): (source, v) for k, v in lines.items()}
-    features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
                 source, origins)
+    if spec.traffic is not None:
+        plan.load_data = traffic_loader(spec, path.parent, plan)
+        return plan
+    features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
     try:
         check_feature_decls(features, source)
     except FeatureDeclError as exc:
@@ -95,3 +98,31 @@ def plan_from_yaml(path: Path) -> Plan:
 
     plan.load_data = load
     return plan
+
+
+def traffic_loader(spec: Spec, base: Path, plan: Plan):  # noqa: ANN201  (() -> Dataset)
+    """Validate the traffic features now; load packets and compute features when called."""
+    from homunculus.data.traffic import (
+        UNIT_NS,
+        build_traffic_dataset,
+        feature_defs,
+        load_traffic_packets,
+    )
+    from homunculus.features.library import FlowConfig
+    from homunculus.targets.p4.profiles import PROFILES
+
+    traffic = spec.traffic
+    defs = feature_defs(traffic.features, plan.error)
+    try:
+        config = FlowConfig(traffic.flow.slots, traffic.flow.time_shift,
+                            UNIT_NS[PROFILES[spec.platform.target].arch])
+    except ValueError as exc:
+        raise plan.error("traffic.flow", str(exc)) from None
+
+    def load() -> Dataset:
+        table, stats, source = load_traffic_packets(traffic, base, plan.error)
+        return build_traffic_dataset(table, defs, config, split=traffic.split,
+                                     test_fraction=traffic.test_fraction, seed=spec.search.seed,
+                                     source=source, ingest=stats)
+
+    return load

@@ -32,6 +32,7 @@ class StageCaps:
     tcam_blocks: int | None
     sram_block_bits: int
     tcam_block_bits: int
+    registers: int | None = None  # stateful ALUs per stage
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _Stage:
     entries: int = 0
     sram_blocks: int = 0
     tcam_blocks: int = 0
+    registers: int = 0
 
 
 def dependency_levels(pipeline: Pipeline) -> list[list[Table]]:
@@ -107,11 +109,55 @@ def _place(stages: list[_Stage], start: int, name: str, cost: TableCost, caps: S
         s += 1
 
 
+def register_blocks(pipeline: Pipeline, caps: StageCaps) -> dict[str, int]:
+    """SRAM blocks of every flow-state register array."""
+    if pipeline.flow is None:
+        return {}
+    slots = pipeline.flow.config.slots
+    return {r.name: math.ceil(slots * r.width / caps.sram_block_bits)
+            for r in pipeline.flow.registers}
+
+
+def _place_flow(stages: list[_Stage], pipeline: Pipeline, caps: StageCaps) -> int:
+    """Place register arrays by dependency level (one stateful ALU each); return the next stage."""
+    if pipeline.flow is None:
+        return 0
+    blocks = register_blocks(pipeline, caps)
+    next_free = 0
+    for level in (0, 1, 2):
+        regs = [r for r in pipeline.flow.registers if r.stage == level]
+        if not regs:
+            continue
+        last = next_free
+        for r in regs:
+            s = next_free
+            while True:
+                while len(stages) <= s:
+                    stages.append(_Stage([], []))
+                st = stages[s]
+                alu_ok = caps.registers is None or st.registers < caps.registers
+                mem_ok = (caps.sram_blocks is None
+                          or st.sram_blocks + blocks[r.name] <= caps.sram_blocks)
+                if alu_ok and mem_ok:
+                    st.ops.append(f"register {r.name}")
+                    st.registers += 1
+                    st.sram_blocks += blocks[r.name]
+                    last = max(last, s)
+                    break
+                s += 1
+        next_free = last + 1
+    return next_free
+
+
 def allocate(pipeline: Pipeline, costs: dict[str, TableCost], caps: StageCaps
              ) -> tuple[StageUsage, ...]:
-    """The per-stage plan: which tables and ALU operations sit in which stage."""
+    """The per-stage plan: which registers, tables and ALU operations sit in which stage.
+
+    Flow-state registers come first; tables start after them (conservative: a table keyed only
+    on header fields could share the flow stages).
+    """
     stages: list[_Stage] = []
-    next_free = 0
+    next_free = _place_flow(stages, pipeline, caps)
     for level in dependency_levels(pipeline):
         last = next_free - 1
         for table in sorted(level, key=lambda t: -(costs[t.name].sram_blocks

@@ -39,7 +39,7 @@ from homunculus.passes.score_table import ScoreTable
 
 def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...]:
     idents = unique_identifiers([f.name for f in features], "f")
-    return tuple(FeatureInput(f.name, Field(i, f.width), f.field)
+    return tuple(FeatureInput(f.name, Field(i, f.width), f.field, flow=f.kind is not None)
                  for f, i in zip(features, idents, strict=True))
 
 

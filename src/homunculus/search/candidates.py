@@ -9,6 +9,7 @@ from homunculus.errors import InfeasibleError
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import MAT_UNSUPPORTED, all_families
 from homunculus.passes.lower import lower
+from homunculus.search.problem import with_flow
 from homunculus.targets.base import Limits, assess
 from homunculus.targets.p4.target import SwitchTarget
 
@@ -40,8 +41,9 @@ def select_candidates(requested: list[str] | None, dataset: Dataset, target: Swi
             out.append(Candidate(name, False, MAT_UNSUPPORTED[name]))
             continue
         smallest = families[name].smallest_model(dataset.widths, dataset.n_classes)
-        pipeline = target.prepare(lower(smallest, dataset.features, dataset.class_labels, verdict,
-                                        max_lookup_tables=max_lookup_tables))
+        lowered = lower(smallest, dataset.features, dataset.class_labels, verdict,
+                        max_lookup_tables=max_lookup_tables)
+        pipeline = target.prepare(with_flow(lowered, dataset))
         usage = target.estimate(pipeline)
         verdict_ = assess(usage, limits)
         if verdict_.feasible:

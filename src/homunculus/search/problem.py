@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from homunculus.data.dataset import Dataset
+from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import Pipeline, VerdictPlan
 from homunculus.models.base import TrainedModel, get_family
 from homunculus.passes.lower import lower
@@ -74,7 +75,15 @@ def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False)
     ds = problem.dataset
     pipeline = lower(trained.quantised, ds.features, ds.class_labels, problem.verdict,
                      trained.winner_to_class, merge_budget(problem) if merge else None)
-    return problem.target.prepare(pipeline)
+    return problem.target.prepare(with_flow(pipeline, ds))
+
+
+def with_flow(pipeline: Pipeline, dataset: Dataset) -> Pipeline:
+    """Attach the flow-state program when the dataset's features come from packets."""
+    if dataset.traffic is None:
+        return pipeline
+    return replace(pipeline, flow=lower_flow_features(list(dataset.traffic.features),
+                                                      dataset.traffic.config))
 
 
 def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:

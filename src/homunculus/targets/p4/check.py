@@ -3,7 +3,9 @@
 The program is our own regular output, so a few regular expressions recover what matters: the
 metadata field widths, the ingress control's actions (parameter names and widths) and tables
 (keys and match kinds, actions, size, default action). Every runtime table, entry, value, mask
-and parameter is then checked against those declarations.
+and parameter is then checked against those declarations. Given the flow program, every flow
+register must be declared exactly once, with the IR's width and slot count (and, on TNA, with
+exactly one RegisterAction of the same width).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from homunculus.ir.flow import FlowProgram
 from homunculus.targets.p4.codegen import INGRESS_CONTROL
 from homunculus.targets.p4.entries import parse_int
 
@@ -26,6 +29,11 @@ _ACTIONS_BLOCK = re.compile(r"\bactions\s*=\s*\{([^}]*)\}")
 _SIZE = re.compile(r"\bsize\s*=\s*(\d+)\s*;")
 _DEFAULT = re.compile(r"\bdefault_action\s*=\s*(\w+)\s*\(([^)]*)\)\s*;")
 _LITERAL = re.compile(r"^\s*(\d+)w(\d+)\s*$")
+# v1model: register<bit<W>>(N) name;   TNA: Register<bit<W>, bit<I>>(N[, init]) name;
+_REGISTER = re.compile(r"\b(register|Register)\s*<\s*bit<(\d+)>\s*(?:,\s*bit<(\d+)>\s*)?>"
+                       r"\s*\(\s*(\d+)\s*(?:,\s*(?:\d+w)?\d+\s*)?\)\s*(\w+)\s*;")
+_REGISTER_ACTION = re.compile(r"\bRegisterAction\s*<\s*bit<(\d+)>\s*,\s*bit<(\d+)>\s*,"
+                              r"\s*bit<(\d+)>\s*>\s*\(\s*(\w+)\s*\)\s*(\w+)\s*=")
 
 
 @dataclass(frozen=True)
@@ -192,8 +200,68 @@ def _check_entries(name: str, spec: dict[str, Any], decl: TableDecl,
         seen.add(ident)
 
 
-def check_program(p4_text: str, runtime: dict[str, Any]) -> None:
-    """Raise ValueError unless every runtime table/entry/value fits the P4 declarations."""
+@dataclass(frozen=True)
+class RegisterDecl:
+    """What the P4 source declares for one register array."""
+
+    width: int
+    index_width: int | None  # TNA only
+    size: int
+
+
+def _registers(body: str) -> dict[str, RegisterDecl]:
+    decls: dict[str, RegisterDecl] = {}
+    for _, width, index, size, name in _REGISTER.findall(body):
+        if name in decls:
+            raise ValueError(f"register {name} is declared twice")
+        decls[name] = RegisterDecl(int(width), int(index) if index else None, int(size))
+    return decls
+
+
+def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
+    """On TNA: exactly one RegisterAction per register, with the register's types."""
+    seen: set[str] = set()
+    for width, index, out, reg, name in _REGISTER_ACTION.findall(body):
+        decl = decls.get(reg)
+        if decl is None:
+            raise ValueError(f"RegisterAction {name} uses undeclared register {reg}")
+        if reg in seen:
+            raise ValueError(f"register {reg} has more than one RegisterAction")
+        seen.add(reg)
+        if (int(width), int(index), int(out)) != (decl.width, decl.index_width, decl.width):
+            raise ValueError(f"RegisterAction {name}: types do not match register {reg}")
+    missing = sorted(n for n, d in decls.items() if d.index_width is not None and n not in seen)
+    if missing:
+        raise ValueError(f"registers without a RegisterAction: {missing}")
+
+
+def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
+    """Raise ValueError unless the program declares exactly the IR's registers, once each."""
+    body = _control_body(_strip_comments(p4_text), INGRESS_CONTROL)
+    decls = _registers(body)
+    expected = {r.name: r for r in flow.registers}
+    if sorted(decls) != sorted(expected):
+        raise ValueError(f"registers {sorted(decls)} != flow program {sorted(expected)}")
+    index_width = flow.config.slots.bit_length() - 1
+    for name, decl in decls.items():
+        reg = expected[name]
+        if decl.width != reg.width or decl.size != flow.config.slots:
+            raise ValueError(f"register {name}: declared bit<{decl.width}> x {decl.size}, flow "
+                             f"program says bit<{reg.width}> x {flow.config.slots}")
+        if decl.index_width not in (None, index_width):
+            raise ValueError(f"register {name}: index bit<{decl.index_width}>, "
+                             f"needs bit<{index_width}>")
+    _check_register_actions(body, decls)
+
+
+def check_program(p4_text: str, runtime: dict[str, Any], *,
+                  flow: FlowProgram | None = None) -> None:
+    """Raise ValueError unless every runtime table/entry/value fits the P4 declarations.
+
+    With ``flow``, also check the flow registers (:func:`check_flow_registers`).
+    """
+    if flow is not None:
+        check_flow_registers(p4_text, flow)
     text = _strip_comments(p4_text)
     widths = _metadata_widths(text)
     body = _control_body(text, INGRESS_CONTROL)

@@ -1,9 +1,10 @@
 """Switch target profiles: documented defaults a spec may override.
 
 Tofino-class figures are public orders of magnitude (see docs/targets.md), not vendor data:
-12 stages, 16 logical tables, 80 SRAM blocks of 1K x 128 bit and 24 TCAM blocks of 512 x 44 bit
-per stage, ~4 Kbit of PHV, one packet per clock (~1.2 Gpkt/s per pipeline). bmv2 is a software
-switch: no stage or memory limits; its rate and latency are rough figures for simple_switch.
+12 stages, 16 logical tables, 80 SRAM blocks of 1K x 128 bit, 24 TCAM blocks of 512 x 44 bit and
+4 stateful ALUs (register arrays) per stage, ~4 Kbit of PHV, one packet per clock (~1.2 Gpkt/s
+per pipeline). bmv2 is a software switch: no stage or memory limits; its rate and latency are
+rough figures for simple_switch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class SwitchProfile:
     pipeline_gpps: float
     base_latency_ns: float
     stage_latency_ns: float
+    registers_per_stage: int | None = None  # stateful ALUs per stage (flow-state registers)
     sram_block_entries: int = 1024
     sram_block_width: int = 128
     tcam_block_entries: int = 512
@@ -65,7 +67,7 @@ class SwitchProfile:
 TOFINO = SwitchProfile(
     name="tofino", arch="tna", stages=12, tables_per_stage=16, sram_blocks_per_stage=80,
     tcam_blocks_per_stage=24, phv_bits=4096, supports_range=False, pipeline_gpps=1.2,
-    base_latency_ns=150.0, stage_latency_ns=20.0,
+    base_latency_ns=150.0, stage_latency_ns=20.0, registers_per_stage=4,
 )
 
 BMV2 = SwitchProfile(

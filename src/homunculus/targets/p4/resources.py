@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from homunculus.ir.pipeline import MatchKind, Pipeline, Table
-from homunculus.passes.allocate import StageCaps, TableCost, allocate
+from homunculus.passes.allocate import StageCaps, TableCost, allocate, register_blocks
 from homunculus.targets.base import Usage
 from homunculus.targets.p4.profiles import SwitchProfile
 
@@ -54,20 +54,33 @@ def phv_bits(pipeline: Pipeline) -> int:
     return headers + sum(container_bits(w) for w in fields.values())
 
 
+def flow_phv_bits(pipeline: Pipeline) -> int:
+    """Metadata of the flow block: L4 ports, hash, slot, signature, flag, times."""
+    if pipeline.flow is None:
+        return 0
+    fields = [16, 16, 32, 16, 16, 8, 32]  # sport, dport, hash, slot, sig, new_flow, now
+    sources = {o.source for o in pipeline.flow.outputs}
+    fields += [32] * (("iat" in sources or any(r.op == "iat_bin"
+                                               for r in pipeline.flow.registers))
+                      + ("age" in sources))
+    return sum(fields)
+
+
 def estimate(pipeline: Pipeline, profile: SwitchProfile) -> Usage:
     costs = {t.name: table_cost(t, profile) for t in pipeline.tables()}
     caps = StageCaps(profile.tables_per_stage, profile.sram_blocks_per_stage,
                      profile.tcam_blocks_per_stage, profile.sram_block_bits,
-                     profile.tcam_block_bits)
+                     profile.tcam_block_bits, profile.registers_per_stage)
     per_stage = allocate(pipeline, costs, caps)
     n_stages = len(per_stage)
+    register_sram = sum(register_blocks(pipeline, caps).values()) * profile.sram_block_bits
     return Usage(
         stages=n_stages,
         tables=len(costs),
-        sram_kbit=sum(c.sram_bits for c in costs.values()) / 1024,
+        sram_kbit=(sum(c.sram_bits for c in costs.values()) + register_sram) / 1024,
         tcam_kbit=sum(c.tcam_bits for c in costs.values()) / 1024,
         entries=sum(c.entries for c in costs.values()),
-        phv_bits=phv_bits(pipeline),
+        phv_bits=phv_bits(pipeline) + flow_phv_bits(pipeline),
         throughput_gpps=profile.pipeline_gpps,
         latency_ns=profile.base_latency_ns + n_stages * profile.stage_latency_ns,
         per_stage=per_stage,

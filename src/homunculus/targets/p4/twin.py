@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
+from homunculus.data.packets import HEADER_COLUMNS
 from homunculus.ir.pipeline import (
     Argmax,
     Exact,
@@ -22,6 +24,7 @@ from homunculus.ir.pipeline import (
     Table,
     Ternary,
 )
+from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,36 @@ def with_installed_entries(pipeline: Pipeline,
         lookups=tuple(swap(t) for t in pipeline.lookups),
         verdict=swap(pipeline.verdict),
     )
+
+
+def header_feature_values(pipeline: Pipeline, table: pd.DataFrame) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Header features copied as the parser sees them, and the mask of packets carrying every
+    header they read (as the generated classification condition requires)."""
+    n = len(table)
+    values = np.zeros((n, len(pipeline.features)), dtype=np.int64)
+    carried = np.ones(n, dtype=bool)
+    for j, feature in enumerate(pipeline.features):
+        if feature.flow:
+            continue
+        if feature.header_field is None:
+            raise ValueError(f"feature '{feature.name}' is read from the Homunculus feature "
+                             "header, which real captures do not carry; compile from traffic")
+        column, flag = HEADER_COLUMNS[feature.header_field]
+        values[:, j] = table[column].to_numpy(np.int64)
+        if flag is not None:
+            carried &= table[flag].to_numpy(bool)
+    return values, carried
+
+
+def simulate_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
+    """Run the whole data plane over a packet table: flow registers, header copies, tables,
+    verdict. Returns the result for the classified packets and the classified mask."""
+    values, carried = header_feature_values(pipeline, table)
+    eligible = eligible_packets(table)
+    if pipeline.flow is not None:
+        flow_values, _ = run_flow_program(pipeline.flow, table, len(pipeline.features))
+        flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
+        values[:, flow_cols] = flow_values[:, flow_cols]
+    classified = eligible & carried
+    return simulate(pipeline, values[classified]), classified

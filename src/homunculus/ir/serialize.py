@@ -1,0 +1,114 @@
+"""Pipelines to and from plain JSON (OUT/pipeline.json), so a compiled program can be re-run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homunculus.features.library import FlowConfig
+from homunculus.ir.flow import FlowOutput, FlowProgram, Register
+from homunculus.ir.pipeline import (
+    Argmax,
+    Entry,
+    Exact,
+    FeatureInput,
+    Field,
+    Match,
+    MatchKind,
+    Pipeline,
+    Range,
+    ScoreSum,
+    Table,
+    TableRole,
+    Ternary,
+    VerdictKind,
+)
+
+
+def _field(f: Field) -> list[Any]:
+    return [f.name, f.width]
+
+
+def _unfield(d: list[Any]) -> Field:
+    return Field(str(d[0]), int(d[1]))
+
+
+def _match(m: Match) -> list[Any]:
+    if isinstance(m, Ternary):
+        return ["ternary", m.value, m.mask]
+    if isinstance(m, Range):
+        return ["range", m.lo, m.hi]
+    return ["exact", m.value]
+
+
+def _unmatch(d: list[Any]) -> Match:
+    kind, *values = d
+    return {"ternary": Ternary, "range": Range, "exact": Exact}[kind](*map(int, values))
+
+
+def _table(t: Table) -> dict[str, Any]:
+    return {"name": t.name, "role": t.role.value, "keys": [_field(k) for k in t.keys],
+            "kinds": [k.value for k in t.kinds], "outputs": [_field(o) for o in t.outputs],
+            "entries": [[[_match(m) for m in e.matches], list(e.params)] for e in t.entries],
+            "default": list(t.default)}
+
+
+def _untable(d: dict[str, Any]) -> Table:
+    return Table(d["name"], TableRole(d["role"]), tuple(_unfield(k) for k in d["keys"]),
+                 tuple(MatchKind(k) for k in d["kinds"]), tuple(_unfield(o) for o in d["outputs"]),
+                 tuple(Entry(tuple(_unmatch(m) for m in ms), tuple(ps)) for ms, ps in d["entries"]),
+                 tuple(d["default"]))
+
+
+def _flow(p: FlowProgram | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    c = p.config
+    return {"config": {"slots": c.slots, "time_shift": c.time_shift, "unit_ns": c.unit_ns},
+            "registers": [[r.name, r.width, r.op, r.param, r.bin_shift, r.bins]
+                          for r in p.registers],
+            "outputs": [[o.feature, o.source, o.width] for o in p.outputs]}
+
+
+def _unflow(d: dict[str, Any] | None) -> FlowProgram | None:
+    if d is None:
+        return None
+    return FlowProgram(FlowConfig(**d["config"]), tuple(Register(*r) for r in d["registers"]),
+                       tuple(FlowOutput(*o) for o in d["outputs"]))
+
+
+def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
+    return {
+        "features": [[f.name, _field(f.field), f.header_field, f.flow] for f in p.features],
+        "encoders": [_table(t) for t in p.encoders],
+        "lookups": [_table(t) for t in p.lookups],
+        "score_sum": None if p.score_sum is None else {
+            "outputs": [_field(o) for o in p.score_sum.outputs],
+            "terms": [[_field(t) for t in ts] for ts in p.score_sum.terms],
+            "bias": list(p.score_sum.bias)},
+        "argmax": None if p.argmax is None else {
+            "scores": [_field(s) for s in p.argmax.scores], "output": _field(p.argmax.output)},
+        "class_field": _field(p.class_field),
+        "verdict": _table(p.verdict),
+        "verdict_kind": p.verdict_kind.value,
+        "class_labels": list(p.class_labels),
+        "flow": _flow(p.flow),
+    }
+
+
+def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
+    ss, am = d["score_sum"], d["argmax"]
+    return Pipeline(
+        features=tuple(FeatureInput(n, _unfield(f), h, bool(fl)) for n, f, h, fl in d["features"]),
+        encoders=tuple(_untable(t) for t in d["encoders"]),
+        lookups=tuple(_untable(t) for t in d["lookups"]),
+        score_sum=None if ss is None else ScoreSum(
+            tuple(_unfield(o) for o in ss["outputs"]),
+            tuple(tuple(_unfield(t) for t in ts) for ts in ss["terms"]), tuple(ss["bias"])),
+        argmax=None if am is None else Argmax(tuple(_unfield(s) for s in am["scores"]),
+                                              _unfield(am["output"])),
+        class_field=_unfield(d["class_field"]),
+        verdict=_untable(d["verdict"]),
+        verdict_kind=VerdictKind(d["verdict_kind"]),
+        class_labels=tuple(d["class_labels"]),
+        flow=_unflow(d["flow"]),
+    )

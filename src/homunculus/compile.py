@@ -126,7 +126,7 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     target, limits = make_target_and_limits(plan)
     problem = make_problem(dataset, target, limits, plan.model.metric,
                            positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
-                           plan.search.validation_fraction)
+                           plan.search.validation_fraction, plan.select_features)
     return problem, requested
 
 
@@ -215,6 +215,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     family = best.params["family"]
     params = {k: v for k, v in best.params.items() if k != "family"}
     ev = evaluate(problem, family, params)
+    problem = ev.problem  # restricted to the chosen features when the search selects them
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
         program = sanitise_identifier(plan.name, "hmn")

@@ -142,3 +142,15 @@ def make_dataset(features: list[FeatureDecl], x_train: np.ndarray, y_train: np.n
                         f"{len(np.asarray(y_test).ravel())} labels")
     labels, ytr, yte = encode_labels(y_train, y_test, source)
     return Dataset(feats, labels, xtr, ytr, xte, yte, source)
+
+
+def select_features(dataset: Dataset, indices: list[int]) -> Dataset:
+    """The dataset restricted to the features at ``indices`` (flow declarations too)."""
+    from dataclasses import replace
+
+    traffic = dataset.traffic
+    if traffic is not None:
+        traffic = replace(traffic, features=tuple(traffic.features[i] for i in indices))
+    return replace(dataset, features=tuple(dataset.features[i] for i in indices),
+                   x_train=dataset.x_train[:, indices], x_test=dataset.x_test[:, indices],
+                   traffic=traffic)

@@ -24,6 +24,7 @@ class Plan:
     # spec field path (dotted) -> (file, line), for errors found after parsing
     origins: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     n_models: int = 1
+    select_features: bool = False  # traffic specs may put the feature set into the search
 
     def error(self, field_path: str, message: str) -> SpecError:
         """A SpecError located at ``field_path`` (or its nearest located ancestor)."""

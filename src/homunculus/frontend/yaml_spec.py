@@ -82,6 +82,7 @@ def plan_from_yaml(path: Path) -> Plan:
                 source, origins)
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
+        plan.select_features = spec.traffic.select_features
         return plan
     features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from homunculus.data.dataset import Dataset
+from homunculus.data.dataset import Dataset, select_features
 from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import Pipeline, VerdictPlan
 from homunculus.models.base import TrainedModel, get_family
@@ -35,11 +35,29 @@ class Problem:
     positive: int | None
     verdict: VerdictPlan
     seed: int
+    select_features: bool = False  # the feature set is part of the design space
+
+    def restricted(self, indices: list[int]) -> Problem:
+        """This problem on a subset of the features."""
+        return replace(self, dataset=select_features(self.dataset, indices),
+                       x_fit=self.x_fit[:, indices], x_val=self.x_val[:, indices])
+
+
+def feature_param(i: int) -> str:
+    return f"use_feature_{i}"
+
+
+def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
+    """Indices of the features a configuration uses (all unless the search selects them)."""
+    n = len(problem.dataset.features)
+    if not problem.select_features:
+        return list(range(n))
+    return [i for i in range(n) if params.get(feature_param(i), True)]
 
 
 def make_problem(dataset: Dataset, target: SwitchTarget, limits: Limits, metric: str,
                  positive: int | None, verdict: VerdictPlan, seed: int,
-                 validation_fraction: float = 0.25) -> Problem:
+                 validation_fraction: float = 0.25, select: bool = False) -> Problem:
     """Carve a stratified validation split out of the training data (the test set stays unseen)."""
     y = dataset.y_train
     counts = np.bincount(y, minlength=dataset.n_classes)
@@ -47,7 +65,7 @@ def make_problem(dataset: Dataset, target: SwitchTarget, limits: Limits, metric:
     x_fit, x_val, y_fit, y_val = train_test_split(
         dataset.x_train, y, test_size=validation_fraction, random_state=seed, stratify=stratify)
     return Problem(dataset, x_fit, y_fit, x_val, y_val, target, limits, metric, positive,
-                   verdict, seed)
+                   verdict, seed, select)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Evaluation:
     usage: Usage
     feasibility: Feasibility
     metric: float  # on the validation split, of the quantised model
+    problem: Problem  # the problem as evaluated (restricted to the chosen features)
 
 
 def merge_budget(problem: Problem) -> int | None:
@@ -88,6 +107,11 @@ def with_flow(pipeline: Pipeline, dataset: Dataset) -> Pipeline:
 
 def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:
     """Train ``family`` with ``params`` on the fit split and cost its pipeline on the target."""
+    chosen = chosen_features(problem, params)
+    if not chosen:
+        raise ValueError("a configuration must use at least one feature")
+    if len(chosen) < len(problem.dataset.features):
+        problem = problem.restricted(chosen)
     ds = problem.dataset
     trained = get_family(family).train(params, problem.x_fit, problem.y_fit, ds.n_classes,
                                        ds.widths, problem.seed)
@@ -96,4 +120,4 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     feasibility = assess(usage, problem.limits)
     metric = score(problem.metric, problem.y_val, trained.predict_quantised(problem.x_val),
                    ds.n_classes, problem.positive)
-    return Evaluation(family, params, trained, pipeline, usage, feasibility, metric)
+    return Evaluation(family, params, trained, pipeline, usage, feasibility, metric, problem)

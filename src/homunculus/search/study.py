@@ -21,7 +21,14 @@ import optuna
 
 from homunculus.errors import InfeasibleError
 from homunculus.models.base import get_family
-from homunculus.search.problem import MERGE_PARAM, Evaluation, Problem, evaluate, merge_budget
+from homunculus.search.problem import (
+    MERGE_PARAM,
+    Evaluation,
+    Problem,
+    evaluate,
+    feature_param,
+    merge_budget,
+)
 from homunculus.targets.base import LIMIT_KEYS, UNITS
 
 RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
@@ -95,13 +102,17 @@ def directions(objectives: tuple[str, ...]) -> list[str]:
     return ["maximize" if o == "metric" else "minimize" for o in objectives]
 
 
-def suggest_configuration(trial: optuna.Trial, families: list[str],
-                          can_merge: bool) -> tuple[str, dict[str, Any]]:
-    """A family, its hyperparameters, and the resource knobs of the design space."""
+def suggest_configuration(trial: optuna.Trial, families: list[str], can_merge: bool,
+                          n_select: int = 0) -> tuple[str, dict[str, Any]]:
+    """A family, its hyperparameters, the resource knobs and (optionally) the feature set."""
     family = trial.suggest_categorical("family", families)
     params = get_family(family).suggest(trial)
     if can_merge:
         params[MERGE_PARAM] = trial.suggest_categorical(MERGE_PARAM, [False, True])
+    for i in range(n_select):
+        params[feature_param(i)] = trial.suggest_categorical(feature_param(i), [True, False])
+    if n_select and not any(params[feature_param(i)] for i in range(n_select)):
+        raise optuna.TrialPruned("no feature selected")
     return family, params
 
 
@@ -124,11 +135,12 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
     """Run the remaining budget of ``study`` and return its best feasible trial."""
     progress = progress or SearchProgress()
     can_merge = merge_budget(problem) is not None
+    n_select = len(problem.dataset.features) if problem.select_features else 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         progress.record(t)
 
     def objective(trial: optuna.Trial) -> list[float]:
-        family, params = suggest_configuration(trial, families, can_merge)
+        family, params = suggest_configuration(trial, families, can_merge, n_select)
         ev = evaluate(problem, family, params)
         record(trial, ev)
         return objective_values(ev, objectives)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_spec
 from homunculus.cli import app
 from homunculus.compile import CompileOptions, compile_plan
 from homunculus.data.attacks import scenario_anomaly, synthetic_background
 from homunculus.data.traffic import flow_groups, split_rows
 from homunculus.errors import SpecError
 from homunculus.frontend.yaml_spec import plan_from_yaml
+
+from conftest import write_spec
 
 runner = CliRunner()
 

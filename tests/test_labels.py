@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from homunculus.data.labels import apply_rules, flow_key, flow_keys, label_from_file
+from homunculus.data.labels import (
+    LabelRule,
+    apply_rules,
+    flow_key,
+    flow_keys,
+    label_from_file,
+    rule_mask,
+)
 from homunculus.data.packets import PACKET_COLUMNS, as_packet_table
 from homunculus.errors import DataError
 
@@ -127,3 +136,37 @@ def test_bad_label_files_name_file_and_line(tmp_path: Path, text: str, where: st
         label_from_file(TABLE, path)
     assert str(path) + where in str(err.value)
     assert what in str(err.value)
+
+
+@st.composite
+def rule_lists(draw: st.DrawFn) -> list[LabelRule]:
+    """Rules over a tiny address/port space, mixing exact 5-tuples, wildcards and time ranges."""
+    addrs, ports = [ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")], [53, 80, 1000]
+    rules = []
+    for i in range(draw(st.integers(0, 8))):
+        maybe = lambda s: draw(st.none() | s)  # noqa: E731
+        port = maybe(st.sampled_from(ports).map(lambda p: (p, p)))
+        start = maybe(st.integers(0, 600))
+        rules.append(LabelRule(
+            label=f"r{i}", src=maybe(st.sampled_from(addrs).map(lambda a: (a, 0xFFFFFFFF))),
+            dst=maybe(st.sampled_from(addrs).map(lambda a: (a, 0xFFFFFFFF))),
+            sport=port, dport=maybe(st.sampled_from(ports).map(lambda p: (p, p))),
+            proto=maybe(st.sampled_from([1, 6, 17])), start_us=start,
+            end_us=None if start is None else start + draw(st.integers(0, 300)),
+            bidirectional=draw(st.booleans())))
+    return rules
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+                          st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+                          st.sampled_from([53, 80, 1000]), st.sampled_from([53, 80, 1000]),
+                          st.sampled_from([0, 1, 6, 17]), st.integers(0, 900)), max_size=30),
+       rule_lists())
+def test_indexed_rules_agree_with_first_match_reference(rows: list, rules: list) -> None:
+    table = packets(*rows)
+    got = apply_rules(table, rules, default="-")["label"].tolist()
+    masks = [rule_mask(r, table) for r in rules]
+    want = [next((r.label for r, m in zip(rules, masks, strict=True) if m[i]), "-")
+            for i in range(len(table))]
+    assert got == want

@@ -134,6 +134,7 @@ def test_tna_has_one_register_action_per_register() -> None:
         assert text.count(f"{name}.execute(meta.hmn_flow_slot);") == 1
     assert "Hash<bit<32>>(HashAlgorithm_t.CUSTOM, hmn_key_poly) hmn_key_hash;" in text
     assert "ig_prsr_md.global_tstamp >> 12" in text  # ns >> 10, then time_shift 2
+    assert "meta.hmn_flow_sig = meta.hmn_sig_crc[15:0] | 16w1;" in text
 
 
 @pytest.mark.parametrize("arch", ARCHS)

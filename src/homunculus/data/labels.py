@@ -226,20 +226,60 @@ def rule_mask(rule: LabelRule, table: pd.DataFrame) -> np.ndarray:
     return _rule_mask(rule, _Columns.of(table))
 
 
+def _exact_key(rule: LabelRule) -> tuple[int, int, int, int, int] | None:
+    """The one directed 5-tuple a rule can match, if it names exactly one (else None)."""
+    full = 0xFFFFFFFF
+    if rule.src is None or rule.dst is None or rule.proto is None:
+        return None
+    if rule.src[1] != full or rule.dst[1] != full:
+        return None
+    if rule.sport is None and rule.dport is None and rule.proto not in (6, 17):
+        return rule.src[0], rule.dst[0], 0, 0, rule.proto
+    if (rule.sport is None or rule.dport is None or rule.sport[0] != rule.sport[1]
+            or rule.dport[0] != rule.dport[1]):
+        return None
+    return rule.src[0], rule.dst[0], rule.sport[0], rule.dport[0], rule.proto
+
+
+def _candidates(rule: LabelRule, rows_of: dict[tuple[int, ...], np.ndarray]
+                ) -> np.ndarray | None:
+    """Row indices a rule naming one 5-tuple can match (None: any row may match)."""
+    key = _exact_key(rule)
+    if key is None:
+        return None
+    empty = np.zeros(0, np.int64)
+    found = [rows_of.get(key, empty)]
+    if rule.bidirectional:
+        src, dst, sport, dport, proto = key
+        found.append(rows_of.get((dst, src, dport, sport, proto), empty))
+    return np.unique(np.concatenate(found))
+
+
 def apply_rules(table: pd.DataFrame, rules: list[LabelRule], *,
                 default: str = "unknown") -> pd.DataFrame:
     """A copy of the table with a ``label`` column: first matching rule wins, else default.
 
-    Cost is O(rules x rows) vectorised; for one label per known flow, join on
-    :func:`flow_keys` instead.
+    Rules naming one exact 5-tuple are looked up by key; other rules cost O(rows) each.
     """
     cols = _Columns.of(table)
-    labels = np.full(len(table), default, dtype=object)
-    free = np.ones(len(table), bool)
+    n = len(table)
+    labels = np.full(n, default, dtype=object)
+    free = np.ones(n, bool)
+    rows_of: dict[tuple[int, ...], np.ndarray] = {}
+    if any(_exact_key(r) is not None for r in rules):
+        index = pd.DataFrame(cols.tuple5).groupby(list(range(5)), sort=False).indices
+        rows_of = {tuple(int(v) for v in k): idx for k, idx in index.items()}
     for rule in rules:
         if not free.any():
             break
-        m = free & _rule_mask(rule, cols)
+        idx = _candidates(rule, rows_of)
+        if idx is None:
+            m = free & _rule_mask(rule, cols)
+        else:
+            idx = idx[free[idx]]
+            sub = _Columns(cols.tuple5[idx], cols.ts[idx], cols.ipv4[idx], cols.l4[idx])
+            m = np.zeros(n, bool)
+            m[idx[_rule_mask(rule, sub)]] = True
         labels[m] = rule.label
         free &= ~m
     out = table.copy()

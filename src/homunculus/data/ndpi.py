@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -346,6 +347,22 @@ def build_ndpi_dataset(cache: Path | None = None, *, first_n: int = 8,
     flows["packets"] = flows["packets"].astype(int)
     return NdpiDataset(table.drop(columns="_key").reset_index(drop=True),
                        [p.name for p, _ in pairs], flows, dict(hist), stats, counts, ambiguous)
+
+
+def load_ndpi_packets(first_n: int = 8, max_files: int | None = None, seed: int = 0,
+                      cache: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """(labelled packet table, ingest summary, source description) for the traffic loader."""
+    ds = build_ndpi_dataset(cache, first_n=first_n, max_files=max_files, seed=seed,
+                            on_warning=lambda m: None)
+    summary = {"packets": ds.stats.packets, "skipped": ds.stats.skipped,
+               "truncated_files": ds.stats.truncated_files, "malformed": ds.stats.malformed,
+               "files": len(ds.files), "flows": int((ds.flows["packets"] > 0).sum()),
+               "ipv6_flows_skipped": ds.counts.ipv6}
+    marker = cache_dir(cache) / DONE_MARKER
+    release = marker.read_text().split("\n", 1)[0] if marker.is_file() else "ndpi"
+    source = (f"nDPI test captures ({release}, LGPL-3.0; {len(ds.files)} files, first {first_n} "
+              "packets per flow)")
+    return ds.table, summary, source
 
 
 def split_by_file(table: pd.DataFrame, test_fraction: float, seed: int = 0

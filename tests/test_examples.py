@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ROOT
 from homunculus.compile import CompileOptions, compile_plan
 from homunculus.frontend.yaml_spec import plan_from_yaml
 
+from conftest import ROOT
 
-@pytest.mark.parametrize("spec", ["iot/spec.yaml", "anomaly/spec.yaml", "botnet/spec.yaml"])
+
+@pytest.mark.parametrize("spec", ["iot/spec.yaml", "anomaly/spec.yaml", "botnet/spec.yaml",
+                                  "traffic/spec.yaml"])
 def test_example_compiles_and_verifies(tmp_path, spec) -> None:
     plan = plan_from_yaml(ROOT / "examples" / spec)
     result = compile_plan(plan, CompileOptions(tmp_path / "out", trials=3, progress=False))

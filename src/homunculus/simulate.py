@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from homunculus.data.traffic import per_capture
 from homunculus.errors import DataError, VerificationError
 from homunculus.features.library import FeatureDef, FlowConfig
 from homunculus.features.reference import reference_features
@@ -60,7 +61,8 @@ def model_predictions(model: dict[str, Any], table: pd.DataFrame,
         raise DataError("this output was compiled from a feature table; packet simulation needs "
                         "a compile from traffic (a spec with a 'traffic' section)")
     defs = [FeatureDef(**f) for f in traffic["features"]]
-    values, _ = reference_features(table, defs, FlowConfig(**traffic["config"]))
+    config = FlowConfig(**traffic["config"])
+    values, _ = per_capture(table, lambda t: reference_features(t, defs, config))
     winners = predict_index(from_json(model["model"]), values[classified])
     return np.asarray(model["winner_to_class"], dtype=np.int64)[winners]
 

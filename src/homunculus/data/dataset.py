@@ -39,6 +39,7 @@ class Dataset:
     y_test: np.ndarray
     source: str = "<memory>"
     traffic: Any = None  # TrafficInfo for datasets built from packets (data/traffic.py)
+    groups_train: np.ndarray | None = None  # flow/capture of each training row (no leaks)
 
     @property
     def widths(self) -> tuple[int, ...]:

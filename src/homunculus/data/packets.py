@@ -40,7 +40,6 @@ PACKET_COLUMNS: dict[str, str] = {
 
 # header feature field (features/headers.py) -> packet-table column and the validity flag
 HEADER_COLUMNS: dict[str, tuple[str, str | None]] = {
-    "ethernet.ether_type": ("eth_type", None),
     "ipv4.diffserv": ("ip_diffserv", "has_ipv4"),
     "ipv4.total_len": ("ip_total_len", "has_ipv4"),
     "ipv4.identification": ("ip_id", "has_ipv4"),
@@ -55,7 +54,31 @@ HEADER_COLUMNS: dict[str, tuple[str, str | None]] = {
     "udp.src_port": ("src_port", "has_udp"),
     "udp.dst_port": ("dst_port", "has_udp"),
     "udp.length": ("udp_len", "has_udp"),
+    "l4.src_port": ("src_port", "has_l4"),  # TCP or UDP port, 0 otherwise (never required)
+    "l4.dst_port": ("dst_port", "has_l4"),
 }
+
+
+def header_values(table: pd.DataFrame, field: str) -> np.ndarray:
+    """A header field per packet as the data plane reads it: 0 where the header is absent."""
+    column, flag = HEADER_COLUMNS[field]
+    values = table[column].to_numpy(np.int64)
+    present = header_present(table, flag)
+    return np.where(present, values, 0) if present is not None else values
+
+
+def header_present(table: pd.DataFrame, flag: str | None) -> np.ndarray | None:
+    if flag is None:
+        return None
+    if flag == "has_l4":
+        return table["has_tcp"].to_numpy(bool) | table["has_udp"].to_numpy(bool)
+    return table[flag].to_numpy(bool)
+
+
+def required_header(field: str) -> str | None:
+    """The validity column a packet needs for this field to be classified on (None: none)."""
+    flag = HEADER_COLUMNS[field][1]
+    return None if flag in (None, "has_ipv4", "has_l4") else flag
 
 
 def empty_packet_table() -> pd.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
-from homunculus.data.packets import HEADER_COLUMNS
+from homunculus.data.packets import required_header
 from homunculus.errors import DataError
 from homunculus.features.library import FeatureDef, FlowConfig, histogram, validate
 from homunculus.features.reference import reference_features
@@ -68,10 +68,8 @@ def classifiable(table: pd.DataFrame, features: list[FeatureDef], eligible: np.n
     """Eligible packets that also carry every header a header feature reads."""
     mask = eligible.copy()
     for f in features:
-        if f.kind == "header":
-            flag = HEADER_COLUMNS[f.field][1]
-            if flag is not None:
-                mask &= table[flag].to_numpy(bool)
+        if f.kind == "header" and required_header(f.field) is not None:
+            mask &= table[required_header(f.field)].to_numpy(bool)
     return mask
 
 
@@ -103,6 +101,21 @@ def split_rows(table: pd.DataFrame, rows: np.ndarray, how: str, test_fraction: f
     return rows[~in_test], rows[in_test]
 
 
+def per_capture(table: pd.DataFrame, run: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``run`` to each capture (file_id) separately, as if each were replayed into a switch
+    with fresh state; rows keep their order."""
+    ids = table["file_id"].to_numpy()
+    if len(np.unique(ids)) <= 1:
+        return run(table)
+    parts = [(np.nonzero(ids == f)[0], run(table[ids == f])) for f in pd.unique(ids)]
+    values = np.zeros((len(table), parts[0][1][0].shape[1]), dtype=np.int64)
+    mask = np.zeros(len(table), dtype=bool)
+    for rows, (v, m) in parts:
+        values[rows], mask[rows] = v, m
+    return values, mask
+
+
 def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], config: FlowConfig,
                           *, split: str, test_fraction: float, seed: int, source: str,
                           ingest: dict[str, Any] | None = None) -> Dataset:
@@ -111,7 +124,7 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
         raise DataError(f"{source}: the packet table has no labels")
     if table.empty:
         raise DataError(f"{source}: no packets")
-    values, eligible = reference_features(table, features, config)
+    values, eligible = per_capture(table, lambda t: reference_features(t, features, config))
     rows = np.nonzero(classifiable(table, features, eligible))[0]
     if len(rows) == 0:
         raise DataError(f"{source}: no packet can be classified (no IPv4 packets carrying the "
@@ -124,8 +137,9 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
     counts = pd.Series(labels[rows]).value_counts().sort_index()
     info = TrafficInfo(tuple(features), config, len(table), len(rows),
                        {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table)
+    groups = table["file_id"].to_numpy() if split == "file" else flow_groups(table)
     return Dataset(ds.features, ds.class_labels, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                   ds.source, info)
+                   ds.source, info, groups[train])
 
 
 def load_traffic_packets(traffic: Any, base: Path, locate: Locate

@@ -26,7 +26,6 @@ class HeaderField:
 HEADER_FIELDS: dict[str, HeaderField] = {
     f.qualified: f
     for f in (
-        HeaderField("ethernet", "ether_type", 16),
         HeaderField("ipv4", "diffserv", 8),
         HeaderField("ipv4", "total_len", 16),
         HeaderField("ipv4", "identification", 16),
@@ -41,6 +40,8 @@ HEADER_FIELDS: dict[str, HeaderField] = {
         HeaderField("udp", "src_port", 16),
         HeaderField("udp", "dst_port", 16),
         HeaderField("udp", "length", 16),
+        HeaderField("l4", "src_port", 16),  # TCP or UDP source port, 0 for other protocols
+        HeaderField("l4", "dst_port", 16),
     )
 }
 

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from homunculus.data.packets import HEADER_COLUMNS
+from homunculus.data.packets import header_values
 from homunculus.features.library import FeatureDef, FlowConfig
 
 MASK32 = 0xFFFFFFFF
@@ -86,11 +86,6 @@ def _read(rec: dict, now: int, f: FeatureDef) -> int:
     return rec["hist"].get((kind, f.bins, f.bin_shift, f.param, f.width), 0)
 
 
-def _header_value(row: pd.Series, f: FeatureDef) -> int:
-    column, flag = HEADER_COLUMNS[f.field]
-    return int(row[column]) if flag is None or bool(row[flag]) else 0
-
-
 def reference_features(table: pd.DataFrame, features: list[FeatureDef],
                        cfg: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per packet: the feature vector and whether the packet updates flow state (IPv4 without
@@ -98,6 +93,9 @@ def reference_features(table: pd.DataFrame, features: list[FeatureDef],
     out = np.zeros((len(table), len(features)), dtype=np.int64)
     classified = table["has_ipv4"].to_numpy(bool) & (table["ip_ihl"].to_numpy() == 5)
     flow = [f for f in features if f.is_flow]
+    for j, f in enumerate(features):
+        if not f.is_flow:
+            out[:, j] = np.where(classified, header_values(table, f.field), 0)
     slots: dict[int, tuple[int, dict]] = {}
     for i, row in enumerate(table.itertuples(index=False)):
         r = row._asdict()
@@ -114,5 +112,6 @@ def reference_features(table: pd.DataFrame, features: list[FeatureDef],
         _update(rec, new, int(r["ip_total_len"]), now, flow)
         slots[slot] = (sig, rec)
         for j, f in enumerate(features):
-            out[i, j] = _header_value(pd.Series(r), f) if not f.is_flow else _read(rec, now, f)
+            if f.is_flow:
+                out[i, j] = _read(rec, now, f)
     return out, classified

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from homunculus.data.dataset import Dataset, select_features
 from homunculus.ir.flow import lower_flow_features
@@ -58,12 +58,20 @@ def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
 def make_problem(dataset: Dataset, target: SwitchTarget, limits: Limits, metric: str,
                  positive: int | None, verdict: VerdictPlan, seed: int,
                  validation_fraction: float = 0.25, select: bool = False) -> Problem:
-    """Carve a stratified validation split out of the training data (the test set stays unseen)."""
+    """Carve a validation split out of the training data (the test set stays unseen): stratified,
+    or by group (flow or capture) when the rows carry groups, so no flow is on both sides."""
     y = dataset.y_train
-    counts = np.bincount(y, minlength=dataset.n_classes)
-    stratify = y if counts.min() >= 2 else None
-    x_fit, x_val, y_fit, y_val = train_test_split(
-        dataset.x_train, y, test_size=validation_fraction, random_state=seed, stratify=stratify)
+    if dataset.groups_train is not None and len(np.unique(dataset.groups_train)) >= 2:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
+                                     random_state=seed)
+        fit, val = next(splitter.split(dataset.x_train, y, dataset.groups_train))
+        x_fit, x_val, y_fit, y_val = dataset.x_train[fit], dataset.x_train[val], y[fit], y[val]
+    else:
+        counts = np.bincount(y, minlength=dataset.n_classes)
+        stratify = y if counts.min() >= 2 else None
+        x_fit, x_val, y_fit, y_val = train_test_split(
+            dataset.x_train, y, test_size=validation_fraction, random_state=seed,
+            stratify=stratify)
     return Problem(dataset, x_fit, y_fit, x_val, y_val, target, limits, metric, positive,
                    verdict, seed, select)
 

@@ -56,6 +56,7 @@ _RESERVED = frozenset({
     "recirculate", "truncate", "mark_to_drop", "verify_checksum", "update_checksum", "verify",
     "direct_counter", "direct_meter", "action_profile", "action_selector", "min", "max",
     "invalidate", "ethernet", "ipv4", "tcp", "udp", "ethernet_h", "ipv4_h", "tcp_h", "udp_h",
+    "vlan0", "vlan1", "vlan_h", "l4",
     "headers_t", "metadata_t", "packet_in", "packet_out", "noaction",
 })
 
@@ -437,7 +438,7 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
     copies, feature_header = _feature_context(pipeline)
     argmax = _argmax_context(pipeline.argmax) if pipeline.argmax is not None else None
     verdict = _verdict_context(pipeline.verdict)
-    required = sorted({c["header"] for c in copies} - {"ethernet", "ipv4"})
+    required = sorted({c["header"] for c in copies} - {"ethernet", "ipv4", "l4"})
     if "tcp" in required and ("udp" in required or feature_header is not None):
         raise ValueError("features need both TCP and UDP (or feature-header) fields; "
                          "no packet carries both")

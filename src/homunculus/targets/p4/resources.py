@@ -9,7 +9,7 @@ from homunculus.passes.allocate import StageCaps, TableCost, allocate, register_
 from homunculus.targets.base import Usage
 from homunculus.targets.p4.profiles import SwitchProfile
 
-HEADER_BITS = {"ethernet": 112, "ipv4": 160, "tcp": 160, "udp": 64}
+HEADER_BITS = {"ethernet": 112, "vlan0": 32, "vlan1": 32, "ipv4": 160, "tcp": 160, "udp": 64}
 
 
 def table_cost(table: Table, profile: SwitchProfile) -> TableCost:

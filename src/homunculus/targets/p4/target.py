@@ -48,7 +48,7 @@ class SwitchTarget:
         p4_text = emit_p4(pipeline, self.arch, program_name=program_name,
                           default_port=pipeline.verdict.default[1])
         runtime = runtime_entries(pipeline, program_name=program_name)
-        check_program(p4_text, runtime)
+        check_program(p4_text, runtime, flow=pipeline.flow)
         files = {
             "p4": out_dir / "p4" / f"{program_name}.p4",
             "entries": out_dir / "runtime" / "entries.json",

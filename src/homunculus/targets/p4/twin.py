@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from homunculus.data.packets import HEADER_COLUMNS
+from homunculus.data.packets import header_values, required_header
 from homunculus.ir.pipeline import (
     Argmax,
     Exact,
@@ -132,8 +132,8 @@ def header_feature_values(pipeline: Pipeline, table: pd.DataFrame) -> tuple[np.n
         if feature.header_field is None:
             raise ValueError(f"feature '{feature.name}' is read from the Homunculus feature "
                              "header, which real captures do not carry; compile from traffic")
-        column, flag = HEADER_COLUMNS[feature.header_field]
-        values[:, j] = table[column].to_numpy(np.int64)
+        values[:, j] = header_values(table, feature.header_field)
+        flag = required_header(feature.header_field)
         if flag is not None:
             carried &= table[flag].to_numpy(bool)
     return values, carried
@@ -141,11 +141,15 @@ def header_feature_values(pipeline: Pipeline, table: pd.DataFrame) -> tuple[np.n
 
 def simulate_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
     """Run the whole data plane over a packet table: flow registers, header copies, tables,
-    verdict. Returns the result for the classified packets and the classified mask."""
+    verdict. Each capture (file_id) starts with fresh flow state. Returns the result for the
+    classified packets and the classified mask."""
+    from homunculus.data.traffic import per_capture
+
     values, carried = header_feature_values(pipeline, table)
     eligible = eligible_packets(table)
     if pipeline.flow is not None:
-        flow_values, _ = run_flow_program(pipeline.flow, table, len(pipeline.features))
+        program, n = pipeline.flow, len(pipeline.features)
+        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
         flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
         values[:, flow_cols] = flow_values[:, flow_cols]
     classified = eligible & carried

@@ -180,9 +180,29 @@ def _background(traffic: Any, base: Path, locate: Locate
         return table, summary, ", ".join(str(p) for p in paths)
     if traffic.background is None:
         raise locate("traffic.pcaps", "give captures (pcaps) or a synthetic background")
+    bg = traffic.background
+    if bg.ndpi_capture is not None:
+        return _ndpi_background(bg.ndpi_capture, traffic.max_packets, locate)
     from homunculus.data.attacks import synthetic_background
 
-    bg = traffic.background
     table = synthetic_background(np.random.default_rng(bg.seed), bg.flows,
                                  int(bg.seconds * 1e6))
     return table, {"synthetic_flows": bg.flows}, f"synthetic background (seed {bg.seed})"
+
+
+def _ndpi_background(name: str, max_packets: int | None, locate: Locate
+                     ) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """One real capture of the nDPI test suite (fetched and cached) as background traffic."""
+    from homunculus.data.ndpi import fetch_ndpi
+    from homunculus.data.pcap import ingest
+
+    root = fetch_ndpi(log=lambda _m: None) / "tests" / "pcap"
+    path = root / name
+    if not path.is_file() or Path(name).name != name:
+        known = sorted(p.name for p in root.iterdir())[:8]
+        raise locate("traffic.background.ndpi_capture",
+                     f"'{name}' is not a capture of the nDPI test suite (e.g. {known})")
+    table, stats = ingest([path], max_packets=max_packets)
+    summary = {"packets": stats.packets, "skipped": stats.skipped,
+               "truncated_files": stats.truncated_files, "malformed": stats.malformed}
+    return table, summary, f"nDPI test capture {name} (LGPL-3.0, ntop) as background"

@@ -132,6 +132,10 @@ class LabelSpec(Strict):
 
 
 class BackgroundSpec(Strict):
+    """Background traffic for attack scenarios: one real nDPI capture, or synthetic flows."""
+
+    ndpi_capture: str | None = Field(
+        default=None, description="a capture of the nDPI test suite, e.g. netflix.pcap")
     flows: int = Field(default=300, ge=1)
     seconds: float = Field(default=60.0, gt=0)
     seed: int = 0

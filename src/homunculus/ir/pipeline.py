@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram
 
 
@@ -155,6 +156,9 @@ class Pipeline:
     class_labels: tuple[str, ...]
     notes: dict[str, object] = field(default_factory=dict)
     flow: FlowProgram | None = None  # per-flow state feeding the flow features
+    # a quantised MLP computing the scores (kernel/C targets): then encoders, lookups, score_sum
+    # and argmax are empty/None and the backend writes arg-max(mlp scores) into notes["winner"]
+    mlp: QMLP | None = None
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders

@@ -144,13 +144,12 @@ def scenario_command(
 @app.command("families")
 def families_command() -> None:
     """List the model families and how each maps to tables."""
-    from homunculus.models.base import MAT_UNSUPPORTED, all_families
+    from homunculus.models.base import all_families, requires_dense
 
-    table = Table("family", "lowering")
+    table = Table("family", "lowering", "targets")
     for name, fam in sorted(all_families().items()):
-        table.add_row(name, fam.description)
-    for name, why in MAT_UNSUPPORTED.items():
-        table.add_row(name, f"(not on switches) {why}")
+        targets = "xdp, c" if requires_dense(fam) else "tofino, bmv2, xdp, c"
+        table.add_row(name, fam.description, targets)
     out.print(table)
 
 

@@ -37,9 +37,8 @@ from homunculus.search.candidates import allowed_or_raise, known_families, selec
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem, merge_budget
 from homunculus.search.study import Budget, open_study, run_search
-from homunculus.targets.base import Limits
-from homunculus.targets.p4.profiles import PROFILES
-from homunculus.targets.p4.target import SwitchTarget
+from homunculus.targets.base import Limits, Target
+from homunculus.targets.registry import make_target
 
 
 @dataclass(frozen=True)
@@ -109,15 +108,15 @@ def check_algorithms(plan: Plan) -> list[str] | None:
     return list(requested)
 
 
-def make_target_and_limits(plan: Plan) -> tuple[SwitchTarget, Limits]:
+def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     try:
-        profile = PROFILES[plan.platform.target].with_overrides(plan.platform.profile)
+        target, limits = make_target(plan.platform.target, plan.platform.profile)
     except KeyError as exc:
         raise plan.error("platform.profile", str(exc.args[0])) from None
     c = plan.platform.constraints
     wanted = {**c.resources.model_dump(exclude_none=True),
               **c.performance.model_dump(exclude_none=True)}
-    return SwitchTarget(profile), profile.default_limits().merged(wanted)
+    return target, limits.merged(wanted)
 
 
 def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:

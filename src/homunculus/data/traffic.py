@@ -24,7 +24,6 @@ from homunculus.features.library import FeatureDef, FlowConfig, histogram, valid
 from homunculus.features.reference import reference_features
 
 Locate = Callable[[str, str], Exception]
-UNIT_NS = {"v1model": 1000, "tna": 1024}  # the data plane's clock, per architecture
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ class Platform:
 
 
 class Platforms:
-    """The targets: ``Platforms.Tofino()`` (TNA) and ``Platforms.BMv2()`` (v1model)."""
+    """The targets: ``Tofino()`` (TNA), ``BMv2()`` (v1model), ``XDP()`` (eBPF) and ``C()``."""
 
     @staticmethod
     def Tofino(**profile: Any) -> Platform:  # noqa: N802  (the paper's spelling)
@@ -207,6 +207,16 @@ class Platforms:
     @staticmethod
     def BMv2(**profile: Any) -> Platform:  # noqa: N802
         return Platform("bmv2", dict(profile), origin=_caller())
+
+    @staticmethod
+    def XDP(**profile: Any) -> Platform:  # noqa: N802
+        """eBPF/XDP in the Linux kernel datapath."""
+        return Platform("xdp", dict(profile), origin=_caller())
+
+    @staticmethod
+    def C(**profile: Any) -> Platform:  # noqa: N802
+        """A C shared library (SmartNIC, DPDK or host use)."""
+        return Platform("c", dict(profile), origin=_caller())
 
 
 @dataclass(frozen=True)

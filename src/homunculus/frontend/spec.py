@@ -95,7 +95,7 @@ class Constraints(Strict):
 
 
 class PlatformSpec(Strict):
-    target: Literal["tofino", "bmv2"]
+    target: Literal["tofino", "bmv2", "xdp", "c"]
     profile: dict[str, float | int | bool] = Field(
         default_factory=dict, description="overrides of the target profile's documented defaults")
     constraints: Constraints = Field(default_factory=Constraints)

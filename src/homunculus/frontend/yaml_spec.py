@@ -103,20 +103,15 @@ def plan_from_yaml(path: Path) -> Plan:
 
 def traffic_loader(spec: Spec, base: Path, plan: Plan):  # noqa: ANN201  (() -> Dataset)
     """Validate the traffic features now; load packets and compute features when called."""
-    from homunculus.data.traffic import (
-        UNIT_NS,
-        build_traffic_dataset,
-        feature_defs,
-        load_traffic_packets,
-    )
+    from homunculus.data.traffic import build_traffic_dataset, feature_defs, load_traffic_packets
     from homunculus.features.library import FlowConfig
-    from homunculus.targets.p4.profiles import PROFILES
+    from homunculus.targets.registry import UNIT_NS
 
     traffic = spec.traffic
     defs = feature_defs(traffic.features, plan.error)
     try:
         config = FlowConfig(traffic.flow.slots, traffic.flow.time_shift,
-                            UNIT_NS[PROFILES[spec.platform.target].arch])
+                            UNIT_NS[spec.platform.target])
     except ValueError as exc:
         raise plan.error("traffic.flow", str(exc)) from None
 

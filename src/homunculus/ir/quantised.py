@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from homunculus.ir.dense import QMLP, DenseLayer
+
 
 @dataclass(frozen=True)
 class QTree:
@@ -109,7 +111,7 @@ class QLookupSum:
         return total
 
 
-QuantisedModel = QTreeEnsemble | QLookupSum
+QuantisedModel = QTreeEnsemble | QLookupSum | QMLP
 
 
 def predict_index(model: QuantisedModel, x: np.ndarray) -> np.ndarray:
@@ -119,6 +121,13 @@ def predict_index(model: QuantisedModel, x: np.ndarray) -> np.ndarray:
 
 def to_json(model: QuantisedModel) -> dict[str, Any]:
     """A plain-JSON description of the quantised model (what `from_json` reads back)."""
+    if isinstance(model, QMLP):
+        return {"kind": model.kind, "input_shift": list(model.input_shift),
+                "layers": [{"weights": [list(r) for r in layer.weights],
+                            "bias": list(layer.bias), "multiplier": layer.multiplier,
+                            "shift": layer.shift, "activation": layer.activation,
+                            "lut": None if layer.lut is None else list(layer.lut)}
+                           for layer in model.layers]}
     if isinstance(model, QTreeEnsemble):
         return {
             "kind": model.kind,
@@ -146,6 +155,12 @@ def to_json(model: QuantisedModel) -> dict[str, Any]:
 
 
 def from_json(data: dict[str, Any]) -> QuantisedModel:
+    if data["kind"] == "mlp":
+        layers = tuple(
+            DenseLayer(tuple(tuple(r) for r in d["weights"]), tuple(d["bias"]), d["multiplier"],
+                       d["shift"], d["activation"], None if d["lut"] is None else tuple(d["lut"]))
+            for d in data["layers"])
+        return QMLP(tuple(data["input_shift"]), layers)
     if data["kind"] == "tree_ensemble":
         trees = tuple(
             QTree(tuple(t["feature"]), tuple(t["threshold"]), tuple(t["left"]), tuple(t["right"]),

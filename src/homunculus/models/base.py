@@ -59,11 +59,14 @@ class Family(Protocol):
 
 FAMILIES: dict[str, Family] = {}
 
-# Families the compiler knows but that no match-action target can run (their reason).
-MAT_UNSUPPORTED: dict[str, str] = {
-    "mlp": "a neural network's multiply-accumulate layers do not map to match-action tables; "
-           "use the XDP or C targets",
-}
+# Why a family that needs dense arithmetic (``requires_dense = True``) cannot run on a target
+# without it (match-action switches).
+DENSE_REASON = ("its multiply-accumulate layers do not map to match-action tables; use the XDP "
+                "or C targets")
+
+
+def requires_dense(family: Family) -> bool:
+    return bool(getattr(family, "requires_dense", False))
 
 
 def register(family: Family) -> Family:
@@ -72,7 +75,7 @@ def register(family: Family) -> Family:
 
 
 def get_family(name: str) -> Family:
-    from homunculus.models import bayes, clustering, linear, trees  # noqa: F401  (registration)
+    from homunculus.models import bayes, clustering, linear, mlp, trees  # noqa: F401  (registry)
 
     return FAMILIES[name]
 

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from homunculus.data.dataset import Dataset
 from homunculus.errors import InfeasibleError
 from homunculus.ir.pipeline import VerdictPlan
-from homunculus.models.base import MAT_UNSUPPORTED, all_families
-from homunculus.passes.lower import lower
-from homunculus.search.problem import with_flow
-from homunculus.targets.base import Limits, assess
-from homunculus.targets.p4.target import SwitchTarget
+from homunculus.models.base import DENSE_REASON, all_families, requires_dense
+from homunculus.search.problem import lower_model, with_flow
+from homunculus.targets.base import Limits, Target, assess
 
 
 @dataclass(frozen=True)
@@ -22,10 +20,10 @@ class Candidate:
 
 
 def known_families() -> list[str]:
-    return sorted([*all_families(), *MAT_UNSUPPORTED])
+    return sorted(all_families())
 
 
-def select_candidates(requested: list[str] | None, dataset: Dataset, target: SwitchTarget,
+def select_candidates(requested: list[str] | None, dataset: Dataset, target: Target,
                       limits: Limits, verdict: VerdictPlan,
                       max_lookup_tables: int | None = None) -> list[Candidate]:
     """For each requested family (all when None): allowed, or ruled out and why.
@@ -37,12 +35,11 @@ def select_candidates(requested: list[str] | None, dataset: Dataset, target: Swi
     names = requested if requested else sorted(families)
     out: list[Candidate] = []
     for name in names:
-        if name in MAT_UNSUPPORTED:
-            out.append(Candidate(name, False, MAT_UNSUPPORTED[name]))
+        if requires_dense(families[name]) and not target.supports_dense:
+            out.append(Candidate(name, False, DENSE_REASON))
             continue
         smallest = families[name].smallest_model(dataset.widths, dataset.n_classes)
-        lowered = lower(smallest, dataset.features, dataset.class_labels, verdict,
-                        max_lookup_tables=max_lookup_tables)
+        lowered = lower_model(smallest, dataset, verdict, None, max_lookup_tables)
         pipeline = target.prepare(with_flow(lowered, dataset))
         usage = target.estimate(pipeline)
         verdict_ = assess(usage, limits)

@@ -9,13 +9,13 @@ import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from homunculus.data.dataset import Dataset, select_features
+from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import Pipeline, VerdictPlan
 from homunculus.models.base import TrainedModel, get_family
 from homunculus.passes.lower import lower
 from homunculus.search.metrics import score
-from homunculus.targets.base import Feasibility, Limits, Usage, assess
-from homunculus.targets.p4.target import SwitchTarget
+from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
 
 MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
 
@@ -29,7 +29,7 @@ class Problem:
     y_fit: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    target: SwitchTarget
+    target: Target
     limits: Limits
     metric: str
     positive: int | None
@@ -55,7 +55,7 @@ def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
     return [i for i in range(n) if params.get(feature_param(i), True)]
 
 
-def make_problem(dataset: Dataset, target: SwitchTarget, limits: Limits, metric: str,
+def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
                  positive: int | None, verdict: VerdictPlan, seed: int,
                  validation_fraction: float = 0.25, select: bool = False) -> Problem:
     """Carve a validation split out of the training data (the test set stays unseen): stratified,
@@ -90,18 +90,30 @@ class Evaluation:
 
 def merge_budget(problem: Problem) -> int | None:
     """How many lookup tables fit beside the encoders: one stage's tables, within the limit."""
-    caps = [problem.target.profile.tables_per_stage]
+    caps = [getattr(problem.target.profile, "tables_per_stage", None)]
     if problem.limits.tables is not None:
         caps.append(problem.limits.tables - len(problem.dataset.features) - 1)
     caps = [c for c in caps if c is not None]
     return max(1, min(caps)) if caps else None
 
 
+def lower_model(model: Any, dataset: Dataset, verdict: VerdictPlan,
+                winner_to_class: tuple[int, ...] | None,
+                max_lookup_tables: int | None = None) -> Pipeline:
+    """Lower any quantised model: tables for trees and lookup-sum models, a dense stage for MLPs."""
+    if isinstance(model, QMLP):
+        from homunculus.passes.lower_mlp import lower_mlp
+
+        return lower_mlp(model, dataset.features, dataset.class_labels, verdict, winner_to_class)
+    return lower(model, dataset.features, dataset.class_labels, verdict, winner_to_class,
+                 max_lookup_tables)
+
+
 def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False) -> Pipeline:
     """Lower, optionally merge lookup tables (to ``merge_budget``), then encode for the target."""
     ds = problem.dataset
-    pipeline = lower(trained.quantised, ds.features, ds.class_labels, problem.verdict,
-                     trained.winner_to_class, merge_budget(problem) if merge else None)
+    pipeline = lower_model(trained.quantised, ds, problem.verdict, trained.winner_to_class,
+                           merge_budget(problem) if merge else None)
     return problem.target.prepare(with_flow(pipeline, ds))
 
 

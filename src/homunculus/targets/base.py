@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
 
 RESOURCE_KEYS = ("stages", "tables", "sram_kbit", "tcam_kbit", "entries", "phv_bits")
 PERFORMANCE_KEYS = ("throughput_gpps", "latency_ns")
@@ -99,3 +101,23 @@ def assess(usage: Usage, limits: Limits) -> Feasibility:
             violations.append(text)
     binding = max(ratios, key=lambda k: ratios[k]) if ratios else None
     return Feasibility(not violations, binding, ratios, tuple(violations))
+
+
+class Target(Protocol):
+    """What the compiler asks of a backend: passes, a resource estimate, emission, a twin."""
+
+    name: str
+    supports_dense: bool  # can run dense (MLP) arithmetic
+    profile: Any
+
+    def prepare(self, pipeline: Any) -> Any:
+        """Target-specific passes on the lowered pipeline."""
+
+    def estimate(self, pipeline: Any) -> Usage:
+        """Resources and performance of the pipeline on this target."""
+
+    def emit(self, pipeline: Any, out_dir: Path, program_name: str) -> dict[str, Path]:
+        """Write the program and its runtime artefacts into ``out_dir``."""
+
+    def run_twin(self, pipeline: Any, out_dir: Path, x: Any) -> Any:
+        """Execute what was emitted on feature rows; a TwinResult."""

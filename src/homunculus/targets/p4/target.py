@@ -27,6 +27,7 @@ from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entr
 @dataclass(frozen=True)
 class SwitchTarget:
     profile: SwitchProfile
+    supports_dense: bool = False  # match-action tables cannot multiply-accumulate
 
     @property
     def name(self) -> str:

@@ -1,0 +1,36 @@
+"""Target names -> backends, with their profiles' documented defaults and limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homunculus.targets.base import Limits, Target
+
+SWITCHES = ("tofino", "bmv2")
+KERNEL = ("xdp", "c")
+TARGETS = SWITCHES + KERNEL
+UNIT_NS = {"tofino": 1024, "bmv2": 1000, "xdp": 1000, "c": 1000}  # the data plane's clock
+
+
+def make_target(name: str, overrides: dict[str, Any]) -> tuple[Target, Limits]:
+    """The backend for ``name`` with profile overrides, and the limits its profile implies.
+
+    Raises KeyError (unknown target or profile field) with a message listing what is known.
+    """
+    if name in SWITCHES:
+        from homunculus.targets.p4.profiles import PROFILES
+        from homunculus.targets.p4.target import SwitchTarget
+
+        profile = PROFILES[name].with_overrides(overrides)
+        return SwitchTarget(profile), profile.default_limits()
+    if name == "c":
+        from homunculus.targets.c.target import CTarget
+
+        target = CTarget.with_overrides(overrides)
+        return target, target.default_limits()
+    if name == "xdp":
+        from homunculus.targets.xdp.target import XdpTarget
+
+        target = XdpTarget.with_overrides(overrides)
+        return target, target.default_limits()
+    raise KeyError(f"unknown target '{name}'; known: {list(TARGETS)}")

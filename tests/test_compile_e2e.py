@@ -152,3 +152,14 @@ def test_profile_overrides_change_feasibility(tmp_path, example_csv) -> None:
     assert exc.value.field == "platform.profile" and "stagez" in str(exc.value)
     assert exc.value.line == next(i for i, line in enumerate(text.splitlines(), 1)
                                   if "profile:" in line)
+
+
+def test_mlp_is_ruled_out_on_switches_with_a_reason(tmp_path, example_csv) -> None:
+    spec = write_spec(tmp_path / "s.yaml", spec_text(example_csv, algorithms="[dt, mlp]"))
+    result = compile_yaml(spec, tmp_path / "out", trials=2)
+    verdicts = {c["family"]: c for c in result.report["candidates"]}
+    assert not verdicts["mlp"]["allowed"] and "match-action" in verdicts["mlp"]["reason"]
+    assert verdicts["dt"]["allowed"] and result.family == "dt"
+    only_mlp = write_spec(tmp_path / "m.yaml", spec_text(example_csv, algorithms="[mlp]"))
+    with pytest.raises(InfeasibleError, match="mlp: its multiply-accumulate layers"):
+        compile_yaml(only_mlp, tmp_path / "out2", trials=2)

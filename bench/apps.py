@@ -16,6 +16,7 @@ compiler builds it (same validation split, target, limits, allowed families):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,6 +53,21 @@ BASELINE_FAMILY = "dt"
 
 def spec_path(app: str) -> Path:
     return REPO / "examples" / app / "spec.yaml"
+
+
+def spec_hashes(apps: Sequence[str]) -> str:
+    """A short sha256 of each app's spec (the specs, too, are edited while we run)."""
+    return ", ".join(f"{app} {hashlib.sha256(spec_path(app).read_bytes()).hexdigest()[:12]}"
+                     for app in apps)
+
+
+def spec_note(apps: Sequence[str], before: str) -> str:
+    """The specs' hashes now, or a loud note if any changed since ``before``."""
+    after = spec_hashes(apps)
+    if after == before:
+        return after
+    STDERR.print("[red]warning: a spec changed during the run; results mix versions")
+    return f"CHANGED DURING THE RUN (results mix versions): {before} -> {after}"
 
 
 @dataclass(frozen=True)
@@ -237,7 +253,7 @@ def seed_rows_table(results: Sequence[Result]) -> str:
 
 
 def report(runs: dict[str, AppRun], args: argparse.Namespace, seconds: float,
-           source: str) -> str:
+           source: str, specs: str) -> str:
     results = [r for run in runs.values() for r in run.results]
     metrics = {app: run.metric for app, run in runs.items()}
     times = ", ".join(f"{app} {run.seconds:.1f} s" for app, run in runs.items())
@@ -252,7 +268,8 @@ def report(runs: dict[str, AppRun], args: argparse.Namespace, seconds: float,
         "arrays; features: used / in the spec):",
         resources_table(results, args.apps, args.seeds[0]),
         "Per seed:", seed_rows_table(results),
-        f"Total wall time: {seconds:.1f} s ({times}). Machine: {machine()}. Source: {source}.",
+        f"Total wall time: {seconds:.1f} s ({times}). Machine: {machine()}. Source: {source}; "
+        f"spec sha256 {specs}.",
     ])
 
 
@@ -267,7 +284,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    start, source = time.monotonic(), source_state()
+    start, source, specs = time.monotonic(), source_state(), spec_hashes(args.apps)
     total = len(args.apps) * len(args.seeds) * (args.trials + 1)
     runs: dict[str, AppRun] = {}
     with tempfile.TemporaryDirectory(prefix="hmn-bench-apps-") as tmp, \
@@ -275,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for app in args.apps:
             runs[app] = run_app(app, args.seeds, args.trials, Path(tmp), progress)
             STDERR.print(f"{app}: {runs[app].seconds:.1f} s")
-    print(report(runs, args, time.monotonic() - start, source_note(source)))
+    seconds = time.monotonic() - start
+    print(report(runs, args, seconds, source_note(source), spec_note(args.apps, specs)))
 
 
 if __name__ == "__main__":

@@ -199,7 +199,8 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     seed = plan.search.seed if options.seed is None else options.seed
     problem, requested = build_problem(plan, seed)
     candidates = select_candidates(requested, problem.dataset, problem.target, problem.limits,
-                                   problem.verdict, merge_budget(problem))
+                                   problem.verdict, merge_budget(problem),
+                                   problem.select_features)
     allowed = allowed_or_raise(candidates)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homunculus.data.dataset import Dataset
+from homunculus.data.dataset import select_features as select_features_of
 from homunculus.errors import InfeasibleError
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import DENSE_REASON, all_families, requires_dense
@@ -25,12 +26,16 @@ def known_families() -> list[str]:
 
 def select_candidates(requested: list[str] | None, dataset: Dataset, target: Target,
                       limits: Limits, verdict: VerdictPlan,
-                      max_lookup_tables: int | None = None) -> list[Candidate]:
+                      max_lookup_tables: int | None = None,
+                      select_features: bool = False) -> list[Candidate]:
     """For each requested family (all when None): allowed, or ruled out and why.
 
     A family is judged by its smallest pipeline (merged down to ``max_lookup_tables`` when the
-    search may merge tables), built without training.
+    search may merge tables; on a single feature when the search selects features), built
+    without training.
     """
+    if select_features and len(dataset.features) > 1:
+        dataset = select_features_of(dataset, [cheapest_feature(dataset)])
     families = all_families()
     names = requested if requested else sorted(families)
     out: list[Candidate] = []
@@ -50,6 +55,12 @@ def select_candidates(requested: list[str] | None, dataset: Dataset, target: Tar
             out.append(Candidate(name, False, "even its smallest pipeline does not fit: "
                                               + "; ".join(verdict_.violations)))
     return out
+
+
+def cheapest_feature(dataset: Dataset) -> int:
+    """A header feature if there is one (no register), else the first feature."""
+    kinds = [f.kind for f in dataset.features]
+    return kinds.index(None) if None in kinds else 0
 
 
 def allowed_or_raise(candidates: list[Candidate]) -> list[str]:

@@ -20,13 +20,12 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from homunculus.compile import build_problem
+from homunculus.compile import build_problem, choose_candidates
 from homunculus.frontend.plan import Plan
 from homunculus.frontend.yaml_spec import plan_from_yaml
 from homunculus.models.base import get_family
-from homunculus.search.candidates import allowed_or_raise, select_candidates
 from homunculus.search.metrics import score
-from homunculus.search.problem import Evaluation, Problem, evaluate, merge_budget
+from homunculus.search.problem import Evaluation, Problem, evaluate
 from homunculus.search.study import Budget, SearchProgress, SearchResult, open_study, run_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,9 +64,8 @@ class Outcome:
 def load_setup(spec: Path, seed: int) -> Setup:
     plan = plan_from_yaml(spec)
     problem, requested = build_problem(plan, seed)
-    candidates = select_candidates(requested, problem.dataset, problem.target, problem.limits,
-                                   problem.verdict, merge_budget(problem))  # as compile_plan
-    return Setup(plan, problem, allowed_or_raise(candidates), tuple(plan.model.objectives))
+    _, allowed = choose_candidates(problem, requested)  # exactly as compile_plan
+    return Setup(plan, problem, allowed, tuple(plan.model.objectives))
 
 
 def test_metric(problem: Problem, ev: Evaluation) -> float:

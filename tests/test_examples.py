@@ -10,11 +10,11 @@ from homunculus.frontend.yaml_spec import plan_from_yaml
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("spec", ["iot/spec.yaml", "anomaly/spec.yaml", "botnet/spec.yaml",
-                                  "traffic/spec.yaml"])
-def test_example_compiles_and_verifies(tmp_path, spec) -> None:
+@pytest.mark.parametrize("spec,trials", [("iot/spec.yaml", 3), ("anomaly/spec.yaml", 3),
+                                         ("botnet/spec.yaml", 10), ("traffic/spec.yaml", 3)])
+def test_example_compiles_and_verifies(tmp_path, spec, trials) -> None:
     plan = plan_from_yaml(ROOT / "examples" / spec)
-    result = compile_plan(plan, CompileOptions(tmp_path / "out", trials=3, progress=False))
+    result = compile_plan(plan, CompileOptions(tmp_path / "out", trials=trials, progress=False))
     assert result.metrics["agreement"] == 1.0
     sim = result.report.get("packet_simulation")
     if sim is not None:

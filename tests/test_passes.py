@@ -105,3 +105,19 @@ def test_merging_everything_folds_sum_and_argmax(small_dataset) -> None:
     assert len(fused.lookups) == 1 and fused.score_sum is None and fused.argmax is None
     np.testing.assert_array_equal(simulate(fused, ds.x_test).class_index,
                                   trained.predict_quantised(ds.x_test))
+
+
+def test_encoding_twice_changes_nothing(small_dataset) -> None:
+    from homunculus.ir.pipeline import VerdictPlan
+    from homunculus.passes.encode import encode_for_target
+    from homunculus.targets.p4.twin import simulate
+
+    ds = small_dataset
+    fam = get_family("cnb")
+    trained = fam.train(fam.default_params(), ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
+    once = encode_for_target(lower(trained.quantised, ds.features, ds.class_labels,
+                                   VerdictPlan()), supports_range=True)
+    twice = encode_for_target(once, supports_range=True)
+    assert twice == once
+    np.testing.assert_array_equal(simulate(twice, ds.x_test).class_index,
+                                  trained.predict_quantised(ds.x_test))

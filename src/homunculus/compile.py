@@ -129,6 +129,15 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     return problem, requested
 
 
+def choose_candidates(problem: Problem, requested: list[str] | None
+                      ) -> tuple[list[Any], list[str]]:
+    """Candidate selection as the compiler runs it: (all verdicts, the allowed families)."""
+    candidates = select_candidates(requested, problem.dataset, problem.target, problem.limits,
+                                   problem.verdict, merge_budget(problem),
+                                   problem.select_features)
+    return candidates, allowed_or_raise(candidates)
+
+
 # ----------------------------------------------------------------------------- artefacts
 
 
@@ -198,10 +207,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         raise NotSupportedError("schedules of more than one model are not supported yet")
     seed = plan.search.seed if options.seed is None else options.seed
     problem, requested = build_problem(plan, seed)
-    candidates = select_candidates(requested, problem.dataset, problem.target, problem.limits,
-                                   problem.verdict, merge_budget(problem),
-                                   problem.select_features)
-    allowed = allowed_or_raise(candidates)
+    candidates, allowed = choose_candidates(problem, requested)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
     out_dir = options.out_dir.resolve()

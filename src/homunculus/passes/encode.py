@@ -61,7 +61,14 @@ def map_tables(pipeline: Pipeline, fn) -> Pipeline:  # noqa: ANN001  (Table -> T
 
 
 def encode_for_target(pipeline: Pipeline, supports_range: bool) -> Pipeline:
-    """Expand ranges where the target lacks range matching, then elide default entries."""
+    """Expand ranges where the target lacks range matching, then elide default entries.
+
+    Runs once: default elision assumes partition tables, so a second pass would be wrong; an
+    already encoded pipeline is returned unchanged.
+    """
+    if pipeline.notes.get("encoded"):
+        return pipeline
     if not supports_range:
         pipeline = map_tables(pipeline, expand_ranges)
-    return map_tables(pipeline, elide_default)
+    pipeline = map_tables(pipeline, elide_default)
+    return replace(pipeline, notes={**pipeline.notes, "encoded": True})

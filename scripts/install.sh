@@ -4,9 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages: Python, gcc (C target), clang/llvm/libbpf/bpftool (XDP target), iproute2
+# (network namespaces for the live XDP tests). Installed only when something is missing.
+APT_PACKAGES="gcc make clang llvm libbpf-dev bpftool iproute2"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+  missing="$missing python3 python3-venv python3-pip"
+fi
+if [ -n "$missing" ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

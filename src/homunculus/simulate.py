@@ -41,16 +41,31 @@ class SimulationReport:
 
 
 def load_compiled(out_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The pipeline with its installed entries, and the quantised model description."""
+    """The pipeline (with its installed entries, for switches) and the quantised model."""
     try:
         pipeline = pipeline_from_json(json.loads((out_dir / "pipeline.json").read_text()))
-        runtime = json.loads((out_dir / "runtime" / "entries.json").read_text())
         model = json.loads((out_dir / "model" / "quantised.json").read_text())
     except FileNotFoundError as exc:
         raise DataError(f"{out_dir}: not a compiled output directory ({exc.filename} missing)"
                         ) from None
-    installed = read_runtime_entries(runtime, pipeline)
-    return with_installed_entries(pipeline, installed), model
+    entries = out_dir / "runtime" / "entries.json"
+    if entries.is_file():
+        installed = read_runtime_entries(json.loads(entries.read_text()), pipeline)
+        pipeline = with_installed_entries(pipeline, installed)
+    return pipeline, model
+
+
+def run_data_plane(out_dir: Path, pipeline: Any, table: pd.DataFrame) -> tuple[Any, np.ndarray]:
+    """The compiled data plane over the packets: the P4 twin for switch compiles, the program
+    itself in the kernel (BPF_PROG_TEST_RUN) for XDP compiles."""
+    if (out_dir / "xdp").is_dir():
+        from homunculus.targets.xdp.target import XdpTarget
+
+        return XdpTarget().run_packets(pipeline, out_dir, table)
+    if (out_dir / "runtime" / "entries.json").is_file():
+        return simulate_packets(pipeline, table)
+    raise DataError(f"{out_dir}: packet simulation needs a switch or XDP compile (a C library "
+                    "classifies feature vectors; its callers compute the features)")
 
 
 def model_predictions(model: dict[str, Any], table: pd.DataFrame,
@@ -69,7 +84,7 @@ def model_predictions(model: dict[str, Any], table: pd.DataFrame,
 
 def simulate_capture(out_dir: Path, table: pd.DataFrame) -> SimulationReport:
     pipeline, model = load_compiled(out_dir)
-    result, classified = simulate_packets(pipeline, table)
+    result, classified = run_data_plane(out_dir, pipeline, table)
     expected = model_predictions(model, table, classified)
     produced = result.class_index
     bad = np.nonzero(expected != produced)[0]

@@ -22,6 +22,7 @@ from homunculus.ir.pipeline import (
     Ternary,
     VerdictKind,
 )
+from homunculus.ir.quantised import from_json, to_json
 
 
 def _field(f: Field) -> list[Any]:
@@ -92,6 +93,8 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "verdict_kind": p.verdict_kind.value,
         "class_labels": list(p.class_labels),
         "flow": _flow(p.flow),
+        "mlp": None if p.mlp is None else to_json(p.mlp),
+        "winner": _field(p.notes["winner"]) if "winner" in p.notes else None,
     }
 
 
@@ -111,4 +114,6 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         verdict_kind=VerdictKind(d["verdict_kind"]),
         class_labels=tuple(d["class_labels"]),
         flow=_unflow(d["flow"]),
+        mlp=None if d.get("mlp") is None else from_json(d["mlp"]),
+        notes={"winner": _unfield(d["winner"])} if d.get("winner") else {},
     )

@@ -90,7 +90,7 @@ class Evaluation:
 
 def merge_budget(problem: Problem) -> int | None:
     """How many lookup tables fit beside the encoders: one stage's tables, within the limit."""
-    caps = [getattr(problem.target.profile, "tables_per_stage", None)]
+    caps = [getattr(getattr(problem.target, "profile", None), "tables_per_stage", None)]
     if problem.limits.tables is not None:
         caps.append(problem.limits.tables - len(problem.dataset.features) - 1)
     caps = [c for c in caps if c is not None]

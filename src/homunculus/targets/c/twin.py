@@ -1,0 +1,105 @@
+"""The C target's twin: the compiled library loaded through ctypes, and a Python reference.
+
+:class:`CLibrary` runs exactly what was emitted. :func:`reference` is what it must equal: the
+match-action twin (:func:`homunculus.targets.p4.twin.simulate`) for table pipelines and, for MLP
+pipelines, ``QMLP.scores`` arg-max followed by the same verdict table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from homunculus.ir.pipeline import Pipeline
+from homunculus.targets.c.codegen import VERDICT_ROLES
+from homunculus.targets.c.layout import winner_field
+from homunculus.targets.p4.twin import TwinResult, run_table, simulate
+
+
+class _Verdict(ctypes.Structure):
+    _fields_ = [("class_id", ctypes.c_int32), ("port", ctypes.c_uint32),
+                ("drop", ctypes.c_uint32), ("mark", ctypes.c_uint32), ("dscp", ctypes.c_uint32)]
+
+
+def _load_private_copy(path: Path) -> ctypes.CDLL:
+    """dlopen a private copy: a rebuilt library at the same path is never served from cache."""
+    with tempfile.TemporaryDirectory(prefix="hmn_c_") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        return ctypes.CDLL(str(copy))  # the mapping outlives the unlinked file
+
+
+class CLibrary:
+    """A generated ``libhmn_<name>.so`` (ABI version 1)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lib = _load_private_copy(self.path)
+        lib = self._lib
+        for fn in ("hmn_abi_version", "hmn_n_features", "hmn_n_classes"):
+            getattr(lib, fn).restype = ctypes.c_uint32
+            getattr(lib, fn).argtypes = []
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        lib.hmn_classify.restype = ctypes.c_int32
+        lib.hmn_classify.argtypes = [u32p]
+        lib.hmn_classify_verdict.restype = ctypes.c_int32
+        lib.hmn_classify_verdict.argtypes = [u32p, ctypes.POINTER(_Verdict)]
+        lib.hmn_classify_batch.restype = None
+        lib.hmn_classify_batch.argtypes = [u32p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int32)]
+        self.abi_version = int(lib.hmn_abi_version())
+        self.n_features = int(lib.hmn_n_features())
+        self.n_classes = int(lib.hmn_n_classes())
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """Rows as contiguous uint32 (values wrap mod 2^32, as a C caller's cast would)."""
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.shape[1] != self.n_features:
+            raise ValueError(f"expected {self.n_features} features per row, got {x.shape[1]}")
+        return np.ascontiguousarray(x.astype(np.int64).astype(np.uint32))
+
+    def classify(self, x: np.ndarray) -> np.ndarray:
+        """Class index per row (via ``hmn_classify``)."""
+        rows = self._rows(x)
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        return np.array([self._lib.hmn_classify(row.ctypes.data_as(u32p)) for row in rows],
+                        dtype=np.int64)
+
+    def classify_batch(self, x: np.ndarray) -> np.ndarray:
+        """Class index per row (one ``hmn_classify_batch`` call)."""
+        rows = self._rows(x)
+        out = np.zeros(len(rows), dtype=np.int32)
+        self._lib.hmn_classify_batch(rows.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                                     len(rows), out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)))
+        return out.astype(np.int64)
+
+    def classify_verdict(self, x: np.ndarray) -> TwinResult:
+        """Class index and verdict fields per row (via ``hmn_classify_verdict``)."""
+        rows = self._rows(x)
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        cols: dict[str, list[int]] = {k: [] for k in ("class_id", *VERDICT_ROLES)}
+        verdict = _Verdict()
+        for row in rows:
+            self._lib.hmn_classify_verdict(row.ctypes.data_as(u32p), ctypes.byref(verdict))
+            for key, values in cols.items():
+                values.append(int(getattr(verdict, key)))
+        fields = {("class_id" if k == "class_id" else f"verdict_{k}"): np.asarray(v, np.int64)
+                  for k, v in cols.items()}
+        return TwinResult(fields["class_id"], fields)
+
+
+def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+    """What the generated library must compute for integer feature rows ``x``."""
+    if pipeline.mlp is None:
+        return simulate(pipeline, x)
+    x = np.asarray(x, dtype=np.int64)
+    env = {f.field.name: x[:, j] & f.field.max_value for j, f in enumerate(pipeline.features)}
+    masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
+    env[winner_field(pipeline).name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
+    run_table(pipeline.verdict, env, len(x))
+    return TwinResult(env[pipeline.class_field.name], env)

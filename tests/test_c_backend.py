@@ -1,0 +1,321 @@
+"""The C target: generated libraries agree exactly with the quantised models and the twin."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from homunculus.data.dataset import FeatureDecl, make_dataset
+from homunculus.ir.dense import QMLP, DenseLayer
+from homunculus.ir.pipeline import (
+    Argmax,
+    Entry,
+    Exact,
+    FeatureInput,
+    Field,
+    MatchKind,
+    Pipeline,
+    Range,
+    ScoreSum,
+    Table,
+    TableRole,
+    Ternary,
+    VerdictKind,
+    VerdictPlan,
+)
+from homunculus.models.base import TrainedModel, all_families
+from homunculus.passes.lower import build_verdict_table, lower
+from homunculus.targets.c import CLibrary, CompileError, CTarget, compile_executable, emit_c
+from homunculus.targets.c.build import compile_shared
+from homunculus.targets.c.twin import reference
+from homunculus.targets.p4.twin import simulate
+
+FAMILIES = sorted(all_families())
+HOSTILE = "*/ #include <x> int main(){}\n/* \\ \r"
+VERDICT_KEYS = ("verdict_port", "verdict_drop", "verdict_mark", "verdict_dscp")
+DSCP_PLAN = VerdictPlan(kind=VerdictKind.DSCP, ports={0: 3, 1: 5}, dscp={1: 46})
+
+
+def build_pipeline(trained: TrainedModel, features, labels, verdict: VerdictPlan) -> Pipeline:
+    """The lowered pipeline of a trained model (MLPs through the dense lowering)."""
+    if isinstance(trained.quantised, QMLP):
+        from homunculus.passes.lower_mlp import lower_mlp
+
+        return lower_mlp(trained.quantised, features, labels, verdict, trained.winner_to_class)
+    return lower(trained.quantised, features, labels, verdict, trained.winner_to_class)
+
+
+def train(family: str, widths, x, y, seed: int = 0, names=None, label=lambda v: f"c{v}"):
+    names = names or [f"x{i}" for i in range(len(widths))]
+    feats = [FeatureDecl(n, w) for n, w in zip(names, widths, strict=True)]
+    labels = [label(v) for v in y]
+    ds = make_dataset(feats, x, labels, x[:2], labels[:2], "c-test")
+    fam = all_families()[family]
+    trained = fam.train(fam.default_params(), ds.x_train, ds.y_train, ds.n_classes, ds.widths,
+                        seed)
+    return ds, trained
+
+
+def emit_and_load(pipeline: Pipeline, out_dir: Path, name: str = "m") -> CLibrary:
+    """Emit (the pipeline as given: prepare is not idempotent) and load the library."""
+    return CLibrary(CTarget().emit(pipeline, out_dir, name)["c_library"])
+
+
+def extreme_rows(widths: list[int]) -> np.ndarray:
+    """0, all ones, and values above each width (masked by the library and the twin)."""
+    ones = [(1 << w) - 1 for w in widths]
+    return np.array([[0] * len(widths), ones, [o + 1 for o in ones], [(1 << 32) - 1] * len(widths),
+                     [(o << 1) | 1 for o in ones], [1 << w for w in widths]], dtype=np.int64)
+
+
+def masked(x: np.ndarray, widths: list[int]) -> np.ndarray:
+    return x & np.array([(1 << w) - 1 for w in widths])
+
+
+def assert_agrees(lib: CLibrary, pipeline: Pipeline, x: np.ndarray,
+                  expected: np.ndarray | None = None) -> None:
+    """Batch, single and verdict calls equal the reference (and ``expected`` classes)."""
+    ref = reference(pipeline, x)
+    batch = lib.classify_batch(x)
+    np.testing.assert_array_equal(batch, ref.class_index)
+    np.testing.assert_array_equal(lib.classify(x), batch)
+    got = lib.classify_verdict(x)
+    np.testing.assert_array_equal(got.class_index, batch)
+    for key in VERDICT_KEYS:
+        np.testing.assert_array_equal(got.fields[key], ref.fields[key], err_msg=key)
+    if expected is not None:
+        np.testing.assert_array_equal(batch, expected)
+
+
+# ----------------------------------------------------------------------------- every family
+
+
+@pytest.fixture(scope="module")
+def family_data():
+    rng = np.random.default_rng(7)
+    widths = [8, 16, 3, 12]
+    x = np.stack([rng.integers(0, 1 << w, 150) for w in widths], axis=1)
+    y = ((x[:, 0] > 100).astype(int) + (x[:, 1] > 30000).astype(int) + (x[:, 2] > 5)) % 3
+    probe = np.vstack([np.stack([rng.integers(0, 1 << (w + 2), 300) for w in widths], axis=1),
+                       extreme_rows(widths)])
+    return widths, x, y, probe
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_library_equals_model_and_twin(family, family_data, tmp_path) -> None:
+    widths, x, y, probe = family_data
+    ds, trained = train(family, widths, x, y)
+    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
+                                                DSCP_PLAN))
+    lib = emit_and_load(pipeline, tmp_path)
+    assert (lib.abi_version, lib.n_features, lib.n_classes) == (1, len(widths), 3)
+    rows = np.vstack([ds.x_train, probe])
+    expected = trained.predict_quantised(masked(rows, widths))
+    assert_agrees(lib, pipeline, rows, expected)
+    if pipeline.mlp is None:  # the P4 twin itself, for table pipelines
+        twin = simulate(pipeline, rows)
+        np.testing.assert_array_equal(lib.classify_batch(rows), twin.class_index)
+    run = CTarget().run_twin(pipeline, tmp_path, rows)
+    np.testing.assert_array_equal(run.class_index, expected)
+    np.testing.assert_array_equal(run.fields["verdict_mark"], (expected == 1).astype(int))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_estimate_is_sensible(family, family_data) -> None:
+    widths, x, y, _ = family_data
+    ds, trained = train(family, widths, x, y)
+    target = CTarget()
+    pipeline = target.prepare(build_pipeline(trained, ds.features, ds.class_labels, DSCP_PLAN))
+    usage = target.estimate(pipeline)
+    assert (usage.stages, usage.tcam_kbit, usage.phv_bits) == (0, 0.0, 0)
+    assert usage.tables == len(list(pipeline.tables()))
+    assert usage.entries == pipeline.n_entries
+    assert usage.sram_kbit > 0 and usage.latency_ns >= target.profile.call_ns
+    assert usage.throughput_gpps == pytest.approx(1 / usage.latency_ns)
+
+
+# ----------------------------------------------------------------------------- property
+
+
+@st.composite
+def small_problems(draw: st.DrawFn):
+    n_features = draw(st.integers(1, 3))
+    widths = [draw(st.sampled_from([1, 3, 8, 12, 16, 32])) for _ in range(n_features)]
+    n_classes = draw(st.integers(2, 4))
+    n = draw(st.integers(12, 60))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    x = np.stack([rng.integers(0, 1 << w, n) for w in widths], axis=1)
+    y = rng.integers(0, n_classes, n)
+    y[:n_classes] = np.arange(n_classes)
+    y[n_classes:2 * n_classes] = np.arange(n_classes)
+    probe = np.vstack([np.stack([rng.integers(0, 1 << w, 100) for w in widths], axis=1),
+                       extreme_rows(widths)])
+    return widths, x, y, probe, seed
+
+
+@pytest.mark.parametrize("family", ["dt", "gnb", "kmeans"])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(problem=small_problems(), drop=st.booleans())
+def test_property_random_datasets(family, problem, drop, tmp_path_factory) -> None:
+    widths, x, y, probe, seed = problem
+    ds, trained = train(family, widths, x, y, seed)
+    plan = VerdictPlan(kind=VerdictKind.DROP, drop=frozenset({0})) if drop else DSCP_PLAN
+    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels, plan))
+    lib = emit_and_load(pipeline, tmp_path_factory.mktemp("prop"))
+    rows = np.vstack([ds.x_train, probe])
+    assert_agrees(lib, pipeline, rows, trained.predict_quantised(masked(rows, widths)))
+
+
+# ----------------------------------------------------------------------------- example program
+
+
+def test_example_program_matches_ctypes(family_data, tmp_path) -> None:
+    widths, x, y, probe = family_data
+    ds, trained = train("dt", widths, x, y)
+    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
+                                                DSCP_PLAN))
+    files = CTarget().emit(pipeline, tmp_path, "example model")
+    lib = CLibrary(files["c_library"])
+    exe = compile_executable([files["c_example"], files["c_source"], files["c_header"]],
+                             tmp_path / "example")
+    for row in probe[:20]:
+        out = subprocess.run([str(exe), *map(str, row)], capture_output=True, text=True,
+                             check=True).stdout
+        verdict = lib.classify_verdict(row)
+        assert out.splitlines()[0] == f"class {int(lib.classify(row)[0])}"
+        assert f"port {int(verdict.fields['verdict_port'][0])} " in out
+    make = subprocess.run(["make", "-C", str(files["c_makefile"].parent)], capture_output=True,
+                          text=True, check=False)
+    assert make.returncode == 0, make.stdout + make.stderr
+
+
+# ----------------------------------------------------------------------------- MLP by hand
+
+
+def random_mlp(rng: np.random.Generator, n_in: int) -> QMLP:
+    def weights(n_out: int, n_inputs: int) -> tuple[tuple[int, ...], ...]:
+        return tuple(map(tuple, rng.integers(-128, 128, (n_out, n_inputs)).tolist()))
+
+    def bias(n: int) -> tuple[int, ...]:
+        return tuple(rng.integers(-5000, 5000, n).tolist())
+
+    lut = tuple(rng.integers(-128, 128, 256).tolist())
+    layers = (
+        DenseLayer(weights(12, n_in), bias(12), multiplier=181, shift=14, activation="relu"),
+        DenseLayer(weights(9, 12), bias(9), multiplier=97, shift=13, activation="lut", lut=lut),
+        DenseLayer(weights(7, 9), bias(7), multiplier=3, shift=9, activation="none"),
+        DenseLayer(weights(4, 7), bias(4)),
+    )
+    return QMLP(input_shift=(0, 3, 8)[:n_in], layers=layers)
+
+
+def mlp_pipeline(mlp: QMLP, widths: list[int], names: list[str] | None = None,
+                 labels: tuple[str, ...] = ("a", "b", "c", "d")) -> Pipeline:
+    names = names or [f"x{i}" for i in range(len(widths))]
+    features = tuple(FeatureInput(n, Field(f"f_x{i}", w), None)
+                     for i, (n, w) in enumerate(zip(names, widths, strict=True)))
+    winner = Field("winner", 2)
+    class_field = Field("class_id", 2)
+    verdict = build_verdict_table(winner, class_field, mlp.n_classes, (2, 0, 3, 1), DSCP_PLAN)
+    return Pipeline(features, (), (), None, None, class_field, verdict, DSCP_PLAN.kind, labels,
+                    {"winner": winner}, mlp=mlp)
+
+
+def test_hand_built_mlp_matches_scores(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    widths = [8, 12, 16]
+    mlp = random_mlp(rng, 3)
+    pipeline = mlp_pipeline(mlp, widths)
+    lib = emit_and_load(pipeline, tmp_path)
+    rows = np.vstack([np.stack([rng.integers(0, 1 << (w + 1), 2000) for w in widths], axis=1),
+                      extreme_rows(widths)])
+    winners = np.argmax(mlp.scores(masked(rows, widths)), axis=1)
+    expected = np.asarray((2, 0, 3, 1))[winners]
+    assert len(set(winners.tolist())) > 1  # the probe reaches several winners
+    assert_agrees(lib, pipeline, rows, expected)
+
+
+def test_mlp_rejects_out_of_range_weights() -> None:
+    mlp = QMLP((0,), (DenseLayer(((300,),), (0,)),))
+    with pytest.raises(ValueError, match="int8"):
+        emit_c(mlp_pipeline(mlp, [8], labels=("a",)), name="bad")
+
+
+# ----------------------------------------------------------------------------- table semantics
+
+
+def test_awkward_entries_and_tournament_ties(tmp_path) -> None:
+    """Unmatchable constants, clipped ranges, keyless tables and many arg-max ties."""
+    f0, f1 = Field("f_a", 3), Field("f_b", 8)
+    outs = [tuple(Field(f"t{t}_s{c}", 3) for c in range(5)) for t in range(2)]
+    t0 = Table("t0", TableRole.LOOKUP, (f0, f1), (MatchKind.RANGE, MatchKind.TERNARY), outs[0],
+               (Entry((Range(-4, 2), Ternary(0x1ff, 0x100)), (1, 2, 3, 4, 5)),  # never matches
+                Entry((Exact(9), Ternary(1, 1)), (7, 7, 7, 7, 7)),  # 9 > 3 bits: never
+                Entry((Range(-4, 2), Ternary(1, 0x101)), (1, 1, 0, 1, 9)),  # params wrap to 3 bits
+                Entry((Range(5, 99), Ternary(0, 0)), (0, 2, 2, 1, 2))),
+               (3, 3, 3, 3, 3))
+    t1 = Table("t1", TableRole.LOOKUP, (), (), outs[1], (Entry((), (1, 0, 1, 0, 1)),),
+               (0, 0, 0, 0, 0))
+    scores = tuple(Field(f"score{c}", 3) for c in range(5))  # the sums wrap at 3 bits
+    winner, cls = Field("winner", 3), Field("class_id", 3)
+    pipeline = Pipeline(
+        (FeatureInput("a", f0, None), FeatureInput("b", f1, None)), (), (t0, t1),
+        ScoreSum(scores, tuple((outs[0][c], outs[1][c]) for c in range(5)), (0, 1, 0, 1, 0)),
+        Argmax(scores, winner), cls,
+        build_verdict_table(winner, cls, 5, None, DSCP_PLAN), DSCP_PLAN.kind,
+        tuple("abcde"), {"winner": winner})
+    lib = emit_and_load(pipeline, tmp_path)
+    grid = np.array([[a, b] for a in range(10) for b in range(0, 600, 3)])
+    assert_agrees(lib, pipeline, grid, simulate(CTarget().prepare(pipeline), grid).class_index)
+    np.testing.assert_array_equal(lib.classify_batch(grid), simulate(pipeline, grid).class_index)
+
+
+# ----------------------------------------------------------------------------- hostile names
+
+
+def strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+@pytest.mark.parametrize("family", ["dt", "gnb"])
+def test_hostile_names_change_only_comments(family, family_data, tmp_path) -> None:
+    widths, x, y, _ = family_data
+    texts = []
+    for i, (names, label) in enumerate([
+            (None, lambda v: f"c{v}"),
+            ([f"{HOSTILE}{j}" for j in range(len(widths))], lambda v: f"{HOSTILE} class {v}")]):
+        ds, trained = train(family, widths, x, y, names=names, label=label)
+        pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
+                                                    DSCP_PLAN))
+        files = emit_c(pipeline, name="same")
+        for name, text in files.items():
+            (tmp_path / str(i)).mkdir(exist_ok=True)
+            (tmp_path / str(i) / name).write_text(text)
+        compile_shared([tmp_path / str(i) / "hmn_same.c"], tmp_path / str(i))
+        texts.append({k: strip_comments(v) for k, v in files.items() if k.endswith((".c", ".h"))})
+    assert texts[0] == texts[1]
+    hostile_source = emit_c(pipeline, name=HOSTILE)
+    assert "hmn_include_x_int_main.c" in hostile_source
+    make_lines = hostile_source["Makefile"].splitlines()
+    assert make_lines[0].startswith("#") and "<x>" not in "".join(make_lines[1:])
+    for name, text in hostile_source.items():
+        if name == "Makefile":
+            continue
+        assert "<x>" not in strip_comments(text) and "main(){}" not in strip_comments(text)
+        for ident in re.findall(r"\b(hmn_[A-Za-z0-9_]*)", strip_comments(text)):
+            assert re.fullmatch(r"[a-z_][a-z0-9_]*", ident), ident
+
+
+def test_compile_error_carries_gcc_output(tmp_path) -> None:
+    src = tmp_path / "hmn_broken.c"
+    src.write_text("int f(void) { int unused; return 0; }\n")
+    with pytest.raises(CompileError, match="unused"):
+        compile_shared([src], tmp_path)

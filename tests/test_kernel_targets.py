@@ -1,0 +1,52 @@
+"""The C and XDP targets through the whole compiler: search (MLP allowed), emission, and
+verification by the compiled artefact itself (the C library via ctypes; the XDP program in the
+kernel via BPF_PROG_TEST_RUN)."""
+
+from __future__ import annotations
+
+import json
+
+from test_traffic import TRAFFIC_SPEC
+
+from homunculus.alchemy import Platforms
+from homunculus.compile import CompileOptions, compile_plan
+from homunculus.frontend.yaml_spec import plan_from_yaml
+
+from conftest import spec_text, write_spec
+
+
+def test_c_target_compiles_tables_and_mlp(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv, algorithms="[dt, mlp]", target="c", trials=6).replace(
+        "resources: {stages: 12}", "resources: {entries: 2000}")
+    result = compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
+                          CompileOptions(tmp_path / "out", progress=False))
+    assert result.metrics["agreement"] == 1.0
+    families = {t["family"] for t in result.report["trials"]}
+    assert "mlp" in families, "the MLP is a candidate on the C target"
+    lib = list((tmp_path / "out" / "c").glob("libhmn_*.so"))
+    assert len(lib) == 1 and (tmp_path / "out" / "c" / "example.c").is_file()
+
+
+def test_mlp_compiles_for_c_when_it_is_the_only_family(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv, algorithms="[mlp]", target="c", trials=2).replace(
+        "resources: {stages: 12}", "resources: {}")
+    result = compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
+                          CompileOptions(tmp_path / "out", progress=False))
+    assert result.family == "mlp" and result.metrics["agreement"] == 1.0
+    model = json.loads((tmp_path / "out" / "model" / "quantised.json").read_text())
+    assert model["model"]["kind"] == "mlp"
+
+
+def test_xdp_traffic_compile_is_verified_in_the_kernel(tmp_path) -> None:
+    text = TRAFFIC_SPEC.format(target="xdp", select="false")
+    result = compile_plan(plan_from_yaml(write_spec(tmp_path / "t.yaml", text)),
+                          CompileOptions(tmp_path / "out", progress=False))
+    assert result.metrics["agreement"] == 1.0
+    sim = result.report["packet_simulation"]
+    assert sim["agreement"] == 1.0 and sim["classified"] > 100
+    assert (tmp_path / "out" / "xdp" / "snapshot.json").is_file()
+    assert list((tmp_path / "out" / "xdp").glob("*.bpf.o"))
+
+
+def test_platforms_for_kernel_targets_exist() -> None:
+    assert Platforms.XDP().target == "xdp" and Platforms.C().target == "c"

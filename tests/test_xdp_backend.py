@@ -1,6 +1,7 @@
 """The eBPF/XDP backend, run for real: every generated program must pass the kernel verifier and,
 through BPF_PROG_TEST_RUN, compute exactly what the P4 twin computes (feature vectors and packet
-tables with flow state), act on the verdict, and take a new snapshot atomically.
+tables with flow state) -- for MLP pipelines, what ``QMLP.scores`` arg-max and the verdict table
+compute -- act on the verdict, and take a new snapshot atomically.
 
 These tests need root, clang and a kernel with bpf_loop (>= 5.17). They fail, never skip, when
 that is missing: the backend is only verified where it can run.
@@ -450,3 +451,173 @@ def test_unit_mismatch_and_unknown_header_are_errors() -> None:
              *pipeline.features[1:])
     with pytest.raises(ValueError, match="unsupported header field"):
         emit_xdp(replace(pipeline, features=feats))
+
+
+# --- quantised MLPs -----------------------------------------------------------------------------
+
+
+MLP_PARAMS = {
+    "default": {},
+    "minimal": "minimal",
+    "tanh-lut": {"mlp_activation": "tanh"},
+    "largest": {"mlp_layers": 3, "mlp_width_0": 64, "mlp_width_1": 64, "mlp_width_2": 64,
+                "mlp_activation": "sigmoid"},
+}
+
+
+def mlp_pipeline(params: dict | str, seed: int = 0, widths: tuple[int, ...] = (8, 16, 4, 12),
+                 drop: frozenset[int] = frozenset({0})) -> tuple[Pipeline, np.ndarray]:
+    """An MLP trained (homunculus.models.mlp) on small synthetic data, lowered and prepared for
+    XDP, and probe rows covering every width's extremes."""
+    from homunculus.passes.lower_mlp import lower_mlp
+
+    rng = np.random.default_rng(seed)
+    n = 200
+    x = np.stack([rng.integers(0, 1 << w, n) for w in widths], axis=1)
+    y = (x[:, 0] * 3 // (1 << widths[0]) + (x[:, 2] > 8)) % 3
+    feats = [FeatureDecl(f"x{i}", w) for i, w in enumerate(widths)]
+    ds = make_dataset(feats, x, [f"c{v}" for v in y], x[:2], [f"c{v}" for v in y[:2]], "xdp")
+    fam = all_families()["mlp"]
+    chosen = fam.minimal_params() if params == "minimal" else fam.default_params() | dict(params)
+    trained = fam.train(chosen, ds.x_train, ds.y_train, ds.n_classes, ds.widths, seed)
+    pipeline = lower_mlp(trained.quantised, ds.features, ds.class_labels,
+                         VerdictPlan(kind=VerdictKind.DROP, drop=drop), trained.winner_to_class)
+    probe = np.stack([rng.integers(0, 1 << w, 300) for w in widths], axis=1)
+    probe[0], probe[1] = 0, [(1 << w) - 1 for w in widths]
+    return TARGET.prepare(pipeline), np.vstack([x, probe])
+
+
+@pytest.mark.parametrize("params", list(MLP_PARAMS))
+def test_mlp_vectors_agree_with_the_qmlp(params: str, tmp_path: Path) -> None:
+    """QMLP.scores arg-max + verdict, exactly; the verifier accepts every architecture up to
+    3 hidden layers of 64."""
+    from homunculus.targets.xdp.runner import reference
+
+    pipeline, x = mlp_pipeline(MLP_PARAMS[params], seed=len(params))
+    emit(pipeline, tmp_path)
+    with load_built(tmp_path)[0] as obj:
+        assert all(0 < s.insns_processed < 100_000 for s in obj.verifier_stats.values())
+        result, codes = run_vectors(obj, pipeline, x)
+    expected = reference(pipeline, x)
+    assert_same(result, expected)
+    assert len(np.unique(expected.class_index)) > 1
+    drop = expected.fields["verdict_drop"] == 1
+    np.testing.assert_array_equal(codes, np.where(drop, XDP_DROP, XDP_PASS))
+
+
+def test_mlp_integer_semantics_at_the_extremes(tmp_path: Path) -> None:
+    """Hand-made networks at the edges of ir/dense.py: int8 extremes, large multipliers and
+    shifts (int64 products), negative accumulators (floor shift), every activation."""
+    from homunculus.data.dataset import FeatureDecl as Decl
+    from homunculus.ir.dense import QMLP, DenseLayer
+    from homunculus.passes.lower_mlp import lower_mlp
+    from homunculus.targets.xdp.runner import reference
+
+    rng = np.random.default_rng(11)
+    lut = tuple(int(v) for v in rng.integers(-128, 128, 256))
+    hidden = [DenseLayer(tuple(tuple(int(v) for v in rng.integers(-128, 128, n_in))
+                               for _ in range(n_out)),
+                         tuple(int(v) for v in rng.integers(-2**12, 2**12, n_out)), m, s, act,
+                         lut if act == "lut" else None)
+              for (n_in, n_out, m, s, act) in [(3, 7, 2**31 - 1, 40, "none"),
+                                               (7, 5, 12345, 23, "lut"),
+                                               (5, 6, 3, 12, "relu")]]
+    out = DenseLayer(tuple(tuple(int(v) for v in rng.integers(-128, 128, 6)) for _ in range(4)),
+                     (-300, 0, 250, 40), activation="none")
+    model = QMLP((0, 3, 9), (*hidden, out))
+    feats = (Decl("a", 8), Decl("b", 12), Decl("c", 16))
+    labels = ("w", "x", "y", "z")
+    pipeline = lower_mlp(model, feats, labels, VerdictPlan(kind=VerdictKind.DROP,
+                                                           drop=frozenset({1})))
+    x = np.vstack([rng.integers(0, 1 << 16, (2000, 3)) & [0xFF, 0xFFF, 0xFFFF],
+                   [[0, 0, 0], [255, 4095, 65535]]])
+    emit(pipeline, tmp_path)
+    with load_built(tmp_path)[0] as obj:
+        result, _ = run_vectors(obj, pipeline, x)
+    expected = reference(pipeline, x)
+    assert_same(result, expected)
+    assert len(np.unique(expected.class_index)) > 2
+
+
+def test_push_takes_a_retrained_mlp_of_the_same_shape(tmp_path: Path) -> None:
+    from homunculus.targets.xdp.runner import reference
+
+    pipeline, x = mlp_pipeline({}, seed=1)
+    newer, _ = mlp_pipeline({}, seed=2, drop=frozenset({1, 2}))
+    emit(pipeline, tmp_path)
+    with load_built(tmp_path)[0] as obj:
+        before, _ = run_vectors(obj, pipeline, x)
+        assert push(obj, newer, grace_s=0.0) == 1
+        after, codes = run_vectors(obj, pipeline, x)
+    assert_same(before, reference(pipeline, x))
+    expected = reference(newer, x)
+    assert_same(after, expected)
+    assert (after.fields["verdict_drop"] != before.fields["verdict_drop"]).any()
+    np.testing.assert_array_equal(codes, np.where(expected.fields["verdict_drop"] == 1,
+                                                  XDP_DROP, XDP_PASS))
+
+
+def test_mlp_shape_is_checked(tmp_path: Path) -> None:
+    """A push of another network shape is refused; networks beyond the XDP limits are errors."""
+    from homunculus.errors import NotSupportedError
+    from homunculus.targets.xdp.snapshot import SnapshotError
+
+    pipeline, _ = mlp_pipeline("minimal", seed=1)
+    wider, _ = mlp_pipeline({"mlp_layers": 1, "mlp_width_0": 8}, seed=1)
+    emit(pipeline, tmp_path)
+    with load_built(tmp_path)[0] as obj, pytest.raises(SnapshotError, match="shape"):
+        push(obj, snapshot_of(wider, snapshot_layout(pipeline)), grace_s=0.0)
+    assert pipeline.mlp is not None
+    deep = replace(pipeline, mlp=replace(pipeline.mlp, layers=(pipeline.mlp.layers[0],) * 4
+                                         + pipeline.mlp.layers[1:]))
+    with pytest.raises(NotSupportedError, match="at most 3 hidden"):
+        emit_xdp(deep)
+
+
+def snapshot_layout(pipeline: Pipeline):  # noqa: ANN201  (Layout)
+    from homunculus.targets.xdp.layout import layout_of
+
+    return layout_of(pipeline)
+
+
+def test_mlp_packets_agree_with_the_reference(traffic: pd.DataFrame, tmp_path: Path) -> None:
+    """An MLP over flow features of every kind (test clock = capture time), packet by packet."""
+    from homunculus.data.dataset import FeatureDecl as Decl
+    from homunculus.features.reference import reference_features
+    from homunculus.passes.lower_mlp import lower_mlp
+    from homunculus.targets.xdp.runner import reference_packets
+
+    defs, config = flow_defs("ipv4.ttl", 8), FlowConfig(slots=256, time_shift=2)
+    x, mask = reference_features(traffic, defs, config)
+    classes = tuple(sorted(traffic["label"].unique()))
+    y = np.array(traffic["label"].map({c: i for i, c in enumerate(classes)}), dtype=np.int64)
+    decls = tuple(Decl(d.name, d.width, d.field, None if d.kind == "header" else d.kind)
+                  for d in defs)
+    fam = all_families()["mlp"]
+    trained = fam.train(fam.default_params(), x[mask], y[mask], len(classes),
+                        tuple(d.width for d in decls), 0)
+    pipeline = lower_mlp(trained.quantised, decls, classes,
+                         VerdictPlan(kind=VerdictKind.DROP, drop=frozenset({0})))
+    pipeline = TARGET.prepare(replace(pipeline, flow=lower_flow_features(defs, config)))
+    emit(pipeline, tmp_path)
+    result, classified = TARGET.run_packets(pipeline, tmp_path, traffic)
+    expected, want = reference_packets(pipeline, traffic)
+    np.testing.assert_array_equal(classified, want)
+    assert_same(result, expected)
+    assert len(np.unique(expected.class_index)) > 1
+
+
+def test_mlp_compiles_for_xdp(tmp_path: Path, example_csv: Path) -> None:
+    """Through the compiler: the MLP family on the XDP target, verified in the kernel."""
+    from homunculus.compile import CompileOptions, compile_plan
+    from homunculus.frontend.yaml_spec import plan_from_yaml
+
+    from conftest import spec_text, write_spec
+
+    text = spec_text(example_csv, algorithms="[mlp]", target="xdp", trials=2).replace(
+        "resources: {stages: 12}", "resources: {}")
+    result = compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
+                          CompileOptions(tmp_path / "out", progress=False))
+    assert result.family == "mlp" and result.metrics["agreement"] == 1.0
+    snap = json.loads((tmp_path / "out" / "xdp" / "snapshot.json").read_text())
+    assert snap["mlp"] and snap["layout"]["mlp"] and len(snap["shape"]) == 32

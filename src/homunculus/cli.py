@@ -182,3 +182,89 @@ def example_data_command(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+@app.command("deploy")
+def deploy_command(
+    out_dir: Annotated[Path, typer.Argument(help="an output directory compiled for xdp")],
+    iface: Annotated[str, typer.Option("--iface", help="interface to attach to")],
+    netns: Annotated[str | None, typer.Option("--netns", help="its network namespace")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="skb (generic) or native")] = "skb",
+    name: Annotated[str | None, typer.Option("--name", help="deployment name")] = None,
+) -> None:
+    """Load, pin and attach a compiled XDP program (root)."""
+    from homunculus.deploy import deploy
+
+    try:
+        dep = deploy(out_dir, iface, netns=netns, mode=mode, name=name)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    where = f" in netns {dep.netns}" if dep.netns else ""
+    out.print(f"[bold green]deployed[/] {dep.name} on {dep.iface}{where} ({dep.mode} mode, "
+              f"program id {dep.prog_id}); pinned under /sys/fs/bpf/homunculus/{dep.name}")
+
+
+@app.command("stats")
+def stats_command(
+    name: Annotated[str | None, typer.Argument(help="deployment (default: the only one)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Per-class packet counters of a deployed XDP program (root)."""
+    import json
+
+    from homunculus.deploy import read_stats
+
+    try:
+        stats = read_stats(name)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    if json_out:
+        out.print_json(json.dumps(stats.as_dict()))
+        return
+    classes = Table("class", "label", "packets", title=f"{stats.name}: classes")
+    for i, (label, count) in enumerate(stats.counts.items()):
+        classes.add_row(str(i), label, str(count))
+    classes.add_row("-", "(unclassified)", str(stats.unclassified))
+    out.print(classes)
+    totals = Table("counter", "packets", title=f"{stats.name}: stats")
+    for key, value in stats.stats.items():
+        totals.add_row(key, str(value))
+    out.print(totals)
+    state = "attached" if stats.attached else "[bold red]not attached[/]"
+    out.print(f"active slot {stats.active_slot}; {state}")
+
+
+@app.command("push")
+def push_command(
+    out_dir: Annotated[Path, typer.Argument(help="a newer compile (same program shape)")],
+    name: Annotated[str | None, typer.Option("--name", help="deployment")] = None,
+) -> None:
+    """Install a newer compile's parameters into the standby slot and flip to it (root)."""
+    from homunculus.deploy import push
+
+    try:
+        dep = push(out_dir, name)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    out.print(f"[bold green]pushed[/] {out_dir} into {dep.name} (push {dep.pushes})")
+
+
+@app.command("undeploy")
+def undeploy_command(
+    name: Annotated[str | None, typer.Argument(help="deployment (default: the only one)")] = None,
+) -> None:
+    """Detach and unpin a deployed XDP program and forget it (root)."""
+    from homunculus.deploy import load_state, undeploy
+
+    try:
+        dep = load_state(name)
+        warnings = undeploy(dep.name)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    for warning in warnings:
+        err.print(f"warning: {warning}")
+    out.print(f"[bold green]undeployed[/] {dep.name} from {dep.iface}")

@@ -9,11 +9,11 @@ here from closed tables (header field -> expression). Pipeline and user names on
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 
 import jinja2
 
-from homunculus.errors import NotSupportedError
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
@@ -29,8 +29,12 @@ FEATURE_UDP_PORT = 0x4D4C
 MAX_MAPS = 64
 """Maps one BPF program may use (kernel MAX_USED_MAPS)."""
 
-FIXED_MAPS = 10
-"""Maps besides the flow registers: control, counters, scratch, tables, defaults, bias, .rodata."""
+FIXED_MAPS = 11
+"""Maps besides the flow registers, at most: active slot, clock, counters, stats, scratch, tables,
+defaults, the score bias or the MLP's parameters and activations, the debug trace, .rodata."""
+
+TRACE_MAX = 1 << 16
+"""Entries of the debug trace map (keyed by the 16-bit IPv4 identification)."""
 
 # header field -> (C expression over the parsed headers, the header pointer it needs or None)
 HEADER_EXPR: dict[str, tuple[str, str | None]] = {
@@ -209,10 +213,26 @@ def flow_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any] | None:
             "state": state, "outputs": outputs}
 
 
-def build_context(pipeline: Pipeline, *, name: str) -> dict[str, Any]:
-    """The plain dict the template renders from."""
-    if pipeline.mlp is not None:
-        raise NotSupportedError("the XDP target does not run quantised MLPs yet")
+def mlp_context(layout: Layout) -> dict[str, Any] | None:
+    """Dimensions only: the parameters live in ``hmn_mlp`` (layout.py)."""
+    if layout.mlp is None:
+        return None
+    shapes = layout.mlp.shapes()
+    return {"n_in": layout.mlp.n_in, "inputs": list(layout.mlp.inputs),
+            "winner": layout.mlp.winner, "n_scores": layout.mlp.widths[-1],
+            "layers": [{"index": i, "n_out": n_out, "n_in": n_in, "last": i == len(shapes) - 1}
+                       for i, (n_out, n_in) in enumerate(shapes)]}
+
+
+def _check_trace(trace: int) -> None:
+    if trace and (trace & (trace - 1) or not 1 <= trace <= TRACE_MAX):
+        raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
+
+
+def build_context(pipeline: Pipeline, *, name: str, trace: int = 0) -> dict[str, Any]:
+    """The plain dict the template renders from (``trace``: entries of the debug trace map,
+    0 for none)."""
+    _check_trace(trace)
     layout = layout_of(pipeline)
     copies, required = _header_copies(pipeline, layout)
     carried, feature_header = _feature_header(pipeline, layout)
@@ -255,10 +275,21 @@ def build_context(pipeline: Pipeline, *, name: str) -> dict[str, Any]:
         "vec_features": [{"idx": layout.features[j], "mask": f.field.max_value}
                          for j, f in enumerate(pipeline.features)],
         "vec_results": [layout.class_index, *verdict_outputs],
+        "mlp": mlp_context(layout),
+        "trace": trace,
     }
 
 
-def emit_xdp(pipeline: Pipeline, *, name: str = "homunculus") -> str:
-    """The eBPF C source of ``pipeline``'s XDP program (and its ``hmn_xdp_vec`` test entry)."""
+def emit_xdp(pipeline: Pipeline, *, name: str = "homunculus", trace: int = 0) -> str:
+    """The eBPF C source of ``pipeline``'s XDP program (and its ``hmn_xdp_vec`` test entry);
+    ``trace`` > 0 adds the per-packet debug map ``hmn_trace`` (test builds)."""
     return template_env().get_template("hmn_xdp.bpf.c.j2").render(
-        **build_context(pipeline, name=name))
+        **build_context(pipeline, name=name, trace=trace))
+
+
+def shape_digest(source: str) -> str:
+    """A digest of the program's code without its comments: equal digests mean equal programs
+    (names only reach comments), so a snapshot compiled for one fits the other."""
+    code = "\n".join(line.rstrip() for line in source.splitlines()
+                     if line.strip() and not line.lstrip().startswith("//"))
+    return hashlib.sha256(code.encode()).hexdigest()[:32]

@@ -16,17 +16,31 @@ lo = hi = v & m; range: full mask) -- then the parameters.
 
 Capacity rule: ``capacity_i = max(16, next power of two >= the compiled entry count)`` per slot;
 a pushed snapshot may have up to that many entries per table.
+
+MLP pipelines (``pipeline.mlp``, ir/dense.py) keep only the verdict table; the network's
+parameters are one value of ``hmn_mlp`` per slot: a flat array of ``__s32`` words (so the C struct
+has no padding) in the order of :meth:`MlpLayout.parts` -- the input shifts, then per layer the
+weights ``[out][in]`` and biases and, for hidden layers, ``(multiplier, shift, activation)`` and a
+256-entry activation table. Dimensions (inputs, layer widths) are the program's shape; everything
+else, activation kinds included, is data that a push may change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homunculus.errors import NotSupportedError
+from homunculus.ir.dense import QMLP, check_ranges
 from homunculus.ir.pipeline import Exact, Field, Match, Pipeline, Range, Table, Ternary
 
 MIN_CAPACITY = 16
 MAX_FIELD_BITS = 64
 VERDICT_ROLES = ("port", "drop", "mark", "dscp")
+MLP_MAX_HIDDEN = 3
+MLP_MAX_WIDTH = 64  # hidden layer widths and output scores
+MLP_MAX_INPUTS = 256
+ACTIVATION_CODES = {"none": 0, "relu": 1, "lut": 2}
+LUT_SIZE = 256
 
 
 def table_capacity(n_entries: int) -> int:
@@ -66,6 +80,42 @@ class ScoreLayout:
 
 
 @dataclass(frozen=True)
+class MlpLayout:
+    """The network's dimensions: inputs, then the output width of every layer (the last one:
+    the scores); ``inputs`` and ``winner`` are env indices."""
+
+    inputs: tuple[int, ...]
+    widths: tuple[int, ...]
+    winner: int
+
+    @property
+    def n_in(self) -> int:
+        return len(self.inputs)
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """``(n_out, n_in)`` per layer."""
+        ins = (self.n_in, *self.widths[:-1])
+        return list(zip(self.widths, ins, strict=True))
+
+    def parts(self) -> list[tuple[str, int]]:
+        """The ``__s32`` arrays of one slot's value, in order: (C member name, words)."""
+        out = [("in_shift", self.n_in)]
+        last = len(self.widths) - 1
+        for i, (n_out, n_in) in enumerate(self.shapes()):
+            out += [(f"w{i}", n_out * n_in), (f"b{i}", n_out)]
+            if i < last:
+                out += [(f"q{i}", 3), (f"lut{i}", LUT_SIZE)]
+        return out
+
+    @property
+    def words(self) -> int:
+        return sum(n for _, n in self.parts())
+
+    def signature(self) -> list[int]:
+        return [self.n_in, *self.widths]
+
+
+@dataclass(frozen=True)
 class Layout:
     fields: tuple[Field, ...]
     features: tuple[int, ...]  # env index of each pipeline feature
@@ -76,6 +126,7 @@ class Layout:
     class_index: int
     verdict: dict[str, int | None]  # role -> env index of verdict_<role>
     n_classes: int
+    mlp: MlpLayout | None = None
 
     @property
     def row_words(self) -> int:
@@ -103,6 +154,7 @@ class Layout:
             "row_words": self.row_words,
             "meta_words": self.meta_words,
             "scores": list(self.score.widths) if self.score else [],
+            "mlp": self.mlp.signature() if self.mlp else None,
         }
 
 
@@ -139,6 +191,83 @@ def _table_layout(i: int, table: Table, index: dict[str, int], base: int) -> Tab
                        base)
 
 
+def winner_field(pipeline: Pipeline) -> Field:
+    """Where an MLP pipeline's arg-max goes: ``notes["winner"]``, else the verdict's only key."""
+    winner = pipeline.notes.get("winner")
+    if isinstance(winner, Field):
+        return winner
+    if len(pipeline.verdict.keys) != 1:
+        raise ValueError("an MLP pipeline needs notes['winner'] or a single-key verdict table")
+    return pipeline.verdict.keys[0]
+
+
+def check_mlp(mlp: QMLP, n_features: int) -> None:
+    """Raise unless the network fits the XDP program (sizes) and ir/dense.py's ranges."""
+    hidden = len(mlp.layers) - 1
+    if not 0 <= hidden <= MLP_MAX_HIDDEN:
+        raise NotSupportedError(f"the XDP target runs MLPs of at most {MLP_MAX_HIDDEN} hidden "
+                                f"layers (this one has {hidden})")
+    if not 1 <= n_features <= MLP_MAX_INPUTS or len(mlp.input_shift) != n_features:
+        raise ValueError(f"the MLP needs one input shift per feature (1..{MLP_MAX_INPUTS})")
+    if any(not 0 <= s < 64 for s in mlp.input_shift):
+        raise ValueError("MLP input shifts must be in 0..63")
+    check_ranges(mlp)
+    n_in = n_features
+    for i, layer in enumerate(mlp.layers):
+        n_out, width = layer.shape
+        if width != n_in or any(len(row) != width for row in layer.weights):
+            raise ValueError(f"MLP layer {i} has an inconsistent shape")
+        if not 1 <= n_out <= MLP_MAX_WIDTH:
+            raise NotSupportedError(f"MLP layer {i} has {n_out} outputs; the XDP target runs "
+                                    f"at most {MLP_MAX_WIDTH}")
+        if len(layer.bias) != n_out or any(not -2**31 <= b < 2**31 for b in layer.bias):
+            raise ValueError(f"MLP layer {i}: biases must be int32, one per output")
+        if i < hidden:
+            _check_hidden(i, layer.multiplier, layer.shift, layer.activation, layer.lut)
+        n_in = n_out
+
+
+def _check_hidden(i: int, multiplier: int, shift: int, activation: str,
+                  lut: tuple[int, ...] | None) -> None:
+    if not 0 <= multiplier < 2**31 or not 1 <= shift <= 62:
+        raise ValueError(f"MLP layer {i}: multiplier must be in 0..2^31-1 and shift in 1..62")
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"MLP layer {i}: unknown activation {activation!r}")
+    if activation == "lut" and (lut is None or len(lut) != LUT_SIZE
+                                or any(not -128 <= v <= 127 for v in lut)):
+        raise ValueError(f"MLP layer {i}: the activation table needs 256 int8 values")
+
+
+def mlp_layout(pipeline: Pipeline, index: dict[str, int]) -> MlpLayout | None:
+    mlp = pipeline.mlp
+    if mlp is None:
+        return None
+    if pipeline.score_sum is not None or pipeline.encoders or pipeline.lookups:
+        raise ValueError("an MLP pipeline has no tables but the verdict and no score sum")
+    check_mlp(mlp, len(pipeline.features))
+    winner = winner_field(pipeline)
+    if winner.name not in index or (1 << winner.width) < mlp.n_classes:
+        raise ValueError("the MLP's winner field cannot hold every class score's index")
+    return MlpLayout(tuple(index[f.field.name] for f in pipeline.features),
+                     tuple(layer.shape[0] for layer in mlp.layers), index[winner.name])
+
+
+def mlp_words(mlp: QMLP, shape: MlpLayout) -> list[int]:
+    """One slot's ``hmn_mlp`` value as signed 32-bit words (see :meth:`MlpLayout.parts`)."""
+    if [len(mlp.input_shift), *(layer.shape[0] for layer in mlp.layers)] != shape.signature():
+        raise ValueError("the MLP's dimensions differ from the program's")
+    words = list(mlp.input_shift)
+    last = len(mlp.layers) - 1
+    for i, layer in enumerate(mlp.layers):
+        words += [w for row in layer.weights for w in row]
+        words += list(layer.bias)
+        if i < last:
+            lut = layer.lut if layer.activation == "lut" and layer.lut else (0,) * LUT_SIZE
+            words += [layer.multiplier, layer.shift, ACTIVATION_CODES[layer.activation], *lut]
+    assert len(words) == shape.words
+    return words
+
+
 def layout_of(pipeline: Pipeline) -> Layout:
     """The env slots and map geometry of ``pipeline``."""
     if (pipeline.score_sum is None) != (pipeline.argmax is None):
@@ -173,6 +302,7 @@ def layout_of(pipeline: Pipeline) -> Layout:
         class_index=index[pipeline.class_field.name],
         verdict={role: by_name.get(f"verdict_{role}") for role in VERDICT_ROLES},
         n_classes=len(pipeline.class_labels),
+        mlp=mlp_layout(pipeline, index),
     )
 
 

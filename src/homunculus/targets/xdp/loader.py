@@ -296,7 +296,7 @@ class BpfObject:
         out, m = [], libbpf().bpf_object__next_map(self.ptr, None)
         while m:
             name = libbpf().bpf_map__name(m).decode()
-            if not name.startswith("."):  # .rodata, .bss: internal
+            if "." not in name:  # .rodata, <obj>.rodata, .bss: internal maps
                 out.append(name)
             m = libbpf().bpf_object__next_map(self.ptr, m)
         return out

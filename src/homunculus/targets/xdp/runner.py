@@ -22,8 +22,15 @@ import pandas as pd
 
 from homunculus.data.pcap import _frame
 from homunculus.ir.pipeline import Pipeline
-from homunculus.targets.p4.twin import TwinResult
-from homunculus.targets.xdp.layout import Layout, layout_of
+from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
+from homunculus.targets.p4.twin import (
+    TwinResult,
+    header_feature_values,
+    run_table,
+    simulate,
+    simulate_packets,
+)
+from homunculus.targets.xdp.layout import Layout, layout_of, winner_field
 from homunculus.targets.xdp.loader import BpfObject, RunResult, load_object, prog_test_run
 from homunculus.targets.xdp.snapshot import install
 
@@ -156,3 +163,37 @@ def run_packets(obj: BpfObject, pipeline: Pipeline, table: pd.DataFrame
     rows = env[classified].astype(np.int64)
     fields = {f.name: rows[:, j] for j, f in enumerate(layout.fields)}
     return TwinResult(rows[:, layout.class_index], fields), classified, runs
+
+
+# ---------------------------------------------------------------------------------------------
+# what the program must compute
+
+
+def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+    """The expected result on feature rows: the match-action twin, or for MLP pipelines
+    ``QMLP.scores`` arg-max (ties to the lowest index) followed by the verdict table."""
+    if pipeline.mlp is None:
+        return simulate(pipeline, x)
+    x = np.asarray(x, dtype=np.int64)
+    env = {f.field.name: x[:, j] & f.field.max_value for j, f in enumerate(pipeline.features)}
+    masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
+    env[winner_field(pipeline).name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
+    run_table(pipeline.verdict, env, len(x))
+    return TwinResult(env[pipeline.class_field.name], env)
+
+
+def reference_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
+    """``simulate_packets`` for any pipeline (MLPs too): the expected result for the classified
+    packets and the classified mask; each capture (file_id) starts with fresh flow state."""
+    if pipeline.mlp is None:
+        return simulate_packets(pipeline, table)
+    from homunculus.data.traffic import per_capture
+
+    values, carried = header_feature_values(pipeline, table)
+    if pipeline.flow is not None:
+        program, n = pipeline.flow, len(pipeline.features)
+        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
+        cols = [j for j, f in enumerate(pipeline.features) if f.flow]
+        values[:, cols] = flow_values[:, cols]
+    classified = eligible_packets(table) & carried
+    return reference(pipeline, values[classified]), classified

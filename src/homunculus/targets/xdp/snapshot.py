@@ -6,10 +6,11 @@ A snapshot (JSON-able dict, written as ``xdp/snapshot.json``)::
     {"format": FORMAT, "layout": <Layout.signature()>, "row_words": W, "meta_words": M,
      "tables": [{"name", "base", "capacity",
                  "entries": [[mask, lo, hi, ... params ...], ...], "default": [...]}, ...],
-     "bias": [...] | null}
+     "bias": [...] | null, "mlp": [s32 words] | null}
 
 Entry words and map indices follow layout.py (maps ``hmn_tables``, ``hmn_defaults``,
-``hmn_bias``). A packet reads ``hmn_active`` once, so it sees one slot
+``hmn_bias``; an MLP's parameters: ``hmn_mlp``, one value per slot). A packet reads
+``hmn_active`` once, so it sees one slot
 throughout; ``push`` only ever writes the standby slot. That slot may still be in use by packets
 that read ``hmn_active`` just before the previous flip, so ``push`` first waits ``grace_s``
 (default 10 ms; an XDP program finishes in microseconds) and only then overwrites it.
@@ -22,7 +23,7 @@ import time
 from typing import Any, Protocol
 
 from homunculus.ir.pipeline import Pipeline
-from homunculus.targets.xdp.layout import Layout, layout_of, match_words
+from homunculus.targets.xdp.layout import Layout, layout_of, match_words, mlp_words
 from homunculus.targets.xdp.loader import BpfMap
 
 FORMAT = "homunculus-xdp-snapshot/1"
@@ -80,8 +81,11 @@ def snapshot_of(pipeline: Pipeline, layout: Layout | None = None) -> dict[str, A
     if pipeline.score_sum is not None and layout.score is not None:
         bias = [_param(b, w, "score bias")
                 for b, w in zip(pipeline.score_sum.bias, layout.score.widths, strict=True)]
+    mlp = None
+    if pipeline.mlp is not None and layout.mlp is not None:
+        mlp = mlp_words(pipeline.mlp, layout.mlp)
     return {"format": FORMAT, "layout": layout.signature(), "row_words": layout.row_words,
-            "meta_words": layout.meta_words, "tables": tables, "bias": bias}
+            "meta_words": layout.meta_words, "tables": tables, "bias": bias, "mlp": mlp}
 
 
 def _words(values: list[int]) -> bytes:
@@ -105,6 +109,9 @@ def check_compatible(snapshot: dict[str, Any], maps: MapSource) -> None:
     bias = snapshot.get("bias")
     if bias is not None and maps.map("hmn_bias").value_size != 8 * len(bias):
         raise SnapshotError("score biases do not match the program")
+    mlp = snapshot.get("mlp")
+    if mlp is not None and maps.map("hmn_mlp").value_size != 4 * len(mlp):
+        raise SnapshotError("the MLP's parameters do not match the program's network")
 
 
 def _row(words: list[int], n: int) -> bytes:
@@ -127,6 +134,9 @@ def write_slot(maps: MapSource, snapshot: dict[str, Any], slot: int) -> None:
                                        snapshot["meta_words"]))
     if snapshot.get("bias") is not None:
         maps.map("hmn_bias").update(slot, _words(snapshot["bias"]))
+    if snapshot.get("mlp") is not None:
+        words = snapshot["mlp"]
+        maps.map("hmn_mlp").update(slot, struct.pack(f"<{len(words)}i", *words))
 
 
 def active_slot(maps: MapSource) -> int:

@@ -17,7 +17,7 @@ from homunculus.targets.base import Limits, Usage
 from homunculus.targets.p4.twin import TwinResult
 from homunculus.targets.xdp import cost
 from homunculus.targets.xdp.build import build_source
-from homunculus.targets.xdp.codegen import emit_xdp
+from homunculus.targets.xdp.codegen import emit_xdp, shape_digest
 from homunculus.targets.xdp.runner import load_built, run_packets, run_vectors
 from homunculus.targets.xdp.snapshot import snapshot_of
 
@@ -56,12 +56,18 @@ class XdpTarget:
     def estimate(self, pipeline: Pipeline) -> Usage:
         return cost.estimate(pipeline)
 
-    def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str) -> dict[str, Path]:
-        """Write and compile the program, and write its map contents (snapshot.json)."""
+    def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str, *,
+             trace: int = 0) -> dict[str, Path]:
+        """Write and compile the program, and write its map contents (snapshot.json) with what
+        deployment needs: the object, the class labels and the program's shape digest
+        (``trace`` > 0: a test build with the per-packet debug map)."""
         stem = object_stem(program_name)
         xdp_dir = out_dir / "xdp"
-        source, obj = build_source(emit_xdp(pipeline, name=program_name), xdp_dir, stem)
-        snapshot = snapshot_of(pipeline) | {"object": obj.name, "program": stem}
+        text = emit_xdp(pipeline, name=program_name, trace=trace)
+        source, obj = build_source(text, xdp_dir, stem)
+        snapshot = snapshot_of(pipeline) | {"object": obj.name, "program": stem,
+                                            "labels": list(pipeline.class_labels),
+                                            "shape": shape_digest(text)}
         snap = xdp_dir / "snapshot.json"
         snap.write_text(json.dumps(snapshot, indent=1) + "\n")
         return {"bpf_c": source, "bpf_o": obj, "snapshot": snap}

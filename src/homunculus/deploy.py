@@ -1,0 +1,324 @@
+"""Deploy a compiled XDP program on a live interface, read its counters, push newer parameters
+into it, and take it down again (the ``deploy``, ``stats``, ``push`` and ``undeploy`` commands).
+
+A deployment named NAME (by default the compiled program's name) is:
+
+* the program and its maps pinned under ``/sys/fs/bpf/homunculus/NAME/{progs,maps}/``,
+* ``hmn_xdp`` attached to one interface (optionally inside a network namespace, in ``skb``
+  (generic) or ``native`` (driver) mode),
+* a state file ``/run/homunculus/NAME.json`` (bpffs holds only BPF objects) recording the
+  interface, namespace, mode, the compiled output directory, the class labels and the program's
+  shape digest (what a pushed compile must match).
+
+Every failure is a :class:`DeployError` (a HomunculusError: the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from homunculus.errors import HomunculusError
+from homunculus.targets.xdp import snapshot as snap
+from homunculus.targets.xdp.codegen import shape_digest
+from homunculus.targets.xdp.loader import (
+    PIN_ROOT,
+    BpfError,
+    Pinned,
+    attach_xdp,
+    attached_prog_id,
+    detach_xdp,
+    ifindex_of,
+    in_netns,
+    load_object,
+    pin_dir,
+    unpin,
+)
+
+STATE_DIR = Path("/run/homunculus")
+MODES = ("skb", "native")
+MAIN_PROG = "hmn_xdp"
+STAT_NAMES = ("packets", "eligible", "classified", "dropped", "marked")
+
+
+class DeployError(HomunculusError):
+    """A deployment could not be made, found, changed or removed."""
+
+
+@dataclass
+class Deployment:
+    """What ``/run/homunculus/NAME.json`` records."""
+
+    name: str
+    iface: str
+    netns: str | None
+    mode: str
+    out_dir: str
+    object: str
+    shape: str
+    labels: list[str]
+    ifindex: int
+    prog_id: int
+    pushes: int = 0
+    deployed_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters of a deployment: per class (by label), unclassified packets, and hmn_stats."""
+
+    name: str
+    counts: dict[str, int]
+    unclassified: int
+    stats: dict[str, int]
+    active_slot: int
+    attached: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and state
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise DeployError("deploying XDP programs needs root (CAP_BPF and CAP_NET_ADMIN): "
+                          "run this command as root")
+
+
+def check_name(name: str) -> str:
+    try:
+        pin_dir(name)
+    except ValueError:
+        raise DeployError(f"deployment name {name!r} must be letters, digits, '_', '.' or '-' "
+                          "(at most 64)") from None
+    return name
+
+
+def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
+    """OUT/xdp/snapshot.json with its shape digest (computed from the source if absent)."""
+    path = Path(out_dir) / "xdp" / "snapshot.json"
+    if not path.is_file():
+        raise DeployError(f"{out_dir}: not compiled for xdp (no {path}); compile with "
+                          "'target: xdp'")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DeployError(f"{path}: not valid JSON ({exc})") from None
+    if "object" not in data or "program" not in data:
+        raise DeployError(f"{path}: not an XDP compile's snapshot (no object/program)")
+    obj = path.parent / data["object"]
+    if not obj.is_file():
+        raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
+    if "shape" not in data:
+        source = obj.with_name(obj.name.removesuffix(".o") + ".c")
+        data["shape"] = shape_digest(source.read_text()) if source.is_file() else ""
+    return data
+
+
+def state_path(name: str, state_dir: Path = STATE_DIR) -> Path:
+    return state_dir / f"{check_name(name)}.json"
+
+
+def write_state(dep: Deployment, state_dir: Path = STATE_DIR) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_path(dep.name, state_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(dep), indent=1) + "\n")
+    tmp.replace(path)
+
+
+def deployments(state_dir: Path = STATE_DIR) -> list[str]:
+    return sorted(p.stem for p in state_dir.glob("*.json")) if state_dir.is_dir() else []
+
+
+def load_state(name: str | None, state_dir: Path = STATE_DIR) -> Deployment:
+    """The named deployment, or the only one when no name is given."""
+    if name is None:
+        names = deployments(state_dir)
+        if not names:
+            raise DeployError(f"nothing is deployed (no state in {state_dir})")
+        if len(names) > 1:
+            raise DeployError(f"several deployments ({', '.join(names)}): name one")
+        name = names[0]
+    path = state_path(name, state_dir)
+    if not path.is_file():
+        known = ", ".join(deployments(state_dir)) or "none"
+        raise DeployError(f"no deployment named '{name}' (deployed: {known})")
+    return Deployment.from_json(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# interfaces
+
+
+def resolve_ifindex(iface: str, netns: str | None) -> int:
+    where = f" in network namespace '{netns}'" if netns else ""
+    try:
+        return in_netns(netns, lambda: ifindex_of(iface))
+    except BpfError as exc:
+        if exc.errno == errno.ENODEV:
+            raise DeployError(f"no interface '{iface}'{where}") from None
+        raise DeployError(f"network namespace: {exc}") from None
+
+
+def attach(dep: Deployment, prog_fd: int) -> int:
+    """Attach in the deployment's namespace and mode; the attached program's id."""
+    try:
+        in_netns(dep.netns, lambda: attach_xdp(dep.ifindex, prog_fd, mode=dep.mode,
+                                               replace=False))
+    except BpfError as exc:
+        if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
+            raise DeployError(f"an XDP program is already attached to {dep.iface}: remove it "
+                              "first") from None
+        hint = "; try --mode skb" if dep.mode == "native" else ""
+        raise DeployError(f"cannot attach XDP in {dep.mode} mode to {dep.iface}: {exc}{hint}"
+                          ) from None
+    return in_netns(dep.netns, lambda: attached_prog_id(dep.ifindex, mode=dep.mode))
+
+
+def attached(dep: Deployment) -> tuple[int, int] | None:
+    """The interface's index and the program id attached in the deployment's mode (0: none),
+    or None if the interface (or its namespace) is gone."""
+    try:
+        ifindex = in_netns(dep.netns, lambda: ifindex_of(dep.iface))
+        return ifindex, in_netns(dep.netns, lambda: attached_prog_id(ifindex, mode=dep.mode))
+    except BpfError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the four operations
+
+
+def deploy(out_dir: Path, iface: str, *, netns: str | None = None, mode: str = "skb",
+           name: str | None = None, state_dir: Path = STATE_DIR) -> Deployment:
+    """Load OUT/xdp/<name>.bpf.o, pin it, install its snapshot (slot 0) and attach it."""
+    require_root()
+    if mode not in MODES:
+        raise DeployError(f"--mode must be one of {', '.join(MODES)} (got '{mode}')")
+    snapshot = compiled_snapshot(out_dir)
+    name = check_name(name or snapshot["program"])
+    if state_path(name, state_dir).exists():
+        raise DeployError(f"'{name}' is already deployed: undeploy it first (or pass --name)")
+    if pin_dir(name).exists():
+        raise DeployError(f"{pin_dir(name)} exists but no deployment records it (a stale pin?): "
+                          "remove that directory or pass another --name")
+    ifindex = resolve_ifindex(iface, netns)
+    dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()), snapshot["object"],
+                     snapshot["shape"], list(snapshot.get("labels", [])), ifindex, 0)
+    pinned = pin_program(Path(out_dir) / "xdp" / snapshot["object"], snapshot, name)
+    try:
+        dep.prog_id = attach(dep, pinned.prog_fd(MAIN_PROG))
+        write_state(dep, state_dir)
+    except BaseException:
+        pinned.close()
+        unpin(name)
+        raise
+    pinned.close()
+    return dep
+
+
+def pin_program(path: Path, snapshot: dict[str, Any], name: str) -> Pinned:
+    """Load (verify) the object, install the snapshot and pin programs and maps."""
+    try:
+        obj = load_object(path)
+    except BpfError as exc:
+        raise DeployError(f"cannot load {path}: {exc}") from None
+    try:
+        snap.install(obj, snapshot)
+        return obj.pin(name)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{path}: {exc}") from None
+    except BpfError as exc:
+        unpin(name)  # nothing half-pinned stays behind
+        raise DeployError(f"cannot pin {name} under {PIN_ROOT}: {exc}") from None
+    finally:
+        obj.close()
+
+
+def open_pins(name: str) -> Pinned:
+    try:
+        return Pinned.open(name)
+    except BpfError:
+        raise DeployError(f"'{name}' has a state file but nothing pinned under "
+                          f"{PIN_ROOT / name}: undeploy it and deploy again") from None
+
+
+def read_stats(name: str | None = None, state_dir: Path = STATE_DIR) -> Stats:
+    """Per-class counters (summed over CPUs) with their labels, and the stats map."""
+    require_root()
+    dep = load_state(name, state_dir)
+    pinned = open_pins(dep.name)
+    try:
+        counts_map, stats_map = pinned.map("hmn_counts"), pinned.map("hmn_stats")
+        n = counts_map.max_entries - 1
+        labels = dep.labels if len(dep.labels) == n else [f"class {i}" for i in range(n)]
+        counts = {label: counts_map.lookup_u64(i) for i, label in enumerate(labels)}
+        stats = {key: stats_map.lookup_u64(i) for i, key in enumerate(STAT_NAMES)}
+        unclassified = counts_map.lookup_u64(n)
+        slot = snap.active_slot(pinned)
+    finally:
+        pinned.close()
+    now = attached(dep)
+    return Stats(dep.name, counts, unclassified, stats, slot,
+                 now is not None and now[1] == dep.prog_id)
+
+
+def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
+         grace_s: float = snap.GRACE_S) -> Deployment:
+    """Write a newer compile's parameters into the standby slot and flip to it; refuse when its
+    program differs in shape from the deployed one."""
+    require_root()
+    dep = load_state(name, state_dir)
+    snapshot = compiled_snapshot(out_dir)
+    if not snapshot["shape"] or snapshot["shape"] != dep.shape:
+        raise DeployError(f"{out_dir}: its program differs in shape from the one deployed as "
+                          f"'{dep.name}' (features, tables, capacities or network dimensions); "
+                          "undeploy and deploy it instead")
+    pinned = open_pins(dep.name)
+    try:
+        snap.push(pinned, snapshot, grace_s=grace_s)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{out_dir}: {exc}") from None
+    finally:
+        pinned.close()
+    dep.out_dir = str(Path(out_dir).resolve())
+    dep.labels = list(snapshot.get("labels", dep.labels))
+    dep.pushes += 1
+    write_state(dep, state_dir)
+    return dep
+
+
+def undeploy(name: str | None = None, *, state_dir: Path = STATE_DIR) -> list[str]:
+    """Detach (if our program is still the one attached), unpin and forget the deployment;
+    returns warnings about what was already gone."""
+    require_root()
+    dep = load_state(name, state_dir)
+    warnings = []
+    now = attached(dep)
+    current = now[1] if now else None
+    if now is None:
+        warnings.append(f"interface {dep.iface} is gone; nothing to detach")
+    elif current == dep.prog_id:
+        ifindex = now[0]
+        in_netns(dep.netns, lambda: detach_xdp(ifindex, mode=dep.mode))
+    elif current:
+        warnings.append(f"another XDP program (id {current}) is attached to {dep.iface}; "
+                        "left in place")
+    else:
+        warnings.append(f"no XDP program was attached to {dep.iface}")
+    unpin(dep.name)
+    state_path(dep.name, state_dir).unlink(missing_ok=True)
+    return warnings

@@ -9,7 +9,6 @@ differ only in names emit the same code outside comments.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from homunculus.ir.dense import QMLP
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import Pipeline
 from homunculus.targets.c.layout import CTable, Layout, build_layout
+from homunculus.targets.templating import code_env
 
 ABI_VERSION = 1
 """Version of the generated library's ABI (bump when any exported signature changes)."""
@@ -35,17 +35,9 @@ C_KEYWORDS = frozenset({
 VERDICT_ROLES = ("port", "drop", "mark", "dscp")
 
 
-@functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
     """The Jinja2 environment over this package's ``templates`` directory."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("homunculus.targets.c", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return code_env("homunculus.targets.c")
 
 
 def render(template: str, context: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ feature names, the program name) only ever appear through :func:`safe_comment` i
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowOutput, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import Argmax, Field, Pipeline, Table
+from homunculus.targets.templating import code_env
 
 INGRESS_CONTROL = "MyIngress"
 """Name of the ingress control in both architectures (tables are ``MyIngress.<table>``)."""
@@ -61,17 +61,9 @@ _RESERVED = frozenset({
 })
 
 
-@functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
     """The Jinja2 environment over this package's ``templates`` directory."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("homunculus.targets.p4", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return code_env("homunculus.targets.p4")
 
 
 def render(template: str, context: dict[str, Any]) -> str:

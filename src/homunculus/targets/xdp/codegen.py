@@ -8,7 +8,6 @@ here from closed tables (header field -> expression). Pipeline and user names on
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
@@ -18,6 +17,7 @@ from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import Pipeline
+from homunculus.targets.templating import code_env
 from homunculus.targets.xdp.layout import Layout, TableLayout, layout_of, mask_of
 
 UNIT_NS = 1000
@@ -57,16 +57,9 @@ HEADER_EXPR: dict[str, tuple[str, str | None]] = {
 }
 
 
-@functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("homunculus.targets.xdp", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    """The Jinja2 environment over this package's ``templates`` directory."""
+    return code_env("homunculus.targets.xdp")
 
 
 def crc_table_rows() -> list[str]:

@@ -169,6 +169,15 @@ class Pipeline:
     def n_entries(self) -> int:
         return sum(len(t.entries) for t in self.tables())
 
+    def winner_field(self) -> Field:
+        """Where the model's arg-max goes: ``notes["winner"]``, else the verdict's only key."""
+        winner = self.notes.get("winner")
+        if isinstance(winner, Field):
+            return winner
+        if len(self.verdict.keys) != 1:
+            raise ValueError("the pipeline needs notes['winner'] or a single-key verdict table")
+        return self.verdict.keys[0]
+
     def table(self, name: str) -> Table:
         for t in self.tables():
             if t.name == name:

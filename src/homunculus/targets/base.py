@@ -103,6 +103,18 @@ def assess(usage: Usage, limits: Limits) -> Feasibility:
     return Feasibility(not violations, binding, ratios, tuple(violations))
 
 
+def with_field_overrides(obj: Any, overrides: dict[str, Any], fixed: tuple[str, ...] = ()) -> Any:
+    """A copy of the dataclass ``obj`` with ``overrides`` applied; unknown or fixed fields raise
+    KeyError listing the known ones (profiles use it for spec overrides)."""
+    from dataclasses import replace
+
+    known = {f.name for f in fields(obj)} - set(fixed)
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise KeyError(f"unknown profile field(s) {bad}; known: {sorted(known)}")
+    return replace(obj, **overrides)
+
+
 class Target(Protocol):
     """What the compiler asks of a backend: passes, a resource estimate, emission, a twin."""
 

@@ -201,13 +201,8 @@ def check_hidden(multiplier: int, shift: int, activation: str, lut: tuple[int, .
 
 
 def winner_field(pipeline: Pipeline) -> Field:
-    """Where an MLP pipeline's arg-max goes: notes["winner"], else the verdict table's key."""
-    winner = pipeline.notes.get("winner")
-    if isinstance(winner, Field):
-        return winner
-    if len(pipeline.verdict.keys) != 1:
-        raise ValueError("an MLP pipeline needs notes['winner'] or a single-key verdict table")
-    return pipeline.verdict.keys[0]
+    """Where an MLP pipeline's arg-max goes (Pipeline.winner_field)."""
+    return pipeline.winner_field()
 
 
 def build_layout(pipeline: Pipeline) -> Layout:

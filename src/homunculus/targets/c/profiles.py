@@ -11,9 +11,9 @@ overrides.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
-from homunculus.targets.base import Limits
+from homunculus.targets.base import Limits, with_field_overrides
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,7 @@ class CProfile:
         return Limits()
 
     def with_overrides(self, overrides: dict[str, object]) -> CProfile:
-        known = {f.name for f in fields(self)} - {"name"}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise KeyError(f"unknown profile field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **overrides)
+        return with_field_overrides(self, overrides, ("name",))
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

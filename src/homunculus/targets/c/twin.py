@@ -16,8 +16,7 @@ import numpy as np
 
 from homunculus.ir.pipeline import Pipeline
 from homunculus.targets.c.codegen import VERDICT_ROLES
-from homunculus.targets.c.layout import winner_field
-from homunculus.targets.p4.twin import TwinResult, run_table, simulate
+from homunculus.targets.p4.twin import TwinResult, simulate
 
 
 class _Verdict(ctypes.Structure):
@@ -95,11 +94,4 @@ class CLibrary:
 
 def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
     """What the generated library must compute for integer feature rows ``x``."""
-    if pipeline.mlp is None:
-        return simulate(pipeline, x)
-    x = np.asarray(x, dtype=np.int64)
-    env = {f.field.name: x[:, j] & f.field.max_value for j, f in enumerate(pipeline.features)}
-    masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
-    env[winner_field(pipeline).name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
-    run_table(pipeline.verdict, env, len(x))
-    return TwinResult(env[pipeline.class_field.name], env)
+    return simulate(pipeline, x)

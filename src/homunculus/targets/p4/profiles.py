@@ -9,9 +9,9 @@ rough figures for simple_switch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
-from homunculus.targets.base import Limits
+from homunculus.targets.base import Limits, with_field_overrides
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,7 @@ class SwitchProfile:
         return self.tcam_block_entries * self.tcam_block_width
 
     def with_overrides(self, overrides: dict[str, object]) -> SwitchProfile:
-        known = {f.name for f in fields(self)} - {"name", "arch"}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise KeyError(f"unknown profile field(s) {bad}; known: {sorted(known)}")
-        return replace(self, **overrides)
+        return with_field_overrides(self, overrides, ("name", "arch"))
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -86,12 +86,16 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
 
 
 def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
-    """Run ``pipeline`` on integer feature rows ``x`` (n, n_features)."""
+    """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
+    execution (tables, or the MLP's arg-max, then the verdict table)."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
+    if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max
+        masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
+        env[pipeline.winner_field().name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
     for table in (*pipeline.encoders, *pipeline.lookups):
         run_table(table, env, n)
     if pipeline.score_sum is not None and pipeline.argmax is not None:

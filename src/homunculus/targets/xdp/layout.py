@@ -192,13 +192,8 @@ def _table_layout(i: int, table: Table, index: dict[str, int], base: int) -> Tab
 
 
 def winner_field(pipeline: Pipeline) -> Field:
-    """Where an MLP pipeline's arg-max goes: ``notes["winner"]``, else the verdict's only key."""
-    winner = pipeline.notes.get("winner")
-    if isinstance(winner, Field):
-        return winner
-    if len(pipeline.verdict.keys) != 1:
-        raise ValueError("an MLP pipeline needs notes['winner'] or a single-key verdict table")
-    return pipeline.verdict.keys[0]
+    """Where an MLP pipeline's arg-max goes (Pipeline.winner_field)."""
+    return pipeline.winner_field()
 
 
 def check_mlp(mlp: QMLP, n_features: int) -> None:

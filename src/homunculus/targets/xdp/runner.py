@@ -26,11 +26,10 @@ from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
 from homunculus.targets.p4.twin import (
     TwinResult,
     header_feature_values,
-    run_table,
     simulate,
     simulate_packets,
 )
-from homunculus.targets.xdp.layout import Layout, layout_of, winner_field
+from homunculus.targets.xdp.layout import Layout, layout_of
 from homunculus.targets.xdp.loader import BpfObject, RunResult, load_object, prog_test_run
 from homunculus.targets.xdp.snapshot import install
 
@@ -172,14 +171,7 @@ def run_packets(obj: BpfObject, pipeline: Pipeline, table: pd.DataFrame
 def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
     """The expected result on feature rows: the match-action twin, or for MLP pipelines
     ``QMLP.scores`` arg-max (ties to the lowest index) followed by the verdict table."""
-    if pipeline.mlp is None:
-        return simulate(pipeline, x)
-    x = np.asarray(x, dtype=np.int64)
-    env = {f.field.name: x[:, j] & f.field.max_value for j, f in enumerate(pipeline.features)}
-    masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
-    env[winner_field(pipeline).name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
-    run_table(pipeline.verdict, env, len(x))
-    return TwinResult(env[pipeline.class_field.name], env)
+    return simulate(pipeline, x)
 
 
 def reference_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_traffic import TRAFFIC_SPEC
 
 from homunculus.alchemy import Platforms
 from homunculus.compile import CompileOptions, compile_plan
+from homunculus.errors import InfeasibleError
 from homunculus.frontend.yaml_spec import plan_from_yaml
 
 from conftest import spec_text, write_spec
@@ -50,3 +52,11 @@ def test_xdp_traffic_compile_is_verified_in_the_kernel(tmp_path) -> None:
 
 def test_platforms_for_kernel_targets_exist() -> None:
     assert Platforms.XDP().target == "xdp" and Platforms.C().target == "c"
+
+
+def test_xdp_instruction_limit_is_a_constraint(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv, algorithms="[rf]", target="xdp", trials=3).replace(
+        "resources: {stages: 12}", "resources: {instructions: 50}")
+    with pytest.raises(InfeasibleError, match="instructions"):
+        compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
+                     CompileOptions(tmp_path / "out", progress=False))

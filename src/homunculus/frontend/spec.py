@@ -87,6 +87,7 @@ class Resources(Strict):
     tcam_kbit: float | None = Field(default=None, ge=0)
     entries: int | None = Field(default=None, ge=1)
     phv_bits: int | None = Field(default=None, ge=1)
+    instructions: int | None = Field(default=None, ge=1, description="XDP: per packet")
 
 
 class Constraints(Strict):

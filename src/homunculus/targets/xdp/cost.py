@@ -90,4 +90,4 @@ def estimate(pipeline: Pipeline) -> Usage:
     c = cost(pipeline)
     return Usage(stages=0, tables=c.tables, sram_kbit=c.map_bytes * 8 / 1024, tcam_kbit=0.0,
                  entries=c.entries, phv_bits=0, throughput_gpps=1.0 / c.latency_ns,
-                 latency_ns=c.latency_ns)
+                 latency_ns=c.latency_ns, instructions=c.instructions)

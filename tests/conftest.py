@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
+from homunculus.features.library import FeatureDef, histogram
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = ROOT / "examples" / "iot"
@@ -74,3 +75,22 @@ def example_csv(tmp_path: Path) -> Path:
 def spec_text(data: Path, algorithms: str = "[dt, gnb]", target: str = "tofino",
               trials: int = 4) -> str:
     return BASE_SPEC.format(data=data, algorithms=algorithms, target=target, trials=trials)
+
+
+def every_flow_kind(header: str = "ipv4.ttl", header_width: int = 8) -> list[FeatureDef]:
+    """One header feature and flow features of every kind, some narrow enough to saturate."""
+    return [
+        FeatureDef("hdr", "header", header_width, field=header),
+        FeatureDef("pkts", "pkt_count", 3),
+        FeatureDef("pkts16", "pkt_count", 16),
+        FeatureDef("bytes", "byte_count", 12),
+        FeatureDef("bytes32", "byte_count", 32),
+        FeatureDef("min", "min_len", 16),
+        FeatureDef("max", "max_len", 16),
+        FeatureDef("ewma", "ewma_len", 16, param=3),
+        FeatureDef("iat", "iat", 20),
+        FeatureDef("age", "flow_age", 32),
+        FeatureDef("age10", "flow_age", 10),
+        *histogram("lh", "len_bin", 3, 9, 4),
+        *histogram("ih", "iat_bin", 3, 12, 6),
+    ]

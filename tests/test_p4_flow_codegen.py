@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from homunculus.features.library import FeatureDef, FlowConfig, histogram
+from homunculus.features.library import FeatureDef, FlowConfig
 from homunculus.features.reference import tuple_bytes
 from homunculus.ir.flow import FlowProgram, lower_flow_features
 from homunculus.ir.pipeline import (
@@ -35,6 +35,8 @@ from homunculus.targets.p4 import check_program, emit_p4, runtime_entries
 from homunculus.targets.p4.codegen import key_byte_slices
 from homunculus.targets.p4.flow_twin import run_flow_program
 
+from conftest import every_flow_kind
+
 ARCHS = ("v1model", "tna")
 UNIT = {"v1model": 1000, "tna": 1024}
 VERDICT_OUTPUTS = (Field("verdict_port", 9), Field("verdict_drop", 1), Field("verdict_mark", 1),
@@ -42,22 +44,7 @@ VERDICT_OUTPUTS = (Field("verdict_port", 9), Field("verdict_drop", 1), Field("ve
 
 
 def feature_defs(header: str = "ipv4.ttl", header_width: int = 8) -> list[FeatureDef]:
-    """One header feature and flow features of every kind, some narrow enough to saturate."""
-    return [
-        FeatureDef("hdr", "header", header_width, field=header),
-        FeatureDef("pkts", "pkt_count", 3),
-        FeatureDef("pkts16", "pkt_count", 16),
-        FeatureDef("bytes", "byte_count", 12),
-        FeatureDef("bytes32", "byte_count", 32),
-        FeatureDef("min", "min_len", 16),
-        FeatureDef("max", "max_len", 16),
-        FeatureDef("ewma", "ewma_len", 16, param=3),
-        FeatureDef("iat", "iat", 20),
-        FeatureDef("age", "flow_age", 32),
-        FeatureDef("age10", "flow_age", 10),
-        *histogram("lh", "len_bin", 3, 9, 4),
-        *histogram("ih", "iat_bin", 3, 12, 6),
-    ]
+    return every_flow_kind(header, header_width)
 
 
 def verdict_table(cls: Field) -> Table:

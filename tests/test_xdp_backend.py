@@ -22,7 +22,7 @@ import pytest
 from homunculus.data.attacks import scenario_anomaly, synthetic_background
 from homunculus.data.dataset import FeatureDecl, make_dataset
 from homunculus.data.pcap import _checksum
-from homunculus.features.library import FeatureDef, FlowConfig, histogram
+from homunculus.features.library import FeatureDef, FlowConfig
 from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import (
     VERDICT_FIELDS,
@@ -54,6 +54,8 @@ from homunculus.targets.xdp.runner import (
 )
 from homunculus.targets.xdp.snapshot import active_slot, push, snapshot_of
 from homunculus.targets.xdp.target import XdpTarget
+
+from conftest import every_flow_kind
 
 TABLE_FAMILIES = sorted(set(all_families()) - {"mlp"})  # the MLP family lowers to a QMLP
 XDP_DROP, XDP_PASS = 1, 2
@@ -91,21 +93,7 @@ def family_pipeline(family: str, widths: tuple[int, ...] = (8, 16, 4), seed: int
 
 
 def flow_defs(header: str, header_width: int) -> list[FeatureDef]:
-    return [
-        FeatureDef("hdr", "header", header_width, field=header),
-        FeatureDef("pkts", "pkt_count", 3),
-        FeatureDef("pkts16", "pkt_count", 16),
-        FeatureDef("bytes", "byte_count", 12),
-        FeatureDef("bytes32", "byte_count", 32),
-        FeatureDef("min", "min_len", 16),
-        FeatureDef("max", "max_len", 16),
-        FeatureDef("ewma", "ewma_len", 16, param=3),
-        FeatureDef("iat", "iat", 20),
-        FeatureDef("age", "flow_age", 32),
-        FeatureDef("age10", "flow_age", 10),
-        *histogram("lh", "len_bin", 3, 9, 4),
-        *histogram("ih", "iat_bin", 3, 12, 6),
-    ]
+    return every_flow_kind(header, header_width)
 
 
 def flow_pipeline(slots: int = 8, time_shift: int = 2, header: str = "ipv4.ttl",

@@ -203,7 +203,7 @@ def replace_dir(staging: Path, out_dir: Path) -> None:
 
 def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     """Compile ``plan`` into ``options.out_dir``; see the module docstring."""
-    if getattr(plan, "n_models", 1) != 1:
+    if plan.n_models != 1:
         raise NotSupportedError("schedules of more than one model are not supported yet")
     seed = plan.search.seed if options.seed is None else options.seed
     problem, requested = build_problem(plan, seed)

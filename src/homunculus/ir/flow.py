@@ -68,10 +68,6 @@ class FlowProgram:
     def register(self, name: str) -> Register:
         return next(r for r in self.registers if r.name == name)
 
-    @property
-    def needs_iat(self) -> bool:
-        return any(r.op in ("last",) for r in self.registers)
-
 
 def _register_for(f: FeatureDef) -> Register:
     op = OP_OF_KIND[f.kind]

@@ -11,7 +11,7 @@ Arg-max ties go to the lowest class index. Inputs are unsigned integers of the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -180,7 +180,6 @@ class ScoreQuantiser:
     """Maps float score vectors to integers with one scale so that sums fit ``score_bits``."""
 
     scale: float
-    meta: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def for_terms(term_ranges: list[float], score_bits: int) -> ScoreQuantiser:
@@ -192,7 +191,7 @@ class ScoreQuantiser:
         spread = float(sum(term_ranges))
         top = float(2**score_bits - 1)
         scale = top / spread if spread > 0 else 1.0
-        return ScoreQuantiser(scale=scale, meta={"spread": spread, "score_bits": score_bits})
+        return ScoreQuantiser(scale=scale)
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         return np.floor(np.asarray(values, dtype=np.float64) * self.scale + 0.5).astype(np.int64)

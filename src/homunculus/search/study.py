@@ -51,12 +51,14 @@ class SearchProgress:
     on_update: Callable[[SearchProgress], None] | None = None
 
     def record(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Count a finished trial; pruned ones (no feature selected) are neither kind."""
         self.done += 1
-        if not trial.user_attrs.get("feasible", False):
-            self.infeasible += 1
-        elif trial.user_attrs.get("metric") is not None:
-            m = trial.user_attrs["metric"]
-            self.best = m if self.best is None else max(self.best, m)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            if not trial.user_attrs.get("feasible", False):
+                self.infeasible += 1
+            elif trial.user_attrs.get("metric") is not None:
+                m = trial.user_attrs["metric"]
+                self.best = m if self.best is None else max(self.best, m)
         if self.on_update:
             self.on_update(self)
 

@@ -24,7 +24,10 @@ _ACTION = re.compile(r"\baction\s+(\w+)\s*\(([^)]*)\)")
 _PARAM = re.compile(r"^\s*bit<(\d+)>\s+(\w+)\s*$")
 _TABLE = re.compile(r"\btable\s+(\w+)\s*\{")
 _KEY_BLOCK = re.compile(r"\bkey\s*=\s*\{([^}]*)\}")
-_KEY = re.compile(r"([\w.]+)\s*:\s*(\w+)\s*;")
+_KEY = re.compile(r"([\w.]+)(?:\[(\d+):(\d+)\])?\s*:\s*(\w+)\s*(?:@name\(\"\w+\"\))?\s*;")
+_HEADER_TYPE = re.compile(r"\bheader\s+(\w+)\s*\{([^}]*)\}")
+_HEADERS_STRUCT = re.compile(r"struct\s+headers_t\s*\{([^}]*)\}")
+_MEMBER = re.compile(r"(\w+)\s+(\w+)\s*;")
 _ACTIONS_BLOCK = re.compile(r"\bactions\s*=\s*\{([^}]*)\}")
 _SIZE = re.compile(r"\bsize\s*=\s*(\d+)\s*;")
 _DEFAULT = re.compile(r"\bdefault_action\s*=\s*(\w+)\s*\(([^)]*)\)\s*;")
@@ -89,15 +92,39 @@ def _actions(body: str) -> dict[str, dict[str, int]]:
     return actions
 
 
+def _header_widths(text: str) -> dict[str, int]:
+    """``hdr.<header>.<field>`` -> width, from the header types and struct headers_t."""
+    types = {name: {f: int(w) for w, f in _BIT_FIELD.findall(body)}
+             for name, body in _HEADER_TYPE.findall(text)}
+    struct = _HEADERS_STRUCT.search(text)
+    if struct is None:
+        raise ValueError("P4 program has no struct headers_t")
+    widths: dict[str, int] = {}
+    for type_name, member in _MEMBER.findall(struct.group(1)):
+        for field, width in types.get(type_name, {}).items():
+            widths[f"hdr.{member}.{field}"] = width
+    return widths
+
+
+def _key_width(table: str, expr: str, hi: str, lo: str, widths: dict[str, int]) -> int:
+    """The matched width of a key: a metadata or header field, or a slice of one."""
+    width = widths.get(expr)
+    if width is None:
+        raise ValueError(f"table {table}: key {expr} is not a declared field")
+    if not hi:
+        return width
+    if not int(width) > int(hi) >= int(lo) >= 0:
+        raise ValueError(f"table {table}: slice [{hi}:{lo}] outside {expr} (bit<{width}>)")
+    return int(hi) - int(lo) + 1
+
+
 def _table_decl(name: str, body: str, widths: dict[str, int],
                 actions: dict[str, dict[str, int]]) -> TableDecl:
     keys: dict[str, tuple[str, int]] = {}
     key_block = _KEY_BLOCK.search(body)
-    for expr, kind in _KEY.findall(key_block.group(1) if key_block else ""):
-        field = expr.removeprefix("meta.")
-        if field not in widths:
-            raise ValueError(f"table {name}: key {expr} is not a metadata field")
-        keys[expr] = (kind, widths[field])
+    for expr, hi, lo, kind in _KEY.findall(key_block.group(1) if key_block else ""):
+        text = f"{expr}[{hi}:{lo}]" if hi else expr
+        keys[text] = (kind, _key_width(name, expr, hi, lo, widths))
     acts = _ACTIONS_BLOCK.search(body)
     size = _SIZE.search(body)
     if acts is None or size is None:
@@ -263,7 +290,8 @@ def check_program(p4_text: str, runtime: dict[str, Any], *,
     if flow is not None:
         check_flow_registers(p4_text, flow)
     text = _strip_comments(p4_text)
-    widths = _metadata_widths(text)
+    widths = {f"meta.{n}": w for n, w in _metadata_widths(text).items()}
+    widths |= _header_widths(text)
     body = _control_body(text, INGRESS_CONTROL)
     actions = _actions(body)
     tables = _tables(body, widths, actions)

@@ -17,6 +17,7 @@ from typing import Any
 from homunculus.ir.flow import FlowProgram
 from homunculus.targets.p4.codegen import INGRESS_CONTROL
 from homunculus.targets.p4.entries import parse_int
+from homunculus.targets.p4.flow_tna import tofino_register_width
 
 _META_STRUCT = re.compile(r"struct\s+metadata_t\s*\{([^}]*)\}")
 _BIT_FIELD = re.compile(r"bit<(\d+)>\s+(\w+)\s*;")
@@ -138,6 +139,8 @@ def _table_decl(name: str, body: str, widths: dict[str, int],
 
 def _check_default_literals(table: str, action: str, args: str,
                             actions: dict[str, dict[str, int]]) -> None:
+    if action == "NoAction" and not args.strip():  # core.p4's
+        return
     if action not in actions:
         raise ValueError(f"table {table}: default action {action} is not declared")
     literals = [a for a in args.split(",") if a.strip()]
@@ -154,10 +157,14 @@ def _check_default_literals(table: str, action: str, args: str,
 
 def _tables(body: str, widths: dict[str, int],
             actions: dict[str, dict[str, int]]) -> dict[str, TableDecl]:
+    """Tables the control plane fills (tables with const entries are complete in the source)."""
     tables = {}
     for match in _TABLE.finditer(body):
         name = match.group(1)
-        tables[name] = _table_decl(name, _block(body, match.end() - 1), widths, actions)
+        text = _block(body, match.end() - 1)
+        if "const entries" in text:
+            continue
+        tables[name] = _table_decl(name, text, widths, actions)
     return tables
 
 
@@ -255,7 +262,8 @@ def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
         if reg in seen:
             raise ValueError(f"register {reg} has more than one RegisterAction")
         seen.add(reg)
-        if (int(width), int(index), int(out)) != (decl.width, decl.index_width, decl.width):
+        expected_out = 1 if reg == "r_sig" else decl.width  # the signature's: the new-flow flag
+        if (int(width), int(index), int(out)) != (decl.width, decl.index_width, expected_out):
             raise ValueError(f"RegisterAction {name}: types do not match register {reg}")
     missing = sorted(n for n, d in decls.items() if d.index_width is not None and n not in seen)
     if missing:
@@ -272,9 +280,10 @@ def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
     index_width = flow.config.slots.bit_length() - 1
     for name, decl in decls.items():
         reg = expected[name]
-        if decl.width != reg.width or decl.size != flow.config.slots:
+        width = reg.width if decl.index_width is None else tofino_register_width(reg)
+        if decl.width != width or decl.size != flow.config.slots:
             raise ValueError(f"register {name}: declared bit<{decl.width}> x {decl.size}, flow "
-                             f"program says bit<{reg.width}> x {flow.config.slots}")
+                             f"program says bit<{width}> x {flow.config.slots}")
         if decl.index_width not in (None, index_width):
             raise ValueError(f"register {name}: index bit<{decl.index_width}>, "
                              f"needs bit<{index_width}>")

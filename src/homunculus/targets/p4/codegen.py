@@ -19,6 +19,7 @@ from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import AluKind, AluOp, AluStep, Field, Pipeline, Table
 from homunculus.passes.switch import lower_for_switch
 from homunculus.targets.p4.actions import ActionDecl, action_call, table_actions
+from homunculus.targets.p4.flow_tna import bin_tables, now_expr, tna_meta_fields, tna_registers
 from homunculus.targets.p4.keys import KeyView, feature_keys, header_key, key_views
 from homunculus.targets.templating import code_env
 
@@ -321,7 +322,8 @@ def _output_context(o: FlowOutput, pipeline: Pipeline,
         raise ValueError(f"flow feature '{dst['name']}': output width {o.width} does not fit")
     src = values[o.source]
     top = (1 << o.width) - 1
-    return {"dst": dst, "src": src, "clamp": top if src["width"] > o.width else None}
+    return {"dst": dst, "src": src, "width": o.width,
+            "clamp": top if src["width"] > o.width else None}
 
 
 def _flow_registers(program: FlowProgram) -> dict[str, Any]:
@@ -382,7 +384,10 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
     _check_flow_names(pipeline, program)
     idx_width = cfg.slots.bit_length() - 1
     regs = _flow_registers(program)
+    tna = tna_registers(program) if arch == "tna" else None
     values = {r["name"]: {"name": r["value"], "width": r["width"]} for r in regs["registers"]}
+    if tna is not None:  # Tofino stores registers at 8/16/32 bits (flow_tna.py)
+        values |= {r["name"]: {"name": r["value"], "width": r["size"]} for r in tna}
     values |= {"iat": {"name": "hmn_iat", "width": 32}, "age": {"name": "hmn_age", "width": 32}}
     if regs["last"] is None:
         del values["iat"]
@@ -399,7 +404,16 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
         "len_bins": _unique([r["bin"] for r in regs["stage1"] if "bin" in r]),
         "iat_bins": _unique([r["bin"] for r in regs["stage2"] if "bin" in r]),
         "outputs": [_output_context(o, pipeline, values) for o in program.outputs],
-        "meta_fields": _flow_meta_fields(idx_width, regs),
+        "meta_fields": (_flow_meta_fields(idx_width, regs) if tna is None else
+                        tna_meta_fields(tna, idx_width, regs["last"] is not None,
+                                        regs["first"] is not None)),
+        "tna": None if tna is None else {
+            "registers": tna,
+            "by_name": {r["name"]: r for r in tna},
+            "now": now_expr(cfg.time_shift),
+            "len_bin_tables": bin_tables(tna, "len_bin"),
+            "iat_bin_tables": bin_tables(tna, "iat_bin"),
+        },
     }
 
 

@@ -49,9 +49,10 @@ def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_ran
         lower(trained.quantised, ds.features, ds.class_labels, verdict, trained.winner_to_class,
               merge_to), supports_range)
     expected = trained.predict_quantised(np.vstack([ds.x_train, probe]))
-    for form in (pipeline, lower_for_switch(pipeline)):  # the IR, and what switches execute
-        installed = read_runtime_entries(runtime_entries(form, program_name="p"), form)
-        twin = simulate(with_installed_entries(form, installed), np.vstack([ds.x_train, probe]))
+    switch = lower_for_switch(pipeline)  # what a switch executes, installed from its entries
+    installed = read_runtime_entries(runtime_entries(switch, program_name="p"), switch)
+    for form in (pipeline, with_installed_entries(switch, installed)):
+        twin = simulate(form, np.vstack([ds.x_train, probe]))
         np.testing.assert_array_equal(twin.class_index, expected)
         # the verdict follows the class: class 0 dropped, others forwarded
         np.testing.assert_array_equal(twin.fields["verdict_drop"], (expected == 0).astype(int))

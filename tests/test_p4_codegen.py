@@ -185,7 +185,9 @@ def test_score_sum_and_argmax_code() -> None:
     assert ("action hmn_sum0() {\n        meta.p0_0 = meta.p0_0 + meta.p1_0;\n"
             "        meta.p0_1 = meta.p0_1 + meta.p1_1;\n"
             "        meta.p0_2 = meta.p0_2 + meta.p1_2;\n    }") in text
-    assert "meta.p0_0 = meta.p0_0 + 8w5;" in text
+    # the biases (5, 0, 7) are folded into the first term's table: no constant operand left
+    assert "default_action = lut_a_set(8w5, 8w0, 8w7);" in text
+    assert "hmn_sum1" not in text
     assert "meta.am_d0_2 = meta.p0_0 - meta.p0_2;" in text
     assert 'meta.am_d0_2[7:7]: ternary @name("am_d0_2_b7");' in text
     v1 = emit_p4(full_pipeline(), "v1model")
@@ -358,9 +360,9 @@ def test_simple_switch_commands() -> None:
     table = [line for line in lines if line.split()[1] == "MyIngress.lut_a"]
     assert table == [
         "table_clear MyIngress.lut_a",
-        "table_set_default MyIngress.lut_a MyIngress.lut_a_set 0x0 0x0 0x0",
-        "table_add MyIngress.lut_a MyIngress.lut_a_set 0x1 0x0&&&0x0 => 0x1 0x2 0x3 0",
-        "table_add MyIngress.lut_a MyIngress.lut_a_set 0x2 0x4&&&0x1c => 0x4 0x5 0x3f 1",
+        "table_set_default MyIngress.lut_a MyIngress.lut_a_set 0x5 0x0 0x7",  # + biases
+        "table_add MyIngress.lut_a MyIngress.lut_a_set 0x1 0x0&&&0x0 => 0x6 0x2 0xa 0",
+        "table_add MyIngress.lut_a MyIngress.lut_a_set 0x2 0x4&&&0x1c => 0x9 0x5 0x46 1",
     ]
     assert "table_add MyIngress.enc_ttl MyIngress.enc_ttl_set 0x40->0x7f => 0x1 1" in lines
     # the sign table: whole fields with the sign bit (bit 7) in the mask, one action per verdict
@@ -379,8 +381,8 @@ def test_bfrt_loader() -> None:
     assert ("table.add_with_enc_ttl_set(hdr_ipv4_ttl_start=0x40, hdr_ipv4_ttl_end=0x7f, "
             "MATCH_PRIORITY=1, c_ttl=0x1)") in text
     assert ("table.add_with_lut_a_set(meta_c_ttl=0x2, hdr_hmn_features_f_x=0x4, "
-            "hdr_hmn_features_f_x_mask=0x1c, MATCH_PRIORITY=1, p0_0=0x4, p0_1=0x5, "
-            "p0_2=0x3f)") in text
+            "hdr_hmn_features_f_x_mask=0x1c, MATCH_PRIORITY=1, p0_0=0x9, p0_1=0x5, "
+            "p0_2=0x46)") in text
     assert ("table.add_with_verdict_drop(am_d0_1_b7=0x0, am_d0_1_b7_mask=0x0, am_d0_2_b7=0x1, "
             "am_d0_2_b7_mask=0x1, am_d1_2_b7=0x1, am_d1_2_b7_mask=0x1, MATCH_PRIORITY=2, "
             "class_id=0x2)") in text

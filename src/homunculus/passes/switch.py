@@ -126,6 +126,8 @@ def _widen(table: Table, width: int) -> Table:
 def adder_tree(terms: list[Operand], level_ops: list[list[AluOp]]) -> Operand:
     """Reduce ``terms`` pairwise, in place, one level per list of ``level_ops``; return the
     operand holding the total. At most one term is a constant, and it comes last."""
+    if not terms:
+        raise ValueError("an adder tree needs at least one term")
     level = 0
     while len(terms) > 1:
         if len(level_ops) <= level:
@@ -144,24 +146,49 @@ def adder_tree(terms: list[Operand], level_ops: list[list[AluOp]]) -> Operand:
     return terms[0]
 
 
+def fold_biases(lookups: tuple[Table, ...], terms: tuple[tuple[Field, ...], ...],
+                bias: tuple[int, ...]) -> tuple[tuple[Table, ...], list[int]]:
+    """Add each class's bias to the entries and default of its first term's table (one
+    constant operand fewer in the adder tree); return the tables and the biases left over
+    (those of classes without terms)."""
+    add: dict[str, int] = {}
+    left = list(bias)
+    for c, ts in enumerate(terms):
+        if ts and bias[c]:
+            add[ts[0].name] = bias[c]
+            left[c] = 0
+    out = []
+    for t in lookups:
+        shift = [add.get(o.name, 0) for o in t.outputs]
+        if not any(shift):
+            out.append(t)
+            continue
+        entries = tuple(Entry(e.matches, tuple(v + d for v, d in zip(e.params, shift,
+                                                                       strict=True)))
+                        for e in t.entries)
+        default = tuple(v + d for v, d in zip(t.default, shift, strict=True))
+        out.append(replace(t, entries=entries, default=default))
+    return tuple(out), left
+
+
 def lower_scores(pipeline: Pipeline) -> Pipeline:
     """Adder trees, then the sign-table arg-max (or a tournament) that carries the verdict."""
     ss, am = pipeline.score_sum, pipeline.argmax
     assert ss is not None and am is not None
     width = score_width(pipeline)
-    lookups = tuple(_widen(t, width) for t in pipeline.lookups)
+    lookups, bias = fold_biases(tuple(_widen(t, width) for t in pipeline.lookups),
+                                ss.terms, ss.bias)
     level_ops: list[list[AluOp]] = []
     setup: list[AluOp] = []
     scores: list[Field] = []
-    for c, (terms, bias) in enumerate(zip(ss.terms, ss.bias, strict=True)):
+    for c, terms in enumerate(ss.terms):
         operands: list[Operand] = [Field(t.name, width) for t in terms]
-        if bias or not operands:
-            operands.append(bias)
-        total = adder_tree(operands, level_ops)
-        if isinstance(total, int):  # a class without terms: its score is a constant
+        total = adder_tree(operands, level_ops) if operands else None
+        if total is None:  # a class without terms: its score is a constant
             field = Field(f"score{c}", width)
-            setup.append(AluOp(field, AluKind.SET, total))
+            setup.append(AluOp(field, AluKind.SET, bias[c]))
             total = field
+        assert isinstance(total, Field)
         scores.append(total)
     if setup and level_ops:
         level_ops[0].extend(setup)

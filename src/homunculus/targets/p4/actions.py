@@ -37,18 +37,19 @@ def _roles(table: Table) -> dict[str, int]:
 
 
 def table_actions(table: Table) -> tuple[ActionDecl, ...]:
-    """The actions ``table`` declares (the verdict's by the roles its outputs have)."""
+    """The actions ``table`` declares (the verdict's: those its entries and default use)."""
     if table.role is not TableRole.VERDICT:
         return (ActionDecl(f"{table.name}_set", table.outputs, "set"),)
     roles = _roles(table)
     out = table.outputs
     cls = out[roles["class"]]
     port = (out[roles["port"]],) if "port" in roles else ()
+    used = [*(e.params for e in table.entries), table.default]
     actions = [ActionDecl("verdict_set", (cls, *port), "verdict_set")]
-    if "mark" in roles and "dscp" in roles:
+    if "mark" in roles and "dscp" in roles and any(p[roles["mark"]] for p in used):
         actions.append(ActionDecl("verdict_mark", (cls, *port, out[roles["dscp"]]),
                                   "verdict_mark"))
-    if "drop" in roles:
+    if "drop" in roles and any(p[roles["drop"]] for p in used):
         actions.append(ActionDecl("verdict_drop", (cls,), "verdict_drop"))
     return tuple(actions)
 

@@ -289,13 +289,17 @@ def _register_context(r: Register) -> dict[str, Any]:
                            "stage": r.stage, "param": r.param, "value": f"hmn_rv_{r.name}",
                            "fields": [{"name": f"hmn_rv_{r.name}", "width": r.width}]}
     if r.op == "add_len":
-        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_room_{r.name}",
+        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_sum_{r.name}",
                 "clamp_len": r.width < LEN_WIDTH}
         ctx["fields"] += [{"name": ctx["len_in"], "width": r.width},
-                          {"name": ctx["room"], "width": r.width}]
+                          {"name": ctx["room"], "width": r.width + 1}]
+    elif r.op in ("min_len", "max_len"):
+        ctx["room"] = f"hmn_diff_{r.name}"
+        ctx["fields"].append({"name": ctx["room"], "width": LEN_WIDTH + 1})
     elif r.op == "ewma":
-        ctx["len_in"] = f"hmn_in_{r.name}"
-        ctx["fields"].append({"name": ctx["len_in"], "width": LEN_WIDTH})
+        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_shr_{r.name}"}
+        ctx["fields"] += [{"name": ctx["len_in"], "width": LEN_WIDTH},
+                          {"name": ctx["room"], "width": LEN_WIDTH}]
     elif r.op in ("len_bin", "iat_bin"):
         ctx |= {"hit": f"hmn_hit_{r.name}", "bin": _bin_context(r)}
         ctx["fields"].append({"name": ctx["hit"], "width": r.width})
@@ -347,7 +351,8 @@ def _flow_registers(program: FlowProgram) -> dict[str, Any]:
 def _flow_meta_fields(idx_width: int, regs: dict[str, Any]) -> list[dict[str, Any]]:
     fields = [{"name": n, "width": w} for n, w in (
         ("hmn_l4_sport", 16), ("hmn_l4_dport", 16), ("hmn_flow_hash", 32), ("hmn_sig_crc", 32),
-        ("hmn_flow_slot", idx_width), ("hmn_flow_sig", 16), ("hmn_new_flow", 1), ("hmn_now", 32))]
+        ("hmn_flow_slot", idx_width), ("hmn_flow_sig", 16), ("hmn_sig_diff", 16),
+        ("hmn_new_flow", 1), ("hmn_now", 32))]
     if regs["last"] is not None:
         fields.append({"name": "hmn_iat", "width": 32})
     if regs["first"] is not None:
@@ -451,6 +456,9 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
         "control": INGRESS_CONTROL,
         "csum_flag": CSUM_FLAG if "verdict_mark" in kinds else None,
         "meta_fields": meta_fields,
+        # Rule (Tofino): tables writing parts of one PHV container cannot share a stage; a field
+        # that is not 8, 16 or 32 bits gets a container of its own so no two tables share one.
+        "solitary": [f["name"] for f in meta_fields if f["width"] not in (8, 16, 32)],
         "flow": flow,
         "feature_header": feature_header,
         "feature_udp_port": feature_udp_port,

@@ -22,6 +22,7 @@ from homunculus.targets.p4.entries import (
     simple_switch_commands,
 )
 from homunculus.targets.p4.profiles import SwitchProfile
+from homunculus.targets.p4.rules import check_rules
 from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entries
 
 
@@ -51,6 +52,7 @@ class SwitchTarget:
         p4_text = emit_p4(pipeline, self.arch, program_name=program_name)
         runtime = runtime_entries(pipeline, program_name=program_name, arch=self.arch)
         check_program(p4_text, runtime, flow=pipeline.flow)
+        check_rules(p4_text, self.arch)
         files = {
             "p4": out_dir / "p4" / f"{program_name}.p4",
             "entries": out_dir / "runtime" / "entries.json",

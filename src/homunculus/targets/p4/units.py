@@ -17,10 +17,9 @@ from homunculus.ir.pipeline import MatchKind, Pipeline, Table
 from homunculus.passes.allocate import Unit, pack_narrow
 from homunculus.targets.p4.actions import table_actions
 from homunculus.targets.p4.codegen import CSUM_FLAG, flow_context
-from homunculus.targets.p4.keys import feature_keys, key_views
+from homunculus.targets.p4.keys import feature_keys
 from homunculus.targets.p4.profiles import SwitchProfile
 
-CONTAINERS = (8, 16, 32)
 PORT = "ig_tm_md.ucast_egress_port"
 
 
@@ -54,26 +53,6 @@ def table_unit(table: Table, profile: SwitchProfile, reads: frozenset[str],
 def _reads_of_keys(table: Table, direct: dict[str, str]) -> frozenset[str]:
     """What a table's keys read: header fields (stage 0) are not dependencies."""
     return frozenset(k.name for k in table.keys if k.name not in direct)
-
-
-def solitary_fields(pipeline: Pipeline, flow: dict[str, Any] | None) -> list[str]:
-    """Metadata fields the TNA program pins to a container of their own (@pa_solitary): every
-    field not 8, 16 or 32 bits wide, so that tables writing different narrow fields can share a
-    stage (bf-p4c would otherwise pack them together: a container conflict)."""
-    fields: dict[str, int] = {}
-    for t in pipeline.tables():
-        for a in table_actions(t):
-            if a.kind == "set":
-                fields |= {p.name: p.width for p in a.params}
-    fields[pipeline.class_field.name] = pipeline.class_field.width
-    for step in pipeline.alu:
-        fields |= {f.name: f.width for f in step.writes}
-    for f in pipeline.features:
-        if f.flow:
-            fields[f.field.name] = f.field.width
-    if flow is not None:
-        fields |= {m["name"]: m["width"] for m in flow["meta_fields"]}
-    return [name for name, width in fields.items() if width not in CONTAINERS]
 
 
 def _flow_units(flow: dict[str, Any], profile: SwitchProfile) -> list[Unit]:
@@ -193,9 +172,3 @@ def _written_fields(pipeline: Pipeline) -> list[tuple[str, int]]:
     for t in (*pipeline.encoders, *pipeline.lookups, pipeline.verdict):
         out += [(o.name, o.width) for o in t.outputs]
     return out
-
-
-def key_widths(pipeline: Pipeline, arch: str) -> dict[str, int]:
-    """Matched key bits per table (sliced keys count their bits as the program matches them)."""
-    direct = feature_keys(pipeline)
-    return {t.name: sum(v.width for v in key_views(t, direct, arch)) for t in pipeline.tables()}

@@ -38,9 +38,9 @@ from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
     Evaluation,
     Problem,
+    evaluate,
     make_problem,
     merge_budget,
-    refit,
 )
 from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.base import Limits, Target
@@ -131,7 +131,8 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     target, limits = make_target_and_limits(plan)
     problem = make_problem(dataset, target, limits, plan.model.metric,
                            positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
-                           plan.search.validation_fraction, plan.select_features)
+                           plan.search.validation_fraction, plan.select_features,
+                           plan.search.cv_folds)
     return problem, requested
 
 
@@ -226,8 +227,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     best = result.best_trial
     family = best.params["family"]
     params = {k: v for k, v in best.params.items() if k != "family"}
-    final = refit(problem, family, params)
-    ev = final.evaluation
+    ev = evaluate(problem, family, params)  # trained on the whole training set
     problem = ev.problem  # restricted to the chosen features when the search selects them
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
@@ -238,8 +238,6 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         write_model(staging, ev, problem.dataset)
         packet_check = verify_packets(staging, problem.dataset, problem.target)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
-        report["final_model"] = {"refit": final.refit, "note": final.note,
-                                 "validation_quantised": final.validated.metric}
         report["packet_simulation"] = packet_check
         report["traffic"] = traffic_section(problem.dataset)
         (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
@@ -292,6 +290,7 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "pipeline": metric_of(produced),
             "agreement": float(np.mean(expected == produced)),
             "validation_quantised": ev.metric,
+            "cv_folds": [round(m, 6) for m in ev.fold_metrics],
             "test_samples": len(y),
         },
         "trials": rows,

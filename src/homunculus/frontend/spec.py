@@ -108,6 +108,10 @@ class SearchSpec(Strict):
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    cv_folds: int | None = Field(
+        default=None, ge=1, le=20,
+        description="folds of the cross-validated trial metric (1: one validation split of "
+                    "validation_fraction); default by data size")
 
 
 class TrafficFeature(Strict):

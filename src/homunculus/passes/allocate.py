@@ -13,7 +13,9 @@ resources. Units are placed in program order, each in the first stage that
   packed into shared 8-bit containers, and two tables writing one container cannot share a stage
   (bf-p4c's container conflicts).
 
-A table too large for one stage is split evenly over as many stages as it needs.
+A unit larger than an empty stage (memory, or a key wider than one stage's crossbar) is split
+evenly over as many stages as it needs, so an oversized table costs stages instead of never
+fitting.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Unit:
 
 _SHARED = ("logical", "ternary", "tcam_blocks", "sram_blocks", "salus", "gateways",
            "hash_bits", "exact_xbar_bytes", "ternary_xbar_groups")
-_SPLIT = ("tcam_blocks", "sram_blocks")  # what splits when a table spans stages
+_SPLIT = _SHARED  # a unit larger than one stage is spread evenly over as many as it needs
 
 
 @dataclass
@@ -80,8 +82,12 @@ def span_of(unit: Unit, caps: StageCaps) -> int:
     span = 1
     for key in _SPLIT:
         cap = getattr(caps, key)
-        if cap:
-            span = max(span, math.ceil(getattr(unit, key) / cap))
+        demand = getattr(unit, key)
+        if cap is not None and demand:
+            if cap <= 0:
+                raise ValueError(f"{unit.kind} {unit.name} needs {key.replace('_', ' ')}, and "
+                                 "the target profile allows none per stage")
+            span = max(span, math.ceil(demand / cap))
     return span
 
 

@@ -1,7 +1,8 @@
 """The compiler driver: plan -> candidates -> search -> best pipeline -> artefacts -> verification.
 
 Artefacts are written to a staging directory beside OUT and moved into place only after the
-executable twin has agreed with the quantised model on every test sample, so a failed compile
+executable twin has agreed with the quantised model on every test sample (and the vendor P4
+compiler, when one runs, has accepted the program: see toolchain_hook.py), so a failed compile
 never leaves a half-written OUT (the search database stays in OUT so ``--resume`` works).
 """
 

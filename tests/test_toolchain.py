@@ -356,3 +356,16 @@ def test_python_frontend_toolchain_is_relative_to_the_script(tmp_path, bare_path
     line = SCRIPT.splitlines().index("switch = Platforms.BMv2(toolchain={tool!r})") + 1
     assert f"spec.py:{line}, field 'platform.toolchain': no such file" in " ".join(
         result.output.split())
+
+
+def test_an_unreadable_resource_report_is_an_error(tmp_path, example_csv, bare_path) -> None:
+    garbled = make_tool(tmp_path / "bin", "bf-p4c", ARGS.format(name="bf-p4c") + """
+mkdir -p "$out/pipe/logs"; echo '{"resources": {}}' > "$out/pipe/logs/resources.json"
+exit 0
+""")
+    spec = write_spec(tmp_path / "s.yaml", spec_text(example_csv, algorithms="[dt]"))
+    result = compile_cli(spec, tmp_path / "out", "--p4c", str(garbled))
+    assert result.exit_code == 2
+    assert "bf-p4c wrote a resource report Homunculus cannot read" in " ".join(
+        result.output.split())
+    assert not (tmp_path / "out/report.json").exists()

@@ -101,12 +101,16 @@ def require_tool(hook: Hook) -> Toolchain:
 
 
 def compile_program(hook: Hook, program: Path, build_dir: Path) -> ToolchainRun:
-    """Run the hook's compiler on ``program``; a compiler that cannot start is a ToolchainError."""
+    """Run the hook's compiler on ``program``. A compiler that cannot start, or whose resource
+    report cannot be read, is a ToolchainError."""
     assert hook.tool is not None
     try:
         return run_toolchain(hook.tool, program, build_dir, hook.timeout)
     except OSError as exc:
         raise ToolchainError(f"cannot run {hook.tool.path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ToolchainError(f"{hook.tool.name} wrote a resource report Homunculus cannot "
+                             f"read: {exc}") from None
 
 
 def stage_excess(run: ToolchainRun, limits: Limits) -> str | None:

@@ -198,6 +198,7 @@ def test_an_accepting_compiler_on_path_gives_real_figures(tmp_path, example_csv,
     assert read_resources(out / "toolchain/resources.json").stages_used == 7
     html = (out / "report.html").read_text()
     assert "Estimated vs real" in html and "MyIngress.enc_src_port" in html
+    assert "<strong>p4c-barefoot 9.13.4 (test double)</strong>" in html
     assert "No P4 compiler ran" not in html
     assert "real: 7 stages" in " ".join(result.output.split())
 

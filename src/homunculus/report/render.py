@@ -496,8 +496,11 @@ def _toolchain_context(report: Mapping[str, Any]) -> dict[str, Any]:
     estimate = tc.get("estimate") or (report.get("resources") or {}).get("totals") or {}
     rows = [{"label": label, "estimated": estimate.get(key), "real": real.get(key)}
             for key, label in _REAL_VS_ESTIMATE] if real else []
+    tool, version = str(tc.get("tool") or ""), str(tc.get("version") or "")
     return {
         "ran": ran,
+        "title": version if version.startswith(tool) and tool else (
+            tool + (f" ({version})" if version else "")),
         "reason": tc.get("reason"),
         "tool": tc.get("tool"),
         "version": tc.get("version"),

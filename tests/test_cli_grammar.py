@@ -123,14 +123,14 @@ def test_generated_cli_files_for_every_verdict(verdict, bmv2_problems, tmp_path)
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_hand_built_pipelines(name: str) -> None:
     pipeline = PIPELINES[name]()
-    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli", default_port=1)
+    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli")
     check_files(p4, simple_switch_commands(pipeline),
                 runtime_entries(pipeline, program_name="hmn_cli"))
 
 
 def test_flow_register_pipeline() -> None:
     pipeline, _ = flow_pipeline("v1model", slots=64)
-    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli", default_port=1)
+    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli")
     check_files(p4, simple_switch_commands(pipeline),
                 runtime_entries(pipeline, program_name="hmn_cli"))
 
@@ -279,7 +279,7 @@ def test_numbers_and_names() -> None:
 
 def test_cli_and_entries_json_must_agree() -> None:
     pipeline = PIPELINES["full"]()
-    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli", default_port=1)
+    p4 = emit_p4(pipeline, "v1model", program_name="hmn_cli")
     cli = simple_switch_commands(pipeline)
     runtime = runtime_entries(pipeline, program_name="hmn_cli")
     decls = declarations(p4)

@@ -36,7 +36,13 @@ from homunculus.report.summary import (
 )
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
 from homunculus.search.metrics import NEEDS_POSITIVE, score
-from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem, merge_budget
+from homunculus.search.problem import (
+    Evaluation,
+    Problem,
+    make_problem,
+    merge_budget,
+    refit,
+)
 from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
@@ -230,7 +236,8 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     best = result.best_trial
     family = best.params["family"]
     params = {k: v for k, v in best.params.items() if k != "family"}
-    ev = evaluate(problem, family, params)
+    final = refit(problem, family, params)
+    ev = final.evaluation
     problem = ev.problem  # restricted to the chosen features when the search selects them
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
@@ -242,6 +249,8 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         write_model(staging, ev, problem.dataset)
         packet_check = verify_packets(staging, problem.dataset, problem.target)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
+        report["final_model"] = {"refit": final.refit, "note": final.note,
+                                 "validation_quantised": final.validated.metric}
         report["packet_simulation"] = packet_check
         report["traffic"] = traffic_section(problem.dataset)
         report["toolchain"] = toolchain

@@ -1,7 +1,8 @@
 """The compiler driver: plan -> candidates -> search -> best pipeline -> artefacts -> verification.
 
 Artefacts are written to a staging directory beside OUT and moved into place only after the
-executable twin has agreed with the quantised model on every test sample, so a failed compile
+executable twin has agreed with the quantised model on every test sample (and the vendor P4
+compiler, when one runs, has accepted the program: see toolchain_hook.py), so a failed compile
 never leaves a half-written OUT (the search database stays in OUT so ``--resume`` works).
 """
 
@@ -45,6 +46,7 @@ from homunculus.search.problem import (
 from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
+from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class CompileOptions:
     resume: bool = False
     seed: int | None = None
     progress: bool = True
+    p4c: str | None = None  # the P4 compiler to run (overrides platform.toolchain and PATH)
+    p4c_timeout: float | None = None  # seconds per compiler run (None: the hook's default)
+    toolchain_feasibility: bool = False  # the compiler judges each trial (also search.*)
 
 
 @dataclass
@@ -214,6 +219,11 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         raise NotSupportedError("schedules of more than one model are not supported yet")
     seed = plan.search.seed if options.seed is None else options.seed
     problem, requested = build_problem(plan, seed)
+    hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
+    program = sanitise_identifier(plan.name, "hmn")
+    oracle = None
+    if options.toolchain_feasibility or plan.search.toolchain_feasibility:
+        oracle = make_oracle(hook, program, problem.limits)
     candidates, allowed = choose_candidates(problem, requested)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
@@ -223,7 +233,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     study = open_study(out_dir / "study.db", sanitise_identifier(plan.name, "study"), objectives,
                        plan.search.sampler, seed, budget, options.resume)
     with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-        result = run_search(problem, allowed, objectives, budget, study, progress)
+        result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
     best = result.best_trial
     family = best.params["family"]
     params = {k: v for k, v in best.params.items() if k != "family"}
@@ -231,15 +241,18 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     problem = ev.problem  # restricted to the chosen features when the search selects them
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
-        program = sanitise_identifier(plan.name, "hmn")
         problem.target.emit(ev.pipeline, staging, program)
         (staging / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
         expected, produced = verify(problem, ev, staging)
+        toolchain = check_final_program(hook, staging, program, ev.usage, problem.limits,
+                                        getattr(problem.target, "profile", None))
         write_model(staging, ev, problem.dataset)
         packet_check = verify_packets(staging, problem.dataset, problem.target)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
         report["packet_simulation"] = packet_check
         report["traffic"] = traffic_section(problem.dataset)
+        report["toolchain"] = toolchain
+        label_resources(report["resources"], toolchain)
         (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
         write_report(staging, report)
         shutil.copy2(out_dir / "study.db", staging / "study.db")
@@ -248,6 +261,20 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out_dir, family, params, report["metrics"], report)
+
+
+def label_resources(resources: dict[str, Any], toolchain: dict[str, Any]) -> None:
+    """Say that the resource figures are estimates; put the compiler's beside them."""
+    resources["basis"] = "estimated"
+    real = toolchain.get("resources") if toolchain.get("ran") else None
+    resources["real"] = None if real is None else {
+        "tool": toolchain["tool"],
+        **{k: real[k] for k in ("stages", "tables", "sram_kbit", "tcam_kbit", "sram_blocks",
+                                "tcam_blocks")}}
+    resources["note"] = toolchain.get("note") or (
+        f"Estimated by Homunculus; {toolchain['tool']} accepted the program"
+        + ("; its own figures are under 'real'." if real is not None else
+           " (it reports no resource figures)."))
 
 
 def profile_of(target: Target) -> dict[str, Any]:

@@ -42,3 +42,7 @@ class VerificationError(HomunculusError):
 
 class NotSupportedError(HomunculusError):
     """A feature of the spec that this version of the compiler does not implement yet."""
+
+
+class ToolchainError(HomunculusError):
+    """The vendor P4 compiler rejected the generated program, or could not be run."""

@@ -23,7 +23,7 @@ from homunculus.frontend.plan import Plan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
-from homunculus.ir.serialize import pipeline_to_json
+from homunculus.ir.serialize import compiled_to_json
 from homunculus.models.base import all_families
 from homunculus.progress import search_progress
 from homunculus.report.render import write_report
@@ -226,7 +226,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     try:
         program = sanitise_identifier(plan.name, "hmn")
         problem.target.emit(ev.pipeline, staging, program)
-        (staging / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
+        (staging / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
         expected, produced = verify(problem, ev, staging)
         write_model(staging, ev, problem.dataset)
         packet_check = verify_packets(staging, problem.dataset, problem.target)

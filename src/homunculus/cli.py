@@ -75,10 +75,10 @@ def compile_command(
     out.print(f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
               f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
               f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
-    t = res["totals"]
-    out.print(f"  {t['stages']} stages, {t['tables']} tables, {t['entries']} entries, "
-              f"{t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
-              f"binding: {res['binding']}")
+    from homunculus.report.summary import resource_line
+
+    out.print("  " + resource_line(result.report["target"], res["totals"], res["binding"]),
+              highlight=False)
 
 
 @app.command("simulate")

@@ -556,7 +556,7 @@ def tree_code_table(runs: Sequence[CRun]) -> str:
         br = [r.codes["branches"] for r in rs]
         ratio = [b[1] / a[1] for a, b in zip(arr, br, strict=True)]
         faster = "arrays" if statistics.fmean(ratio) > 1 else "branches"
-        default = "branches" if CONFIGS[label][0] == "dt" else "arrays"
+        default = "arrays" if CONFIGS[label][0] == "rf" else "branches"
         body.append([label, mean_sd([a[0] for a in arr]), mean_sd([b[0] for b in br]),
                      mean_sd([a[1] for a in arr]), mean_sd([b[1] for b in br]),
                      f"{faster} ({mean_sd([max(x, 1 / x) for x in ratio], '{:.2f}x')})",

@@ -19,7 +19,16 @@ from typing import Any
 
 import jinja2
 
-from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, Encoder, FlatTree, LookupModel, TreeModel
+from homunculus.ir.cpu import (
+    SCALAR,
+    VECTOR,
+    WINNER,
+    CpuProgram,
+    Encoder,
+    FlatTree,
+    LookupModel,
+    TreeModel,
+)
 from homunculus.ir.dense import QMLP
 from homunculus.ir.names import safe_comment
 from homunculus.targets.templating import code_env
@@ -184,13 +193,14 @@ def check_program(program: CpuProgram) -> None:
 
 
 def resolve_tree_code(model: TreeModel | LookupModel | QMLP, tree_code: str) -> str:
-    """``auto``: if/else for a single tree (the branch predictor runs ahead along the path),
-    flat arrays for forests (their walks overlap); measured in bench/kernel.py."""
+    """``auto``, as bench/kernel.py measured it (docs/benchmarks.md): if/else code for a single
+    tree and for boosted trees (shallow; the branch predictor runs ahead along the path), flat
+    arrays for forests voting score vectors (deeper trees whose walks overlap, 3-4x faster)."""
     if tree_code not in TREE_CODES:
         raise ValueError(f"tree_code must be one of {TREE_CODES} (got {tree_code!r})")
     if tree_code != "auto":
         return tree_code
-    return "branches" if isinstance(model, TreeModel) and model.mode == WINNER else "arrays"
+    return "arrays" if isinstance(model, TreeModel) and model.mode == VECTOR else "branches"
 
 
 def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> dict[str, Any]:

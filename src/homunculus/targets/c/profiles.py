@@ -1,11 +1,11 @@
 """The C target's cost profile: documented per-operation costs a spec may override.
 
-The defaults were calibrated on the development machine (2-vCPU Intel Xeon VM, gcc 12.2, -O2, one
-core) with ``python -m homunculus.targets.c.calibrate``: synthetic CPU programs isolating each
-operation are timed in C (``targets/c/timing.py``, one ``hmn_classify`` call per row, best of
-several runs) and the costs are the least-squares fit of the times against the operation counts.
-They are orders of magnitude for a server core, not guarantees: re-run the calibration on the
-deployment machine and pass the printed values as profile overrides.
+The defaults were fitted on the development machine (2-vCPU Intel Xeon VM, gcc 12.2, -O3, one
+core) by ``python bench/kernel.py --fit``: every benchmark configuration's library is timed in C
+(``targets/c/timing.py``, one ``hmn_classify`` call per row, best of several runs) and the costs
+are the non-negative least-squares fit of those times against the operation counts
+(``resources.op_counts``). They are orders of magnitude for a server core, not guarantees: run
+the fit on the deployment machine and pass the printed values as profile overrides.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class CProfile:
     neuron_ns: float = 1.0  # per dense output: requantisation, activation, store
     argmax_ns: float = 0.5  # per arg-max contender
     cores: int = 1  # classifications run in parallel (throughput scales, latency does not)
-    # "auto" (if/else for one tree, flat arrays for forests), "arrays" or "branches"
+    # "auto" (flat arrays for forests of score vectors, else if/else), "arrays" or "branches"
     tree_code: str = "auto"
 
     def default_limits(self) -> Limits:

@@ -12,9 +12,9 @@ Maps (ARRAY, two slots each; slot s of a per-tree map is keys ``s * trees + t``)
 - ``hmn_meta``: ``u32 n_trees, u32 depth, s32 bias[KP], u32 verdict[VW]`` -- the runtime tree
   count and walk depth, the score bias, and per winner (class, port, drop, mark, dscp);
 - trees, ``hmn_trees``: ``node n[nodes]`` (``u32 thr, u16 feat, u16 left``; see ir/cpu.py, a
-  leaf's ``feat`` is the zero pad feature), leaf rows (scalar: ``s32 leaf[leaves]``; vector:
-  ``u64 leaf[leaves][KP / 2]``, packed score pairs; none in winner mode, whose leaves hold the
-  winner), ``u32 column, u32 pad``;
+  leaf's ``feat`` is the zero pad feature), leaf rows ``u64 leaf[leaves][KP / 2]``, packed
+  score pairs (a boosted tree's one score in its column, zeros elsewhere; no rows in winner
+  mode, whose leaves hold the winner), ``u32 column, u32 pad``;
 - lookups, ``hmn_enc``: ``u64 scores[features][bins][KP / 2]`` (score pairs packed as
   ``lo + hi * 2^32``: one 64-bit add sums two scores exactly, their totals fitting int32),
   ``u32 edges[wide][bins]`` (sorted edges padded with 2^32-1), ``u16 direct[..]`` (the bin of
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from homunculus.errors import NotSupportedError
-from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP, check_ranges
 
 DEFAULT_HEADROOM = 2.0
@@ -91,8 +91,8 @@ class Capacity:
 
     @property
     def leaf_width(self) -> int:
-        """int32 values per leaf row: one (scalar), else the scores as packed pairs."""
-        return 1 if self.kind == f"trees-{SCALAR}" else even(self.n_scores)
+        """int32 values per leaf row: every score (a boosted tree's others are 0), in pairs."""
+        return even(self.n_scores)
 
     @property
     def direct(self) -> list[int]:
@@ -212,9 +212,9 @@ def capacity_for(program: CpuProgram, headroom: float = DEFAULT_HEADROOM,
         nodes = max((t.n_nodes for t in model.trees), default=1)
         rows = max((len(t.values) for t in model.trees), default=1)
         cap = Capacity(**{**asdict(base), "widths": (),
-                          "trees": 1 if winner else _scaled(max(len(model.trees), 1), headroom,
-                                                            MAX_TREES, "trees", "max_trees",
-                                                            o.get("max_trees")),
+                          "trees": 1 if winner else -(-_scaled(
+                              max(len(model.trees), 1), headroom, MAX_TREES, "trees",
+                              "max_trees", o.get("max_trees")) // 4) * 4,  # walked four at once
                           "nodes": pow2(_scaled(nodes, headroom, MAX_NODES, "nodes per tree",
                                                 "max_nodes", o.get("max_nodes"))),
                           "leaves": 0 if winner else pow2(_scaled(rows, headroom, MAX_NODES,

@@ -100,11 +100,12 @@ def tree_bytes(model: TreeModel, t: int, cap: Capacity) -> bytes:
     out = nodes.tobytes()
     if model.mode != WINNER:
         rows = np.zeros((cap.leaves, cap.leaf_width), dtype=np.int64)
-        rows[:len(tree.values), :len(tree.values[0])] = tree.values
-        if model.mode == SCALAR:
-            out += rows.astype("<i4").tobytes()
+        values = np.asarray(tree.values, dtype=np.int64)
+        if model.mode == SCALAR:  # the tree's one score, in its column
+            rows[:len(values), tree.column] = values[:, 0]
         else:
-            out += _packed(rows[:, 0::2], rows[:, 1::2]).tobytes()
+            rows[:len(values), :values.shape[1]] = values
+        out += _packed(rows[:, 0::2], rows[:, 1::2]).tobytes()
     return out + np.asarray([max(tree.column, 0), 0], dtype="<u4").tobytes()
 
 

@@ -18,16 +18,18 @@ from homunculus.targets.base import Limits, with_field_overrides
 @dataclass(frozen=True)
 class CProfile:
     name: str = "c"
-    call_ns: float = 3.0  # per classification: call, verdict row, arg-max set-up
-    feature_ns: float = 0.3  # per feature copied and masked
-    step_ns: float = 1.6  # per tree walk step (a dependent load and compare)
-    tree_ns: float = 1.0  # per tree: walk set-up, leaf row load
-    add_ns: float = 0.3  # per score added (leaf rows, encoder rows)
-    direct_ns: float = 1.0  # per direct-indexed encoder
-    search_ns: float = 1.0  # per binary search step
-    mac_ns: float = 0.1  # per multiply-accumulate of a dense layer (inputs padded to 8)
-    neuron_ns: float = 1.0  # per dense output: requantisation, activation, store
-    argmax_ns: float = 0.5  # per arg-max contender
+    call_ns: float = 0.0  # per classification: call, verdict row (fitted: below noise)
+    feature_ns: float = 0.406  # per feature copied and masked
+    branch_ns: float = 0.519  # per if/else tree level
+    step_ns: float = 3.0  # per flat-array step of a single tree (not fitted: "auto" never uses it)
+    group_step_ns: float = 6.281  # per flat-array step of a group of trees walked side by side
+    tree_ns: float = 0.0  # per tree: leaf row load
+    add_ns: float = 0.0  # per score added (leaf rows, encoder rows)
+    direct_ns: float = 1.322  # per direct-indexed encoder
+    search_ns: float = 1.322  # per binary search step (not fitted: the bench has no wide feature)
+    mac_ns: float = 0.155  # per multiply-accumulate of a dense layer (inputs padded to 8)
+    neuron_ns: float = 0.932  # per dense output: requantisation, activation, store
+    argmax_ns: float = 0.0  # per arg-max contender
     cores: int = 1  # classifications run in parallel (throughput scales, latency does not)
     # "auto" (flat arrays for forests of score vectors, else if/else), "arrays" or "branches"
     tree_code: str = "auto"

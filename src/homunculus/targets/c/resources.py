@@ -1,8 +1,9 @@
 """Resource and cost model of the generated C: parameter memory and the latency of one call.
 
 Latency is one ``hmn_classify`` call on one core: the call and feature masking, then per tree
-its walk (``depth`` steps) and leaf row, per encoder its index or search steps and score row, per
-dense layer its multiply-accumulates and outputs, and the arg-max. The per-operation costs are a
+its walk (if/else levels, or flat-array steps, a forest's trees walked in groups side by side)
+and leaf row, per encoder its index or search steps and score row, per dense layer its
+multiply-accumulates and outputs, and the arg-max. The per-operation costs are a
 :class:`CProfile`'s; throughput is ``cores / latency``.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
 from homunculus.targets.base import Usage
-from homunculus.targets.c.codegen import pad_to
+from homunculus.targets.c.codegen import TREE_GROUP, pad_to, resolve_tree_code
 from homunculus.targets.c.profiles import CProfile
 
 
@@ -22,7 +23,9 @@ class OpCounts:
     """Operations of one classification."""
 
     features: int = 0
-    steps: int = 0  # tree walk steps
+    branch_steps: int = 0  # if/else tree levels
+    array_steps: int = 0  # a single tree's flat-array walk steps
+    group_steps: int = 0  # walk steps of a group of trees walked side by side
     trees: int = 0
     adds: int = 0  # score additions (leaf rows, encoder rows)
     direct: int = 0  # direct-indexed encoders
@@ -32,20 +35,27 @@ class OpCounts:
     scores: int = 0  # arg-max contenders
 
     def latency_ns(self, p: CProfile) -> float:
-        return (p.call_ns + self.features * p.feature_ns + self.steps * p.step_ns
+        return (p.call_ns + self.features * p.feature_ns + self.branch_steps * p.branch_ns
+                + self.array_steps * p.step_ns + self.group_steps * p.group_step_ns
                 + self.trees * p.tree_ns + self.adds * p.add_ns + self.direct * p.direct_ns
                 + self.searches * p.search_ns + self.macs * p.mac_ns
                 + self.neurons * p.neuron_ns + self.scores * p.argmax_ns)
 
 
-def op_counts(program: CpuProgram) -> OpCounts:
+def op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
     model, nf = program.model, len(program.features)
     if isinstance(model, TreeModel):
+        code = resolve_tree_code(model, tree_code)
+        n = len(model.trees)
         if model.mode == WINNER:
-            return OpCounts(nf, model.depth, 1)
+            steps = {"branch_steps" if code == "branches" else "array_steps": model.depth}
+            return OpCounts(nf, trees=1, **steps)
         width = 1 if model.mode == SCALAR else model.n_scores
-        return OpCounts(nf, sum(t.depth for t in model.trees), len(model.trees),
-                        width * len(model.trees), scores=model.n_scores)
+        depth = sum(t.depth for t in model.trees)
+        groups = sum(max(t.depth for t in model.trees[i:i + TREE_GROUP])
+                     for i in range(0, n, TREE_GROUP))
+        steps = {"branch_steps": depth} if code == "branches" else {"group_steps": groups}
+        return OpCounts(nf, trees=n, adds=width * n, scores=model.n_scores, **steps)
     if isinstance(model, LookupModel):
         direct = sum(e.direct for e in model.encoders)
         steps = sum(max(e.n_bins - 1, 0).bit_length() for e in model.encoders if not e.direct)
@@ -90,7 +100,7 @@ def entries_of(program: CpuProgram) -> int:
 
 
 def estimate(program: CpuProgram, profile: CProfile) -> Usage:
-    latency = op_counts(program).latency_ns(profile)
+    latency = op_counts(program, profile.tree_code).latency_ns(profile)
     model = program.model
     tables = len(model.trees) if isinstance(model, TreeModel) else (
         len(model.encoders) if isinstance(model, LookupModel) else len(model.layers))

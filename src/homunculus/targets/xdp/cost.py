@@ -1,12 +1,12 @@
 """Cost model of the XDP program: instructions executed, map memory and per-packet latency.
 
 Per packet: the parse, slot read, counters and verdict (``base``), the flow state (per
-register), then the model as it runs: a single tree walks its depth; a forest adds per tree a
-``bpf_loop`` step, its walk and its leaf row; a lookup model per feature a direct index or
-binary-search steps and a score row; the MLP per output pair a ``bpf_loop`` step and per input a
-packed multiply-accumulate (two outputs at once), per output a requantisation; the arg-max per
-score. Every count is of the model as it runs (runtime tree counts, depths and widths); the
-capacity only sets the map memory.
+register), then the model as it runs: a single tree walks its depth; a forest walks its trees
+four at a time (``group_steps``) and adds per tree a map lookup and a packed leaf row; a lookup
+model per feature a direct index or binary-search steps and a packed score row; the MLP per
+output pair a requantisation and per input a packed multiply-accumulate (two outputs at once);
+the arg-max per score. Latency counts the model as it runs (runtime trees, depths and widths);
+the verifier's instructions count the program as compiled for its capacity (``structure``).
 
 The nanosecond and instruction constants were fitted (least squares) to what ``bench/kernel.py``
 measured with BPF_PROG_TEST_RUN and the verifier on the development machine (kernel 6.18, x86-64,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
 from homunculus.targets.base import Usage
 from homunculus.targets.xdp.layout import Capacity, even
@@ -29,32 +29,22 @@ class Work:
 
     registers: int = 0  # flow registers (0 and flow False without flow state)
     flow: bool = False
-    steps: int = 0  # tree walk steps
-    trees: int = 0  # bpf_loop steps over trees
-    adds: int = 0  # score additions
+    steps: int = 0  # a single tree's walk steps
+    group_steps: int = 0  # walk steps of four trees side by side
+    trees: int = 0  # trees of a forest (a map lookup and a leaf row each)
+    adds: int = 0  # packed score-pair additions
     direct: int = 0  # direct-indexed encoders
     searches: int = 0  # binary-search steps
     macs: int = 0  # packed multiply-accumulates (two outputs each)
-    pairs: int = 0  # bpf_loop steps over output pairs
-    neurons: int = 0  # requantised outputs
+    pairs: int = 0  # output pairs of the dense layers
     scores: int = 0  # arg-max contenders
 
 
-# (name, ns, instructions) per operation
-COSTS = {
-    "base": (8.0, 180),
-    "flow": (25.0, 200),
-    "registers": (8.0, 30),
-    "steps": (1.2, 9),
-    "trees": (6.0, 30),
-    "adds": (0.5, 4),
-    "direct": (1.0, 5),
-    "searches": (1.0, 6),
-    "macs": (0.45, 4),
-    "pairs": (6.0, 40),
-    "neurons": (1.5, 20),
-    "scores": (0.5, 4),
-}
+# ns per operation (one core), fitted by ``bench/kernel.py --fit`` (flow state: the previous
+# calibration's per-register costs, which no benchmark configuration exercises)
+COSTS = {"base": 27.0, "flow": 25.0, "registers": 8.0, "steps": 7.2, "group_steps": 13.8,
+         "trees": 0.0, "adds": 0.0, "direct": 1.3, "searches": 1.3, "macs": 0.8,
+         "pairs": 5.5, "scores": 2.9}
 
 
 def work(program: CpuProgram) -> Work:
@@ -64,58 +54,65 @@ def work(program: CpuProgram) -> Work:
     if isinstance(model, TreeModel):
         if model.mode == WINNER:
             return Work(**common, steps=model.depth)
-        width = 1 if model.mode == SCALAR else model.n_scores
-        return Work(**common, steps=model.depth * len(model.trees), trees=len(model.trees),
-                    adds=width * len(model.trees) + model.n_scores, scores=model.n_scores)
+        n = len(model.trees)
+        pairs = even(model.n_scores) // 2
+        return Work(**common, group_steps=model.depth * -(-n // 4), trees=n,
+                    adds=pairs * (n + 1), scores=model.n_scores)
+    pairs = even(model.n_scores if not isinstance(model, QMLP) else model.n_classes) // 2
     if isinstance(model, LookupModel):
         searches = sum(max(e.n_bins - 1, 0).bit_length() for e in model.encoders if not e.direct)
         return Work(**common, direct=sum(e.direct for e in model.encoders), searches=searches,
-                    adds=model.n_scores * (len(model.encoders) + 1), scores=model.n_scores)
+                    adds=pairs * (len(model.encoders) + 1), scores=model.n_scores)
     assert isinstance(model, QMLP)
     shapes = [layer.shape for layer in model.layers]
-    pairs = [even(o) // 2 for o, _ in shapes]
-    return Work(**common, macs=sum(p * i for p, (_, i) in zip(pairs, shapes, strict=True)),
-                pairs=sum(pairs), neurons=sum(o for o, _ in shapes[:-1]),
-                scores=model.n_classes)
+    out_pairs = [even(o) // 2 for o, _ in shapes]
+    return Work(**common, macs=sum(p * -(-i // 8) * 8
+                                   for p, (_, i) in zip(out_pairs, shapes, strict=True)),
+                pairs=sum(out_pairs), scores=model.n_classes)
 
 
 def counts(w: Work) -> dict[str, int]:
     return {"base": 1, "flow": int(w.flow), "registers": w.registers, "steps": w.steps,
-            "trees": w.trees, "adds": w.adds, "direct": w.direct, "searches": w.searches,
-            "macs": w.macs, "pairs": w.pairs, "neurons": w.neurons, "scores": w.scores}
+            "group_steps": w.group_steps, "trees": w.trees, "adds": w.adds,
+            "direct": w.direct, "searches": w.searches, "macs": w.macs, "pairs": w.pairs,
+            "scores": w.scores}
 
 
 def latency_ns(program: CpuProgram) -> float:
-    return sum(COSTS[k][0] * n for k, n in counts(work(program)).items())
-
-
-def instructions(program: CpuProgram) -> int:
-    return sum(COSTS[k][1] * n for k, n in counts(work(program)).items())
+    """Estimated ns per packet of the whole program (parse, flow state, model, verdict)."""
+    return sum(COSTS[k] * n for k, n in counts(work(program)).items())
 
 
 # verifier instructions processed (hmn_xdp) per element of the program's structure
-VERIFIER = {"base": 700, "flow": 300, "registers": 60, "features": 8, "depth": 20,
-            "scores": 30, "direct": 10, "search_steps": 8, "lookup_adds": 4, "mac_slots": 3,
-            "layers": 60}
+VERIFIER = {"base": 0, "flow": 600, "registers": 60, "features": 0, "depth": 53.2,
+            "lane_depth": 112.6, "tree_groups": 0, "group_adds": 21.5, "scores": 180.5,
+            "direct": 0, "search_steps": 0, "lookup_adds": 78.5, "mac_slots": 0,
+            "pair_slots": 281.0, "layers": 0}
 
 
 def structure(program: CpuProgram, cap: Capacity) -> dict[str, int]:
-    """What the verifier walks: the code of the program's interface and capacity (bpf_loop
-    callbacks are verified once, whatever the runtime counts)."""
+    """What the verifier walks: the code of the program's interface and capacity. Global
+    functions (a four-tree walk, a dense layer's dot product) are verified once; the loops
+    over trees and output pairs once per iteration of their capacity."""
     flow = program.flow
     out = {"base": 1, "flow": int(flow is not None),
            "registers": len(flow.registers) if flow else 0,
            "features": cap.n_features, "scores": cap.n_scores}
     kind = cap.kind.split("-")[0]
-    if kind == "trees":
-        out["depth"] = cap.depth * (1 if cap.kind.endswith(WINNER) else 2)
+    if cap.kind.endswith(WINNER):
+        out["depth"] = cap.depth
+    elif kind == "trees":
+        out["lane_depth"] = cap.depth
+        out["tree_groups"] = cap.trees // 4
+        out["group_adds"] = cap.trees * even(cap.n_scores) // 2
     elif kind == "lookup":
         out["direct"] = sum(a >= 0 for a in cap.direct)
         out["search_steps"] = sum(a < 0 for a in cap.direct) * max(cap.bins - 1, 0).bit_length()
-        out["lookup_adds"] = cap.n_features * cap.n_scores
+        out["lookup_adds"] = cap.n_features * even(cap.n_scores) // 2
     else:
         shapes = cap.mlp_shapes()
         out["mac_slots"] = sum(i for _, i in shapes)
+        out["pair_slots"] = sum(o // 2 for o, _ in shapes)
         out["layers"] = len(shapes)
     return out
 

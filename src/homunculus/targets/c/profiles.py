@@ -19,16 +19,16 @@ from homunculus.targets.base import Limits, with_field_overrides
 class CProfile:
     name: str = "c"
     call_ns: float = 0.0  # per classification: call, verdict row (fitted: below noise)
-    feature_ns: float = 0.406  # per feature copied and masked
-    branch_ns: float = 0.519  # per if/else tree level
+    feature_ns: float = 0.32  # per feature copied and masked
+    branch_ns: float = 0.561  # per if/else tree level
     step_ns: float = 3.0  # per flat-array step of a single tree (not fitted: "auto" never uses it)
-    group_step_ns: float = 6.281  # per flat-array step of a group of trees walked side by side
+    group_step_ns: float = 4.933  # per flat-array step of a group of trees walked side by side
     tree_ns: float = 0.0  # per tree: leaf row load
     add_ns: float = 0.0  # per score added (leaf rows, encoder rows)
-    direct_ns: float = 1.322  # per direct-indexed encoder
-    search_ns: float = 1.322  # per binary search step (not fitted: the bench has no wide feature)
-    mac_ns: float = 0.155  # per multiply-accumulate of a dense layer (inputs padded to 8)
-    neuron_ns: float = 0.932  # per dense output: requantisation, activation, store
+    direct_ns: float = 1.549  # per direct-indexed encoder
+    search_ns: float = 1.549  # per binary search step (not fitted: the bench has no wide feature)
+    mac_ns: float = 0.261  # per multiply-accumulate of a dense layer (inputs padded to 8)
+    neuron_ns: float = 0.64  # per dense output: requantisation, activation, store
     argmax_ns: float = 0.0  # per arg-max contender
     cores: int = 1  # classifications run in parallel (throughput scales, latency does not)
     # "auto" (flat arrays for forests of score vectors, else if/else), "arrays" or "branches"

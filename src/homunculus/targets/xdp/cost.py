@@ -42,9 +42,9 @@ class Work:
 
 # ns per operation (one core), fitted by ``bench/kernel.py --fit`` (flow state: the previous
 # calibration's per-register costs, which no benchmark configuration exercises)
-COSTS = {"base": 27.0, "flow": 25.0, "registers": 8.0, "steps": 7.2, "group_steps": 13.8,
-         "trees": 0.0, "adds": 0.0, "direct": 1.3, "searches": 1.3, "macs": 0.8,
-         "pairs": 5.5, "scores": 2.9}
+COSTS = {"base": 8.9, "flow": 25.0, "registers": 8.0, "steps": 5.9, "group_steps": 9.7,
+         "trees": 1.7, "adds": 0.0, "direct": 3.9, "searches": 3.9, "macs": 0.32,
+         "pairs": 6.7, "scores": 0.85}
 
 
 def work(program: CpuProgram) -> Work:

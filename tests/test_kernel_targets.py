@@ -82,3 +82,36 @@ def test_xdp_instruction_limit_is_a_constraint(tmp_path, example_csv) -> None:
     with pytest.raises(InfeasibleError, match="instructions"):
         compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
                      CompileOptions(tmp_path / "out", progress=False))
+
+
+def test_cpu_profiles_are_listed_and_checked() -> None:
+    from typer.testing import CliRunner
+
+    from homunculus.cli import app
+    from homunculus.targets.registry import make_target
+
+    text = CliRunner().invoke(app, ["targets"]).output
+    assert "headroom" in text and "max_trees" in text and "tree_code" in text
+    target, _ = make_target("xdp", {"headroom": 3, "max_depth": 12})
+    assert target.profile.headroom == 3 and target.profile.max_depth == 12
+    for bad, message in (({"headroom": 0.5}, "headroom must be a number >= 1"),
+                         ({"max_trees": 0}, "max_trees must be a positive integer"),
+                         ({"bogus": 1}, "unknown profile field")):
+        with pytest.raises(KeyError, match=message):
+            make_target("xdp", bad)
+    with pytest.raises(KeyError, match="tree_code must be"):
+        make_target("c", {"tree_code": "jit"})
+
+
+def test_xdp_explicit_capacity_skips_bigger_models(tmp_path, example_csv) -> None:
+    """A model beyond an explicit XDP capacity (max_trees) is skipped (a pruned trial), not a
+    failed compile; the chosen one fits."""
+    text = spec_text(example_csv, algorithms="[rf]", target="xdp", trials=8).replace(
+        "resources: {stages: 12}", "resources: {}").replace(
+        "  target: xdp\n", "  target: xdp\n  profile: {max_trees: 12}\n")
+    result = compile_plan(plan_from_yaml(write_spec(tmp_path / "s.yaml", text)),
+                          CompileOptions(tmp_path / "out", progress=False))
+    states = [t["state"] for t in result.report["trials"]]
+    assert "PRUNED" in states and "COMPLETE" in states
+    snap = json.loads((tmp_path / "out" / "xdp" / "snapshot.json").read_text())
+    assert snap["capacity"]["trees"] == 12 and result.params["rf_n_estimators"] <= 12

@@ -156,13 +156,18 @@ def families_command() -> None:
 @app.command("targets")
 def targets_command() -> None:
     """List the target profiles and their documented defaults."""
+    from homunculus.targets.c.profiles import CProfile
     from homunculus.targets.p4.profiles import PROFILES
+    from homunculus.targets.xdp.target import XdpProfile
 
-    for profile in PROFILES.values():
-        table = Table(title=f"{profile.name} ({profile.arch})")
+    profiles = [(f"{p.name} ({p.arch})", p.as_dict()) for p in PROFILES.values()]
+    profiles += [("xdp (eBPF/XDP: capacity of the model maps)", XdpProfile().as_dict()),
+                 ("c (C library: cost model)", CProfile().as_dict())]
+    for title, fields in profiles:
+        table = Table(title=title)
         table.add_column("field")
         table.add_column("default")
-        for key, value in profile.as_dict().items():
+        for key, value in fields.items():
             table.add_row(key, str(value))
         out.print(table)
 

@@ -29,7 +29,7 @@ from homunculus.search.problem import (
     feature_param,
     merge_budget,
 )
-from homunculus.targets.base import LIMIT_KEYS, UNITS
+from homunculus.targets.base import LIMIT_KEYS, UNITS, CapacityExceeded
 
 RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -143,7 +143,10 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
 
     def objective(trial: optuna.Trial) -> list[float]:
         family, params = suggest_configuration(trial, families, can_merge, n_select)
-        ev = evaluate(problem, family, params)
+        try:
+            ev = evaluate(problem, family, params)
+        except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
+            raise optuna.TrialPruned(str(exc)) from None
         record(trial, ev)
         return objective_values(ev, objectives)
 

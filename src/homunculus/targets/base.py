@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from homunculus.errors import NotSupportedError
+
 RESOURCE_KEYS = ("stages", "tables", "sram_kbit", "tcam_kbit", "entries", "phv_bits",
                  "instructions")
 PERFORMANCE_KEYS = ("throughput_gpps", "latency_ns")
@@ -13,6 +15,11 @@ LIMIT_KEYS = RESOURCE_KEYS + PERFORMANCE_KEYS
 UNITS = {"stages": "stages", "tables": "tables", "sram_kbit": "Kbit SRAM", "tcam_kbit": "Kbit TCAM",
          "entries": "entries", "phv_bits": "PHV bits", "instructions": "verifier instructions",
          "throughput_gpps": "Gpkt/s", "latency_ns": "ns"}
+
+
+class CapacityExceeded(NotSupportedError):
+    """A model needs more than a target's compiled capacity allows (e.g. an explicit XDP
+    ``max_trees``): the search skips such a configuration rather than stopping."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any
 from homunculus.errors import NotSupportedError
 from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP, check_ranges
+from homunculus.targets.base import CapacityExceeded
 
 DEFAULT_HEADROOM = 2.0
 MAX_TREES = 128
@@ -186,12 +187,12 @@ def n_scores(program: CpuProgram) -> int:
 def _scaled(need: int, headroom: float, top: int, what: str, knob: str,
             override: int | None) -> int:
     if need > top:
-        raise NotSupportedError(f"the model needs {need} {what}; the XDP target holds at most "
-                                f"{top}")
+        raise CapacityExceeded(f"the model needs {need} {what}; the XDP target holds at most "
+                               f"{top}")
     if override is not None:
         if not need <= override <= top:
-            raise NotSupportedError(f"profile {knob} = {override}: the model needs {need} "
-                                    f"{what} and the XDP target holds at most {top}")
+            raise CapacityExceeded(f"profile {knob} = {override}: the model needs {need} "
+                                   f"{what} and the XDP target holds at most {top}")
         return override
     return min(top, max(need, math.ceil(need * headroom)))
 
@@ -236,11 +237,11 @@ def capacity_for(program: CpuProgram, headroom: float = DEFAULT_HEADROOM,
         cap = Capacity(**{**asdict(cap), "widths": tuple(min(w, MLP_MAX_WIDTH)
                                                          for w in cap.widths)})
     if cap.value_bytes() > MAX_VALUE_BYTES:
-        raise NotSupportedError(f"the parameters of one slot need {cap.value_bytes()} bytes; "
+        raise CapacityExceeded(f"the parameters of one slot need {cap.value_bytes()} bytes; "
                                 f"an XDP map value holds at most {MAX_VALUE_BYTES} (lower the "
                                 "headroom or the max_* capacity)")
     if cap.model_bytes() > MAX_MODEL_BYTES:
-        raise NotSupportedError(f"the model's maps would take {cap.model_bytes()} bytes (two "
+        raise CapacityExceeded(f"the model's maps would take {cap.model_bytes()} bytes (two "
                                 f"slots); the XDP target allows {MAX_MODEL_BYTES} (lower the "
                                 "headroom or the max_* capacity)")
     check_fits(program, cap)

@@ -90,11 +90,13 @@ def compile_command(
     out.print(f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
               f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
               f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
-    t = res["totals"]
-    out.print(f"  estimated: {t['stages']} stages, {t['tables']} tables, {t['entries']} entries, "
-              f"{t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
-              f"binding: {res['binding']}")
-    out.print(f"  {toolchain_line(result.report.get('toolchain') or {})}", highlight=False)
+    from homunculus.report.summary import resource_line
+
+    line = resource_line(result.report["target"], res["totals"], res["binding"])
+    switch = result.report["target"] in ("tofino", "bmv2")
+    out.print("  " + ("estimated: " + line if switch else line), highlight=False)
+    if switch:
+        out.print(f"  {toolchain_line(result.report.get('toolchain') or {})}", highlight=False)
 
 
 def toolchain_line(section: dict) -> str:
@@ -187,13 +189,18 @@ def families_command() -> None:
 @app.command("targets")
 def targets_command() -> None:
     """List the target profiles and their documented defaults."""
+    from homunculus.targets.c.profiles import CProfile
     from homunculus.targets.p4.profiles import PROFILES
+    from homunculus.targets.xdp.target import XdpProfile
 
-    for profile in PROFILES.values():
-        table = Table(title=f"{profile.name} ({profile.arch})")
+    profiles = [(f"{p.name} ({p.arch})", p.as_dict()) for p in PROFILES.values()]
+    profiles += [("xdp (eBPF/XDP: capacity of the model maps)", XdpProfile().as_dict()),
+                 ("c (C library: cost model)", CProfile().as_dict())]
+    for title, fields in profiles:
+        table = Table(title=title)
         table.add_column("field")
         table.add_column("default")
-        for key, value in profile.as_dict().items():
+        for key, value in fields.items():
             table.add_row(key, str(value))
         out.print(table)
 

@@ -24,7 +24,7 @@ from homunculus.frontend.plan import Plan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
-from homunculus.ir.serialize import pipeline_to_json
+from homunculus.ir.serialize import compiled_to_json
 from homunculus.models.base import all_families
 from homunculus.progress import search_progress
 from homunculus.report.render import write_report
@@ -242,7 +242,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
         problem.target.emit(ev.pipeline, staging, program)
-        (staging / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
+        (staging / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
         expected, produced = verify(problem, ev, staging)
         toolchain = check_final_program(hook, staging, program, ev.usage, problem.limits,
                                         getattr(problem.target, "profile", None))
@@ -323,7 +323,8 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
         "trials": rows,
         "best_trial": result.best_trial.number,
         "confusion_matrix": confusion(y, produced, ds.class_labels),
-        "resources": resources_section(ev.usage, problem.limits, ev.feasibility),
+        "resources": resources_section(ev.usage, problem.limits, ev.feasibility,
+                                       problem.target.name),
         "candidates": candidates_section(candidates),
         "search": {"trials": len(rows), "infeasible": sum(not r["feasible"] for r in rows),
                    "seconds": result.seconds, "sampler": plan.search.sampler, "seed": seed,

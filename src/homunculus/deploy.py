@@ -7,8 +7,9 @@ A deployment named NAME (by default the compiled program's name) is:
 * ``hmn_xdp`` attached to one interface (optionally inside a network namespace, in ``skb``
   (generic) or ``native`` (driver) mode),
 * a state file ``/run/homunculus/NAME.json`` (bpffs holds only BPF objects) recording the
-  interface, namespace, mode, the compiled output directory, the class labels and the program's
-  shape digest (what a pushed compile must match).
+  interface, namespace, mode, the compiled output directory, the class labels, and the program's
+  model interface and capacity (targets/xdp/layout.py): a pushed compile must have the same
+  interface and fit the capacity.
 
 Every failure is a :class:`DeployError` (a HomunculusError: the CLI prints it and exits 2).
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 from homunculus.errors import HomunculusError
 from homunculus.targets.xdp import snapshot as snap
-from homunculus.targets.xdp.codegen import shape_digest
+from homunculus.targets.xdp.layout import Capacity, CapacityError, check_fits, interface_of
 from homunculus.targets.xdp.loader import (
     PIN_ROOT,
     BpfError,
@@ -60,7 +61,8 @@ class Deployment:
     mode: str
     out_dir: str
     object: str
-    shape: str
+    interface: dict[str, Any]
+    capacity: dict[str, Any]
     labels: list[str]
     ifindex: int
     prog_id: int
@@ -107,23 +109,24 @@ def check_name(name: str) -> str:
 
 
 def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
-    """OUT/xdp/snapshot.json with its shape digest (computed from the source if absent)."""
+    """OUT/xdp/snapshot.json, checked: a clear DeployError for anything missing or corrupt."""
     path = Path(out_dir) / "xdp" / "snapshot.json"
     if not path.is_file():
         raise DeployError(f"{out_dir}: not compiled for xdp (no {path}); compile with "
                           "'target: xdp'")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DeployError(f"{path}: not valid JSON ({exc})") from None
-    if "object" not in data or "program" not in data:
+    if not isinstance(data, dict) or "object" not in data or "program" not in data:
         raise DeployError(f"{path}: not an XDP compile's snapshot (no object/program)")
-    obj = path.parent / data["object"]
+    try:
+        snap.read_snapshot(data)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{path}: {exc}") from None
+    obj = path.parent / str(data["object"])
     if not obj.is_file():
         raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
-    if "shape" not in data:
-        source = obj.with_name(obj.name.removesuffix(".o") + ".c")
-        data["shape"] = shape_digest(source.read_text()) if source.is_file() else ""
     return data
 
 
@@ -217,7 +220,8 @@ def deploy(out_dir: Path, iface: str, *, netns: str | None = None, mode: str = "
                           "remove that directory or pass another --name")
     ifindex = resolve_ifindex(iface, netns)
     dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()), snapshot["object"],
-                     snapshot["shape"], list(snapshot.get("labels", [])), ifindex, 0)
+                     snapshot["interface"], snapshot["capacity"],
+                     list(snapshot.get("labels", [])), ifindex, 0)
     pinned = pin_program(Path(out_dir) / "xdp" / snapshot["object"], snapshot, name)
     try:
         dep.prog_id = attach(dep, pinned.prog_fd(MAIN_PROG))
@@ -278,18 +282,22 @@ def read_stats(name: str | None = None, state_dir: Path = STATE_DIR) -> Stats:
 
 def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
          grace_s: float = snap.GRACE_S) -> Deployment:
-    """Write a newer compile's parameters into the standby slot and flip to it; refuse when its
-    program differs in shape from the deployed one."""
+    """Write a newer compile's model into the standby slot and flip to it. Refused (nothing
+    written, the active model untouched) when its interface differs from the deployed
+    program's or it does not fit the program's compiled capacity."""
     require_root()
     dep = load_state(name, state_dir)
     snapshot = compiled_snapshot(out_dir)
-    if not snapshot["shape"] or snapshot["shape"] != dep.shape:
-        raise DeployError(f"{out_dir}: its program differs in shape from the one deployed as "
-                          f"'{dep.name}' (features, tables, capacities or network dimensions); "
-                          "undeploy and deploy it instead")
+    program, _ = snap.read_snapshot(snapshot)
+    try:
+        capacity = Capacity.from_json(dep.capacity)
+    except (KeyError, TypeError) as exc:
+        raise DeployError(f"the state of '{dep.name}' has no valid capacity ({exc}): undeploy "
+                          "and deploy again") from None
+    check_pushable(out_dir, dep, program, capacity)
     pinned = open_pins(dep.name)
     try:
-        snap.push(pinned, snapshot, grace_s=grace_s)
+        snap.push(pinned, program, capacity, grace_s=grace_s)
     except snap.SnapshotError as exc:
         raise DeployError(f"{out_dir}: {exc}") from None
     finally:
@@ -299,6 +307,22 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
     dep.pushes += 1
     write_state(dep, state_dir)
     return dep
+
+
+def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capacity) -> None:
+    """DeployError naming what of OUT's model does not fit the deployed program."""
+    try:
+        check_fits(program, capacity)
+    except CapacityError as exc:
+        raise DeployError(f"{out_dir}: does not fit the program deployed as '{dep.name}': {exc}; "
+                          "compile with more headroom and deploy it instead") from None
+    ours = interface_of(program)
+    for key, what in (("features", "features (widths, header fields, flow state)"),
+                      ("flow", "flow state"), ("kind", "model family"),
+                      ("n_scores", "number of scores"), ("n_winners", "number of outcomes")):
+        if ours.get(key) != dep.interface.get(key):
+            raise DeployError(f"{out_dir}: its {what} differ from the program deployed as "
+                              f"'{dep.name}': undeploy and deploy it instead")
 
 
 def undeploy(name: str | None = None, *, state_dir: Path = STATE_DIR) -> list[str]:

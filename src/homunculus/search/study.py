@@ -29,7 +29,7 @@ from homunculus.search.problem import (
     feature_param,
     merge_budget,
 )
-from homunculus.targets.base import LIMIT_KEYS, UNITS
+from homunculus.targets.base import LIMIT_KEYS, UNITS, CapacityExceeded
 
 RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -170,7 +170,10 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
 
     def objective(trial: optuna.Trial) -> list[float]:
         family, params = suggest_configuration(trial, families, can_merge, n_select)
-        ev = evaluate(problem, family, params)
+        try:
+            ev = evaluate(problem, family, params)
+        except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
+            raise optuna.TrialPruned(str(exc)) from None
         verdict = oracle(ev) if oracle is not None and ev.feasibility.feasible else None
         record(trial, ev, verdict)
         return objective_values(ev, objectives)

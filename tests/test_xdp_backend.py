@@ -367,7 +367,8 @@ def test_push_takes_any_model_of_the_family_that_fits(family: str, bigger: dict,
                                                       tmp_path: Path) -> None:
     """A retrained model with more trees, depth, bins or hidden outputs (within the headroom)
     goes into the running program and computes exactly its own quantised model."""
-    program, x = family_program(family, seed=1)
+    base = {"gnb_bins": 16} if family == "gnb" else None  # the bins of a small deployed model
+    program, x = family_program(family, seed=1, params=base)
     newer, _ = family_program(family, seed=2, params=bigger)
     emit(program, tmp_path)
     cap = TARGET.capacity(program)
@@ -392,7 +393,7 @@ def test_push_refuses_what_does_not_fit(family: str, too_big: dict | None, messa
     program runs any naive Bayes, SVM or k-means model of its shape, not a tree): a clear error
     and the active slot (and what it computes) untouched."""
     base = "gnb" if too_big is None else family
-    params = {"dt_max_depth": 2} if base == "dt" else None
+    params = {"dt_max_depth": 2} if base == "dt" else {"gnb_bins": 16} if base == "gnb" else None
     program, x = family_program(base, seed=1, params=params)
     other, _ = family_program(family, seed=2, params=too_big)
     emit(program, tmp_path)

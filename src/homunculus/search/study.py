@@ -154,6 +154,15 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
     )
 
 
+def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None:
+    """Queue each family's hand-tuned default configuration as the first trials of a new study
+    (at most half the trial budget): strong baselines the sampler then improves on."""
+    n = len(families) if budget.trials is None else min(len(families), budget.trials // 2)
+    for family in families[:n]:
+        study.enqueue_trial({"family": family, **get_family(family).default_params()},
+                            skip_if_exists=True)
+
+
 def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
                budget: Budget, study: optuna.Study,
                progress: SearchProgress | None = None,
@@ -178,6 +187,8 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         record(trial, ev, verdict)
         return objective_values(ev, objectives)
 
+    if not study.get_trials(deepcopy=False):
+        warm_start(study, families, budget)
     finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     remaining = None if budget.trials is None else max(budget.trials - finished, 0)
     start = time.monotonic()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from homunculus.ir.pipeline import Pipeline
+from homunculus.ir.telemetry import TelemetryConfig
 from homunculus.passes.encode import encode_for_target
 from homunculus.passes.switch import lower_for_switch
 from homunculus.targets.base import Usage
@@ -30,6 +31,8 @@ from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entr
 class SwitchTarget:
     profile: SwitchProfile
     supports_dense: bool = False  # match-action tables cannot multiply-accumulate
+    telemetry: TelemetryConfig | None = None  # sample packets into a digest (adapt)
+    versioned: bool = False  # model tables keyed on a version register (atomic installs)
 
     @property
     def name(self) -> str:

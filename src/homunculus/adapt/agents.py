@@ -116,7 +116,7 @@ def _votes(n: int, hit: np.ndarray, label: str, confidence: float | np.ndarray) 
 
 
 def _pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a.astype(np.int64) * (1 << 32) + b.astype(np.int64)
+    return (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
 
 
 TCP, UDP = 6, 17

@@ -8,8 +8,10 @@ the packets of the window's sampled flows to a capture, runs ``ndpiReader -v 2 -
 the flow lines back (the format of nDPI's own regression results, data/ndpi.py). A flow nDPI
 identifies by DPI gets its class (``classes`` mode: the coarse class of its category, as the
 traffic-classification dataset labels them) or ``benign`` (``benign`` mode: a recognised
-application, not in a malicious category), with confidence 0.9 when nDPI's confidence is DPI (not guessed by
-port: abstained on, a port says nothing about who sends); unknown flows are abstentions.
+application, not in a malicious category), with confidence 0.9, when nDPI's confidence is
+"DPI"; a flow only guessed from its port, or unknown, is an abstention. nDPI names the
+application, not the intent: DNS-amplification answers are DNS to it (labelled benign here),
+which is why heuristics come first in the default priority order.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ class LoopConfig:
     agent_timeout_s: float = 20.0
     max_installs: int | None = None
     seed: int = 0
+    archive: str | None = None  # where each installed model is kept (installed/v<N>.json)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +169,7 @@ class AdaptLoop:
                 return event
             self.active, self.version = result.program, version
             self.installs += 1
+            self._archive(result.program, version)
             event["installed"] = True
             event["version"] = version
         return event
@@ -221,6 +223,24 @@ class AdaptLoop:
         self.pending = Pending(window, x_held, y_held, len(y_train))
         self.last_retrain = window
         self.retrains += 1
+
+    def _archive(self, program: Any, version: int) -> None:
+        if self.config.archive is None:
+            return
+        from homunculus.ir.cpu import CpuProgram
+
+        folder = Path(self.config.archive) / "installed"
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(program, CpuProgram):
+            from homunculus.targets.xdp.layout import Capacity
+            from homunculus.targets.xdp.snapshot import snapshot_of
+
+            data = snapshot_of(program, Capacity.from_json(self.deployed.recipe.capacity))
+        else:
+            from homunculus.ir.serialize import compiled_to_json
+
+            data = compiled_to_json(program)
+        (folder / f"v{version}.json").write_text(json.dumps(data) + "\n")
 
     def close(self) -> None:
         self.worker.close()

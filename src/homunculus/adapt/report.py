@@ -36,7 +36,8 @@ def figure_png(windows: list[dict[str, Any]], events: list[dict[str, Any]],
     ax.set_ylim(0, 1.06)
     ax.set_xlabel("window")
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()

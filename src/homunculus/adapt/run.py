@@ -4,7 +4,7 @@ written."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
         gate=GateConfig(o.margin, o.min_fidelity), detector=o.detector,
         max_installs=o.max_installs, seed=o.seed)
     report = o.report or Path(o.out_dir) / "adapt"
+    config = replace(config, archive=str(report))
     log = write_jsonl(report / "decisions.jsonl")
 
     def logged(record: dict[str, Any]) -> None:

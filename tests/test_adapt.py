@@ -448,3 +448,40 @@ def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
     for args, message in checks:
         code, text = cli(*args)
         assert code == 2 and message in text, (args, text)
+
+
+def test_replay_on_a_switch_writes_versioned_updates(drift_dir: Path) -> None:
+    """A bmv2 compile with versioned tables and digest sampling: replay samples every n-th
+    classified packet as the program's counter does, and each install is written as the three
+    control planes' versioned update."""
+    import json
+
+    spec = DRIFT_SPEC.format(target="bmv2", profile="{}").replace(
+        "algorithms: [dt]", "algorithms: [gnb]").replace(
+        "{sampling: first_k, first_k: 4}", "{sampling: rate, one_in: 2}")
+    (drift_dir / "switch.yaml").write_text(spec)
+    out = drift_dir / "out_bmv2"
+    code, text = cli("compile", str(drift_dir / "switch.yaml"), "-o", str(out), "--no-progress")
+    assert code == 0, text
+    p4 = next((out / "p4").glob("*.p4")).read_text()
+    assert "register<bit<8>>(1) hmn_version;" in p4 and "digest<hmn_sample_t>" in p4
+    assert "meta.model_version: exact;" in p4
+    report = drift_dir / "report_bmv2"
+    code, text = cli("adapt", str(out), "--replay", str(drift_dir / "eval.pcap"), "--labels",
+                     str(drift_dir / "eval.csv"), "--agents", "oracle", "--report", str(report),
+                     "--cooldown", "1")
+    assert code == 0, text
+    windows = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+               .splitlines() if '"window"' in line and '"event": "window"' in line]
+    classified = sum(w["classified"] for w in windows)
+    assert sum(w["samples"] for w in windows) == classified // 2
+    retrains = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+                .splitlines() if '"event": "retrain"' in line]
+    assert retrains
+    for r in retrains:
+        if r["installed"]:
+            stem = report / "updates" / f"update-v{r['version']}"
+            assert (stem.with_suffix(".p4runtime.json")).is_file()
+            assert (stem.with_suffix(".simple_switch_cli.txt")).is_file()
+        else:
+            assert r["gate"]["install"] is False or "failed" in r.get("install", "")

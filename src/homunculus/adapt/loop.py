@@ -70,6 +70,39 @@ class ReplayInstaller:
 
 
 @dataclass
+class SwitchInstaller:
+    """Replay of a switch compile: each install is the versioned update (targets/p4/
+    versioned.py) written as P4Runtime JSON, simple_switch_CLI commands and a bfrt script into
+    ``folder``; the twin then runs the new model."""
+
+    current: Any
+    arch: str
+    folder: Path
+    register: int = 0
+
+    def install(self, program: Any, version: int) -> str:
+        from homunculus.targets.p4.versioned import (
+            bfrt_updates,
+            cli_updates,
+            p4runtime_updates,
+            update_plan,
+        )
+
+        new_register = 1 - self.register
+        plan = update_plan(self.current, program, self.register, new_register)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = self.folder / f"update-v{version}"
+        stem.with_suffix(".p4runtime.json").write_text(
+            json.dumps(p4runtime_updates(plan, self.current, self.arch), indent=1) + "\n")
+        if self.arch == "v1model":
+            stem.with_suffix(".simple_switch_cli.txt").write_text(cli_updates(plan, self.current))
+        else:
+            stem.with_suffix(".bfrt.py").write_text(bfrt_updates(plan, self.current, "program"))
+        self.current, self.register = program, new_register
+        return f"versioned update to register value {new_register} written to {stem}.*"
+
+
+@dataclass
 class XdpInstaller:
     """A live XDP deployment: active/standby push with the model version (deploy.py)."""
 
@@ -280,6 +313,10 @@ def run_replay(deployed: Deployed, table: pd.DataFrame, agents: Sequence[Agent],
     if truth is not None and len(truth) != len(table):
         raise ValueError("truth must label every packet")
     values, classified = data_plane_features(deployed, table)
+    if installer is None and deployed.recipe.target != "xdp":
+        folder = Path(config.archive or deployed.recipe.out_dir) / "updates"
+        arch = "v1model" if deployed.recipe.target == "bmv2" else "tna"
+        installer = SwitchInstaller(deployed.program, arch, folder)
     loop = AdaptLoop(deployed, agents, installer or ReplayInstaller(), config, log)
     mapper = loop.mapper
     mapped_truth = None if truth is None else np.array([mapper(str(t)) for t in truth],

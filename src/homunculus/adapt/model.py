@@ -246,6 +246,17 @@ def run_twin(recipe: Recipe, program: Any, x: np.ndarray) -> np.ndarray:
     return simulate(with_installed_entries(program, installed), x).class_index
 
 
+def warm_up() -> None:
+    """Import what a retrain needs (in the worker, once)."""
+    import homunculus.models.base as base
+    import homunculus.passes.lower  # noqa: F401
+    import homunculus.passes.lower_cpu  # noqa: F401
+    import homunculus.targets.p4.twin  # noqa: F401
+    import homunculus.targets.xdp.runner  # noqa: F401
+
+    base.all_families()
+
+
 class RetrainWorker:
     """One worker process for retrains (spawned on first use)."""
 
@@ -261,6 +272,7 @@ class RetrainWorker:
                seed: int) -> None:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+            self._pool.submit(warm_up).result()  # imports are not retraining compute
         self.future = self._pool.submit(retrain, recipe, x, y, x_verify, seed)
 
     def result(self, wait: bool) -> RetrainResult | None:

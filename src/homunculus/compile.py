@@ -1,15 +1,16 @@
 """The compiler driver: plan -> candidates -> search -> best pipeline -> artefacts -> verification.
 
-Artefacts are written to a staging directory beside OUT and moved into place only after the
-executable twin has agreed with the quantised model on every test sample, so a failed compile
-never leaves a half-written OUT (the search database stays in OUT so ``--resume`` works).
+Everything a compile writes, its search study included, goes to a workspace beside OUT that
+replaces OUT in one atomic rename only after the executable twin has agreed with the quantised
+model on every test sample (see outputs.py): a failed or killed compile leaves the previous OUT
+exactly as it was, and OUT is locked for the length of a compile. All checks of the spec and the
+data run before the search starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ import numpy as np
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.faults import checkpoint
 from homunculus.frontend.plan import Plan
+from homunculus.frontend.spec import MAX_SEED
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
 from homunculus.ir.serialize import pipeline_to_json
 from homunculus.models.base import all_families
+from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
 from homunculus.report.render import write_report
 from homunculus.report.summary import (
@@ -36,7 +40,7 @@ from homunculus.report.summary import (
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem, merge_budget
-from homunculus.search.study import Budget, open_study, run_search
+from homunculus.search.study import Budget, open_study, run_search, trial_index
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
 
@@ -49,6 +53,7 @@ class CompileOptions:
     resume: bool = False
     seed: int | None = None
     progress: bool = True
+    inputs: tuple[Path, ...] = ()  # files the compile reads (OUT may not contain them)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class CompileResult:
     params: dict[str, Any]
     metrics: dict[str, float]
     report: dict[str, Any] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- plan checks
@@ -108,10 +114,38 @@ def check_algorithms(plan: Plan) -> list[str] | None:
     return list(requested)
 
 
+def check_seed(plan: Plan, seed: int, from_cli: bool) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        where = "--seed" if from_cli else "search.seed"
+        raise plan.error("search.seed", f"{where} is {seed!r}; a seed is an integer in "
+                                        f"0..{MAX_SEED}")
+    return seed
+
+
+def check_header_mix(plan: Plan, dataset: Dataset, target: Target) -> None:
+    """A switch or XDP program parses TCP or UDP, and the feature header rides on UDP: features
+    cannot need TCP fields together with UDP fields or unbound (feature-header) features."""
+    if target.name == "c":
+        return  # the C library takes feature vectors, not packets
+    section = "data" if dataset.traffic is None else "traffic"
+    tcp = [i for i, f in enumerate(dataset.features) if (f.field or "").startswith("tcp.")]
+    other = [i for i, f in enumerate(dataset.features)
+             if (f.field or "").startswith("udp.") or (f.field is None and f.kind is None)]
+    if tcp and other:
+        a, b = dataset.features[tcp[0]], dataset.features[other[0]]
+        what = f"UDP field {b.field}" if b.field else "no header field (it rides in the " \
+                                                      "feature header, after UDP)"
+        raise plan.error(f"{section}.features[{other[0]}]" if section == "data" else
+                         f"{section}.features",
+                         f"feature '{a.name}' reads TCP field {a.field} but feature '{b.name}' "
+                         f"has {what}; no packet carries both: bind the features to fields of "
+                         "one transport protocol")
+
+
 def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     try:
         target, limits = make_target(plan.platform.target, plan.platform.profile)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         raise plan.error("platform.profile", str(exc.args[0])) from None
     c = plan.platform.constraints
     wanted = {**c.resources.model_dump(exclude_none=True),
@@ -120,13 +154,42 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
 
 
 def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
+    """Every check of the spec and the data, then the search problem (before any search)."""
     requested = check_algorithms(plan)
-    dataset = plan.load_data()
     target, limits = make_target_and_limits(plan)
-    problem = make_problem(dataset, target, limits, plan.model.metric,
-                           positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
-                           plan.search.validation_fraction, plan.select_features)
+    dataset = plan.load_data()
+    check_header_mix(plan, dataset, target)
+    try:
+        problem = make_problem(dataset, target, limits, plan.model.metric,
+                               positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
+                               plan.search.validation_fraction, plan.select_features)
+    except ValueError as exc:
+        raise plan.error("search.validation_fraction",
+                         f"cannot carve a validation split of {plan.search.validation_fraction:g}"
+                         f" out of {len(dataset.y_train)} training rows: {exc}") from None
     return problem, requested
+
+
+def search_settings(problem: Problem, allowed: list[str]) -> dict[str, Any]:
+    """What a stored search depends on besides its seed: a resumed search must match it."""
+    ds = problem.dataset
+    digest = hashlib.sha256()
+    for arr in (problem.x_fit, problem.y_fit, problem.x_val, problem.y_val):
+        digest.update(repr((arr.shape, arr.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    digest.update(json.dumps(list(ds.class_labels)).encode())
+    v = problem.verdict
+    settings = {
+        "families": list(allowed), "metric": problem.metric, "positive": problem.positive,
+        "features": [[f.name, f.width, f.field, f.kind] for f in ds.features],
+        "select_features": problem.select_features, "target": problem.target.name,
+        "profile": profile_of(problem.target), "limits": problem.limits.as_dict(),
+        "verdict": {"kind": v.kind.value, "default_port": v.default_port,
+                    "ports": sorted(v.ports.items()), "drop": sorted(v.drop),
+                    "dscp": sorted(v.dscp.items())},
+        "data": digest.hexdigest()[:24],
+    }
+    return json.loads(json.dumps(settings, default=str))  # as the study stores it
 
 
 def choose_candidates(problem: Problem, requested: list[str] | None
@@ -185,19 +248,6 @@ def verify(problem: Problem, ev: Evaluation, out: Path) -> tuple[np.ndarray, np.
     return expected, produced
 
 
-def replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move ``staging`` to ``out_dir``, replacing what was there."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.with_name(f".{out_dir.name}.old")
-        if backup.exists():
-            shutil.rmtree(backup)
-        out_dir.rename(backup)
-    staging.rename(out_dir)
-    if backup is not None:
-        shutil.rmtree(backup)
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -205,42 +255,49 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     """Compile ``plan`` into ``options.out_dir``; see the module docstring."""
     if plan.n_models != 1:
         raise NotSupportedError("schedules of more than one model are not supported yet")
-    seed = plan.search.seed if options.seed is None else options.seed
-    problem, requested = build_problem(plan, seed)
-    candidates, allowed = choose_candidates(problem, requested)
+    seed = check_seed(plan, plan.search.seed if options.seed is None else options.seed,
+                      options.seed is not None)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
-    out_dir = options.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    objectives = tuple(plan.model.objectives)
-    study = open_study(out_dir / "study.db", sanitise_identifier(plan.name, "study"), objectives,
-                       plan.search.sampler, seed, budget, options.resume)
-    with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-        result = run_search(problem, allowed, objectives, budget, study, progress)
-    best = result.best_trial
-    family = best.params["family"]
-    params = {k: v for k, v in best.params.items() if k != "family"}
-    ev = evaluate(problem, family, params)
+    out_dir = check_out_dir(options.out_dir, [*plan.inputs, *options.inputs])
+    with open_output(out_dir) as output:
+        output.start(options.resume)
+        problem, requested = build_problem(plan, seed)
+        candidates, allowed = choose_candidates(problem, requested)
+        objectives = tuple(plan.model.objectives)
+        study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
+                           objectives, plan.search.sampler, seed, budget,
+                           output.resumed is not None, search_settings(problem, allowed))
+        with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+            result = run_search(problem, allowed, objectives, budget, study, progress)
+        best = result.best_trial
+        family = best.params["family"]
+        params = {k: v for k, v in best.params.items() if k != "family"}
+        ev = evaluate(problem, family, params)
+        report = write_artefacts(output.work, plan, ev, result, candidates, seed)
+        warnings = output.commit()
+    left = [f"files added to {out_dir} during the compile were left in "
+            f"{output.paths.partial}: {', '.join(warnings[:5])}"] if warnings else []
+    return CompileResult(out_dir, family, params, report["metrics"], report, left)
+
+
+def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any,
+                    candidates: list[Any], seed: int) -> dict[str, Any]:
+    """Emit, verify and report the chosen pipeline into the workspace; the report."""
     problem = ev.problem  # restricted to the chosen features when the search selects them
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
-    try:
-        program = sanitise_identifier(plan.name, "hmn")
-        problem.target.emit(ev.pipeline, staging, program)
-        (staging / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
-        expected, produced = verify(problem, ev, staging)
-        write_model(staging, ev, problem.dataset)
-        packet_check = verify_packets(staging, problem.dataset, problem.target)
-        report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
-        report["packet_simulation"] = packet_check
-        report["traffic"] = traffic_section(problem.dataset)
-        (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
-        write_report(staging, report)
-        shutil.copy2(out_dir / "study.db", staging / "study.db")
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return CompileResult(out_dir, family, params, report["metrics"], report)
+    program = sanitise_identifier(plan.name, "hmn")
+    problem.target.emit(ev.pipeline, work, program)
+    (work / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
+    checkpoint("final-write")
+    expected, produced = verify(problem, ev, work)
+    write_model(work, ev, problem.dataset)
+    packet_check = verify_packets(work, problem.dataset, problem.target)
+    report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
+    report["packet_simulation"] = packet_check
+    report["traffic"] = traffic_section(problem.dataset)
+    (work / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
+    write_report(work, report)
+    return report
 
 
 def profile_of(target: Target) -> dict[str, Any]:
@@ -286,7 +343,7 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "test_samples": len(y),
         },
         "trials": rows,
-        "best_trial": result.best_trial.number,
+        "best_trial": trial_index(result.best_trial),
         "confusion_matrix": confusion(y, produced, ds.class_labels),
         "resources": resources_section(ev.usage, problem.limits, ev.feasibility),
         "candidates": candidates_section(candidates),

@@ -42,3 +42,7 @@ class VerificationError(HomunculusError):
 
 class NotSupportedError(HomunculusError):
     """A feature of the spec that this version of the compiler does not implement yet."""
+
+
+class ResumeError(HomunculusError):
+    """``--resume`` cannot continue the stored search (none, or made with another spec)."""

@@ -9,9 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from homunculus.search.metrics import METRICS
 from homunculus.search.study import RESOURCE_OBJECTIVES
 
+MAX_SEED = 2**32 - 1
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; so are NaN and infinite numbers (never a meaningful setting)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FeatureSpec(Strict):
@@ -105,7 +109,7 @@ class PlatformSpec(Strict):
 class SearchSpec(Strict):
     trials: int | None = Field(default=30, ge=1)
     seconds: float | None = Field(default=None, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     sampler: Literal["tpe", "random"] = "tpe"
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
 
@@ -127,7 +131,7 @@ class LabelSpec(Strict):
     path: str | None = Field(default=None, description="file: the label CSV")
     default: str = "benign"
     scenario: Literal["anomaly", "botnet"] | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     first_n: int = Field(default=8, ge=1, description="ndpi: packets per flow")
     max_files: int | None = Field(default=None, ge=1, description="ndpi: captures to use")
 
@@ -139,7 +143,7 @@ class BackgroundSpec(Strict):
         default=None, description="a capture of the nDPI test suite, e.g. netflix.pcap")
     flows: int = Field(default=300, ge=1)
     seconds: float = Field(default=60.0, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class FlowSpec(Strict):

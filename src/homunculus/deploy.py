@@ -116,8 +116,9 @@ def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DeployError(f"{path}: not valid JSON ({exc})") from None
-    if "object" not in data or "program" not in data:
+    if not isinstance(data, dict) or "object" not in data or "program" not in data:
         raise DeployError(f"{path}: not an XDP compile's snapshot (no object/program)")
+    check_snapshot(data, path)
     obj = path.parent / data["object"]
     if not obj.is_file():
         raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
@@ -125,6 +126,54 @@ def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
         source = obj.with_name(obj.name.removesuffix(".o") + ".c")
         data["shape"] = shape_digest(source.read_text()) if source.is_file() else ""
     return data
+
+
+U64_MAX = (1 << 64) - 1
+S32 = (-(1 << 31), (1 << 31) - 1)
+MAX_WORDS = 1 << 12
+
+
+def _ints(value: Any, low: int, high: int, max_len: int | None = None) -> bool:
+    return (isinstance(value, list) and (max_len is None or len(value) <= max_len)
+            and all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+                    for v in value))
+
+
+def _count(value: Any, high: int, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_snapshot(data: dict[str, Any], path: Path) -> None:
+    """Every field of a snapshot has its type and range (a map word is 0..2^64-1, an MLP
+    parameter a signed 32-bit integer), before anything is written into a live program."""
+    def bad(why: str) -> DeployError:
+        return DeployError(f"{path}: not a valid snapshot: {why}")
+
+    for key in ("object", "program"):
+        if not isinstance(data[key], str) or not data[key] or Path(data[key]).name != data[key]:
+            raise bad(f"'{key}' must be a file name")
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise bad("'labels' must be a non-empty list of class labels")
+    if not _count(data.get("row_words"), MAX_WORDS, 1) or not _count(data.get("meta_words"),
+                                                                      MAX_WORDS, 1):
+        raise bad("'row_words' and 'meta_words' must be whole numbers in 1..4096")
+    tables = data.get("tables")
+    if not isinstance(tables, list):
+        raise bad("'tables' must be a list")
+    for i, t in enumerate(tables):
+        ok = (isinstance(t, dict) and isinstance(t.get("name"), str)
+              and _count(t.get("base"), U64_MAX) and _count(t.get("capacity"), U64_MAX)
+              and isinstance(t.get("entries"), list)
+              and all(_ints(e, 0, U64_MAX, data["row_words"]) for e in t["entries"])
+              and _ints(t.get("default"), 0, U64_MAX, data["meta_words"]))
+        if not ok:
+            raise bad(f"table {i} needs a name, base, capacity, entries and default of "
+                      "64-bit unsigned words")
+    if data.get("bias") is not None and not _ints(data["bias"], 0, U64_MAX):
+        raise bad("'bias' must be a list of 64-bit unsigned words")
+    if data.get("mlp") is not None and not _ints(data["mlp"], *S32):
+        raise bad("'mlp' must be a list of signed 32-bit integers")
 
 
 def state_path(name: str, state_dir: Path = STATE_DIR) -> Path:
@@ -156,7 +205,10 @@ def load_state(name: str | None, state_dir: Path = STATE_DIR) -> Deployment:
     if not path.is_file():
         known = ", ".join(deployments(state_dir)) or "none"
         raise DeployError(f"no deployment named '{name}' (deployed: {known})")
-    return Deployment.from_json(json.loads(path.read_text()))
+    try:
+        return Deployment.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise DeployError(f"{path}: unreadable deployment state ({exc}); remove it") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +339,11 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
         raise DeployError(f"{out_dir}: its program differs in shape from the one deployed as "
                           f"'{dep.name}' (features, tables, capacities or network dimensions); "
                           "undeploy and deploy it instead")
+    if dep.labels and snapshot["labels"] != dep.labels:
+        raise DeployError(f"{out_dir}: its classes {snapshot['labels'][:8]} differ from those "
+                          f"deployed as '{dep.name}' {dep.labels[:8]}; the counters would be "
+                          "mislabelled: undeploy and deploy it instead")
+    check_attached(dep, "nothing was pushed")
     pinned = open_pins(dep.name)
     try:
         snap.push(pinned, snapshot, grace_s=grace_s)
@@ -294,11 +351,24 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
         raise DeployError(f"{out_dir}: {exc}") from None
     finally:
         pinned.close()
+    check_attached(dep, "the new parameters were written, but no packet is classified")
     dep.out_dir = str(Path(out_dir).resolve())
     dep.labels = list(snapshot.get("labels", dep.labels))
     dep.pushes += 1
     write_state(dep, state_dir)
     return dep
+
+
+def check_attached(dep: Deployment, consequence: str) -> None:
+    """DeployError unless the deployment's program is still attached to its interface."""
+    now = attached(dep)
+    where = f"{dep.iface}" + (f" in network namespace {dep.netns}" if dep.netns else "")
+    if now is None:
+        raise DeployError(f"'{dep.name}': interface {where} is gone; {consequence}. Undeploy "
+                          "it")
+    if now[1] != dep.prog_id:
+        raise DeployError(f"'{dep.name}': its program is no longer attached to {where}; "
+                          f"{consequence}. Undeploy and deploy again")
 
 
 def undeploy(name: str | None = None, *, state_dir: Path = STATE_DIR) -> list[str]:

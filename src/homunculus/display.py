@@ -36,3 +36,11 @@ def message(value: object, limit: int = MAX_MESSAGE) -> str:
     """A whole message, safe to print: newlines kept, other control characters escaped,
     shortened."""
     return _bounded(str(value), limit, _CONTROL)
+
+
+def clip(value: object, limit: int) -> str:
+    """A short label (plot ticks): control characters escaped, cut to ``limit`` with an
+    ellipsis."""
+    text = str(value)
+    head = _CONTROL_OR_NEWLINE.sub(_escape, text[:limit])
+    return head if len(text) <= limit else head[:max(limit - 1, 1)] + "\u2026"

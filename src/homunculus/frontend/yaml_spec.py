@@ -51,6 +51,7 @@ def dotted(loc: tuple[Any, ...]) -> str:
 
 
 MAX_DEPTH = 64
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 MAX_NODES = 100_000  # nodes of the document with every alias expanded
 
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -60,7 +61,7 @@ _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 def _check_events(text: str, source: str) -> None:
     """Bound the nesting depth from the event stream (PyYAML composes recursively)."""
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=LOADER):
         if isinstance(event, _OPEN):
             depth += 1
             if depth > MAX_DEPTH:
@@ -135,7 +136,7 @@ def _check_duplicates(root: yaml.Node, source: str) -> None:
 def compose_spec(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     """The checked node graph of a YAML document and the data it constructs."""
     _check_events(text, source)
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    root = yaml.compose(text, Loader=LOADER)
     if root is None:
         return None, None
     _check_graph(root, source)

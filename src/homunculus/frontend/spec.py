@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,9 +102,19 @@ class Constraints(Strict):
 
 class PlatformSpec(Strict):
     target: Literal["tofino", "bmv2", "xdp", "c"]
-    profile: dict[str, float | int | bool] = Field(
+    profile: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the target profile's documented defaults")
     constraints: Constraints = Field(default_factory=Constraints)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not isinstance(value, bool | int | float) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"profile field '{key}' is {value!r}; it must be a finite "
+                                 "number or true/false")
+        return v
 
 
 class SearchSpec(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +19,12 @@ Locate = Callable[[str, str], Exception]  # (spec field, message) -> error to ra
 
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file (by extension): a regular file of at most MAX_TABLE_BYTES."""
-    if not path.exists():
-        raise DataError(f"{path}: no such data file")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file: {exc.strerror or exc}") from None
     kind = "Parquet" if path.suffix.lower() in (".parquet", ".pq") else "CSV"
     with open_regular(path, "data file", MAX_TABLE_BYTES) as f:
         try:

@@ -54,6 +54,16 @@ MAX_DEPTH = 64
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 MAX_NODES = 100_000  # nodes of the document with every alias expanded
 
+
+
+class SpecConstructor(yaml.SafeLoader):
+    """SafeLoader construction, but a timestamp stays the text it was written as (no spec field
+    is a date; PyYAML also fails on some malformed explicit timestamps)."""
+
+
+SpecConstructor.add_constructor("tag:yaml.org,2002:timestamp",
+                                yaml.SafeLoader.construct_yaml_str)
+
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
@@ -141,7 +151,7 @@ def compose_spec(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         return None, None
     _check_graph(root, source)
     _check_duplicates(root, source)
-    loader = yaml.SafeLoader("")
+    loader = SpecConstructor("")
     try:
         return root, loader.construct_document(root)
     finally:

@@ -331,22 +331,19 @@ def write_spec_case(directory: Path, rng: Rng) -> SpecCase:
         os.mkfifo(directory / "fifo.csv")
     kinds = []
     for _ in range(rng.choice([1, 1, 2, 3])):
-        op = rng.randrange(5)
-        if op == 0:
-            spec, kind = mutate_tree(spec, rng), "tree"
-        elif op == 1:
-            spec, kind = mutate_features(spec, rng), "features"
-        elif op == 2:
-            spec, kind = mutate_fields(spec, rng), "fields"
-        elif op == 3 and not traffic:
+        op = rng.choices(["tree", "features", "fields", "csv", "none"], [25, 25, 30, 15, 5])[0]
+        if op == "tree":
+            spec = mutate_tree(spec, rng)
+        elif op == "features":
+            spec = mutate_features(spec, rng)
+        elif op == "fields":
+            spec = mutate_fields(spec, rng)
+        elif op == "csv" and not traffic:
             (directory / "data.csv").write_bytes(mutate_csv(table, rng))
-            kind = "csv"
-        else:
-            kind = "none"
-        kinds.append(kind)
+        kinds.append(op)
     text = yaml_text(spec)
     raw = text.encode("utf-8", errors="surrogateescape")
-    if rng.random() < 0.25:
+    if rng.random() < 0.15:
         raw = mutate_text(text, rng)
         kinds.append("text")
     path = directory / "spec.yaml"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import sys
@@ -41,19 +40,15 @@ from common import REPO, machine, markdown_table, source_note, source_state
 
 sys.path.insert(0, str(REPO / "tests"))
 
-from fuzzing import (  # noqa: E402  (the shared mutators live with the tests)
-    BASE_SPEC,
+from fuzzing import (  # noqa: E402  (the shared mutators and checks live with the tests)
     Hang,
-    base_table,
-    check_capture,
-    cli_arguments,
-    outside_out,
+    Touched,
+    capture_variant,
+    cli_variant,
+    compile_variant,
     snapshot,
+    spec_variant,
     time_bound,
-    validate_spec,
-    write_capture_case,
-    write_spec_case,
-    yaml_text,
 )
 
 BOUNDS = {"spec": 60.0, "capture": 30.0, "compile": 300.0, "cli": 300.0}
@@ -112,79 +107,6 @@ def run_variant(tally: Tally, index: int, seed: int, body: Callable[[random.Rand
     tally.peak_rss_mib = max(tally.peak_rss_mib, rss_mib())
 
 
-class Touched(Exception):
-    """A file outside OUT changed."""
-
-
-def spec_body(rng: random.Random, root: Path) -> str:
-    case = write_spec_case(root, rng)
-    before = snapshot(root)
-    outcome = validate_spec(case.spec)
-    if snapshot(root) != before:
-        raise Touched(case.kind)
-    return outcome
-
-
-def compile_body(rng: random.Random, root: Path) -> str:
-    from typer.testing import CliRunner
-
-    from homunculus.cli import app
-
-    for attempt in range(50):
-        work = root / str(attempt)
-        work.mkdir()
-        case = write_spec_case(work, rng)
-        if validate_spec(case.spec) == "ok":
-            break
-    work = case.spec.parent
-    before = {k: v for k, v in snapshot(work).items() if not outside_out(k)}
-    result = CliRunner().invoke(app, ["compile", str(case.spec), "-o", str(work / "out"),
-                                      "--no-progress", "--trials", "1"])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    if result.exit_code not in (0, 2):
-        raise AssertionError(f"exit {result.exit_code}: {result.output[-500:]}")
-    if snapshot(work, outside_out) != before or any(
-            p.name.startswith(".out.") for p in work.iterdir()):
-        raise Touched(case.kind)
-    return f"exit {result.exit_code}"
-
-
-def capture_body(rng: random.Random, root: Path) -> str:
-    path, _ops = write_capture_case(root, rng)
-    return check_capture(path)
-
-
-def cli_body(rng: random.Random, root: Path) -> str:
-    from typer.testing import CliRunner
-
-    from homunculus.cli import app
-
-    (root / "spec.yaml").write_text(yaml_text(BASE_SPEC))
-    base_table().to_csv(root / "data.csv", index=False)
-    os.mkfifo(root / "fifo.csv")
-    args = cli_arguments(rng, root)
-    before = snapshot(root)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        result = CliRunner().invoke(app, args)
-    finally:
-        os.chdir(cwd)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    if result.exit_code not in (0, 2) or "Traceback" in result.output:
-        raise AssertionError(f"{args}: exit {result.exit_code}: {result.output[-500:]}")
-    after = snapshot(root)
-    allowed = {Path(a).relative_to(root).as_posix() for a in args
-               if a.startswith(str(root) + "/")}
-    changed = {k for k, v in after.items() if before.get(k) != v} | (set(before) - set(after))
-    if not all(outside_out(c) or any(c == a or c.startswith(a + "/") for a in allowed)
-               for c in changed):
-        raise Touched(" ".join(args))
-    return f"exit {result.exit_code}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--specs", type=int, default=10_000)
@@ -202,10 +124,10 @@ def main() -> None:
         (".git", ".venv", ".hypothesis")) or "__pycache__" in r).items()}
     started = time.perf_counter()
     tallies = []
-    for kind, n, body, offset in (("spec", args.specs, spec_body, 0),
-                                  ("capture", args.captures, capture_body, 10**6),
-                                  ("compile", args.compiles, compile_body, 2 * 10**6),
-                                  ("cli", args.cli, cli_body, 3 * 10**6)):
+    for kind, n, body, offset in (("spec", args.specs, spec_variant, 0),
+                                  ("capture", args.captures, capture_variant, 10**6),
+                                  ("compile", args.compiles, compile_variant, 2 * 10**6),
+                                  ("cli", args.cli, cli_variant, 3 * 10**6)):
         tally = Tally(kind)
         t0 = time.perf_counter()
         for i in range(n):

@@ -565,3 +565,83 @@ def validate_spec(spec: Path) -> str:
     except HomunculusError as exc:
         return f"error {type(exc).__name__}"
     return "ok"
+
+
+class Touched(AssertionError):
+    """A file outside OUT changed (or a workspace or lock was left beside OUT)."""
+
+
+def spec_variant(rng: Rng, root: Path) -> str:
+    """Write a spec variant into ``root`` and validate it; nothing in ``root`` may change."""
+    case = write_spec_case(root, rng)
+    before = snapshot(root)
+    outcome = validate_spec(case.spec)
+    if snapshot(root) != before:
+        raise Touched(f"validation changed files ({case.kind})")
+    return outcome
+
+
+def compile_variant(rng: Rng, root: Path, attempts: int = 50) -> str:
+    """Compile (through the CLI, one trial) a spec variant that passes validation, preferably:
+    exit 0 or 2, nothing changed outside OUT, nothing left beside it."""
+    from typer.testing import CliRunner
+
+    from homunculus.cli import app
+
+    for attempt in range(attempts):
+        work = root / str(attempt)
+        work.mkdir()
+        case = write_spec_case(work, rng)
+        if validate_spec(case.spec) == "ok":
+            break
+    work = case.spec.parent
+    before = {k: v for k, v in snapshot(work).items() if not outside_out(k)}
+    result = CliRunner().invoke(app, ["compile", str(case.spec), "-o", str(work / "out"),
+                                      "--no-progress", "--trials", "1"])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code in (0, 2), f"exit {result.exit_code}: {result.output[-500:]}"
+    if snapshot(work, outside_out) != before:
+        raise Touched(f"compile changed files outside OUT ({case.kind})")
+    if any(p.name.startswith(".out.") for p in work.iterdir()):
+        raise Touched("a workspace or lock was left beside OUT")
+    return f"exit {result.exit_code}"
+
+
+def capture_variant(rng: Rng, root: Path) -> str:
+    path, _ops = write_capture_case(root, rng)
+    return check_capture(path)
+
+
+def cli_variant(rng: Rng, root: Path) -> str:
+    """Run a hostile command line in ``root`` (which gets a spec, data and a FIFO): exit 0 or 2
+    with a message, no traceback, no change but to the paths the command was told to write."""
+    from typer.testing import CliRunner
+
+    from homunculus.cli import app
+
+    (root / "spec.yaml").write_text(yaml_text(BASE_SPEC))
+    base_table().to_csv(root / "data.csv", index=False)
+    os.mkfifo(root / "fifo.csv")
+    args = cli_arguments(rng, root)
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code in (0, 2), f"{args}: exit {result.exit_code}: {result.output[-500:]}"
+    assert "Traceback" not in result.output, args
+    if result.exit_code == 2 and args[0] not in ("nope", "--bogus"):
+        assert "error" in result.output.lower() or "Usage" in result.output, args
+    after = snapshot(root)
+    allowed = {Path(a).relative_to(root).as_posix() for a in args
+               if a.startswith(str(root) + "/")}  # files the command was asked to write
+    changed = {k for k, v in after.items() if before.get(k) != v} | (set(before) - set(after))
+    if not all(outside_out(c) or any(c == a or c.startswith(a + "/") for a in allowed)
+               for c in changed):
+        raise Touched(f"{args} changed {sorted(changed)[:5]}")
+    return f"exit {result.exit_code}"

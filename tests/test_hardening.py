@@ -4,7 +4,6 @@ plot strings, C comments, and the O(n log n) merge pass."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from pathlib import Path
@@ -23,11 +22,10 @@ from homunculus.display import message, shown
 from homunculus.errors import HomunculusError, SpecError
 from homunculus.frontend.yaml_spec import MAX_DEPTH, plan_from_yaml
 from homunculus.ir.names import safe_comment
-from homunculus.ir.pipeline import Field, MatchKind, Range
-from homunculus.passes.merge import merge_pair, merge_tables
-from homunculus.passes.score_table import ScoreTable
+from homunculus.passes.merge import merge_tables
 from homunculus.report.render import plot_confusion
 
+from adversarial import naive_merge_tables, score_table
 from conftest import spec_text, tree, write_spec
 
 runner = CliRunner()
@@ -274,34 +272,12 @@ def test_long_labels_and_many_classes_cost_nothing_in_plots() -> None:
 # ----------------------------------------------------------------------------- bounds
 
 
-def _naive_merge(tables: list[ScoreTable], max_tables: int, max_entries: int
-                 ) -> list[ScoreTable]:
-    """The specification: repeatedly fuse the pair with the smallest product (ties: the first
-    pair in list order); the merged table goes to the end."""
-    tables = list(tables)
-    while len(tables) > max(max_tables, 1):
-        product, i, j = min((len(a.matches) * len(b.matches), i, j)
-                            for (i, a), (j, b) in itertools.combinations(enumerate(tables), 2))
-        if product > max_entries:
-            break
-        merged = merge_pair(tables[i], tables[j], f"{tables[i].name}_{tables[j].name}"[:48])
-        tables = [t for k, t in enumerate(tables) if k not in (i, j)] + [merged]
-    return tables
-
-
-def _table(i: int, n: int) -> ScoreTable:
-    bounds = [0, *range(1, n), 256]
-    return ScoreTable(f"t{i}", (Field(f"f{i}", 8),), (MatchKind.RANGE,),
-                      [(Range(bounds[k], bounds[k + 1] - 1),) for k in range(n)],
-                      np.arange(2 * n, dtype=np.int64).reshape(n, 2) + i)
-
-
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=9),
        max_tables=st.integers(0, 6), max_entries=st.sampled_from([4, 16, 64, 4096]))
 def test_merge_pass_equals_the_quadratic_specification(sizes, max_tables, max_entries) -> None:
-    tables = [_table(i, n) for i, n in enumerate(sizes)]
-    fast, slow = merge_tables(tables, max_tables, max_entries), _naive_merge(
+    tables = [score_table(i, n) for i, n in enumerate(sizes)]
+    fast, slow = merge_tables(tables, max_tables, max_entries), naive_merge_tables(
         tables, max_tables, max_entries)
     assert [t.name for t in fast] == [t.name for t in slow]
     for a, b in zip(fast, slow, strict=True):

@@ -15,37 +15,9 @@ from homunculus.data import pcap
 from homunculus.data.pcap import MAX_TS_US, ingest
 from homunculus.errors import DataError
 
+from adversarial import adversarial_pcap, adversarial_pcapng, epb, frame, idb, option, shb
+
 runner = CliRunner()
-
-
-def option(code: int, data: bytes) -> bytes:
-    pad = (-len(data)) % 4
-    return struct.pack("<HH", code, len(data)) + data + b"\0" * pad
-
-
-def block(btype: int, body: bytes) -> bytes:
-    length = 12 + len(body)
-    return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
-
-
-def shb() -> bytes:
-    return block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-
-
-def idb(*options: bytes) -> bytes:
-    opts = b"".join(options) + (option(0, b"") if options else b"")
-    return block(1, struct.pack("<HHI", 1, 0, 65535) + opts)
-
-
-def frame() -> bytes:
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20, 1, 0, 64, 1, 0, 0x0A000001, 0x0A000002)
-    return b"\x00" * 12 + b"\x08\x00" + ip
-
-
-def epb(ts: int, data: bytes, iface: int = 0) -> bytes:
-    pad = (-len(data)) % 4
-    return block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data),
-                                len(data)) + data + b"\0" * pad)
 
 
 def write(tmp_path: Path, data: bytes, name: str = "c.pcapng") -> Path:
@@ -110,24 +82,6 @@ def test_special_files_are_refused_without_blocking(tmp_path, special) -> None:
     worker.join(30)
     assert not worker.is_alive(), "reading a special file blocked"
     assert isinstance(box["error"], DataError) and "not a regular file" in str(box["error"])
-
-
-FAR = (1 << 20) + 8  # beyond the read window
-
-
-def adversarial_pcapng(size: int) -> bytes:
-    """A bad block, then at every third word a block header that passes every check but its
-    trailer, which lies a window away: the worst case for resynchronisation."""
-    return shb() + idb() + struct.pack("<II", 6, 0xFFFFFFF0) + struct.pack(
-        "<III", 6, FAR, 5) * (size // 12)
-
-
-def adversarial_pcap(size: int) -> bytes:
-    """A bad record, then at every fifth word a record header that is plausible but for the
-    record a window further on."""
-    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1 << 24, 1)
-    return head + struct.pack("<IIII", 0, 0xFFFFFFFF, 0, 0) + struct.pack(
-        "<IIIII", 0, 0, FAR - 4, FAR - 4, 0xFFFFFFFF) * (size // 20)
 
 
 @pytest.mark.parametrize("make", [adversarial_pcapng, adversarial_pcap])

@@ -13,6 +13,7 @@ from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import all_families, requires_dense
 from homunculus.passes.encode import encode_for_target
 from homunculus.passes.lower import lower
+from homunculus.passes.switch import MAX_SIGN_CLASSES, lower_for_switch
 from homunculus.targets.p4.entries import read_runtime_entries, runtime_entries
 from homunculus.targets.p4.twin import simulate, with_installed_entries
 
@@ -47,12 +48,14 @@ def check_family(family: str, widths, x, y, n_classes, probe, seed, supports_ran
     pipeline = encode_for_target(
         lower(trained.quantised, ds.features, ds.class_labels, verdict, trained.winner_to_class,
               merge_to), supports_range)
-    installed = read_runtime_entries(runtime_entries(pipeline, program_name="p"), pipeline)
-    twin = simulate(with_installed_entries(pipeline, installed), np.vstack([ds.x_train, probe]))
     expected = trained.predict_quantised(np.vstack([ds.x_train, probe]))
-    np.testing.assert_array_equal(twin.class_index, expected)
-    # the verdict follows the class: class 0 dropped, others forwarded
-    np.testing.assert_array_equal(twin.fields["verdict_drop"], (expected == 0).astype(int))
+    switch = lower_for_switch(pipeline)  # what a switch executes, installed from its entries
+    installed = read_runtime_entries(runtime_entries(switch, program_name="p"), switch)
+    for form in (pipeline, with_installed_entries(switch, installed)):
+        twin = simulate(form, np.vstack([ds.x_train, probe]))
+        np.testing.assert_array_equal(twin.class_index, expected)
+        # the verdict follows the class: class 0 dropped, others forwarded
+        np.testing.assert_array_equal(twin.fields["verdict_drop"], (expected == 0).astype(int))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -73,3 +76,14 @@ def test_exhaustive_on_narrow_features(family) -> None:
     y = (x[:, 0] + x[:, 1]) % 3
     grid = np.array([[a, b] for a in range(8) for b in range(16)])
     check_family(family, widths, x, y, 3, grid, 0, supports_range=False)
+
+
+@pytest.mark.parametrize("family", ["gnb", "rf", "svm"])
+def test_many_classes_take_the_tournament(family) -> None:
+    """Beyond MAX_SIGN_CLASSES classes the switch arg-max is a tournament of sign gateways."""
+    rng = np.random.default_rng(2)
+    n_classes = MAX_SIGN_CLASSES + 3
+    x = np.stack([rng.integers(0, 256, 400), rng.integers(0, 16, 400)], axis=1)
+    y = (x[:, 0] // 24 + x[:, 1]) % n_classes
+    probe = np.stack([rng.integers(0, 256, 300), rng.integers(0, 16, 300)], axis=1)
+    check_family(family, [8, 4], x, y, n_classes, probe, 0, supports_range=False)

@@ -33,6 +33,7 @@ from homunculus.ir.pipeline import (
 )
 from homunculus.targets.p4 import check_program, emit_p4, runtime_entries
 from homunculus.targets.p4.codegen import key_byte_slices
+from homunculus.targets.p4.flow_tna import UnsupportedOnTofino, check_tofino_flow, storage_width
 from homunculus.targets.p4.flow_twin import run_flow_program
 
 from conftest import every_flow_kind
@@ -47,27 +48,35 @@ def feature_defs(header: str = "ipv4.ttl", header_width: int = 8) -> list[Featur
     return every_flow_kind(header, header_width)
 
 
-def verdict_table(cls: Field) -> Table:
-    entries = tuple(Entry((Exact(c),), (c + 2, int(c == 1), 0, 0)) for c in range(2))
-    return Table("verdict", TableRole.VERDICT, (cls,), (MatchKind.EXACT,), VERDICT_OUTPUTS,
-                 entries, (1, 0, 0, 0))
+CLASS = Field("class_id", 1)
+
+
+def verdict_table(winner: Field) -> Table:
+    """Winner c -> class c; class 1 dropped (on the default port), class 0 to port 2."""
+    entries = tuple(Entry((Exact(c),), (c, 1 if c == 1 else c + 2, int(c == 1), 0, 0))
+                    for c in range(2))
+    return Table("verdict", TableRole.VERDICT, (winner,), (MatchKind.EXACT,),
+                 (CLASS, *VERDICT_OUTPUTS), entries, (0, 1, 0, 0, 0))
 
 
 def flow_pipeline(arch: str = "v1model", *, slots: int = 8, time_shift: int = 2,
                   unit_ns: int | None = None, header: str = "ipv4.ttl",
                   header_width: int = 8) -> tuple[Pipeline, list[FeatureDef]]:
     defs = feature_defs(header, header_width)
+    if arch == "tna":  # a Tofino stateful ALU cannot shift the stored value (flow_tna.py)
+        defs = [d for d in defs if d.kind != "ewma_len"]
     cfg = FlowConfig(slots=slots, time_shift=time_shift, unit_ns=unit_ns or UNIT[arch])
     program = lower_flow_features(defs, cfg)
     assert program is not None
     features = tuple(FeatureInput(f.name, Field(f"f_{i}", f.width), f.field, flow=f.is_flow)
                      for i, f in enumerate(defs))
-    cls = Field("cls", 1)
+    winner = Field("winner", 1)
     lut = Table("lut", TableRole.LOOKUP, (features[0].field, features[1].field),
-                (MatchKind.RANGE, MatchKind.EXACT), (cls,),
+                (MatchKind.RANGE, MatchKind.EXACT), (winner,),
                 (Entry((Range(0, 10), Exact(3)), (1,)),), (0,))
-    return Pipeline(features, (), (lut,), None, None, cls, verdict_table(cls), VerdictKind.DROP,
-                    ("benign", "attack"), flow=program), defs
+    return Pipeline(features, (), (lut,), None, None, CLASS, verdict_table(winner),
+                    VerdictKind.DROP, ("benign", "attack"), flow=program,
+                    notes={"winner": winner}), defs
 
 
 def program_of(pipeline: Pipeline) -> FlowProgram:
@@ -99,13 +108,24 @@ def test_every_register_declared_once_with_width_and_slots(arch: str) -> None:
     pipeline, _ = flow_pipeline(arch, slots=1024)
     text = emit_p4(pipeline, arch)
     program = program_of(pipeline)
-    assert len(program.registers) == 16  # sig, last, first and 13 state registers
+    # sig, last, first and 13 state registers (12 on Tofino: no EWMA)
+    n = 16 if arch == "v1model" else 15
+    assert len(program.registers) == n
     for r in program.registers:
+        size = storage_width(r.width)  # Tofino registers are 8, 16 or 32 bits
         decl = (f"register<bit<{r.width}>>(1024) {r.name};" if arch == "v1model"
-                else f"Register<bit<{r.width}>, bit<10>>(1024, {r.width}w0) {r.name};")
+                else f"Register<bit<{size}>, bit<10>>(1024, {size}w0) {r.name};")
         assert text.count(decl) == 1, decl
         assert len(re.findall(rf"\b{r.name};", text)) == 1
-    assert text.count("register<" if arch == "v1model" else "Register<") == 16
+    assert text.count("register<" if arch == "v1model" else "Register<") == n
+
+
+def test_ewma_is_refused_on_tofino() -> None:
+    defs = [d for d in feature_defs() if d.kind in ("header", "ewma_len")]
+    program = lower_flow_features(defs, FlowConfig(slots=8, unit_ns=1024))
+    assert program is not None
+    with pytest.raises(UnsupportedOnTofino, match="shift of the stored value"):
+        check_tofino_flow(program)
 
 
 def test_tna_has_one_register_action_per_register() -> None:
@@ -116,12 +136,40 @@ def test_tna_has_one_register_action_per_register() -> None:
     program = program_of(pipeline)
     assert sorted(a[2] for a in actions) == sorted(r.name for r in program.registers)
     for width, out, reg, name in actions:
-        assert int(width) == int(out) == program.register(reg).width
+        assert int(width) == storage_width(program.register(reg).width)
+        assert int(out) == (1 if reg == "r_sig" else int(width))  # sig: the new-flow flag
         assert name == f"{reg}_update"
         assert text.count(f"{name}.execute(meta.hmn_flow_slot);") == 1
     assert "Hash<bit<32>>(HashAlgorithm_t.CUSTOM, hmn_key_poly) hmn_key_hash;" in text
-    assert "ig_prsr_md.global_tstamp >> 12" in text  # ns >> 10, then time_shift 2
+    # ns >> 10, then time_shift 2: a window of the clock, read only inside stateful ALUs
+    assert "rv = ig_prsr_md.global_tstamp[43:12] - v;" in text
+    assert "global_tstamp" not in ingress_apply(text)
     assert "meta.hmn_flow_sig = meta.hmn_sig_crc[15:0] | 16w1;" in text
+
+
+def register_bodies(text: str) -> dict[str, str]:
+    """RegisterAction name -> the body of its apply."""
+    out = {}
+    for m in re.finditer(r"RegisterAction<.*?>>\((\w+)\) \w+ = \{", text):
+        out[m[1]] = block(text, text.index("{", text.index("void apply(", m.end())))
+    return out
+
+
+def test_tna_register_actions_fit_one_stateful_alu() -> None:
+    """Each body: at most two comparisons, at most two distinct values written to v (under
+    different predicates), one binary operator per statement, no shifts."""
+    text = emit_p4(flow_pipeline("tna")[0], "tna")
+    bodies = register_bodies(text)
+    assert bodies
+    for reg, body in bodies.items():
+        conditions = re.findall(r"if \((.*?)\) \{", body)
+        compares = sum(len(re.findall(r"==|!=|<|>", c)) for c in conditions)
+        assert compares <= 2, reg
+        writes = set(re.findall(r"^\s*v = (.*);$", body, flags=re.M))
+        assert len(writes) <= 2, (reg, writes)
+        for rhs in re.findall(r"= (.*);", body):
+            assert len(re.findall(r" (?:\+|-|\|\+\||&|\|) ", rhs)) <= 1, (reg, rhs)
+            assert ">>" not in rhs and "<<" not in rhs, (reg, rhs)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -131,10 +179,16 @@ def test_flow_metadata_fields(arch: str) -> None:
     meta = block(text, text.index("{", text.index("struct metadata_t")))
     widths = {n: int(w) for w, n in re.findall(r"bit<(\d+)> (\w+);", meta)}
     expected = {"hmn_l4_sport": 16, "hmn_l4_dport": 16, "hmn_flow_hash": 32,
-                "hmn_flow_slot": 12, "hmn_flow_sig": 16, "hmn_new_flow": 1, "hmn_now": 32,
+                "hmn_flow_slot": 12, "hmn_flow_sig": 16, "hmn_new_flow": 1,
                 "hmn_iat": 32, "hmn_age": 32}
-    expected |= {f"f_{i}": f.width for i, f in enumerate(defs)}
+    if arch == "v1model":  # Tofino reads its clock inside the stateful ALUs only
+        expected["hmn_now"] = 32
+    else:
+        assert "hmn_now" not in widths
+    # flow features are metadata; the header feature (f_0) is matched on its header field
+    expected |= {f"f_{i}": f.width for i, f in enumerate(defs) if f.is_flow}
     assert expected.items() <= widths.items()
+    assert "f_0" not in widths
     if arch == "tna":  # Tofino metadata is not zeroed: the parser initialises every field
         init = text.split("state parse_ethernet")[0]
         assert all(f"meta.{name} = " in init for name in widths)
@@ -220,7 +274,7 @@ def test_flow_update_is_outside_the_classification_condition(arch: str) -> None:
         assert access in flow_part and access not in inner
     assert sig in flow_part
     assert "meta.f_1 = " in flow_part  # flow features are written before classification
-    assert "lut.apply();" in inner and "verdict.apply();" in inner
+    assert "lut.apply();" in inner  # the deciding table (it carries the verdict)
     assert "lut.apply();" not in flow_part
 
 
@@ -258,7 +312,7 @@ def test_check_program_rejects_register_mismatches(arch: str) -> None:
                              "register<bit<16>>(8) r_sig;\n    register<bit<16>>(8) r_sig;")
         small = text.replace("register<bit<16>>(8) r_sig;", "register<bit<16>>(4) r_sig;")
     else:
-        narrow = text.replace("Register<bit<12>, bit<3>>(8, 12w0) r_add_len_w12;",
+        narrow = text.replace("Register<bit<16>, bit<3>>(8, 16w0) r_add_len_w12;",
                               "Register<bit<11>, bit<3>>(8, 11w0) r_add_len_w12;")
         twice = text.replace("Register<bit<16>, bit<3>>(8, 16w0) r_sig;",
                              "Register<bit<16>, bit<3>>(8, 16w0) r_sig;\n"
@@ -277,11 +331,9 @@ def test_check_program_needs_one_register_action_per_register() -> None:
     pipeline, _ = flow_pipeline("tna")
     text = emit_p4(pipeline, "tna")
     runtime = runtime_entries(pipeline, program_name="demo")
-    head = "RegisterAction<bit<8>, bit<3>, bit<8>>(r_count_w"
-    assert head not in text
-    action = re.search(r"RegisterAction<bit<3>, bit<3>, bit<3>>\(r_count_w3\)", text)
+    action = re.search(r"RegisterAction<bit<8>, bit<3>, bit<8>>\(r_count_w3\)", text)
     assert action is not None
-    no_action = text.replace(action.group(0), "RegisterAction<bit<3>, bit<3>, bit<3>>(r_last)")
+    no_action = text.replace(action.group(0), "RegisterAction<bit<8>, bit<3>, bit<8>>(r_last)")
     with pytest.raises(ValueError, match="RegisterAction"):
         check_program(no_action, runtime, flow=pipeline.flow)
 
@@ -301,6 +353,8 @@ def _expr(e: str) -> str:
     """A P4 expression of the flow block as Python (wrap-around happens at assignment)."""
     e = re.sub(r"hdr\.(\w+)\.isValid\(\)", r"H['\1.valid']", e)
     e = re.sub(r"\b\d+w(\d+)\b", r"\1", e)
+    e = re.sub(r"ig_prsr_md\.global_tstamp\[(\d+):(\d+)\]",
+               lambda m: f"((TS >> {m[2]}) & {_mask(int(m[1]) - int(m[2]) + 1)})", e)
     e = re.sub(r"((?:meta|hdr\.\w+)\.\w+)\[(\d+):(\d+)\]",
                lambda m: f"(({m[1]} >> {m[3]}) & {_mask(int(m[2]) - int(m[3]) + 1)})", e)
     e = re.sub(r"\bmeta\.(\w+)", r"M['\1']", e)
@@ -336,12 +390,46 @@ def _statements(code: str) -> list[str]:
     return out
 
 
-def _translate(code: str, widths: dict[str, int]) -> list[str]:
-    """Python lines for the flow statements; ``widths`` gives every assignable's width."""
+def _const_tables(text: str) -> dict[str, tuple[str, list[tuple[int, int, str]]]]:
+    """Tables with const entries (TNA bin tables): name -> (key expression, entries)."""
+    tables = {}
+    for m in re.finditer(r"\btable (\w+) \{", text):
+        body = block(text, m.end() - 1)
+        if "const entries" not in body:
+            continue
+        key = re.search(r"key = \{\s*(.+?): ternary;", body)
+        assert key is not None
+        entries = [(int(v), int(k), a) for v, k, a in
+                   re.findall(r"\(\d+w(\d+) &&& \d+w(\d+)\): (\w+)\(\);", body)]
+        tables[m[1]] = (key[1], entries)
+    return tables
+
+
+def _plain_actions(text: str) -> dict[str, str]:
+    """Parameterless actions: name -> body."""
+    return {m[1]: block(text, m.end() - 1)
+            for m in re.finditer(r"\baction (\w+)\(\) \{", text)}
+
+
+def _translate(code: str, widths: dict[str, int], tables: dict | None = None,
+               actions: dict[str, str] | None = None) -> list[str]:
+    """Python lines for the flow statements; ``widths`` gives every assignable's width; const
+    tables and parameterless actions are inlined."""
     py: list[str] = []
     depth = 0
     for s in _statements(code):
         pad = "    " * depth
+        if m := re.fullmatch(r"(\w+)\.apply\(\);", s):
+            key, entries = (tables or {})[m[1]]
+            py.append(f"{pad}K = {_expr(key)}")
+            for i, (value, mask, action) in enumerate(entries):
+                py.append(f"{pad}{'el' if i else ''}if K & {mask} == {value}:")
+                body = _translate((actions or {})[action], widths)
+                py += [f"{pad}    {ln}" for ln in body] or [f"{pad}    pass"]
+            continue
+        if m := re.fullmatch(r"(\w+)\(\);", s):
+            py += [f"{pad}{ln}" for ln in _translate((actions or {})[m[1]], widths)]
+            continue
         if m := re.fullmatch(r"if \((.*)\) \{", s):
             py.append(f"{pad}if {_expr(m[1])}:")
             depth += 1
@@ -363,6 +451,10 @@ def _translate(code: str, widths: dict[str, int]) -> list[str]:
             py.append(f"{pad}M['{m[1]}'] = {_hash_items(m[2], widths)}")
         elif m := re.fullmatch(r"meta\.(\w+) = (\w+)_update\.execute\(meta\.hmn_flow_slot\);", s):
             py.append(f"{pad}M['{m[1]}'] = EXEC('{m[2]}')")
+        elif m := re.fullmatch(r"(meta\.(\w+)|v|rv) = (.*) \|\+\| (.*);", s):
+            target = f"M['{m[2]}']" if m[2] else m[1]
+            width = widths[m[2] or m[1]]  # saturating add at the target's width
+            py.append(f"{pad}{target} = min({_expr(m[3])} + {_expr(m[4])}, {_mask(width)})")
         elif m := re.fullmatch(r"(meta\.(\w+)|v|rv) = (.*);", s):
             target = f"M['{m[2]}']" if m[2] else m[1]
             width = widths[m[2] or m[1]]
@@ -390,22 +482,24 @@ class FlowBlock:
         apply = ingress_apply(text)
         eligible = "if (hdr.ipv4.isValid() && hdr.ipv4.ihl == 4w5) {"
         outer = block(apply, apply.index(eligible) + len(eligible) - 1)
-        flow_code = outer[: outer.index("// Features into metadata.")]
-        self.code = compile("\n".join(_translate(flow_code, self.widths)), "flow", "exec")
+        flow_code = outer[: outer.index("// Classification.")]
+        control = text[text.index("control MyIngress("):]
+        self.code = compile("\n".join(_translate(flow_code, self.widths, _const_tables(control),
+                                                 _plain_actions(control))), "flow", "exec")
         self.registers = {r.name: [0] * program.config.slots for r in program.registers}
         self.actions = self._register_actions(text) if arch == "tna" else {}
 
     def _register_actions(self, text: str) -> dict[str, Any]:
         actions = {}
-        for m in re.finditer(r"RegisterAction<bit<(\d+)>, bit<\d+>, bit<\d+>>\((\w+)\) \w+ = ",
+        for m in re.finditer(r"RegisterAction<bit<(\d+)>, bit<\d+>, bit<(\d+)>>\((\w+)\) \w+ = ",
                              text):
             body_start = text.index("{", text.index("void apply(", m.end()))
-            lines = _translate(block(text, body_start), {"v": int(m[1]), "rv": int(m[1])})
-            src = "def act(v, M, H):\n    rv = 0\n" + "".join(f"    {ln}\n" for ln in lines)
+            lines = _translate(block(text, body_start), {"v": int(m[1]), "rv": int(m[2])})
+            src = "def act(v, M, H, TS):\n    rv = 0\n" + "".join(f"    {ln}\n" for ln in lines)
             src += "    return v, rv\n"
             scope: dict[str, Any] = {}
-            exec(compile(src, m[2], "exec"), scope)
-            actions[m[2]] = scope["act"]
+            exec(compile(src, m[3], "exec"), scope)
+            actions[m[3]] = scope["act"]
         return actions
 
     def run(self, headers: dict[str, int], ts: int) -> dict[str, int]:
@@ -413,7 +507,7 @@ class FlowBlock:
         slot_of: Callable[[], int] = lambda: meta["hmn_flow_slot"]  # noqa: E731
 
         def execute(name: str) -> int:
-            v, rv = self.actions[name](self.registers[name][slot_of()], meta, headers)
+            v, rv = self.actions[name](self.registers[name][slot_of()], meta, headers, ts)
             self.registers[name][slot_of()] = v
             return rv
 

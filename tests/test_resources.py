@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import get_family
-from homunculus.passes.allocate import StageCaps, TableCost, _place, dependency_levels
+from homunculus.passes.allocate import StageCaps, Unit, pack_narrow, place, span_of
 from homunculus.passes.lower import lower
 from homunculus.targets.base import Limits, Usage, assess
+from homunculus.targets.p4.calibration import calibrate
 from homunculus.targets.p4.profiles import BMV2, TOFINO
 from homunculus.targets.p4.target import SwitchTarget
 
@@ -48,35 +52,72 @@ def test_tofino_defaults_documented_numbers() -> None:
 
 
 def test_stage_caps_are_respected_and_big_tables_span() -> None:
-    caps = StageCaps(tables=2, sram_blocks=4, tcam_blocks=2, sram_block_bits=1, tcam_block_bits=1)
-    from homunculus.passes.allocate import _Stage
+    caps = StageCaps(logical=2, sram_blocks=4, tcam_blocks=2)
+    small = [Unit(n, "table", writes=frozenset({n}), tcam_blocks=1, sram_blocks=1)
+             for n in "abc"]
+    big = Unit("big", "table", writes=frozenset({"big"}), tcam_blocks=5, sram_blocks=1)
+    stages = place([*small, big], caps)  # two per stage; 5 TCAM blocks span 3 stages
+    names = [[u.name for u in s] for s in stages]
+    assert names[0] == ["a", "b"] and "c" in names[1]
+    assert sum("big" in s for s in names) == 3
+    for s in stages:
+        assert sum(1 for _ in s) <= 2
+        assert sum(-(-u.tcam_blocks // span_of(u, caps)) for u in s) <= 2
 
-    stages: list[_Stage] = []
-    small = TableCost(10, 1, 1, 1, 1)
-    for name in "abc":  # three tables, two per stage
-        _place(stages, 0, name, small, caps)
-    assert [s.tables for s in stages] == [["a", "b"], ["c"]]
-    last = _place(stages, 0, "big", TableCost(5000, 1, 5, 1, 5), caps)  # 5 TCAM blocks: 3 stages
-    spanned = [i for i, s in enumerate(stages) if "big" in s.tables]
-    assert len(spanned) == 3 and last == spanned[-1]
-    assert all(s.tcam_blocks <= caps.tcam_blocks and len(s.tables) <= 2 for s in stages)
+
+def test_dependencies_and_container_conflicts() -> None:
+    """A unit waits for every writer of what it reads or writes; tables writing one shared
+    (packed) container never share a stage; independent units share one."""
+    caps = StageCaps(logical=16)
+    a = Unit("a", "table", writes=frozenset({"x"}))
+    b = Unit("b", "action", frozenset({"x"}), frozenset({"y"}))
+    c = Unit("c", "table", writes=frozenset({"z"}))
+    d = Unit("d", "action", frozenset({"y"}), frozenset({"x"}))  # rewrites x: after a and b
+    stages = place([a, b, c, d], caps)
+    where = {u.name: i for i, s in enumerate(stages) for u in s}
+    assert where == {"a": 0, "c": 0, "b": 1, "d": 2}
+    packed = pack_narrow([("p", 1, "t1"), ("q", 3, "t2"), ("r", 8, "t3"), ("s", 5, "t4")])
+    assert packed == {"p": "phv8_0", "q": "phv8_0", "s": "phv8_1"}
+    t1 = Unit("t1", "table", writes=frozenset({"p"}), packed_writes=frozenset({"phv8_0"}))
+    t2 = Unit("t2", "table", writes=frozenset({"q"}), packed_writes=frozenset({"phv8_0"}))
+    assert len(place([t1, t2], caps)) == 2
+    solitary = [Unit(u.name, "table", writes=u.writes) for u in (t1, t2)]
+    assert len(place(solitary, caps)) == 1
 
 
-def test_dependencies_order_encoders_before_trees(small_dataset) -> None:
+def test_encoders_before_trees_and_the_verdict_last(small_dataset) -> None:
     ds = small_dataset
     fam = get_family("rf")
     trained = fam.train(fam.default_params(), ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
     pipeline = lower(trained.quantised, ds.features, ds.class_labels, VerdictPlan())
-    levels = dependency_levels(pipeline)
-    assert {t.name for t in levels[0]} == {t.name for t in pipeline.encoders}
-    assert {t.name for t in levels[1]} == {t.name for t in pipeline.lookups}
-    usage = SwitchTarget(TOFINO).estimate(SwitchTarget(TOFINO).prepare(pipeline))
+    target = SwitchTarget(TOFINO)
+    prepared = target.prepare(pipeline)
+    usage = target.estimate(prepared)
     order = {name: s.stage for s in usage.per_stage for name in s.tables}
-    assert max(order[t.name] for t in pipeline.encoders) < min(order[t.name]
-                                                               for t in pipeline.lookups)
+    assert max(order[t.name] for t in prepared.encoders) < min(order[t.name]
+                                                               for t in prepared.lookups)
     assert order["verdict"] == usage.stages - 1
     ops = [op for s in usage.per_stage for op in s.ops]
-    assert any(op.startswith("sum") for op in ops) and any(op.startswith("argmax") for op in ops)
+    levels = [op for op in ops if op.startswith("action sum")]
+    assert levels and any(op == "action argmax_diff" for op in ops)
+    # one adder level per stage, after every lookup, and the differences after the sums
+    stage_of = {op: s.stage for s in usage.per_stage for op in s.ops}
+    assert len({stage_of[op] for op in levels}) == len(levels)
+    assert min(stage_of[op] for op in levels) > max(order[t.name] for t in prepared.lookups)
+    assert stage_of["action argmax_diff"] > max(stage_of[op] for op in levels)
+
+
+def test_calibration_matches_the_real_compiler() -> None:
+    """The Tofino compiler placed the fixture's dt program in 7 stages (resources.json)."""
+    root = Path(__file__).parent / "fixtures" / "real-compilers" / "tna" / "iot-dt-tofino"
+    real = len(json.loads((root / "resources.json").read_text())
+               ["resources"]["mau"]["mau_stages"])
+    result = calibrate("iot-dt-tofino", (root / "program.p4").read_text(), TOFINO, real)
+    assert real == 7 and result.estimated == real
+    # three encoder stages: three narrow outputs packed into one container (1 + 1 + 3 bits)
+    encoder_stages = [s for s in result.stages if any(n.startswith("enc_") for n in s)]
+    assert len(encoder_stages) == 3
+    assert result.stages[-2:] == (("verdict_apply",), ("ipv4_checksum_condition",))
 
 
 def test_bmv2_keeps_ranges_and_tofino_expands(small_dataset) -> None:

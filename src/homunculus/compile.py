@@ -39,7 +39,14 @@ from homunculus.report.summary import (
 )
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
 from homunculus.search.metrics import NEEDS_POSITIVE, score
-from homunculus.search.problem import Evaluation, Problem, evaluate, make_problem, merge_budget
+from homunculus.search.problem import (
+    Evaluation,
+    FinalModel,
+    Problem,
+    make_problem,
+    merge_budget,
+    refit,
+)
 from homunculus.search.study import Budget, open_study, run_search, trial_index
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
@@ -273,17 +280,18 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         best = result.best_trial
         family = best.params["family"]
         params = {k: v for k, v in best.params.items() if k != "family"}
-        ev = evaluate(problem, family, params)
-        report = write_artefacts(output.work, plan, ev, result, candidates, seed)
+        final = refit(problem, family, params)
+        report = write_artefacts(output.work, plan, final, result, candidates, seed)
         warnings = output.commit()
     left = [f"files added to {out_dir} during the compile were left in "
             f"{output.paths.partial}: {', '.join(warnings[:5])}"] if warnings else []
     return CompileResult(out_dir, family, params, report["metrics"], report, left)
 
 
-def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any,
+def write_artefacts(work: Path, plan: Plan, final: FinalModel, result: Any,
                     candidates: list[Any], seed: int) -> dict[str, Any]:
     """Emit, verify and report the chosen pipeline into the workspace; the report."""
+    ev = final.evaluation
     problem = ev.problem  # restricted to the chosen features when the search selects them
     program = sanitise_identifier(plan.name, "hmn")
     problem.target.emit(ev.pipeline, work, program)
@@ -293,6 +301,8 @@ def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any,
     write_model(work, ev, problem.dataset)
     packet_check = verify_packets(work, problem.dataset, problem.target)
     report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
+    report["final_model"] = {"refit": final.refit, "note": final.note,
+                             "validation_quantised": final.validated.metric}
     report["packet_simulation"] = packet_check
     report["traffic"] = traffic_section(problem.dataset)
     (work / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")

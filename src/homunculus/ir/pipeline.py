@@ -78,6 +78,9 @@ class TableRole(StrEnum):
 
 @dataclass(frozen=True)
 class Table:
+    """A match-action table. ``slices[i]``, when given, is the one bit of ``keys[i]`` the table
+    matches (a sign bit, say): the key's value is then that bit, 0 or 1."""
+
     name: str
     role: TableRole
     keys: tuple[Field, ...]
@@ -85,16 +88,30 @@ class Table:
     outputs: tuple[Field, ...]
     entries: tuple[Entry, ...]
     default: tuple[int, ...]
+    slices: tuple[int | None, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.kinds):
             raise ValueError(f"table {self.name}: keys and match kinds differ in number")
         if len(self.default) != len(self.outputs):
             raise ValueError(f"table {self.name}: default has wrong arity")
+        if self.slices and len(self.slices) != len(self.keys):
+            raise ValueError(f"table {self.name}: slices and keys differ in number")
+        for key, bit in zip(self.keys, self.slices, strict=False):
+            if bit is not None and not 0 <= bit < key.width:
+                raise ValueError(f"table {self.name}: bit {bit} outside key {key.name}")
+
+    def key_slice(self, i: int) -> int | None:
+        """The matched bit of key ``i`` (None: the whole key)."""
+        return self.slices[i] if self.slices else None
+
+    def key_bits(self, i: int) -> int:
+        """Width of key ``i`` as matched."""
+        return 1 if self.key_slice(i) is not None else self.keys[i].width
 
     @property
     def key_width(self) -> int:
-        return sum(k.width for k in self.keys)
+        return sum(self.key_bits(i) for i in range(len(self.keys)))
 
     @property
     def data_width(self) -> int:
@@ -124,6 +141,74 @@ class Argmax:
 
     scores: tuple[Field, ...]
     output: Field
+
+
+class AluKind(StrEnum):
+    ADD = "add"  # dst = a + b (mod 2**width)
+    SUB = "sub"  # dst = a - b (mod 2**width)
+    SET = "set"  # dst = a
+
+
+@dataclass(frozen=True)
+class AluOp:
+    """One ALU instruction: every field operand has the destination's width (no casts)."""
+
+    dst: Field
+    kind: AluKind
+    a: Field | int
+    b: Field | int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.b is None) != (self.kind is AluKind.SET):
+            raise ValueError(f"{self.kind} of {self.dst.name}: wrong number of operands")
+        for operand in (self.a, self.b):
+            if isinstance(operand, Field) and operand.width != self.dst.width:
+                raise ValueError(f"{self.kind} of {self.dst.name}: operand {operand.name} is "
+                                 f"{operand.width} bits, not {self.dst.width}")
+            if isinstance(operand, int) and not 0 <= operand <= self.dst.max_value:
+                raise ValueError(f"{self.kind} of {self.dst.name}: constant {operand} too wide")
+        if isinstance(self.a, int) and isinstance(self.b, int):
+            raise ValueError(f"{self.kind} of {self.dst.name}: two constants")
+
+    @property
+    def reads(self) -> tuple[Field, ...]:
+        return tuple(o for o in (self.a, self.b) if isinstance(o, Field))
+
+
+@dataclass(frozen=True)
+class AluStep:
+    """One action without a match: ALU operations that run together in one stage, each writing
+    a different field. With ``guard`` (field, bit), ``ops`` run when that bit is 1 and
+    ``otherwise`` when it is 0 (a gateway on one bit, then one of two actions)."""
+
+    name: str
+    ops: tuple[AluOp, ...]
+    guard: tuple[Field, int] | None = None
+    otherwise: tuple[AluOp, ...] = ()
+
+    def __post_init__(self) -> None:
+        for branch in (self.ops, self.otherwise):
+            dsts = [op.dst.name for op in branch]
+            if len(set(dsts)) != len(dsts):
+                raise ValueError(f"step {self.name}: a field written twice in one action")
+            for i, op in enumerate(branch):
+                others = {o.dst.name for j, o in enumerate(branch) if j != i}
+                if others & {f.name for f in op.reads}:
+                    raise ValueError(f"step {self.name}: {op.dst.name} reads a field another "
+                                     "operation of the same action writes")
+        if self.otherwise and self.guard is None:
+            raise ValueError(f"step {self.name}: 'otherwise' without a guard")
+
+    @property
+    def reads(self) -> tuple[Field, ...]:
+        fields = [f for op in (*self.ops, *self.otherwise) for f in op.reads]
+        if self.guard is not None:
+            fields.append(self.guard[0])
+        return tuple(dict.fromkeys(fields))
+
+    @property
+    def writes(self) -> tuple[Field, ...]:
+        return tuple(dict.fromkeys(op.dst for op in (*self.ops, *self.otherwise)))
 
 
 class VerdictKind(StrEnum):
@@ -159,6 +244,10 @@ class Pipeline:
     # a quantised MLP computing the scores (kernel/C targets): then encoders, lookups, score_sum
     # and argmax are empty/None and the backend writes arg-max(mlp scores) into notes["winner"]
     mlp: QMLP | None = None
+    # switch targets: the score sum and arg-max lowered to ALU steps, run after the lookups
+    # (score_sum and argmax are then None and the verdict table decides; passes/switch.py)
+    alu: tuple[AluStep, ...] = ()
+    default_port: int = 1  # where packets the program does not classify go
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders
@@ -201,9 +290,9 @@ class VerdictPlan:
     dscp: dict[int, int] = field(default_factory=dict)  # DSCP: class -> DSCP value (0..63)
 
     def params(self, class_index: int) -> tuple[int, int, int, int]:
-        """(port, drop, mark, dscp) for one class."""
-        port = self.ports.get(class_index, self.default_port)
+        """(port, drop, mark, dscp) for one class (a dropped class has the default port)."""
         drop = int(self.kind is VerdictKind.DROP and class_index in self.drop)
+        port = self.default_port if drop else self.ports.get(class_index, self.default_port)
         mark = int(self.kind is VerdictKind.DSCP and class_index in self.dscp)
         return port, drop, mark, self.dscp.get(class_index, 0) if mark else 0
 

@@ -7,6 +7,9 @@ from typing import Any
 from homunculus.features.library import FlowConfig
 from homunculus.ir.flow import FlowOutput, FlowProgram, Register
 from homunculus.ir.pipeline import (
+    AluKind,
+    AluOp,
+    AluStep,
     Argmax,
     Entry,
     Exact,
@@ -50,14 +53,41 @@ def _table(t: Table) -> dict[str, Any]:
     return {"name": t.name, "role": t.role.value, "keys": [_field(k) for k in t.keys],
             "kinds": [k.value for k in t.kinds], "outputs": [_field(o) for o in t.outputs],
             "entries": [[[_match(m) for m in e.matches], list(e.params)] for e in t.entries],
-            "default": list(t.default)}
+            "default": list(t.default), "slices": list(t.slices)}
 
 
 def _untable(d: dict[str, Any]) -> Table:
     return Table(d["name"], TableRole(d["role"]), tuple(_unfield(k) for k in d["keys"]),
                  tuple(MatchKind(k) for k in d["kinds"]), tuple(_unfield(o) for o in d["outputs"]),
                  tuple(Entry(tuple(_unmatch(m) for m in ms), tuple(ps)) for ms, ps in d["entries"]),
-                 tuple(d["default"]))
+                 tuple(d["default"]), tuple(d.get("slices", ())))
+
+
+def _operand(o: Field | int | None) -> Any:
+    return _field(o) if isinstance(o, Field) else o
+
+
+def _unoperand(d: Any) -> Field | int | None:
+    return _unfield(d) if isinstance(d, list) else d
+
+
+def _ops(ops: tuple[AluOp, ...]) -> list[Any]:
+    return [[_field(op.dst), op.kind.value, _operand(op.a), _operand(op.b)] for op in ops]
+
+
+def _unops(d: list[Any]) -> tuple[AluOp, ...]:
+    return tuple(AluOp(_unfield(dst), AluKind(kind), _unoperand(a), _unoperand(b))
+                 for dst, kind, a, b in d)
+
+
+def _step(s: AluStep) -> dict[str, Any]:
+    return {"name": s.name, "ops": _ops(s.ops), "otherwise": _ops(s.otherwise),
+            "guard": None if s.guard is None else [_field(s.guard[0]), s.guard[1]]}
+
+
+def _unstep(d: dict[str, Any]) -> AluStep:
+    guard = None if d["guard"] is None else (_unfield(d["guard"][0]), int(d["guard"][1]))
+    return AluStep(d["name"], _unops(d["ops"]), guard, _unops(d["otherwise"]))
 
 
 def _flow(p: FlowProgram | None) -> dict[str, Any] | None:
@@ -95,6 +125,9 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "flow": _flow(p.flow),
         "mlp": None if p.mlp is None else to_json(p.mlp),
         "winner": _field(p.notes["winner"]) if "winner" in p.notes else None,
+        "alu": [_step(s) for s in p.alu],
+        "default_port": p.default_port,
+        "switch_lowered": bool(p.notes.get("switch_lowered")),
     }
 
 
@@ -115,5 +148,8 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         class_labels=tuple(d["class_labels"]),
         flow=_unflow(d["flow"]),
         mlp=None if d.get("mlp") is None else from_json(d["mlp"]),
-        notes={"winner": _unfield(d["winner"])} if d.get("winner") else {},
+        notes=({"winner": _unfield(d["winner"])} if d.get("winner") else {})
+        | ({"switch_lowered": True} if d.get("switch_lowered") else {}),
+        alu=tuple(_unstep(s) for s in d.get("alu", [])),
+        default_port=int(d.get("default_port", 1)),
     )

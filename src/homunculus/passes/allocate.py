@@ -1,178 +1,169 @@
-"""Stage allocation: place tables and ALU work into pipeline stages, respecting dependencies.
+"""Stage allocation: place every unit of a switch program into pipeline stages.
 
-A table can run once the fields its keys read are written; the score sum needs an adder tree of
-depth ceil(log2(terms)); the arg-max a tournament of depth ceil(log2(classes)); the verdict table
-reads the winner. Within a dependency level, tables are packed first-fit (largest first) into
-stages with per-stage limits on logical tables and SRAM/TCAM blocks; a table too large for one
-stage is split evenly over as many stages as it needs.
+A *unit* is whatever the compiler must give a place in a stage: a match table, an action with no
+match (an ALU step, a copy), a gateway-chosen pair of actions, a stateful-ALU register access, a
+hash computation. Each names the fields it reads and writes and what it uses of a stage's
+resources. Units are placed in program order, each in the first stage that
+
+* comes after the stage of every unit writing a field it reads or writes (a stage reads the
+  packet's fields as they enter it, so a value written in stage s is visible from s + 1),
+* has room for it under every per-stage limit (logical tables, ternary tables, TCAM and SRAM
+  blocks, stateful ALUs, gateways, hash bits, match crossbar bytes), and
+* holds no other writer of a PHV container it writes: narrow fields that are not solitary are
+  packed into shared 8-bit containers, and two tables writing one container cannot share a stage
+  (bf-p4c's container conflicts).
+
+A table too large for one stage is split evenly over as many stages as it needs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from homunculus.ir.pipeline import Pipeline, Table
 from homunculus.targets.base import StageUsage
 
 
 @dataclass(frozen=True)
-class TableCost:
-    entries: int
-    sram_blocks: int
-    tcam_blocks: int
-    sram_bits: int
-    tcam_bits: int
+class StageCaps:
+    """Per-stage limits (None = unlimited) and the memory block sizes."""
+
+    logical: int | None = None  # logical table IDs (match tables, action-only tables)
+    ternary: int | None = None  # TCAM (ternary and range) and ternary-indirect tables
+    tcam_blocks: int | None = None
+    sram_blocks: int | None = None
+    salus: int | None = None  # stateful ALUs (register accesses)
+    gateways: int | None = None
+    hash_bits: int | None = None
+    exact_xbar_bytes: int | None = None
+    ternary_xbar_groups: int | None = None
+    sram_block_bits: int = 1024 * 128
+    tcam_block_bits: int = 512 * 44
 
 
 @dataclass(frozen=True)
-class StageCaps:
-    tables: int | None
-    sram_blocks: int | None
-    tcam_blocks: int | None
-    sram_block_bits: int
-    tcam_block_bits: int
-    registers: int | None = None  # stateful ALUs per stage
+class Unit:
+    """One thing to place: its dependencies and what it uses of one stage."""
+
+    name: str
+    kind: str  # "table", "action", "register", "hash", "condition"
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    logical: int = 1
+    ternary: int = 0
+    tcam_blocks: int = 0
+    sram_blocks: int = 0
+    salus: int = 0
+    gateways: int = 0
+    hash_bits: int = 0
+    exact_xbar_bytes: int = 0
+    ternary_xbar_groups: int = 0
+    entries: int = 0
+    packed_writes: frozenset[str] = frozenset()  # shared containers it writes (see module doc)
+
+
+_SHARED = ("logical", "ternary", "tcam_blocks", "sram_blocks", "salus", "gateways",
+           "hash_bits", "exact_xbar_bytes", "ternary_xbar_groups")
+_SPLIT = ("tcam_blocks", "sram_blocks")  # what splits when a table spans stages
 
 
 @dataclass
 class _Stage:
-    tables: list[str]
-    ops: list[str]
+    units: list[Unit] = field(default_factory=list)
+    used: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SHARED, 0))
+    containers: set[str] = field(default_factory=set)
     entries: int = 0
-    sram_blocks: int = 0
-    tcam_blocks: int = 0
-    registers: int = 0
 
 
-def dependency_levels(pipeline: Pipeline) -> list[list[Table]]:
-    """Tables grouped by the earliest level at which their keys are available."""
-    written_at: dict[str, int] = {f.field.name: -1 for f in pipeline.features}
-    levels: dict[int, list[Table]] = {}
-    for table in (*pipeline.encoders, *pipeline.lookups):
-        level = 1 + max((written_at.get(k.name, -1) for k in table.keys), default=-1)
-        levels.setdefault(level, []).append(table)
-        for out in table.outputs:
-            written_at[out.name] = level
-    return [levels[k] for k in sorted(levels)]
-
-
-def adder_depth(pipeline: Pipeline) -> int:
-    if pipeline.score_sum is None:
-        return 0
-    most = max(len(t) + (1 if b else 0)
-               for t, b in zip(pipeline.score_sum.terms, pipeline.score_sum.bias, strict=True))
-    return math.ceil(math.log2(most)) if most > 1 else 1
-
-
-def argmax_depth(pipeline: Pipeline) -> int:
-    if pipeline.argmax is None:
-        return 0
-    return max(1, math.ceil(math.log2(len(pipeline.argmax.scores))))
-
-
-def _fits(stage: _Stage, cost: TableCost, caps: StageCaps, share: int) -> bool:
-    if caps.tables is not None and len(stage.tables) >= caps.tables:
-        return False
-    sram = math.ceil(cost.sram_blocks / share)
-    tcam = math.ceil(cost.tcam_blocks / share)
-    if caps.sram_blocks is not None and stage.sram_blocks + sram > caps.sram_blocks:
-        return False
-    return not (caps.tcam_blocks is not None and stage.tcam_blocks + tcam > caps.tcam_blocks)
-
-
-def _span(cost: TableCost, caps: StageCaps) -> int:
-    """Stages a table must be split over so that each share fits an empty stage."""
+def span_of(unit: Unit, caps: StageCaps) -> int:
+    """Stages ``unit`` must be split over so that each share fits an empty stage."""
     span = 1
-    if caps.sram_blocks:
-        span = max(span, math.ceil(cost.sram_blocks / caps.sram_blocks))
-    if caps.tcam_blocks:
-        span = max(span, math.ceil(cost.tcam_blocks / caps.tcam_blocks))
+    for key in _SPLIT:
+        cap = getattr(caps, key)
+        if cap:
+            span = max(span, math.ceil(getattr(unit, key) / cap))
     return span
 
 
-def _place(stages: list[_Stage], start: int, name: str, cost: TableCost, caps: StageCaps) -> int:
-    """Place one table at the first stage >= start where it fits; return its last stage."""
-    span = _span(cost, caps)
-    s = start
-    while True:
-        while len(stages) < s + span:
-            stages.append(_Stage([], []))
-        window = stages[s:s + span]
-        if all(_fits(st, cost, caps, span) for st in window):
-            for st in window:
-                st.tables.append(name)
-                st.entries += math.ceil(cost.entries / span)
-                st.sram_blocks += math.ceil(cost.sram_blocks / span)
-                st.tcam_blocks += math.ceil(cost.tcam_blocks / span)
-            return s + span - 1
-        s += 1
+def _share(unit: Unit, key: str, span: int) -> int:
+    value = getattr(unit, key)
+    return math.ceil(value / span) if key in _SPLIT else value
 
 
-def register_blocks(pipeline: Pipeline, caps: StageCaps) -> dict[str, int]:
-    """SRAM blocks of every flow-state register array."""
-    if pipeline.flow is None:
-        return {}
-    slots = pipeline.flow.config.slots
-    return {r.name: math.ceil(slots * r.width / caps.sram_block_bits)
-            for r in pipeline.flow.registers}
+def _fits(stage: _Stage, unit: Unit, caps: StageCaps, span: int) -> bool:
+    if unit.packed_writes & stage.containers:
+        return False
+    for key in _SHARED:
+        cap = getattr(caps, key)
+        if cap is not None and stage.used[key] + _share(unit, key, span) > cap:
+            return False
+    return True
 
 
-def _place_flow(stages: list[_Stage], pipeline: Pipeline, caps: StageCaps) -> int:
-    """Place register arrays by dependency level (one stateful ALU each); return the next stage."""
-    if pipeline.flow is None:
-        return 0
-    blocks = register_blocks(pipeline, caps)
-    next_free = 0
-    for level in (0, 1, 2):
-        regs = [r for r in pipeline.flow.registers if r.stage == level]
-        if not regs:
-            continue
-        last = next_free
-        for r in regs:
-            s = next_free
-            while True:
-                while len(stages) <= s:
-                    stages.append(_Stage([], []))
-                st = stages[s]
-                alu_ok = caps.registers is None or st.registers < caps.registers
-                mem_ok = (caps.sram_blocks is None
-                          or st.sram_blocks + blocks[r.name] <= caps.sram_blocks)
-                if alu_ok and mem_ok:
-                    st.ops.append(f"register {r.name}")
-                    st.registers += 1
-                    st.sram_blocks += blocks[r.name]
-                    last = max(last, s)
-                    break
-                s += 1
-        next_free = last + 1
-    return next_free
+def _earliest(unit: Unit, written: dict[str, int]) -> int:
+    """First stage after every earlier writer of what ``unit`` reads or writes."""
+    deps = [written[f] for f in unit.reads | unit.writes if f in written]
+    return 1 + max(deps) if deps else 0
 
 
-def allocate(pipeline: Pipeline, costs: dict[str, TableCost], caps: StageCaps
-             ) -> tuple[StageUsage, ...]:
-    """The per-stage plan: which registers, tables and ALU operations sit in which stage.
-
-    Flow-state registers come first; tables start after them (conservative: a table keyed only
-    on header fields could share the flow stages).
-    """
+def place(units: list[Unit], caps: StageCaps) -> list[list[Unit]]:
+    """Units per stage (see the module docstring for the rules)."""
     stages: list[_Stage] = []
-    next_free = _place_flow(stages, pipeline, caps)
-    for level in dependency_levels(pipeline):
-        last = next_free - 1
-        for table in sorted(level, key=lambda t: -(costs[t.name].sram_blocks
-                                                    + costs[t.name].tcam_blocks)):
-            last = max(last, _place(stages, next_free, table.name, costs[table.name], caps))
-        next_free = last + 1
-    for label, depth in (("sum", adder_depth(pipeline)), ("argmax", argmax_depth(pipeline))):
-        for i in range(depth):
-            while len(stages) <= next_free:
-                stages.append(_Stage([], []))
-            stages[next_free].ops.append(f"{label}[{i}]")
-            next_free += 1
-    _place(stages, next_free, pipeline.verdict.name, costs[pipeline.verdict.name], caps)
-    return tuple(
-        StageUsage(i, tuple(st.tables), tuple(st.ops), st.entries,
-                   st.sram_blocks * caps.sram_block_bits, st.tcam_blocks * caps.tcam_block_bits)
-        for i, st in enumerate(stages)
-    )
+    written: dict[str, int] = {}
+    for unit in units:
+        span = span_of(unit, caps)
+        s = _earliest(unit, written)
+        while True:
+            while len(stages) < s + span:
+                stages.append(_Stage())
+            window = stages[s:s + span]
+            if all(_fits(st, unit, caps, span) for st in window):
+                break
+            s += 1
+        for st in window:
+            st.units.append(unit)
+            st.containers |= unit.packed_writes
+            st.entries += math.ceil(unit.entries / span)
+            for key in _SHARED:
+                st.used[key] += _share(unit, key, span)
+        last = s + span - 1
+        for f in unit.writes:
+            written[f] = max(written.get(f, -1), last)
+    return [st.units for st in stages]
+
+
+def stage_usage(stages: list[list[Unit]], caps: StageCaps) -> tuple[StageUsage, ...]:
+    """The per-stage report: tables, other units, entries and memory (whole blocks)."""
+    out = []
+    for i, units in enumerate(stages):
+        spans = {u.name: span_of(u, caps) for u in units}
+        out.append(StageUsage(
+            i,
+            tuple(u.name for u in units if u.kind == "table"),
+            tuple(f"{u.kind} {u.name}" for u in units if u.kind != "table"),
+            sum(math.ceil(u.entries / spans[u.name]) for u in units),
+            sum(math.ceil(u.sram_blocks / spans[u.name]) for u in units) * caps.sram_block_bits,
+            sum(math.ceil(u.tcam_blocks / spans[u.name]) for u in units) * caps.tcam_block_bits,
+        ))
+    return tuple(out)
+
+
+def pack_narrow(fields: list[tuple[str, int, str]]) -> dict[str, str]:
+    """Narrow fields (< 8 bits) packed first-fit into shared 8-bit containers, in declaration
+    order: field name -> container name. ``fields`` are (name, width, writer) triples; fields of
+    one writer may share a container with anything."""
+    containers: list[tuple[str, int]] = []
+    out: dict[str, str] = {}
+    for name, width, _writer in fields:
+        if width >= 8:
+            continue
+        for i, (cname, used) in enumerate(containers):
+            if used + width <= 8:
+                containers[i] = (cname, used + width)
+                out[name] = cname
+                break
+        else:
+            cname = f"phv8_{len(containers)}"
+            containers.append((cname, width))
+            out[name] = cname
+    return out

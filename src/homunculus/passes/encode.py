@@ -51,17 +51,21 @@ def elide_default(table: Table) -> Table:
     return replace(table, entries=kept, default=params)
 
 
-def map_tables(pipeline: Pipeline, fn) -> Pipeline:  # noqa: ANN001  (Table -> Table)
+def map_tables(pipeline: Pipeline, fn, verdict: bool = True) -> Pipeline:  # noqa: ANN001
+    """``fn`` (Table -> Table) applied to the encoders, lookups and, if asked, the verdict."""
     return replace(
         pipeline,
         encoders=tuple(fn(t) for t in pipeline.encoders),
         lookups=tuple(fn(t) for t in pipeline.lookups),
-        verdict=fn(pipeline.verdict),
+        verdict=fn(pipeline.verdict) if verdict else pipeline.verdict,
     )
 
 
 def encode_for_target(pipeline: Pipeline, supports_range: bool) -> Pipeline:
     """Expand ranges where the target lacks range matching, then elide default entries.
+
+    The verdict table keeps every entry and its own default (what an unmatched winner does), so
+    its default never stands in for one class's action.
 
     Runs once: default elision assumes partition tables, so a second pass would be wrong; an
     already encoded pipeline is returned unchanged.
@@ -70,5 +74,5 @@ def encode_for_target(pipeline: Pipeline, supports_range: bool) -> Pipeline:
         return pipeline
     if not supports_range:
         pipeline = map_tables(pipeline, expand_ranges)
-    pipeline = map_tables(pipeline, elide_default)
+    pipeline = map_tables(pipeline, elide_default, verdict=False)
     return replace(pipeline, notes={**pipeline.notes, "encoded": True})

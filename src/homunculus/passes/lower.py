@@ -65,7 +65,7 @@ def lower(model: QuantisedModel, features: tuple[FeatureDecl, ...], class_labels
     return Pipeline(
         features=inputs, encoders=tuple(encoders), lookups=tuple(lookups), score_sum=score_sum,
         argmax=argmax, class_field=class_field, verdict=verdict_table, verdict_kind=verdict.kind,
-        class_labels=class_labels, notes={"winner": winner},
+        class_labels=class_labels, notes={"winner": winner}, default_port=verdict.default_port,
     )
 
 

@@ -30,4 +30,5 @@ def lower_mlp(model: QMLP, features: tuple[FeatureDecl, ...], class_labels: tupl
         features=inputs, encoders=(), lookups=(), score_sum=None, argmax=None,
         class_field=class_field, verdict=verdict_table, verdict_kind=verdict.kind,
         class_labels=class_labels, notes={"winner": winner}, mlp=model,
+        default_port=verdict.default_port,
     )

@@ -141,3 +141,29 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     metric = score(problem.metric, problem.y_val, trained.predict_quantised(problem.x_val),
                    ds.n_classes, problem.positive)
     return Evaluation(family, params, trained, pipeline, usage, feasibility, metric, problem)
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """The configuration the compile ships: refit on the whole training set when that stays
+    within the limits, else the model the search validated (and why)."""
+
+    evaluation: Evaluation
+    validated: Evaluation  # trained on the fit split; its metric is the validation score
+    refit: bool
+    note: str
+
+
+def refit(problem: Problem, family: str, params: dict[str, Any]) -> FinalModel:
+    """Retrain the chosen configuration on fit + validation (the whole training set)."""
+    validated = evaluate(problem, family, params)
+    ds = problem.dataset
+    whole = replace(problem, x_fit=ds.x_train, y_fit=ds.y_train)
+    final = evaluate(whole, family, params)
+    if not final.feasibility.feasible:
+        note = ("refit on the whole training set breaks the limits ("
+                + "; ".join(final.feasibility.violations)
+                + "): shipping the model trained on the fit split")
+        return FinalModel(validated, validated, False, note)
+    return FinalModel(replace(final, metric=validated.metric), validated, True,
+                      f"refit on all {len(ds.y_train)} training rows")

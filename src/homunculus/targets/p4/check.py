@@ -17,6 +17,7 @@ from typing import Any
 from homunculus.ir.flow import FlowProgram
 from homunculus.targets.p4.codegen import INGRESS_CONTROL
 from homunculus.targets.p4.entries import parse_int
+from homunculus.targets.p4.flow_tna import tofino_register_width
 
 _META_STRUCT = re.compile(r"struct\s+metadata_t\s*\{([^}]*)\}")
 _BIT_FIELD = re.compile(r"bit<(\d+)>\s+(\w+)\s*;")
@@ -24,7 +25,10 @@ _ACTION = re.compile(r"\baction\s+(\w+)\s*\(([^)]*)\)")
 _PARAM = re.compile(r"^\s*bit<(\d+)>\s+(\w+)\s*$")
 _TABLE = re.compile(r"\btable\s+(\w+)\s*\{")
 _KEY_BLOCK = re.compile(r"\bkey\s*=\s*\{([^}]*)\}")
-_KEY = re.compile(r"([\w.]+)\s*:\s*(\w+)\s*;")
+_KEY = re.compile(r"([\w.]+)(?:\[(\d+):(\d+)\])?\s*:\s*(\w+)\s*(?:@name\(\"\w+\"\))?\s*;")
+_HEADER_TYPE = re.compile(r"\bheader\s+(\w+)\s*\{([^}]*)\}")
+_HEADERS_STRUCT = re.compile(r"struct\s+headers_t\s*\{([^}]*)\}")
+_MEMBER = re.compile(r"(\w+)\s+(\w+)\s*;")
 _ACTIONS_BLOCK = re.compile(r"\bactions\s*=\s*\{([^}]*)\}")
 _SIZE = re.compile(r"\bsize\s*=\s*(\d+)\s*;")
 _DEFAULT = re.compile(r"\bdefault_action\s*=\s*(\w+)\s*\(([^)]*)\)\s*;")
@@ -89,15 +93,39 @@ def _actions(body: str) -> dict[str, dict[str, int]]:
     return actions
 
 
+def _header_widths(text: str) -> dict[str, int]:
+    """``hdr.<header>.<field>`` -> width, from the header types and struct headers_t."""
+    types = {name: {f: int(w) for w, f in _BIT_FIELD.findall(body)}
+             for name, body in _HEADER_TYPE.findall(text)}
+    struct = _HEADERS_STRUCT.search(text)
+    if struct is None:
+        raise ValueError("P4 program has no struct headers_t")
+    widths: dict[str, int] = {}
+    for type_name, member in _MEMBER.findall(struct.group(1)):
+        for field, width in types.get(type_name, {}).items():
+            widths[f"hdr.{member}.{field}"] = width
+    return widths
+
+
+def _key_width(table: str, expr: str, hi: str, lo: str, widths: dict[str, int]) -> int:
+    """The matched width of a key: a metadata or header field, or a slice of one."""
+    width = widths.get(expr)
+    if width is None:
+        raise ValueError(f"table {table}: key {expr} is not a declared field")
+    if not hi:
+        return width
+    if not int(width) > int(hi) >= int(lo) >= 0:
+        raise ValueError(f"table {table}: slice [{hi}:{lo}] outside {expr} (bit<{width}>)")
+    return int(hi) - int(lo) + 1
+
+
 def _table_decl(name: str, body: str, widths: dict[str, int],
                 actions: dict[str, dict[str, int]]) -> TableDecl:
     keys: dict[str, tuple[str, int]] = {}
     key_block = _KEY_BLOCK.search(body)
-    for expr, kind in _KEY.findall(key_block.group(1) if key_block else ""):
-        field = expr.removeprefix("meta.")
-        if field not in widths:
-            raise ValueError(f"table {name}: key {expr} is not a metadata field")
-        keys[expr] = (kind, widths[field])
+    for expr, hi, lo, kind in _KEY.findall(key_block.group(1) if key_block else ""):
+        text = f"{expr}[{hi}:{lo}]" if hi else expr
+        keys[text] = (kind, _key_width(name, expr, hi, lo, widths))
     acts = _ACTIONS_BLOCK.search(body)
     size = _SIZE.search(body)
     if acts is None or size is None:
@@ -111,6 +139,8 @@ def _table_decl(name: str, body: str, widths: dict[str, int],
 
 def _check_default_literals(table: str, action: str, args: str,
                             actions: dict[str, dict[str, int]]) -> None:
+    if action == "NoAction" and not args.strip():  # core.p4's
+        return
     if action not in actions:
         raise ValueError(f"table {table}: default action {action} is not declared")
     literals = [a for a in args.split(",") if a.strip()]
@@ -127,10 +157,14 @@ def _check_default_literals(table: str, action: str, args: str,
 
 def _tables(body: str, widths: dict[str, int],
             actions: dict[str, dict[str, int]]) -> dict[str, TableDecl]:
+    """Tables the control plane fills (tables with const entries are complete in the source)."""
     tables = {}
     for match in _TABLE.finditer(body):
         name = match.group(1)
-        tables[name] = _table_decl(name, _block(body, match.end() - 1), widths, actions)
+        text = _block(body, match.end() - 1)
+        if "const entries" in text:
+            continue
+        tables[name] = _table_decl(name, text, widths, actions)
     return tables
 
 
@@ -228,7 +262,8 @@ def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
         if reg in seen:
             raise ValueError(f"register {reg} has more than one RegisterAction")
         seen.add(reg)
-        if (int(width), int(index), int(out)) != (decl.width, decl.index_width, decl.width):
+        expected_out = 1 if reg == "r_sig" else decl.width  # the signature's: the new-flow flag
+        if (int(width), int(index), int(out)) != (decl.width, decl.index_width, expected_out):
             raise ValueError(f"RegisterAction {name}: types do not match register {reg}")
     missing = sorted(n for n, d in decls.items() if d.index_width is not None and n not in seen)
     if missing:
@@ -245,9 +280,10 @@ def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
     index_width = flow.config.slots.bit_length() - 1
     for name, decl in decls.items():
         reg = expected[name]
-        if decl.width != reg.width or decl.size != flow.config.slots:
+        width = reg.width if decl.index_width is None else tofino_register_width(reg)
+        if decl.width != width or decl.size != flow.config.slots:
             raise ValueError(f"register {name}: declared bit<{decl.width}> x {decl.size}, flow "
-                             f"program says bit<{reg.width}> x {flow.config.slots}")
+                             f"program says bit<{width}> x {flow.config.slots}")
         if decl.index_width not in (None, index_width):
             raise ValueError(f"register {name}: index bit<{decl.index_width}>, "
                              f"needs bit<{index_width}>")
@@ -263,7 +299,8 @@ def check_program(p4_text: str, runtime: dict[str, Any], *,
     if flow is not None:
         check_flow_registers(p4_text, flow)
     text = _strip_comments(p4_text)
-    widths = _metadata_widths(text)
+    widths = {f"meta.{n}": w for n, w in _metadata_widths(text).items()}
+    widths |= _header_widths(text)
     body = _control_body(text, INGRESS_CONTROL)
     actions = _actions(body)
     tables = _tables(body, widths, actions)

@@ -16,7 +16,11 @@ import jinja2
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowOutput, FlowProgram, Register
 from homunculus.ir.names import safe_comment
-from homunculus.ir.pipeline import Argmax, Field, Pipeline, Table
+from homunculus.ir.pipeline import AluKind, AluOp, AluStep, Field, Pipeline, Table
+from homunculus.passes.switch import lower_for_switch
+from homunculus.targets.p4.actions import ActionDecl, action_call, table_actions
+from homunculus.targets.p4.flow_tna import bin_tables, now_expr, tna_meta_fields, tna_registers
+from homunculus.targets.p4.keys import KeyView, feature_keys, header_key, key_views
 from homunculus.targets.templating import code_env
 
 INGRESS_CONTROL = "MyIngress"
@@ -24,9 +28,6 @@ INGRESS_CONTROL = "MyIngress"
 
 CSUM_FLAG = "hmn_ipv4_csum_update"
 """Internal metadata flag: the DSCP was rewritten, so the IPv4 checksum must be recomputed."""
-
-VERDICT_ROLES = ("port", "drop", "mark", "dscp")
-"""Verdict outputs the program interprets, by name ``verdict_<role>``."""
 
 UNIT_NS = {"v1model": 1000, "tna": 1024}
 """Flow time unit per architecture: bmv2 timestamps are microseconds; Tofino's ns clock >> 10."""
@@ -93,30 +94,41 @@ def _literal(value: int, width: int, what: str) -> dict[str, int]:
     return {"value": value, "width": width}
 
 
-def table_context(table: Table) -> dict[str, Any]:
-    """Template dict for one table and its single ``<table>_set`` action."""
+def _key_context(table: Table, views: tuple[KeyView, ...]) -> list[dict[str, Any]]:
+    keys = []
+    for key, kind, view in zip(table.keys, table.kinds, views, strict=True):
+        _field(key, f"key of {table.name}")
+        keys.append({"expr": view.expr, "kind": str(kind), "name": view.name})
+    return keys
+
+
+def _action_context(action: ActionDecl, table: Table) -> dict[str, Any]:
+    check_identifier(action.name, f"action of {table.name}")
+    params = [_field(p, f"parameter of {action.name}") for p in action.params]
+    roles = {p["name"].removeprefix("verdict_") if p["name"].startswith("verdict_") else "class":
+             p for p in params}
+    return {"name": action.name, "kind": action.kind, "params": params, "roles": roles}
+
+
+def table_context(table: Table, views: tuple[KeyView, ...]) -> dict[str, Any]:
+    """Template dict for one table, its actions and its default action call."""
     check_identifier(table.name, "table name")
-    check_identifier(f"{table.name}_set", "action name")
+    default_action, args = action_call(table, table.default)
     return {
         "name": table.name,
-        "key_fields": [
-            {**_field(k, f"key of {table.name}"), "kind": str(kind)}
-            for k, kind in zip(table.keys, table.kinds, strict=True)
-        ],
-        "params": [_field(o, f"output of {table.name}") for o in table.outputs],
+        "role": str(table.role),
+        "key_fields": _key_context(table, views),
+        "actions": [_action_context(a, table) for a in table_actions(table)],
         "size": max(1, len(table.entries)),
-        "default": [
-            _literal(v, o.width, f"default of {table.name}")
-            for v, o in zip(table.default, table.outputs, strict=True)
-        ],
+        "default": {"action": default_action.name, "args": [
+            _literal(v, p.width, f"default of {table.name}")
+            for v, p in zip(args, default_action.params, strict=True)]},
     }
 
 
 def _feature_context(pipeline: Pipeline) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Feature copies (header or feature-header source) and the feature header layout, if any.
-
-    Flow features are written by the flow-state block (:func:`flow_context`), not copied.
-    """
+    """Features copied into metadata (those not matched on their header field directly) and the
+    feature header layout, if any. Flow features are written by the flow-state block."""
     copies: list[dict[str, Any]] = []
     carried: list[dict[str, Any]] = []
     for feat in pipeline.features:
@@ -125,96 +137,84 @@ def _feature_context(pipeline: Pipeline) -> tuple[list[dict[str, Any]], dict[str
             continue
         if feat.header_field is None:
             carried.append(dst)
-            copies.append({"dst": dst, "header": "hmn_features", "field": dst["name"],
-                           "width": dst["width"]})
             continue
         try:
             hf = lookup_header_field(feat.header_field)
         except KeyError as exc:
             raise ValueError(str(exc)) from None
-        copies.append({"dst": dst, "header": hf.header, "field": hf.field, "width": hf.width})
+        if header_key(feat.header_field, feat.field.name, feat.field.width, False) is None:
+            copies.append({"dst": dst, "header": hf.header, "field": hf.field,
+                           "width": hf.width})
     if not carried:
         return copies, None
     total = sum(f["width"] for f in carried)
     return copies, {"fields": carried, "pad": -total % 8}
 
 
-def _score_context(pipeline: Pipeline) -> list[dict[str, Any]]:
-    """Score sums: output, bias literal and the terms to cast to the output width."""
-    ss = pipeline.score_sum
-    if ss is None:
-        return []
-    if not len(ss.outputs) == len(ss.terms) == len(ss.bias):
-        raise ValueError("score_sum: outputs, terms and bias differ in length")
-    return [
-        {
-            "out": _field(out, "score output"),
-            "bias": _literal(bias, out.width, f"bias of {out.name}"),
-            "terms": [_field(t, "score term") for t in terms],
-        }
-        for out, terms, bias in zip(ss.outputs, ss.terms, ss.bias, strict=True)
-    ]
+def _required_headers(pipeline: Pipeline, feature_header: dict[str, Any] | None) -> list[str]:
+    """Headers a packet must carry to be classified (besides IPv4)."""
+    needed = set()
+    for feat in pipeline.features:
+        if feat.flow or feat.header_field is None:
+            continue
+        header = lookup_header_field(feat.header_field).header
+        if header not in ("ethernet", "ipv4", "l4"):
+            needed.add(header)
+    if "tcp" in needed and ("udp" in needed or feature_header is not None):
+        raise ValueError("features need both TCP and UDP (or feature-header) fields; "
+                         "no packet carries both")
+    if feature_header is not None:
+        needed.add("hmn_features")
+    return sorted(needed)
 
 
-def _argmax_context(argmax: Argmax) -> dict[str, Any]:
-    """A pairwise tournament; the left (lower-index) side wins ties, so the lowest max index wins.
-
-    Each node compares two operands (a score with a constant index, or an earlier node's value and
-    index temporaries) and writes the winner; the last node writes ``argmax.output`` directly.
-    """
-    if not argmax.scores:
-        raise ValueError("argmax has no scores")
-    out = _field(argmax.output, "argmax output")
-    if len(argmax.scores) > (1 << out["width"]):
-        raise ValueError(
-            f"argmax output '{out['name']}' too narrow for {len(argmax.scores)} classes")
-    vwidth = max(s.width for s in argmax.scores)
-    ops: list[dict[str, Any]] = [
-        {"value": _field(s, "argmax score"), "index": None, "const": i}
-        for i, s in enumerate(argmax.scores)
-    ]
-    nodes: list[dict[str, Any]] = []
-    while len(ops) > 1:
-        root = len(ops) == 2
-        nxt: list[dict[str, Any]] = []
-        for left, right in zip(ops[0::2], ops[1::2], strict=False):
-            k = len(nodes)
-            node = {
-                "left": left,
-                "right": right,
-                "value": None if root else {"name": f"hmn_am_v{k}", "width": vwidth},
-                "index": out if root else {"name": f"hmn_am_i{k}", "width": out["width"]},
-            }
-            nodes.append(node)
-            nxt.append({"value": node["value"], "index": node["index"], "const": None})
-        if len(ops) % 2:
-            nxt.append(ops[-1])
-        ops = nxt
-    return {"nodes": nodes, "vwidth": vwidth, "output": out}
+def _operand(operand: Field | int, width: int, what: str) -> str:
+    if isinstance(operand, Field):
+        return f"meta.{_field(operand, what)['name']}"
+    lit = _literal(operand, width, what)
+    return f"{lit['width']}w{lit['value']}"
 
 
-def _verdict_context(verdict: Table) -> dict[str, Any]:
-    """The verdict outputs the program acts on, by role (``None`` when the table lacks one)."""
-    by_name = {o.name: o for o in verdict.outputs}
-    return {
-        role: (_field(by_name[f"verdict_{role}"], "verdict output")
-               if f"verdict_{role}" in by_name else None)
-        for role in VERDICT_ROLES
-    }
+def _op_context(op: AluOp) -> dict[str, Any]:
+    """``meta.dst = a [+-] b`` with every operand at the destination's width (no casts)."""
+    dst = _field(op.dst, "ALU destination")
+    what = f"operand of {op.dst.name}"
+    a = _operand(op.a, op.dst.width, what)
+    if op.kind is AluKind.SET:
+        return {"dst": dst["name"], "expr": a}
+    assert op.b is not None
+    sign = "+" if op.kind is AluKind.ADD else "-"
+    return {"dst": dst["name"], "expr": f"{a} {sign} {_operand(op.b, op.dst.width, what)}"}
 
 
-def _metadata(pipeline: Pipeline, argmax: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Every field the pipeline uses, once, in pipeline order (conflicting widths are an error)."""
-    fields: list[Field] = [f.field for f in pipeline.features]
+def _step_context(step: AluStep) -> dict[str, Any]:
+    """One ALU step: an action (two, chosen by a one-bit gateway, when guarded)."""
+    name = check_identifier(step.name, "ALU step")
+    ctx: dict[str, Any] = {"name": name, "action": f"hmn_{name}",
+                           "ops": [_op_context(op) for op in step.ops], "guard": None}
+    if step.guard is not None:
+        field, bit = step.guard
+        _field(field, "guard field")
+        if not 0 <= bit < field.width:
+            raise ValueError(f"step {name}: guard bit {bit} outside {field.name}")
+        ctx["guard"] = {"field": field.name, "bit": bit}
+        ctx["else_action"] = f"hmn_{name}_else"
+        ctx["else_ops"] = [_op_context(op) for op in step.otherwise]
+    return ctx
+
+
+def _metadata(pipeline: Pipeline, direct: dict[str, str]) -> list[dict[str, Any]]:
+    """Every metadata field the program uses, once, in pipeline order (conflicting widths are an
+    error). Features matched on their header field and verdict outputs the verdict's actions
+    apply directly are not metadata."""
+    fields: list[Field] = [f.field for f in pipeline.features if f.field.name not in direct]
     for table in (*pipeline.encoders, *pipeline.lookups):
-        fields += [*table.keys, *table.outputs]
-    if pipeline.score_sum is not None:
-        for out, terms in zip(pipeline.score_sum.outputs, pipeline.score_sum.terms, strict=True):
-            fields += [*terms, out]
-    if pipeline.argmax is not None:
-        fields += list(pipeline.argmax.scores)
+        fields += [k for k in table.keys if k.name not in direct]
+        fields += list(table.outputs)
+    for step in pipeline.alu:
+        fields += [*step.reads, *step.writes]
+    fields += [k for k in pipeline.verdict.keys if k.name not in direct]
     fields.append(pipeline.class_field)
-    fields += [*pipeline.verdict.keys, *pipeline.verdict.outputs]
     seen: dict[str, int] = {}
     result: list[dict[str, Any]] = []
     for f in fields:
@@ -225,20 +225,18 @@ def _metadata(pipeline: Pipeline, argmax: dict[str, Any] | None) -> list[dict[st
             continue
         seen[f.name] = f.width
         result.append(entry)
-    if argmax is not None:
-        for node in argmax["nodes"]:
-            result += [t for t in (node["value"], node["index"]) if t and t["name"] not in seen]
     return result
 
 
 def _check_structure(pipeline: Pipeline) -> None:
     """Cross-field consistency the templates rely on."""
     names = [t.name for t in pipeline.tables()]
-    names += [f"{name}_set" for name in names]
+    names += [a.name for t in pipeline.tables() for a in table_actions(t)]
+    names += [f"hmn_{s.name}" for s in pipeline.alu] + [f"hmn_{s.name}_else" for s in pipeline.alu]
     if len(set(names)) != len(names):
         raise ValueError(f"table and action names collide: {sorted(names)}")
-    if (pipeline.score_sum is None) != (pipeline.argmax is None):
-        raise ValueError("score_sum and argmax must be both present or both absent")
+    if pipeline.score_sum is not None or pipeline.argmax is not None:
+        raise ValueError("the pipeline is not lowered for a switch (passes/switch.py)")
 
 
 # --- flow state (ir/flow.py) --------------------------------------------------------------------
@@ -291,13 +289,17 @@ def _register_context(r: Register) -> dict[str, Any]:
                            "stage": r.stage, "param": r.param, "value": f"hmn_rv_{r.name}",
                            "fields": [{"name": f"hmn_rv_{r.name}", "width": r.width}]}
     if r.op == "add_len":
-        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_room_{r.name}",
+        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_sum_{r.name}",
                 "clamp_len": r.width < LEN_WIDTH}
         ctx["fields"] += [{"name": ctx["len_in"], "width": r.width},
-                          {"name": ctx["room"], "width": r.width}]
+                          {"name": ctx["room"], "width": r.width + 1}]
+    elif r.op in ("min_len", "max_len"):
+        ctx["room"] = f"hmn_diff_{r.name}"
+        ctx["fields"].append({"name": ctx["room"], "width": LEN_WIDTH + 1})
     elif r.op == "ewma":
-        ctx["len_in"] = f"hmn_in_{r.name}"
-        ctx["fields"].append({"name": ctx["len_in"], "width": LEN_WIDTH})
+        ctx |= {"len_in": f"hmn_in_{r.name}", "room": f"hmn_shr_{r.name}"}
+        ctx["fields"] += [{"name": ctx["len_in"], "width": LEN_WIDTH},
+                          {"name": ctx["room"], "width": LEN_WIDTH}]
     elif r.op in ("len_bin", "iat_bin"):
         ctx |= {"hit": f"hmn_hit_{r.name}", "bin": _bin_context(r)}
         ctx["fields"].append({"name": ctx["hit"], "width": r.width})
@@ -324,7 +326,8 @@ def _output_context(o: FlowOutput, pipeline: Pipeline,
         raise ValueError(f"flow feature '{dst['name']}': output width {o.width} does not fit")
     src = values[o.source]
     top = (1 << o.width) - 1
-    return {"dst": dst, "src": src, "clamp": top if src["width"] > o.width else None}
+    return {"dst": dst, "src": src, "width": o.width,
+            "clamp": top if src["width"] > o.width else None}
 
 
 def _flow_registers(program: FlowProgram) -> dict[str, Any]:
@@ -348,7 +351,8 @@ def _flow_registers(program: FlowProgram) -> dict[str, Any]:
 def _flow_meta_fields(idx_width: int, regs: dict[str, Any]) -> list[dict[str, Any]]:
     fields = [{"name": n, "width": w} for n, w in (
         ("hmn_l4_sport", 16), ("hmn_l4_dport", 16), ("hmn_flow_hash", 32), ("hmn_sig_crc", 32),
-        ("hmn_flow_slot", idx_width), ("hmn_flow_sig", 16), ("hmn_new_flow", 1), ("hmn_now", 32))]
+        ("hmn_flow_slot", idx_width), ("hmn_flow_sig", 16), ("hmn_sig_diff", 16),
+        ("hmn_new_flow", 1), ("hmn_now", 32))]
     if regs["last"] is not None:
         fields.append({"name": "hmn_iat", "width": 32})
     if regs["first"] is not None:
@@ -385,7 +389,10 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
     _check_flow_names(pipeline, program)
     idx_width = cfg.slots.bit_length() - 1
     regs = _flow_registers(program)
+    tna = tna_registers(program) if arch == "tna" else None
     values = {r["name"]: {"name": r["value"], "width": r["width"]} for r in regs["registers"]}
+    if tna is not None:  # Tofino stores registers at 8/16/32 bits (flow_tna.py)
+        values |= {r["name"]: {"name": r["value"], "width": r["size"]} for r in tna}
     values |= {"iat": {"name": "hmn_iat", "width": 32}, "age": {"name": "hmn_age", "width": 32}}
     if regs["last"] is None:
         del values["iat"]
@@ -402,7 +409,16 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
         "len_bins": _unique([r["bin"] for r in regs["stage1"] if "bin" in r]),
         "iat_bins": _unique([r["bin"] for r in regs["stage2"] if "bin" in r]),
         "outputs": [_output_context(o, pipeline, values) for o in program.outputs],
-        "meta_fields": _flow_meta_fields(idx_width, regs),
+        "meta_fields": (_flow_meta_fields(idx_width, regs) if tna is None else
+                        tna_meta_fields(tna, idx_width, regs["last"] is not None,
+                                        regs["first"] is not None)),
+        "tna": None if tna is None else {
+            "registers": tna,
+            "by_name": {r["name"]: r for r in tna},
+            "now": now_expr(cfg.time_shift),
+            "len_bin_tables": bin_tables(tna, "len_bin"),
+            "iat_bin_tables": bin_tables(tna, "iat_bin"),
+        },
     }
 
 
@@ -422,49 +438,48 @@ def _header_comment(pipeline: Pipeline, program_name: str, arch: str) -> dict[st
 
 
 def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_udp_port: int,
-                  default_port: int) -> dict[str, Any]:
-    """The plain dict both architecture templates render from."""
+                  ) -> dict[str, Any]:
+    """The plain dict both architecture templates render from (``pipeline`` switch-lowered)."""
     _check_structure(pipeline)
     _literal(feature_udp_port, 16, "feature_udp_port")
-    _literal(default_port, 9, "default_port")
+    _literal(pipeline.default_port, 9, "default_port")
     copies, feature_header = _feature_context(pipeline)
-    argmax = _argmax_context(pipeline.argmax) if pipeline.argmax is not None else None
-    verdict = _verdict_context(pipeline.verdict)
-    required = sorted({c["header"] for c in copies} - {"ethernet", "ipv4", "l4"})
-    if "tcp" in required and ("udp" in required or feature_header is not None):
-        raise ValueError("features need both TCP and UDP (or feature-header) fields; "
-                         "no packet carries both")
+    direct = feature_keys(pipeline)
     flow = flow_context(pipeline, arch)
-    meta_fields = _metadata(pipeline, argmax)
+    meta_fields = _metadata(pipeline, direct)
     if flow is not None:
-        meta_fields += flow["meta_fields"]
+        meta_fields = _unique(meta_fields + flow["meta_fields"])
+    verdict = table_context(pipeline.verdict, key_views(pipeline.verdict, direct, arch))
+    kinds = {a["kind"] for a in verdict["actions"]}
     return {
         "comment": _header_comment(pipeline, program_name, arch),
         "control": INGRESS_CONTROL,
-        "csum_flag": CSUM_FLAG if verdict["mark"] and verdict["dscp"] else None,
+        "csum_flag": CSUM_FLAG if "verdict_mark" in kinds else None,
         "meta_fields": meta_fields,
+        # Rule (Tofino): tables writing parts of one PHV container cannot share a stage; a field
+        # that is not 8, 16 or 32 bits gets a container of its own so no two tables share one.
+        "solitary": [f["name"] for f in meta_fields if f["width"] not in (8, 16, 32)],
         "flow": flow,
         "feature_header": feature_header,
         "feature_udp_port": feature_udp_port,
-        "default_port": default_port,
+        "default_port": pipeline.default_port,
         "copies": copies,
-        "required_headers": required,
-        "tables": [table_context(t) for t in pipeline.tables()],
+        "required_headers": _required_headers(pipeline, feature_header),
+        "tables": [table_context(t, key_views(t, direct, arch))
+                   for t in (*pipeline.encoders, *pipeline.lookups)],
+        "verdict": verdict,
         "encoders": [t.name for t in pipeline.encoders],
         "lookups": [t.name for t in pipeline.lookups],
-        "verdict_table": pipeline.verdict.name,
-        "score_sums": _score_context(pipeline),
-        "argmax": argmax,
-        "verdict": verdict,
+        "steps": [_step_context(s) for s in pipeline.alu],
     }
 
 
 def emit_p4(pipeline: Pipeline, arch: Literal["v1model", "tna"], *,
-            program_name: str = "homunculus", feature_udp_port: int = 0x4D4C,
-            default_port: int = 1) -> str:
-    """Return the P4_16 source of ``pipeline`` for ``arch`` ("v1model" or "tna")."""
+            program_name: str = "homunculus", feature_udp_port: int = 0x4D4C) -> str:
+    """Return the P4_16 source of ``pipeline`` for ``arch`` ("v1model" or "tna"); the pipeline
+    is lowered for a switch first (passes/switch.py) if it is not already."""
     if arch not in ("v1model", "tna"):
         raise ValueError(f"unknown P4 architecture '{safe_comment(str(arch))}'")
-    context = build_context(pipeline, arch, program_name=program_name,
-                            feature_udp_port=feature_udp_port, default_port=default_port)
+    context = build_context(lower_for_switch(pipeline), arch, program_name=program_name,
+                            feature_udp_port=feature_udp_port)
     return render(f"{arch}.p4.j2", context)

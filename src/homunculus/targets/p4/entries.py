@@ -20,7 +20,10 @@ from typing import Any
 
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import Entry, Exact, Match, MatchKind, Pipeline, Range, Table, Ternary
+from homunculus.passes.switch import lower_for_switch
+from homunculus.targets.p4.actions import action_call, params_of_call
 from homunculus.targets.p4.codegen import INGRESS_CONTROL, render
+from homunculus.targets.p4.keys import KeyView, feature_keys, key_views
 
 _PROGRAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -47,6 +50,34 @@ def _check_match(table: Table, kind: MatchKind, match: Match) -> None:
         raise ValueError(f"table {table.name}: {type(match).__name__} match on a {kind} key")
 
 
+# --- the program's view of a table -----------------------------------------------------------
+
+
+def _views(pipeline: Pipeline, arch: str) -> dict[str, tuple[KeyView, ...]]:
+    direct = feature_keys(pipeline)
+    return {t.name: key_views(t, direct, arch) for t in pipeline.tables()}
+
+
+def _shifted(match: Match, view: KeyView) -> Match:
+    """The IR match as the program's key sees it (sliced bits moved into place on bmv2)."""
+    m = canonical(match)
+    if not view.shift:
+        return m
+    if isinstance(m, Ternary):
+        return Ternary(m.value << view.shift, m.mask << view.shift)
+    if isinstance(m, Exact):
+        return Ternary(m.value << view.shift, 1 << view.shift)
+    raise ValueError("a range match on a sliced key")
+
+
+def _unshifted(match: Match, view: KeyView, what: str) -> Match:
+    if not view.shift:
+        return match
+    if not isinstance(match, Ternary) or (match.mask & ~(1 << view.shift)):
+        raise ValueError(f"{what}: a sliced key takes a ternary match on bit {view.shift} only")
+    return Ternary(match.value >> view.shift, match.mask >> view.shift)
+
+
 # --- P4Runtime-style JSON ----------------------------------------------------------------------
 
 
@@ -60,21 +91,28 @@ def _match_json(match: Match) -> dict[str, Any]:
 
 
 def _action_json(table: Table, params: tuple[int, ...]) -> dict[str, Any]:
+    action, args = action_call(table, params)
     return {
-        "action": f"{INGRESS_CONTROL}.{table.name}_set",
-        "params": {o.name: _hex(v) for o, v in zip(table.outputs, params, strict=True)},
+        "action": f"{INGRESS_CONTROL}.{action.name}",
+        "params": {p.name: _hex(v) for p, v in zip(action.params, args, strict=True)},
     }
 
 
-def _table_json(table: Table) -> dict[str, Any]:
+def _kinds(table: Table, views: tuple[KeyView, ...]) -> tuple[MatchKind, ...]:
+    """Match kinds as declared (a bmv2 sliced key is ternary on the whole field)."""
+    return tuple(MatchKind.TERNARY if v.shift else k
+                 for k, v in zip(table.kinds, views, strict=True))
+
+
+def _table_json(table: Table, views: tuple[KeyView, ...]) -> dict[str, Any]:
     n = len(table.entries)
     entries = []
     for i, entry in enumerate(table.entries):
         for kind, match in zip(table.kinds, entry.matches, strict=True):
             _check_match(table, kind, match)
         entries.append({
-            "match": {f"meta.{k.name}": _match_json(m)
-                      for k, m in zip(table.keys, entry.matches, strict=True)},
+            "match": {v.expr: _match_json(_shifted(m, v))
+                      for v, m in zip(views, entry.matches, strict=True)},
             "action": _action_json(table, entry.params),
             "priority": n - i if needs_priority(table) else 0,
         })
@@ -85,9 +123,14 @@ def _table_json(table: Table) -> dict[str, Any]:
     }
 
 
-def runtime_entries(pipeline: Pipeline, *, program_name: str) -> dict[str, Any]:
-    """All tables' entries and defaults as P4Runtime-style named JSON (see module docstring)."""
-    return {"program": program_name, "tables": [_table_json(t) for t in pipeline.tables()]}
+def runtime_entries(pipeline: Pipeline, *, program_name: str, arch: str = "tna"
+                    ) -> dict[str, Any]:
+    """All tables' entries and defaults as P4Runtime-style named JSON (see module docstring),
+    keyed by the key expressions of ``arch``'s program."""
+    pipeline = lower_for_switch(pipeline)
+    views = _views(pipeline, arch)
+    return {"program": program_name, "arch": arch,
+            "tables": [_table_json(t, views[t.name]) for t in pipeline.tables()]}
 
 
 def parse_int(value: Any, what: str) -> int:
@@ -124,30 +167,52 @@ def _parse_match(spec: Any, kind: MatchKind, what: str) -> Match:
         raise ValueError(f"{what}: {kind} match lacks {exc}") from None
 
 
-def _parse_params(spec: Any, table: Table, what: str) -> tuple[int, ...]:
-    if not isinstance(spec, dict) or spec.get("action") != f"{INGRESS_CONTROL}.{table.name}_set":
-        raise ValueError(f"{what}: expected action {INGRESS_CONTROL}.{table.name}_set")
+def _parse_params(spec: Any, table: Table, default_port: int, what: str) -> tuple[int, ...]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("action"), str):
+        raise ValueError(f"{what}: no action")
+    control, _, name = spec["action"].partition(".")
+    if control != INGRESS_CONTROL:
+        raise ValueError(f"{what}: expected an action of {INGRESS_CONTROL}")
     params = spec.get("params")
-    names = [o.name for o in table.outputs]
-    if not isinstance(params, dict) or sorted(params) != sorted(names):
-        raise ValueError(f"{what}: params must be exactly {names}")
-    return tuple(parse_int(params[n], f"{what} param {n}") for n in names)
+    if not isinstance(params, dict):
+        raise ValueError(f"{what}: params must be an object")
+    names = list(params)
+    values = tuple(parse_int(params[n], f"{what} param {n}") for n in names)
+    try:
+        expected = _action_param_names(table, name)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"{what}: params of {name} must be exactly {expected}")
+    ordered = tuple(values[names.index(n)] for n in expected)
+    return params_of_call(table, name, ordered, default_port)
 
 
-def _parse_entry(spec: Any, table: Table, what: str) -> tuple[int, Entry]:
+def _action_param_names(table: Table, action: str) -> list[str]:
+    from homunculus.targets.p4.actions import table_actions
+
+    for a in table_actions(table):
+        if a.name == action:
+            return [p.name for p in a.params]
+    raise ValueError(f"{action} is not an action of table {table.name}")
+
+
+def _parse_entry(spec: Any, table: Table, views: tuple[KeyView, ...], default_port: int,
+                 what: str) -> tuple[int, Entry]:
     if not isinstance(spec, dict):
         raise ValueError(f"{what}: entry is not an object")
     match = spec.get("match")
-    keys = [f"meta.{k.name}" for k in table.keys]
+    keys = [v.expr for v in views]
     if not isinstance(match, dict) or sorted(match) != sorted(keys):
         raise ValueError(f"{what}: match keys must be exactly {keys}")
-    matches = tuple(_parse_match(match[k], kind, f"{what} {k}")
-                    for k, kind in zip(keys, table.kinds, strict=True))
+    matches = tuple(_unshifted(_parse_match(match[v.expr], kind, f"{what} {v.expr}"), v, what)
+                    for v, kind in zip(views, _kinds(table, views), strict=True))
     priority = parse_int(spec.get("priority", 0), f"{what} priority")
-    return priority, Entry(matches, _parse_params(spec.get("action"), table, what))
+    return priority, Entry(matches, _parse_params(spec.get("action"), table, default_port, what))
 
 
-def _parse_table(spec: Any, pipeline: Pipeline) -> tuple[Table, tuple[Entry, ...], tuple[int, ...]]:
+def _parse_table(spec: Any, pipeline: Pipeline, views: dict[str, tuple[KeyView, ...]]
+                 ) -> tuple[Table, tuple[Entry, ...], tuple[int, ...]]:
     if not isinstance(spec, dict) or not isinstance(spec.get("table"), str):
         raise ValueError("runtime table without a 'table' name")
     prefix, _, name = spec["table"].partition(".")
@@ -160,23 +225,31 @@ def _parse_table(spec: Any, pipeline: Pipeline) -> tuple[Table, tuple[Entry, ...
     raw = spec.get("entries", [])
     if not isinstance(raw, list):
         raise ValueError(f"table {name}: 'entries' is not a list")
-    parsed = [_parse_entry(e, table, f"table {name} entry {i}") for i, e in enumerate(raw)]
+    port = pipeline.default_port
+    parsed = [_parse_entry(e, table, views[name], port, f"table {name} entry {i}")
+              for i, e in enumerate(raw)]
     # Highest priority first; ties (exact-only tables, all priority 0) keep their file order.
     ordered = tuple(e for _, e in sorted(parsed, key=lambda pe: -pe[0]))
-    default = _parse_params(spec.get("default_action"), table, f"table {name} default")
+    default = _parse_params(spec.get("default_action"), table, port, f"table {name} default")
     return table, ordered, default
 
 
 def read_runtime_entries(
     data: dict[str, Any], pipeline: Pipeline
 ) -> dict[str, tuple[tuple[Entry, ...], tuple[int, ...]]]:
-    """Parse :func:`runtime_entries` JSON into (entries in first-match order, default) per table."""
+    """Parse :func:`runtime_entries` JSON into (entries in first-match order, default) per table
+    of the switch form of ``pipeline``."""
+    pipeline = lower_for_switch(pipeline)
     tables = data.get("tables") if isinstance(data, dict) else None
     if not isinstance(tables, list):
         raise ValueError("runtime entries: 'tables' must be a list")
+    arch = data.get("arch", "tna")
+    if arch not in ("tna", "v1model"):
+        raise ValueError(f"runtime entries: unknown arch {safe_comment(str(arch))!r}")
+    views = _views(pipeline, arch)
     result: dict[str, tuple[tuple[Entry, ...], tuple[int, ...]]] = {}
     for spec in tables:
-        table, entries, default = _parse_table(spec, pipeline)
+        table, entries, default = _parse_table(spec, pipeline, views)
         if table.name in result:
             raise ValueError(f"table {table.name} appears twice")
         result[table.name] = (entries, default)
@@ -198,37 +271,47 @@ def _cli_match(match: Match) -> str:
     return f"{_hex(m.lo)}->{_hex(m.hi)}"
 
 
-def _cli_table(table: Table) -> list[str]:
+def _cli_table(table: Table, views: tuple[KeyView, ...]) -> list[str]:
     qualified = f"{INGRESS_CONTROL}.{table.name}"
-    action = f"{INGRESS_CONTROL}.{table.name}_set"
-    default = [_hex(v) for v in table.default]
+    default_action, default_args = action_call(table, table.default)
     lines = [f"table_clear {qualified}",
-             " ".join(["table_set_default", qualified, action, *default])]
+             " ".join(["table_set_default", qualified, f"{INGRESS_CONTROL}.{default_action.name}",
+                       *map(_hex, default_args)])]
     for i, entry in enumerate(table.entries):
-        keys = [_cli_match(m) for m in entry.matches]
-        params = [_hex(v) for v in entry.params]
+        keys = [_cli_match(_shifted(m, v)) for m, v in zip(entry.matches, views, strict=True)]
+        action, args = action_call(table, entry.params)
         # bmv2: smaller number = higher priority; no priority at all for exact-only tables.
         prio = [str(i)] if needs_priority(table) else []
-        lines.append(" ".join(["table_add", qualified, action, *keys, "=>", *params, *prio]))
+        lines.append(" ".join(["table_add", qualified, f"{INGRESS_CONTROL}.{action.name}",
+                               *keys, "=>", *map(_hex, args), *prio]))
     return lines
 
 
 def simple_switch_commands(pipeline: Pipeline) -> str:
-    """bmv2 ``simple_switch_CLI`` commands that clear and install every table."""
+    """bmv2 ``simple_switch_CLI`` commands that clear and install every table (v1model)."""
+    pipeline = lower_for_switch(pipeline)
+    views = _views(pipeline, "v1model")
     lines: list[str] = []
     for table in pipeline.tables():
-        lines += _cli_table(table)
+        lines += _cli_table(table, views[table.name])
     return "\n".join(lines) + "\n"
 
 
 # --- Tofino bfrt_python ------------------------------------------------------------------------
 
 
-def _bfrt_keys(table: Table, entry: Entry) -> list[dict[str, str]]:
-    """Keyword arguments for one key set; bfrt_python names key ``meta.x`` as ``meta_x``."""
+def bfrt_key_name(view: KeyView) -> str:
+    """bfrt_python's keyword for a key: its @name, else the expression with dots as '_'."""
+    if view.name is not None:
+        return view.name
+    return re.sub(r"[^A-Za-z0-9_]", "_", view.expr)
+
+
+def _bfrt_keys(table: Table, entry: Entry, views: tuple[KeyView, ...]) -> list[dict[str, str]]:
+    """Keyword arguments for one key set."""
     args: list[dict[str, str]] = []
-    for key, match in zip(table.keys, entry.matches, strict=True):
-        name = f"meta_{key.name}"
+    for view, match in zip(views, entry.matches, strict=True):
+        name = bfrt_key_name(view)
         m = canonical(match)
         if isinstance(m, Exact):
             args.append({"name": name, "value": _hex(m.value)})
@@ -241,26 +324,32 @@ def _bfrt_keys(table: Table, entry: Entry) -> list[dict[str, str]]:
     return args
 
 
-def _bfrt_params(table: Table, params: tuple[int, ...]) -> list[dict[str, str]]:
-    return [{"name": o.name, "value": _hex(v)} for o, v in zip(table.outputs, params, strict=True)]
+def _bfrt_call(table: Table, params: tuple[int, ...]) -> tuple[str, list[dict[str, str]]]:
+    action, args = action_call(table, params)
+    return action.name, [{"name": p.name, "value": _hex(v)}
+                         for p, v in zip(action.params, args, strict=True)]
 
 
-def _bfrt_table(table: Table) -> dict[str, Any]:
+def _bfrt_table(table: Table, views: tuple[KeyView, ...]) -> dict[str, Any]:
     entries = []
     for i, entry in enumerate(table.entries):
-        args = _bfrt_keys(table, entry)
+        args = _bfrt_keys(table, entry, views)
         if needs_priority(table):
             args.append({"name": "MATCH_PRIORITY", "value": str(i)})
-        entries.append(args + _bfrt_params(table, entry.params))
-    return {"name": table.name, "entries": entries, "default": _bfrt_params(table, table.default)}
+        action, params = _bfrt_call(table, entry.params)
+        entries.append({"action": action, "args": args + params})
+    action, params = _bfrt_call(table, table.default)
+    return {"name": table.name, "entries": entries, "default": {"action": action, "args": params}}
 
 
 def bfrt_loader(pipeline: Pipeline, *, program_name: str) -> str:
     """A ``bfrt_python`` script that clears every table and installs entries and defaults."""
     if not _PROGRAM.match(program_name):
         raise ValueError(f"program name {safe_comment(program_name)!r} is not an identifier")
+    pipeline = lower_for_switch(pipeline)
+    views = _views(pipeline, "tna")
     return render("bfrt_loader.py.j2", {
         "program": program_name,
         "control": INGRESS_CONTROL,
-        "tables": [_bfrt_table(t) for t in pipeline.tables()],
+        "tables": [_bfrt_table(t, views[t.name]) for t in pipeline.tables()],
     })

@@ -1,9 +1,11 @@
 """Switch target profiles: documented defaults a spec may override.
 
-Tofino-class figures are public orders of magnitude (see docs/targets.md), not vendor data:
-12 stages, 16 logical tables, 80 SRAM blocks of 1K x 128 bit, 24 TCAM blocks of 512 x 44 bit and
-4 stateful ALUs (register arrays) per stage, ~4 Kbit of PHV, one packet per clock (~1.2 Gpkt/s
-per pipeline). bmv2 is a software switch: no stage or memory limits; its rate and latency are
+Tofino 1 figures are those the open-source Tofino backend of p4c models (bf-p4c
+mau/tofino/memories.h, input_xbar.h, specs/device.cpp; see docs/targets.md): 12 stages; per
+stage 16 logical tables, 8 ternary tables, 80 SRAM blocks of 1K x 128 bit, 24 TCAM blocks of
+512 x 44 bit, 4 stateful ALUs, 16 gateways, 8 hash groups of 52 bits, 128 bytes of exact-match
+and 12 groups of ternary-match crossbar; ~4 Kbit of PHV; one packet per clock (~1.2 Gpkt/s per
+pipeline). bmv2 is a software switch: no stage or memory limits; its rate and latency are
 rough figures for simple_switch.
 """
 
@@ -28,6 +30,11 @@ class SwitchProfile:
     base_latency_ns: float
     stage_latency_ns: float
     registers_per_stage: int | None = None  # stateful ALUs per stage (flow-state registers)
+    ternary_tables_per_stage: int | None = None  # TCAM and ternary-indirect tables
+    gateways_per_stage: int | None = None
+    hash_bits_per_stage: int | None = None
+    exact_xbar_bytes_per_stage: int | None = None
+    ternary_xbar_groups_per_stage: int | None = None
     sram_block_entries: int = 1024
     sram_block_width: int = 128
     tcam_block_entries: int = 512
@@ -64,6 +71,8 @@ TOFINO = SwitchProfile(
     name="tofino", arch="tna", stages=12, tables_per_stage=16, sram_blocks_per_stage=80,
     tcam_blocks_per_stage=24, phv_bits=4096, supports_range=False, pipeline_gpps=1.2,
     base_latency_ns=150.0, stage_latency_ns=20.0, registers_per_stage=4,
+    ternary_tables_per_stage=8, gateways_per_stage=16, hash_bits_per_stage=8 * 52,
+    exact_xbar_bytes_per_stage=128, ternary_xbar_groups_per_stage=12,
 )
 
 BMV2 = SwitchProfile(

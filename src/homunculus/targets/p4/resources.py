@@ -1,31 +1,34 @@
-"""Resource model of a match-action switch: table memory, PHV, stages, rate and latency."""
+"""Resource model of a match-action switch: units per stage, table memory, PHV, rate, latency.
+
+The program is described unit by unit (targets/p4/units.py mirrors the templates) and placed
+into stages by passes/allocate.py under the profile's per-stage limits; memory is counted in
+whole blocks as allocated.
+"""
 
 from __future__ import annotations
 
 import math
 
-from homunculus.ir.pipeline import MatchKind, Pipeline, Table
-from homunculus.passes.allocate import StageCaps, TableCost, allocate, register_blocks
+from homunculus.ir.pipeline import Pipeline
+from homunculus.passes.allocate import StageCaps, place, stage_usage
+from homunculus.passes.switch import lower_for_switch
 from homunculus.targets.base import Usage
+from homunculus.targets.p4.codegen import build_context
 from homunculus.targets.p4.profiles import SwitchProfile
+from homunculus.targets.p4.units import program_units
 
 HEADER_BITS = {"ethernet": 112, "vlan0": 32, "vlan1": 32, "ipv4": 160, "tcp": 160, "udp": 64}
 
 
-def table_cost(table: Table, profile: SwitchProfile) -> TableCost:
-    """Memory of one table: exact keys and action data in SRAM words; ternary keys in TCAM."""
-    n = len(table.entries)
-    if n == 0 or not table.keys:
-        return TableCost(n, 0, 0, 0, 0)
-    data = table.data_width
-    if table.match_kind is MatchKind.EXACT:
-        words = math.ceil((table.key_width + data) / profile.sram_block_width)
-        sram = math.ceil(n / profile.sram_block_entries) * words
-        return TableCost(n, sram, 0, sram * profile.sram_block_bits, 0)
-    tcam = math.ceil(n / profile.tcam_block_entries) * math.ceil(
-        table.key_width / profile.tcam_block_width)
-    sram = math.ceil(n / profile.sram_block_entries) * math.ceil(data / profile.sram_block_width)
-    return TableCost(n, sram, tcam, sram * profile.sram_block_bits, tcam * profile.tcam_block_bits)
+def stage_caps(profile: SwitchProfile) -> StageCaps:
+    return StageCaps(
+        logical=profile.tables_per_stage, ternary=profile.ternary_tables_per_stage,
+        tcam_blocks=profile.tcam_blocks_per_stage, sram_blocks=profile.sram_blocks_per_stage,
+        salus=profile.registers_per_stage, gateways=profile.gateways_per_stage,
+        hash_bits=profile.hash_bits_per_stage,
+        exact_xbar_bytes=profile.exact_xbar_bytes_per_stage,
+        ternary_xbar_groups=profile.ternary_xbar_groups_per_stage,
+        sram_block_bits=profile.sram_block_bits, tcam_block_bits=profile.tcam_block_bits)
 
 
 def container_bits(width: int) -> int:
@@ -37,50 +40,31 @@ def container_bits(width: int) -> int:
     return 32 * math.ceil(width / 32)
 
 
-def phv_bits(pipeline: Pipeline) -> int:
+def phv_bits(pipeline: Pipeline, arch: str) -> int:
+    """Headers plus every metadata field the program declares, each in its own container."""
+    context = build_context(pipeline, arch, program_name="estimate", feature_udp_port=1)
     headers = sum(HEADER_BITS.values())
-    unbound = [f.field.width for f in pipeline.features if f.header_field is None]
-    if unbound:
-        headers += 8 * math.ceil(sum(unbound) / 8)
-    fields = {f.field.name: f.field.width for f in pipeline.features}
-    for table in pipeline.tables():
-        fields.update({o.name: o.width for o in table.outputs})
-    if pipeline.score_sum is not None:
-        fields.update({o.name: o.width for o in pipeline.score_sum.outputs})
-        # the arg-max tournament keeps one (index, score) pair per match
-        top = max(o.width for o in pipeline.score_sum.outputs)
-        n = len(pipeline.score_sum.outputs)
-        fields.update({f"argmax_tmp{i}": top + 8 for i in range(max(n - 2, 0))})
-    return headers + sum(container_bits(w) for w in fields.values())
-
-
-def flow_phv_bits(pipeline: Pipeline) -> int:
-    """Metadata of the flow block: L4 ports, hash, slot, signature, flag, times."""
-    if pipeline.flow is None:
-        return 0
-    fields = [16, 16, 32, 16, 16, 8, 32]  # sport, dport, hash, slot, sig, new_flow, now
-    sources = {o.source for o in pipeline.flow.outputs}
-    fields += [32] * (("iat" in sources or any(r.op == "iat_bin"
-                                               for r in pipeline.flow.registers))
-                      + ("age" in sources))
-    return sum(fields)
+    if context["feature_header"] is not None:
+        fh = context["feature_header"]
+        headers += sum(f["width"] for f in fh["fields"]) + fh["pad"]
+    return headers + sum(container_bits(f["width"]) for f in context["meta_fields"])
 
 
 def estimate(pipeline: Pipeline, profile: SwitchProfile) -> Usage:
-    costs = {t.name: table_cost(t, profile) for t in pipeline.tables()}
-    caps = StageCaps(profile.tables_per_stage, profile.sram_blocks_per_stage,
-                     profile.tcam_blocks_per_stage, profile.sram_block_bits,
-                     profile.tcam_block_bits, profile.registers_per_stage)
-    per_stage = allocate(pipeline, costs, caps)
+    pipeline = lower_for_switch(pipeline)
+    caps = stage_caps(profile)
+    units = program_units(pipeline, profile)
+    stages = place(units, caps)
+    per_stage = stage_usage(stages, caps)
     n_stages = len(per_stage)
-    register_sram = sum(register_blocks(pipeline, caps).values()) * profile.sram_block_bits
+    tables = [u for u in units if u.kind == "table"]
     return Usage(
         stages=n_stages,
-        tables=len(costs),
-        sram_kbit=(sum(c.sram_bits for c in costs.values()) + register_sram) / 1024,
-        tcam_kbit=sum(c.tcam_bits for c in costs.values()) / 1024,
-        entries=sum(c.entries for c in costs.values()),
-        phv_bits=phv_bits(pipeline) + flow_phv_bits(pipeline),
+        tables=len(tables),
+        sram_kbit=sum(u.sram_blocks for u in units) * profile.sram_block_bits / 1024,
+        tcam_kbit=sum(u.tcam_blocks for u in units) * profile.tcam_block_bits / 1024,
+        entries=sum(len(t.entries) for t in pipeline.tables()),
+        phv_bits=phv_bits(pipeline, profile.arch),
         throughput_gpps=profile.pipeline_gpps,
         latency_ns=profile.base_latency_ns + n_stages * profile.stage_latency_ns,
         per_stage=per_stage,

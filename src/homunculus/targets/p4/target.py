@@ -10,6 +10,7 @@ import numpy as np
 
 from homunculus.ir.pipeline import Pipeline
 from homunculus.passes.encode import encode_for_target
+from homunculus.passes.switch import lower_for_switch
 from homunculus.targets.base import Usage
 from homunculus.targets.p4 import resources
 from homunculus.targets.p4.check import check_program
@@ -21,6 +22,7 @@ from homunculus.targets.p4.entries import (
     simple_switch_commands,
 )
 from homunculus.targets.p4.profiles import SwitchProfile
+from homunculus.targets.p4.rules import check_rules
 from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entries
 
 
@@ -38,18 +40,19 @@ class SwitchTarget:
         return self.profile.arch
 
     def prepare(self, pipeline: Pipeline) -> Pipeline:
-        """Target-specific encoding: ternary prefixes where range matching is missing."""
-        return encode_for_target(pipeline, self.profile.supports_range)
+        """Target-specific passes: ternary prefixes where range matching is missing, then the
+        switch lowering (adder trees, sign-table arg-max, the verdict in the deciding table)."""
+        return lower_for_switch(encode_for_target(pipeline, self.profile.supports_range))
 
     def estimate(self, pipeline: Pipeline) -> Usage:
         return resources.estimate(pipeline, self.profile)
 
     def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str) -> dict[str, Path]:
         """Write the P4 program and its control-plane entries; check them against each other."""
-        p4_text = emit_p4(pipeline, self.arch, program_name=program_name,
-                          default_port=pipeline.verdict.default[1])
-        runtime = runtime_entries(pipeline, program_name=program_name)
+        p4_text = emit_p4(pipeline, self.arch, program_name=program_name)
+        runtime = runtime_entries(pipeline, program_name=program_name, arch=self.arch)
         check_program(p4_text, runtime, flow=pipeline.flow)
+        check_rules(p4_text, self.arch)
         files = {
             "p4": out_dir / "p4" / f"{program_name}.p4",
             "entries": out_dir / "runtime" / "entries.json",

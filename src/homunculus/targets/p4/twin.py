@@ -15,8 +15,12 @@ import pandas as pd
 
 from homunculus.data.packets import header_values, required_header
 from homunculus.ir.pipeline import (
+    AluKind,
+    AluOp,
+    AluStep,
     Argmax,
     Exact,
+    Field,
     Match,
     Pipeline,
     Range,
@@ -45,14 +49,22 @@ def _match_vector(match: Match, values: np.ndarray) -> np.ndarray:
     raise TypeError(f"unknown match {match!r}")
 
 
+def key_values(table: Table, i: int, env: dict[str, np.ndarray]) -> np.ndarray:
+    """Key ``i`` of ``table`` as matched: the field, or its one sliced bit."""
+    values = env[table.keys[i].name]
+    bit = table.key_slice(i)
+    return values if bit is None else (values >> bit) & 1
+
+
 def run_table(table: Table, env: dict[str, np.ndarray], n: int) -> None:
     """Apply ``table`` to every sample: the first matching entry's params, else the default."""
     outputs = [np.full(n, d, dtype=np.int64) for d in table.default]
     unmatched = np.ones(n, dtype=bool)
+    keys = [key_values(table, i, env) for i in range(len(table.keys))]
     for entry in table.entries:
         hit = unmatched.copy()
-        for key, match in zip(table.keys, entry.matches, strict=True):
-            hit &= _match_vector(match, env[key.name])
+        for values, match in zip(keys, entry.matches, strict=True):
+            hit &= _match_vector(match, values)
         if not hit.any():
             continue
         for out, param in zip(outputs, entry.params, strict=True):
@@ -68,6 +80,41 @@ def run_score_sum(score_sum: ScoreSum, env: dict[str, np.ndarray], n: int) -> No
         for term in terms:
             total = total + env[term.name]
         env[out.name] = total & out.max_value  # the hardware wraps; lowering must prevent it
+
+
+def _operand(operand: Field | int, env: dict[str, np.ndarray], n: int) -> np.ndarray:
+    if isinstance(operand, Field):
+        return env[operand.name]
+    return np.full(n, operand, dtype=np.int64)
+
+
+def _run_ops(ops: tuple[AluOp, ...], env: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The values one action writes; every operand is read before any is written."""
+    result: dict[str, np.ndarray] = {}
+    for op in ops:
+        a = _operand(op.a, env, n)
+        if op.kind is AluKind.SET:
+            value = a
+        else:
+            assert op.b is not None
+            b = _operand(op.b, env, n)
+            value = a + b if op.kind is AluKind.ADD else a - b
+        result[op.dst.name] = value & op.dst.max_value
+    return result
+
+
+def run_alu_step(step: AluStep, env: dict[str, np.ndarray], n: int) -> None:
+    """One action (or, with a guard, a one-bit gateway choosing between two actions)."""
+    taken = _run_ops(step.ops, env, n)
+    if step.guard is None:
+        env.update(taken)
+        return
+    field, bit = step.guard
+    on = ((env[field.name] >> bit) & 1).astype(bool)
+    other = _run_ops(step.otherwise, env, n)
+    for name in set(taken) | set(other):
+        old = env.get(name, np.zeros(n, dtype=np.int64))
+        env[name] = np.where(on, taken.get(name, old), other.get(name, old))
 
 
 def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
@@ -101,6 +148,8 @@ def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
     if pipeline.score_sum is not None and pipeline.argmax is not None:
         run_score_sum(pipeline.score_sum, env, n)
         run_argmax(pipeline.argmax, env)
+    for step in pipeline.alu:
+        run_alu_step(step, env, n)
     run_table(pipeline.verdict, env, n)
     return TwinResult(env[pipeline.class_field.name], env)
 

@@ -1,0 +1,270 @@
+"""Lower score sums, the arg-max and the verdict to what a match-action switch executes.
+
+The rules are Tofino's (the strictest target; bmv2 accepts the same forms):
+
+* An action performs one ALU operation per destination field, and every field operand has the
+  destination's width (no casts). A score sum therefore becomes an adder tree: one two-operand
+  add per destination, one level per action (one stage), accumulating in place.
+* A condition (gateway) compares a field with a constant or tests bits; it never compares two
+  computed values. The arg-max subtracts scores (one subtraction per pair, one stage; scores are
+  one bit wider than their largest value so the difference's top bit is the sign) and a table
+  matches the sign bits (Planter's way): one ternary entry per class, the lowest index winning
+  ties. Beyond ``MAX_SIGN_CLASSES`` classes the pairwise differences would crowd the PHV, so a
+  tournament narrows down instead: each round subtracts pairs, then a gateway on each sign bit
+  picks the (value, index) pair that moves on.
+* The verdict is an action of the table that decides, not if/else code after it: the sign table
+  of the sum families, or the single lookup that writes the winner (trees with one table,
+  one-table folds), each entry carrying its class's verdict parameters.
+
+The result is a pipeline whose ``alu`` steps replace ``score_sum``/``argmax`` and whose
+``verdict`` table is the deciding table; the twin (targets/p4/twin.py) executes exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from homunculus.ir.pipeline import (
+    AluKind,
+    AluOp,
+    AluStep,
+    Entry,
+    Exact,
+    Field,
+    MatchKind,
+    Pipeline,
+    Table,
+    TableRole,
+    Ternary,
+    bits_for,
+)
+
+MAX_SIGN_CLASSES = 8
+"""Up to this many classes, the arg-max is one table over the pairwise sign bits (28 pairs)."""
+
+Operand = Field | int
+
+
+def lower_for_switch(pipeline: Pipeline) -> Pipeline:
+    """The switch form of ``pipeline`` (idempotent; MLP pipelines are not for switches)."""
+    if pipeline.notes.get("switch_lowered"):
+        return pipeline
+    if pipeline.mlp is not None:
+        raise ValueError("a dense (MLP) pipeline cannot be lowered to match-action tables")
+    if pipeline.score_sum is None or pipeline.argmax is None:
+        lowered = fold_verdict(pipeline)
+    else:
+        lowered = lower_scores(pipeline)
+    return replace(lowered, notes={**lowered.notes, "switch_lowered": True})
+
+
+# ----------------------------------------------------------------------------- verdict
+
+
+def verdict_params(verdict: Table) -> dict[int, tuple[int, ...]]:
+    """Winner -> verdict parameters, from a verdict table keyed on the winner alone."""
+    if len(verdict.keys) != 1 or verdict.kinds != (MatchKind.EXACT,):
+        raise ValueError("the verdict table must be keyed on the winner (exact)")
+    out: dict[int, tuple[int, ...]] = {}
+    for entry in verdict.entries:
+        match = entry.matches[0]
+        assert isinstance(match, Exact)
+        out.setdefault(match.value, entry.params)
+    return out
+
+
+def _params_of(winner: int, by_winner: dict[int, tuple[int, ...]], verdict: Table
+               ) -> tuple[int, ...]:
+    return by_winner.get(winner, verdict.default)
+
+
+def fold_verdict(pipeline: Pipeline) -> Pipeline:
+    """The one lookup that writes the winner becomes the verdict table: each entry's winner is
+    replaced by that winner's verdict parameters (saves the verdict table's stage)."""
+    winner = pipeline.winner_field()
+    deciding = [t for t in pipeline.lookups if t.outputs == (winner,)]
+    if len(deciding) != 1:
+        raise ValueError("expected exactly one lookup table writing the winner")
+    table = deciding[0]
+    by_winner = verdict_params(pipeline.verdict)
+    folded = Table(
+        table.name, TableRole.VERDICT, table.keys, table.kinds, pipeline.verdict.outputs,
+        tuple(Entry(e.matches, _params_of(e.params[0], by_winner, pipeline.verdict))
+              for e in table.entries),
+        _params_of(table.default[0], by_winner, pipeline.verdict), table.slices)
+    lookups = tuple(t for t in pipeline.lookups if t is not table)
+    return replace(pipeline, lookups=lookups, verdict=folded)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _output_maxima(tables: tuple[Table, ...]) -> dict[str, int]:
+    """The largest value each lookup output can take (over entries and default)."""
+    top: dict[str, int] = {}
+    for t in tables:
+        for i, out in enumerate(t.outputs):
+            values = [e.params[i] for e in t.entries] + [t.default[i]]
+            top[out.name] = max(top.get(out.name, 0), *values)
+    return top
+
+
+def score_width(pipeline: Pipeline) -> int:
+    """Bits of every score, term and difference: the largest class total plus a sign bit."""
+    assert pipeline.score_sum is not None
+    top = _output_maxima(pipeline.lookups)
+    totals = [bias + sum(top[t.name] for t in terms)
+              for terms, bias in zip(pipeline.score_sum.terms, pipeline.score_sum.bias,
+                                     strict=True)]
+    return bits_for(max(totals)) + 1
+
+
+def _widen(table: Table, width: int) -> Table:
+    return replace(table, outputs=tuple(Field(o.name, width) for o in table.outputs))
+
+
+def adder_tree(terms: list[Operand], level_ops: list[list[AluOp]]) -> Operand:
+    """Reduce ``terms`` pairwise, in place, one level per list of ``level_ops``; return the
+    operand holding the total. At most one term is a constant, and it comes last."""
+    if not terms:
+        raise ValueError("an adder tree needs at least one term")
+    level = 0
+    while len(terms) > 1:
+        if len(level_ops) <= level:
+            level_ops.append([])
+        reduced: list[Operand] = []
+        for a, b in zip(terms[0::2], terms[1::2], strict=False):
+            if not isinstance(a, Field):
+                a, b = b, a
+            assert isinstance(a, Field)
+            level_ops[level].append(AluOp(a, AluKind.ADD, a, b))
+            reduced.append(a)
+        if len(terms) % 2:
+            reduced.append(terms[-1])
+        terms = reduced
+        level += 1
+    return terms[0]
+
+
+def fold_biases(lookups: tuple[Table, ...], terms: tuple[tuple[Field, ...], ...],
+                bias: tuple[int, ...]) -> tuple[tuple[Table, ...], list[int]]:
+    """Add each class's bias to the entries and default of its first term's table (one
+    constant operand fewer in the adder tree); return the tables and the biases left over
+    (those of classes without terms)."""
+    add: dict[str, int] = {}
+    left = list(bias)
+    for c, ts in enumerate(terms):
+        if ts and bias[c]:
+            add[ts[0].name] = bias[c]
+            left[c] = 0
+    out = []
+    for t in lookups:
+        shift = [add.get(o.name, 0) for o in t.outputs]
+        if not any(shift):
+            out.append(t)
+            continue
+        entries = tuple(Entry(e.matches, tuple(v + d for v, d in zip(e.params, shift,
+                                                                       strict=True)))
+                        for e in t.entries)
+        default = tuple(v + d for v, d in zip(t.default, shift, strict=True))
+        out.append(replace(t, entries=entries, default=default))
+    return tuple(out), left
+
+
+def lower_scores(pipeline: Pipeline) -> Pipeline:
+    """Adder trees, then the sign-table arg-max (or a tournament) that carries the verdict."""
+    ss, am = pipeline.score_sum, pipeline.argmax
+    assert ss is not None and am is not None
+    width = score_width(pipeline)
+    lookups, bias = fold_biases(tuple(_widen(t, width) for t in pipeline.lookups),
+                                ss.terms, ss.bias)
+    level_ops: list[list[AluOp]] = []
+    setup: list[AluOp] = []
+    scores: list[Field] = []
+    for c, terms in enumerate(ss.terms):
+        operands: list[Operand] = [Field(t.name, width) for t in terms]
+        total = adder_tree(operands, level_ops) if operands else None
+        if total is None:  # a class without terms: its score is a constant
+            field = Field(f"score{c}", width)
+            setup.append(AluOp(field, AluKind.SET, bias[c]))
+            total = field
+        assert isinstance(total, Field)
+        scores.append(total)
+    if setup and level_ops:
+        level_ops[0].extend(setup)
+    elif setup:
+        level_ops.append(setup)
+    steps = [AluStep(f"sum{i}", tuple(ops)) for i, ops in enumerate(level_ops)]
+    base = replace(pipeline, lookups=lookups, score_sum=None, argmax=None)
+    if len(scores) <= MAX_SIGN_CLASSES:
+        diff_step, verdict = sign_table(scores, pipeline.verdict)
+        return replace(base, alu=(*steps, diff_step), verdict=verdict)
+    rounds = tournament(scores, am.output)
+    return replace(base, alu=(*steps, *rounds))
+
+
+def diff_field(i: int, j: int, width: int) -> Field:
+    return Field(f"am_d{i}_{j}", width)
+
+
+def sign_table(scores: list[Field], verdict: Table) -> tuple[AluStep, Table]:
+    """Pairwise differences d_ij = s_i - s_j (i < j) and the table over their sign bits: class c
+    wins iff s_c > s_j for every j < c and s_c >= s_j for every j > c."""
+    width = scores[0].width
+    pairs = [(i, j) for i in range(len(scores)) for j in range(i + 1, len(scores))]
+    ops = tuple(AluOp(diff_field(i, j, width), AluKind.SUB, scores[i], scores[j])
+                for i, j in pairs)
+    by_winner = verdict_params(verdict)
+    entries = []
+    for c in range(len(scores)):
+        matches = []
+        for i, j in pairs:
+            if j == c:  # s_i < s_c: the difference is negative
+                matches.append(Ternary(1, 1))
+            elif i == c:  # s_c >= s_j: the difference is not negative
+                matches.append(Ternary(0, 1))
+            else:
+                matches.append(Ternary(0, 0))
+        entries.append(Entry(tuple(matches), _params_of(c, by_winner, verdict)))
+    table = Table("verdict", TableRole.VERDICT, tuple(op.dst for op in ops),
+                  (MatchKind.TERNARY,) * len(ops), verdict.outputs, tuple(entries),
+                  verdict.default, slices=(width - 1,) * len(ops))
+    return AluStep("argmax_diff", ops), table
+
+
+def tournament(scores: list[Field], winner: Field) -> list[AluStep]:
+    """Rounds of (subtract pairs; on each sign bit keep the right pair if it is larger): the
+    left, lower-index contender keeps ties. The last round writes only the winner index."""
+    width = scores[0].width
+    contenders: list[tuple[Field, Operand]] = [(s, i) for i, s in enumerate(scores)]
+    steps: list[AluStep] = []
+    r = 0
+    while len(contenders) > 1:
+        last = len(contenders) == 2
+        diffs: list[AluOp] = []
+        selects: list[AluStep] = []
+        moved: list[tuple[Field, Operand]] = []
+        for p, (left, right) in enumerate(zip(contenders[0::2], contenders[1::2],
+                                              strict=False)):
+            d = Field(f"am_t{r}_{p}", width)
+            diffs.append(AluOp(d, AluKind.SUB, left[0], right[0]))
+            index = winner if last else Field(f"am_i{r}_{p}", winner.width)
+            value = Field(f"am_v{r}_{p}", width)
+            selects.append(AluStep(f"am_pick{r}_{p}", _take(right, index, None if last else value),
+                                   guard=(d, width - 1),
+                                   otherwise=_take(left, index, None if last else value)))
+            moved.append((value, index))
+        if len(contenders) % 2:
+            moved.append(contenders[-1])
+        steps += [AluStep(f"am_sub{r}", tuple(diffs)), *selects]
+        contenders = moved
+        r += 1
+    return steps
+
+
+def _take(side: tuple[Field, Operand], index: Field, value: Field | None) -> tuple[AluOp, ...]:
+    """Copy one contender's index (and value, unless this is the last round) onward."""
+    ops = [AluOp(index, AluKind.SET, side[1])]
+    if value is not None:
+        ops.append(AluOp(value, AluKind.SET, side[0]))
+    return tuple(ops)

@@ -37,6 +37,13 @@ from common import REPO, machine, markdown_table, source_note, source_state
 
 sys.path.insert(0, str(REPO / "tests"))
 
+from adversarial import (  # noqa: E402  (shared with the tests)
+    adversarial_pcap,
+    adversarial_pcapng,
+    naive_merge_tables,
+    score_table,
+)
+
 from homunculus.compile import build_problem, choose_candidates  # noqa: E402
 from homunculus.data.pcap import ingest  # noqa: E402
 from homunculus.display import shown  # noqa: E402
@@ -46,13 +53,6 @@ from homunculus.models.base import get_family  # noqa: E402
 from homunculus.passes.merge import merge_tables  # noqa: E402
 from homunculus.report.render import plot_confusion  # noqa: E402
 from homunculus.search.problem import evaluate  # noqa: E402
-
-from adversarial import (  # noqa: E402  (shared with the tests)
-    adversarial_pcap,
-    adversarial_pcapng,
-    naive_merge_tables,
-    score_table,
-)
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

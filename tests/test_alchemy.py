@@ -91,9 +91,9 @@ def test_cli_runs_the_bundled_python_example(tmp_path) -> None:
 
 def test_platform_profile_overrides_from_python(tmp_path) -> None:
     model = Model("toy", data=make_loader(*toy()), algorithms=["dt"])
-    small = Platforms.Tofino(stages=2)
+    small = Platforms.Tofino(stages=1)
     small.schedule(model)
     from homunculus.errors import InfeasibleError
 
-    with pytest.raises(InfeasibleError, match="stages 3 > limit 2"):
+    with pytest.raises(InfeasibleError, match=r"stages \d > limit 1"):
         generate(small, tmp_path / "out", trials=2, progress=False)

@@ -11,10 +11,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from fuzzing import capture_variant, cli_variant, compile_variant, spec_variant, time_bound
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from fuzzing import capture_variant, cli_variant, compile_variant, spec_variant, time_bound
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from adversarial import naive_merge_tables, score_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -25,7 +26,6 @@ from homunculus.ir.names import safe_comment
 from homunculus.passes.merge import merge_tables
 from homunculus.report.render import plot_confusion
 
-from adversarial import naive_merge_tables, score_table
 from conftest import spec_text, tree, write_spec
 
 runner = CliRunner()
@@ -125,8 +125,9 @@ def test_unreadable_or_hostile_spec_files(tmp_path, kind) -> None:
      "platform.profile"),
     (("  label: device", "  label: device\n  test_fraction: 1.0e-9"), "data.test_fraction"),
     (("  label: device", "  label: device\n  test_fraction: 0.9999999"), "data.test_fraction"),
-    (("  seed: 0", "  seed: 0\n  validation_fraction: 1.0e-9"), "search.validation_fraction"),
-    (("  seed: 0", "  seed: 0\n  validation_fraction: 0.9999999"),
+    (("  seed: 0", "  seed: 0\n  cv_folds: 1\n  validation_fraction: 1.0e-9"),
+     "search.validation_fraction"),
+    (("  seed: 0", "  seed: 0\n  cv_folds: 1\n  validation_fraction: 0.9999999"),
      "search.validation_fraction"),
 ])
 def test_bad_numbers_are_located_errors_before_the_search(tmp_path, example_csv, monkeypatch,

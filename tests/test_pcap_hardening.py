@@ -8,14 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from adversarial import adversarial_pcap, adversarial_pcapng, epb, frame, idb, option, shb
 from typer.testing import CliRunner
 
 from homunculus.cli import app
 from homunculus.data import pcap
 from homunculus.data.pcap import MAX_TS_US, ingest
 from homunculus.errors import DataError
-
-from adversarial import adversarial_pcap, adversarial_pcapng, epb, frame, idb, option, shb
 
 runner = CliRunner()
 

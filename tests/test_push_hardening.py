@@ -9,9 +9,9 @@ import os
 import shutil
 from pathlib import Path
 
-from homunculus import deploy as deploy_mod
-
 from test_xdp_live import cli, compile_out, table_pipeline, veth_link
+
+from homunculus import deploy as deploy_mod
 
 
 def tampered(src: Path, dst: Path, change) -> Path:

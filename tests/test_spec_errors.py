@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +118,12 @@ def test_class_of_interest_must_be_a_label(tmp_path, example_csv) -> None:
 
 def test_constraints_no_family_can_meet_are_ruled_out_before_training(tmp_path,
                                                                      example_csv) -> None:
-    text = spec_text(example_csv).replace("resources: {stages: 12}", "resources: {stages: 2}")
+    text = spec_text(example_csv).replace("resources: {stages: 12}", "resources: {stages: 1}")
     spec = write_spec(tmp_path / "s.yaml", text)
     with pytest.raises(InfeasibleError) as exc:
         compile_yaml(spec, tmp_path / "out")
     msg = str(exc.value)
-    assert "dt: even its smallest pipeline does not fit: stages 3 > limit 2" in msg
+    assert re.search(r"dt: even its smallest pipeline does not fit: stages \d > limit 1", msg)
     assert "gnb:" in msg
 
 

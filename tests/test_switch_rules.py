@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_p4_flow_codegen import flow_pipeline
 
 from homunculus.data.dataset import FeatureDecl, make_dataset
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
@@ -24,8 +25,6 @@ from homunculus.targets.p4 import emit_p4
 from homunculus.targets.p4.profiles import BMV2, TOFINO
 from homunculus.targets.p4.rules import check_rules, rule_violations
 from homunculus.targets.p4.target import SwitchTarget
-
-from test_p4_flow_codegen import flow_pipeline
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real-compilers" / "tna"
 FAMILIES = sorted(n for n, f in all_families().items() if not requires_dense(f))

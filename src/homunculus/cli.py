@@ -82,7 +82,9 @@ def check_number(name: str, value: float | None, high: float) -> None:
 
 
 def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float | None,
-                 resume: bool, seed: int | None, progress: bool):  # noqa: ANN201
+                 resume: bool, seed: int | None, progress: bool, p4c: str | None = None,
+                 p4c_timeout: float | None = None,
+                 toolchain_feasibility: bool = False):  # noqa: ANN201
     """Compile a YAML spec or run a Python (Alchemy) script with these options."""
     from homunculus.compile import CompileOptions, compile_plan
     from homunculus.frontend.alchemy import cli_overrides
@@ -91,12 +93,14 @@ def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float |
     if not spec.exists():
         raise SpecError("no such spec file", file=str(spec))
     if spec.suffix in (".yaml", ".yml"):
-        options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, (spec,))
+        options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, p4c,
+                                 p4c_timeout, toolchain_feasibility, (spec,))
         return compile_plan(plan_from_yaml(spec), options)
     if spec.suffix == ".py":
         if not spec.is_file():
             raise SpecError("the spec is not a regular file", file=str(spec))
-        with cli_overrides(out_dir, trials, seconds, resume, seed, progress) as calls:
+        with cli_overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
+                           toolchain_feasibility) as calls:
             sys.path.insert(0, str(spec.parent.resolve()))
             try:
                 runpy.run_path(str(spec), run_name="__main__")
@@ -117,14 +121,24 @@ def compile_command(
     resume: Annotated[bool, typer.Option(help="continue the search stored in OUT")] = False,
     seed: Annotated[int | None, typer.Option(help="random seed (overrides the spec)")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    p4c: Annotated[str | None, typer.Option(
+        "--p4c", help="P4 compiler to run on the program (bf-p4c, p4c-barefoot, p4c-bm2-ss); "
+                      "default: platform.toolchain, else one found on PATH")] = None,
+    p4c_timeout: Annotated[float | None, typer.Option(
+        help="seconds one P4 compiler run may take (default 900)")] = None,
+    toolchain_feasibility: Annotated[bool, typer.Option(
+        "--toolchain-feasibility", help="a trial is feasible only if the P4 compiler accepts "
+                                        "its program within the stage limit")] = False,
 ) -> None:
     """Search, train, quantise, generate and verify a data-plane program."""
     check_count("--trials", trials, 1, MAX_TRIALS)
     check_number("--seconds", seconds, MAX_SECONDS)
     check_count("--seed", seed, 0, MAX_SEED)
+    check_number("--p4c-timeout", p4c_timeout, MAX_SECONDS)
     try:
         with user_errors():
-            result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress)
+            result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress, p4c,
+                                  p4c_timeout, toolchain_feasibility)
     except KeyboardInterrupt:
         say(err, ("interrupted: ", "bold red"), f"{shown(out_dir)} is unchanged; "
             "compile again with --resume to continue the search")
@@ -137,11 +151,27 @@ def compile_command(
         f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
         f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
     t = res["totals"]
-    say(out, f"  {t['stages']} stages, {t['tables']} tables, {t['entries']} entries, "
-        f"{t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
+    say(out, f"  estimated: {t['stages']} stages, {t['tables']} tables, {t['entries']} "
+        f"entries, {t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
         f"binding: {res['binding']}")
+    say(out, f"  {message(toolchain_line(result.report.get('toolchain') or {}), 1000)}")
     for warning in result.warnings:
         say(err, ("warning: ", "yellow"), message(warning))
+
+
+def toolchain_line(section: dict) -> str:
+    """The CLI summary of the report's toolchain section."""
+    if not section.get("ran"):
+        return f"no P4 compiler ran ({section.get('reason')}): the figures above are estimates"
+    version = section.get("version") or ""
+    head = version if version.startswith(section["tool"]) else (
+        section["tool"] + (f" ({version})" if version else ""))
+    real = section.get("resources")
+    if real is None:
+        return f"{head}: accepted, {section['warnings']} warning(s)"
+    return (f"{head}: accepted; real: {real['stages']} stages, {real['tables']} tables, "
+            f"{real['sram_blocks']} SRAM and {real['tcam_blocks']} TCAM blocks "
+            f"({section['warnings']} warning(s))")
 
 
 @app.command("simulate")

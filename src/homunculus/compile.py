@@ -2,9 +2,10 @@
 
 Everything a compile writes, its search study included, goes to a workspace beside OUT that
 replaces OUT in one atomic rename only after the executable twin has agreed with the quantised
-model on every test sample (see outputs.py): a failed or killed compile leaves the previous OUT
-exactly as it was, and OUT is locked for the length of a compile. All checks of the spec and the
-data run before the search starts.
+model on every test sample (and the vendor P4 compiler, when one runs, has accepted the
+program: see toolchain_hook.py). A failed or killed compile leaves the previous OUT exactly as
+it was (see outputs.py), and OUT is locked for the length of a compile. All checks of the spec
+and the data run before the search starts.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ from homunculus.search.candidates import allowed_or_raise, known_families, selec
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
     Evaluation,
-    FinalModel,
     Problem,
+    evaluate,
     make_problem,
     merge_budget,
-    refit,
 )
 from homunculus.search.study import Budget, open_study, run_search, trial_index
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
+from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class CompileOptions:
     resume: bool = False
     seed: int | None = None
     progress: bool = True
+    p4c: str | None = None  # the P4 compiler to run (overrides platform.toolchain and PATH)
+    p4c_timeout: float | None = None  # seconds per compiler run (None: the hook's default)
+    toolchain_feasibility: bool = False  # the compiler judges each trial (also search.*)
     inputs: tuple[Path, ...] = ()  # files the compile reads (OUT may not contain them)
 
 
@@ -169,11 +173,14 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     try:
         problem = make_problem(dataset, target, limits, plan.model.metric,
                                positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
-                               plan.search.validation_fraction, plan.select_features)
+                               plan.search.validation_fraction, plan.select_features,
+                               plan.search.cv_folds)
     except ValueError as exc:
-        raise plan.error("search.validation_fraction",
-                         f"cannot carve a validation split of {plan.search.validation_fraction:g}"
-                         f" out of {len(dataset.y_train)} training rows: {exc}") from None
+        folds = plan.search.cv_folds
+        field = "search.cv_folds" if folds not in (None, 1) else "search.validation_fraction"
+        raise plan.error(field, f"cannot split {len(dataset.y_train)} training rows into "
+                                f"validation folds (cv_folds {folds}, validation_fraction "
+                                f"{plan.search.validation_fraction:g}): {exc}") from None
     return problem, requested
 
 
@@ -181,7 +188,8 @@ def search_settings(problem: Problem, allowed: list[str]) -> dict[str, Any]:
     """What a stored search depends on besides its seed: a resumed search must match it."""
     ds = problem.dataset
     digest = hashlib.sha256()
-    for arr in (problem.x_fit, problem.y_fit, problem.x_val, problem.y_val):
+    arrays = [ds.x_train, ds.y_train, *(rows for fold in problem.folds for rows in fold)]
+    for arr in arrays:
         digest.update(repr((arr.shape, arr.dtype.str)).encode())
         digest.update(np.ascontiguousarray(arr).tobytes())
     digest.update(json.dumps(list(ds.class_labels)).encode())
@@ -270,44 +278,64 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     with open_output(out_dir) as output:
         output.start(options.resume)
         problem, requested = build_problem(plan, seed)
+        hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
+        program = sanitise_identifier(plan.name, "hmn")
+        judged = options.toolchain_feasibility or plan.search.toolchain_feasibility
+        oracle = make_oracle(hook, program, problem.limits) if judged else None
         candidates, allowed = choose_candidates(problem, requested)
         objectives = tuple(plan.model.objectives)
+        settings = {**search_settings(problem, allowed), "toolchain_feasibility": judged}
         study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
                            objectives, plan.search.sampler, seed, budget,
-                           output.resumed is not None, search_settings(problem, allowed))
+                           output.resumed is not None, settings)
         with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-            result = run_search(problem, allowed, objectives, budget, study, progress)
+            result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
         best = result.best_trial
         family = best.params["family"]
         params = {k: v for k, v in best.params.items() if k != "family"}
-        final = refit(problem, family, params)
-        report = write_artefacts(output.work, plan, final, result, candidates, seed)
+        ev = evaluate(problem, family, params)  # trained on the whole training set
+        report = write_artefacts(output.work, plan, ev, result, candidates, seed, hook, program)
         warnings = output.commit()
     left = [f"files added to {out_dir} during the compile were left in "
             f"{output.paths.partial}: {', '.join(warnings[:5])}"] if warnings else []
     return CompileResult(out_dir, family, params, report["metrics"], report, left)
 
 
-def write_artefacts(work: Path, plan: Plan, final: FinalModel, result: Any,
-                    candidates: list[Any], seed: int) -> dict[str, Any]:
-    """Emit, verify and report the chosen pipeline into the workspace; the report."""
-    ev = final.evaluation
+def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any, candidates: list[Any],
+                    seed: int, hook: Any, program: str) -> dict[str, Any]:
+    """Emit, verify (twin, then the vendor compiler if one runs) and report the chosen pipeline
+    into the workspace; the report."""
     problem = ev.problem  # restricted to the chosen features when the search selects them
-    program = sanitise_identifier(plan.name, "hmn")
     problem.target.emit(ev.pipeline, work, program)
     (work / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
     checkpoint("final-write")
     expected, produced = verify(problem, ev, work)
+    toolchain = check_final_program(hook, work, program, ev.usage, problem.limits,
+                                    getattr(problem.target, "profile", None))
     write_model(work, ev, problem.dataset)
     packet_check = verify_packets(work, problem.dataset, problem.target)
     report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
-    report["final_model"] = {"refit": final.refit, "note": final.note,
-                             "validation_quantised": final.validated.metric}
     report["packet_simulation"] = packet_check
     report["traffic"] = traffic_section(problem.dataset)
+    report["toolchain"] = toolchain
+    label_resources(report["resources"], toolchain)
     (work / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
     write_report(work, report)
     return report
+
+
+def label_resources(resources: dict[str, Any], toolchain: dict[str, Any]) -> None:
+    """Say that the resource figures are estimates; put the compiler's beside them."""
+    resources["basis"] = "estimated"
+    real = toolchain.get("resources") if toolchain.get("ran") else None
+    resources["real"] = None if real is None else {
+        "tool": toolchain["tool"],
+        **{k: real[k] for k in ("stages", "tables", "sram_kbit", "tcam_kbit", "sram_blocks",
+                                "tcam_blocks")}}
+    resources["note"] = toolchain.get("note") or (
+        f"Estimated by Homunculus; {toolchain['tool']} accepted the program"
+        + ("; its own figures are under 'real'." if real is not None else
+           " (it reports no resource figures)."))
 
 
 def profile_of(target: Target) -> dict[str, Any]:
@@ -350,6 +378,7 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "pipeline": metric_of(produced),
             "agreement": float(np.mean(expected == produced)),
             "validation_quantised": ev.metric,
+            "cv_folds": [round(m, 6) for m in ev.fold_metrics],
             "test_samples": len(y),
         },
         "trials": rows,

@@ -46,3 +46,7 @@ class NotSupportedError(HomunculusError):
 
 class ResumeError(HomunculusError):
     """``--resume`` cannot continue the stored search (none, or made with another spec)."""
+
+
+class ToolchainError(HomunculusError):
+    """The vendor P4 compiler rejected the generated program, or could not be run."""

@@ -177,6 +177,7 @@ class Platform:
     constraints: Constraints = field(default_factory=Constraints)
     scheduled: Model | Schedule | None = None
     origin: tuple[str, int | None] = ("<python>", None)
+    toolchain: str | None = None  # P4 compiler (path relative to the script, or name on PATH)
 
     def constrain(self, performance: dict[str, float] | None = None,
                   resources: dict[str, float] | None = None) -> Platform:
@@ -201,12 +202,14 @@ class Platforms:
     """The targets: ``Tofino()`` (TNA), ``BMv2()`` (v1model), ``XDP()`` (eBPF) and ``C()``."""
 
     @staticmethod
-    def Tofino(**profile: Any) -> Platform:  # noqa: N802  (the paper's spelling)
-        return Platform("tofino", dict(profile), origin=_caller())
+    def Tofino(toolchain: str | None = None, **profile: Any) -> Platform:  # noqa: N802
+        """Tofino 1 (TNA); ``toolchain``: bf-p4c or p4c-barefoot to run on the program."""
+        return Platform("tofino", dict(profile), origin=_caller(), toolchain=toolchain)
 
     @staticmethod
-    def BMv2(**profile: Any) -> Platform:  # noqa: N802
-        return Platform("bmv2", dict(profile), origin=_caller())
+    def BMv2(toolchain: str | None = None, **profile: Any) -> Platform:  # noqa: N802
+        """bmv2 (v1model); ``toolchain``: p4c-bm2-ss to run on the program."""
+        return Platform("bmv2", dict(profile), origin=_caller(), toolchain=toolchain)
 
     @staticmethod
     def XDP(**profile: Any) -> Platform:  # noqa: N802
@@ -227,6 +230,9 @@ class _Overrides:
     resume: bool
     seed: int | None
     progress: bool
+    p4c: str | None = None
+    p4c_timeout: float | None = None
+    toolchain_feasibility: bool = False
 
 
 _CLI: ContextVar[_Overrides | None] = ContextVar("homunculus_cli", default=None)
@@ -235,10 +241,13 @@ _CALLS: ContextVar[list[Any] | None] = ContextVar("homunculus_calls", default=No
 
 @contextmanager
 def cli_overrides(out_dir: Path, trials: int | None, seconds: float | None, resume: bool,
-                  seed: int | None, progress: bool) -> Iterator[list[Any]]:
+                  seed: int | None, progress: bool, p4c: str | None = None,
+                  p4c_timeout: float | None = None,
+                  toolchain_feasibility: bool = False) -> Iterator[list[Any]]:
     """While active, generate() uses these options and records its results in the list."""
     calls: list[Any] = []
-    t1 = _CLI.set(_Overrides(out_dir, trials, seconds, resume, seed, progress))
+    t1 = _CLI.set(_Overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
+                             toolchain_feasibility))
     t2 = _CALLS.set(calls)
     try:
         yield calls
@@ -248,7 +257,7 @@ def cli_overrides(out_dir: Path, trials: int | None, seconds: float | None, resu
 
 
 def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, seed: int,
-            sampler: str) -> Plan:
+            sampler: str, toolchain_feasibility: bool = False) -> Plan:
     origin = _caller()
     if platform.scheduled is None:
         raise SpecError("nothing is scheduled: call platform.schedule(model) before generate()",
@@ -261,11 +270,16 @@ def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, se
             "schedule one model")
     model = models[0]
     try:
-        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
-                                     constraints=platform.constraints)
-        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler)
+        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
+                            toolchain_feasibility=toolchain_feasibility)
     except ValidationError as exc:
         raise _spec_error(exc, "", origin) from None
+    try:
+        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
+                                     constraints=platform.constraints,
+                                     toolchain=platform.toolchain)
+    except ValidationError as exc:
+        raise _spec_error(exc, "platform", platform.origin) from None
     origins = {"model": model.origin, "platform": platform.origin, "data": model.data.origin,
                "search": origin}
     scripts = sorted({Path(f) for f, _ in origins.values() if Path(f).is_file()})
@@ -275,20 +289,26 @@ def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, se
 
 def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | None = 30,
              seconds: float | None = None, seed: int = 0, sampler: str = "tpe",
-             resume: bool = False, progress: bool = True) -> Any:
+             resume: bool = False, progress: bool = True,
+             toolchain_feasibility: bool = False) -> Any:
     """Search, train, quantise and emit the scheduled model for ``platform`` into ``out_dir``.
 
-    Under ``homunculus compile SCRIPT -o OUT`` the command line's options win.
+    ``toolchain_feasibility``: the P4 compiler (``platform.toolchain`` or one on PATH) decides
+    each trial's feasibility. Under ``homunculus compile SCRIPT -o OUT`` the command line's
+    options win.
     """
     from homunculus.compile import CompileOptions, compile_plan
 
     cli = _CLI.get()
-    plan = plan_of(platform, trials=trials, seconds=seconds, seed=seed, sampler=sampler)
+    wanted = toolchain_feasibility or (cli is not None and cli.toolchain_feasibility)
+    plan = plan_of(platform, trials=trials, seconds=seconds, seed=seed, sampler=sampler,
+                   toolchain_feasibility=wanted)
     options = CompileOptions(out_dir=Path(out_dir), trials=None, seconds=None, resume=resume,
                              seed=None, progress=progress)
     if cli is not None:
         options = CompileOptions(out_dir=cli.out_dir, trials=cli.trials, seconds=cli.seconds,
-                                 resume=cli.resume, seed=cli.seed, progress=cli.progress)
+                                 resume=cli.resume, seed=cli.seed, progress=cli.progress,
+                                 p4c=cli.p4c, p4c_timeout=cli.p4c_timeout)
     result = compile_plan(plan, options)
     calls = _CALLS.get()
     if calls is not None:

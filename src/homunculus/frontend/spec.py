@@ -105,6 +105,10 @@ class PlatformSpec(Strict):
     profile: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the target profile's documented defaults")
     constraints: Constraints = Field(default_factory=Constraints)
+    toolchain: str | None = Field(
+        default=None, min_length=1,
+        description="tofino/bmv2: the P4 compiler to run on the generated program (bf-p4c, "
+                    "p4c-barefoot or p4c-bm2-ss): a path relative to the spec, or a name on PATH")
 
     @field_validator("profile")
     @classmethod
@@ -123,6 +127,13 @@ class SearchSpec(Strict):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     sampler: Literal["tpe", "random"] = "tpe"
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    cv_folds: int | None = Field(
+        default=None, ge=1, le=20,
+        description="folds of the cross-validated trial metric (1: one validation split of "
+                    "validation_fraction); default by data size")
+    toolchain_feasibility: bool = Field(
+        default=False, description="a trial is feasible only if the P4 compiler accepts its "
+                                   "program within the stage limit (needs a compiler)")
 
 
 class TrafficFeature(Strict):

@@ -30,13 +30,13 @@ class GaussianNBFamily:
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
-            "gnb_bins": trial.suggest_int("gnb_bins", 2, 64, log=True),
+            "gnb_bins": trial.suggest_int("gnb_bins", 2, 256, log=True),
             "gnb_var_smoothing": trial.suggest_float("gnb_var_smoothing", 1e-12, 1e-2, log=True),
             "gnb_score_bits": trial.suggest_int("gnb_score_bits", 6, 16),
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"gnb_bins": 16, "gnb_var_smoothing": 1e-9, "gnb_score_bits": 12}
+        return {"gnb_bins": 64, "gnb_var_smoothing": 1e-9, "gnb_score_bits": 12}
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""
@@ -67,13 +67,13 @@ class CategoricalNBFamily:
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
-            "cnb_bins": trial.suggest_int("cnb_bins", 2, 64, log=True),
+            "cnb_bins": trial.suggest_int("cnb_bins", 2, 256, log=True),
             "cnb_alpha": trial.suggest_float("cnb_alpha", 0.01, 10.0, log=True),
             "cnb_score_bits": trial.suggest_int("cnb_score_bits", 6, 16),
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"cnb_bins": 16, "cnb_alpha": 1.0, "cnb_score_bits": 12}
+        return {"cnb_bins": 64, "cnb_alpha": 1.0, "cnb_score_bits": 12}
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""

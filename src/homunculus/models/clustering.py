@@ -27,12 +27,12 @@ class KMeansFamily:
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
             "kmeans_clusters": trial.suggest_int("kmeans_clusters", 2, 16),
-            "kmeans_bins": trial.suggest_int("kmeans_bins", 2, 64, log=True),
+            "kmeans_bins": trial.suggest_int("kmeans_bins", 2, 256, log=True),
             "kmeans_score_bits": trial.suggest_int("kmeans_score_bits", 6, 16),
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"kmeans_clusters": 8, "kmeans_bins": 16, "kmeans_score_bits": 12}
+        return {"kmeans_clusters": 8, "kmeans_bins": 64, "kmeans_score_bits": 12}
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""

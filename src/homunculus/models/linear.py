@@ -23,12 +23,12 @@ class LinearSVMFamily:
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
             "svm_c": trial.suggest_float("svm_c", 1e-3, 10.0, log=True),
-            "svm_bins": trial.suggest_int("svm_bins", 2, 64, log=True),
+            "svm_bins": trial.suggest_int("svm_bins", 2, 256, log=True),
             "svm_score_bits": trial.suggest_int("svm_score_bits", 6, 16),
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"svm_c": 1.0, "svm_bins": 16, "svm_score_bits": 12}
+        return {"svm_c": 1.0, "svm_bins": 64, "svm_score_bits": 12}
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""

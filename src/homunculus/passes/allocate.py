@@ -8,12 +8,14 @@ resources. Units are placed in program order, each in the first stage that
 * comes after the stage of every unit writing a field it reads or writes (a stage reads the
   packet's fields as they enter it, so a value written in stage s is visible from s + 1),
 * has room for it under every per-stage limit (logical tables, ternary tables, TCAM and SRAM
-  blocks, stateful ALUs, gateways, hash bits, match crossbar bytes), and
+  blocks, stateful ALUs, gateways, hash bits, match crossbar bytes, action-data bus bytes), and
 * holds no other writer of a PHV container it writes: narrow fields that are not solitary are
   packed into shared 8-bit containers, and two tables writing one container cannot share a stage
   (bf-p4c's container conflicts).
 
-A table too large for one stage is split evenly over as many stages as it needs.
+A unit larger than an empty stage (memory, or a key wider than one stage's crossbar) is split
+evenly over as many stages as it needs, so an oversized table costs stages instead of never
+fitting.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class StageCaps:
     hash_bits: int | None = None
     exact_xbar_bytes: int | None = None
     ternary_xbar_groups: int | None = None
+    action_bus_bytes: int | None = None  # action data delivered to the ALUs per stage
     sram_block_bits: int = 1024 * 128
     tcam_block_bits: int = 512 * 44
 
@@ -58,13 +61,14 @@ class Unit:
     hash_bits: int = 0
     exact_xbar_bytes: int = 0
     ternary_xbar_groups: int = 0
+    action_bus_bytes: int = 0
     entries: int = 0
     packed_writes: frozenset[str] = frozenset()  # shared containers it writes (see module doc)
 
 
 _SHARED = ("logical", "ternary", "tcam_blocks", "sram_blocks", "salus", "gateways",
-           "hash_bits", "exact_xbar_bytes", "ternary_xbar_groups")
-_SPLIT = ("tcam_blocks", "sram_blocks")  # what splits when a table spans stages
+           "hash_bits", "exact_xbar_bytes", "ternary_xbar_groups", "action_bus_bytes")
+_SPLIT = _SHARED  # a unit larger than one stage is spread evenly over as many as it needs
 
 
 @dataclass
@@ -80,8 +84,12 @@ def span_of(unit: Unit, caps: StageCaps) -> int:
     span = 1
     for key in _SPLIT:
         cap = getattr(caps, key)
-        if cap:
-            span = max(span, math.ceil(getattr(unit, key) / cap))
+        demand = getattr(unit, key)
+        if cap is not None and demand:
+            if cap <= 0:
+                raise ValueError(f"{unit.kind} {unit.name} needs {key.replace('_', ' ')}, and "
+                                 "the target profile allows none per stage")
+            span = max(span, math.ceil(demand / cap))
     return span
 
 

@@ -493,6 +493,42 @@ def _candidate_row(cand: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_REAL_VS_ESTIMATE = (("stages", "Stages"), ("tables", "Tables"), ("sram_kbit", "SRAM (kbit)"),
+                     ("tcam_kbit", "TCAM (kbit)"))
+
+
+def _toolchain_context(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The vendor compiler's verdict and figures beside the estimates (``ran`` false when no
+    compiler ran, including reports written before the hook existed)."""
+    tc = report.get("toolchain") or {}
+    ran = bool(tc.get("ran"))
+    real = (tc.get("resources") or {}) if ran else {}
+    estimate = tc.get("estimate") or (report.get("resources") or {}).get("totals") or {}
+    rows = [{"label": label, "estimated": estimate.get(key), "real": real.get(key)}
+            for key, label in _REAL_VS_ESTIMATE] if real else []
+    tool, version = str(tc.get("tool") or ""), str(tc.get("version") or "")
+    return {
+        "ran": ran,
+        "title": version if version.startswith(tool) and tool else (
+            tool + (f" ({version})" if version else "")),
+        "reason": tc.get("reason"),
+        "tool": tc.get("tool"),
+        "version": tc.get("version"),
+        "accepted": tc.get("accepted"),
+        "errors": tc.get("errors"),
+        "warnings": tc.get("warnings"),
+        "seconds": tc.get("seconds"),
+        "log_excerpt": str(tc.get("log_excerpt") or ""),
+        "files": [str(f) for f in tc.get("files") or []],
+        "rows": rows,
+        "sram_blocks": real.get("sram_blocks"),
+        "tcam_blocks": real.get("tcam_blocks"),
+        "stages": [{"stage": st.get("stage"), "tables": [str(t) for t in st.get("tables") or []],
+                    "sram_blocks": st.get("sram_blocks"), "tcam_blocks": st.get("tcam_blocks")}
+                   for st in real.get("per_stage") or []],
+    }
+
+
 def build_context(report: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template needs, with defaults for missing optional keys."""
     derived = report.get("derived") or derive(report)
@@ -516,6 +552,7 @@ def build_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "binding": resources.get("binding"),
         "violations": [str(v) for v in resources.get("violations") or []],
         "candidates": [_candidate_row(c) for c in report.get("candidates") or []],
+        "toolchain": _toolchain_context(report),
         "trials": _trial_rows(report, derived.get("pareto_front") or []),
     }
 

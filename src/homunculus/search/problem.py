@@ -6,7 +6,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.model_selection import (
+    GroupShuffleSplit,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
 
 from homunculus.data.dataset import Dataset, select_features
 from homunculus.ir.dense import QMLP
@@ -20,15 +26,17 @@ from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
 MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
 
 
+Fold = tuple[np.ndarray, np.ndarray]  # (fit rows, validation rows) of the training set
+
+
 @dataclass(frozen=True)
 class Problem:
-    """Everything a trial needs: the data splits, the target, its limits and the metric."""
+    """Everything a trial needs: the training data and its folds, the target, its limits and
+    the metric. A trial trains once on the whole training set (the model it would ship: its
+    pipeline, resources and feasibility) and once per fold (the cross-validated metric)."""
 
     dataset: Dataset
-    x_fit: np.ndarray
-    y_fit: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
+    folds: tuple[Fold, ...]
     target: Target
     limits: Limits
     metric: str
@@ -39,8 +47,7 @@ class Problem:
 
     def restricted(self, indices: list[int]) -> Problem:
         """This problem on a subset of the features."""
-        return replace(self, dataset=select_features(self.dataset, indices),
-                       x_fit=self.x_fit[:, indices], x_val=self.x_val[:, indices])
+        return replace(self, dataset=select_features(self.dataset, indices))
 
 
 def feature_param(i: int) -> str:
@@ -55,25 +62,51 @@ def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
     return [i for i in range(n) if params.get(feature_param(i), True)]
 
 
+def default_folds(n_rows: int) -> int:
+    """Cross-validation folds by data size: cheap enough to stay the default (1 = holdout)."""
+    if n_rows <= 5_000:
+        return 5
+    if n_rows <= 50_000:
+        return 3
+    return 1
+
+
+def make_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
+               validation_fraction: float = 0.25) -> tuple[Fold, ...]:
+    """Seeded folds of the training set: by group (flow or capture) when the rows carry groups,
+    so no flow is on both sides; stratified when every class has enough rows. ``n_folds`` = 1
+    is one validation split of ``validation_fraction``."""
+    y = dataset.y_train
+    n = len(y)
+    k = default_folds(n) if n_folds is None else n_folds
+    groups = dataset.groups_train
+    grouped = groups is not None and len(np.unique(groups)) >= 2
+    counts = np.bincount(y, minlength=dataset.n_classes)
+    if k == 1 or (grouped and len(np.unique(groups)) < k) or (not grouped and n < 2 * k):
+        if grouped:
+            splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
+                                         random_state=seed)
+            return (next(splitter.split(dataset.x_train, y, groups)),)
+        stratify = y if counts[counts > 0].min() >= 2 else None
+        fit, val = train_test_split(np.arange(n), test_size=validation_fraction,
+                                    random_state=seed, stratify=stratify)
+        return ((np.sort(fit), np.sort(val)),)
+    if grouped:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return tuple(splitter.split(dataset.x_train, y, groups))
+    if counts[counts > 0].min() >= k:
+        return tuple(StratifiedKFold(k, shuffle=True, random_state=seed).split(
+            dataset.x_train, y))
+    return tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
+
+
 def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
                  positive: int | None, verdict: VerdictPlan, seed: int,
-                 validation_fraction: float = 0.25, select: bool = False) -> Problem:
-    """Carve a validation split out of the training data (the test set stays unseen): stratified,
-    or by group (flow or capture) when the rows carry groups, so no flow is on both sides."""
-    y = dataset.y_train
-    if dataset.groups_train is not None and len(np.unique(dataset.groups_train)) >= 2:
-        splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
-                                     random_state=seed)
-        fit, val = next(splitter.split(dataset.x_train, y, dataset.groups_train))
-        x_fit, x_val, y_fit, y_val = dataset.x_train[fit], dataset.x_train[val], y[fit], y[val]
-    else:
-        counts = np.bincount(y, minlength=dataset.n_classes)
-        stratify = y if counts.min() >= 2 else None
-        x_fit, x_val, y_fit, y_val = train_test_split(
-            dataset.x_train, y, test_size=validation_fraction, random_state=seed,
-            stratify=stratify)
-    return Problem(dataset, x_fit, y_fit, x_val, y_val, target, limits, metric, positive,
-                   verdict, seed, select)
+                 validation_fraction: float = 0.25, select: bool = False,
+                 n_folds: int | None = None) -> Problem:
+    """The compile problem; the test set stays unseen (see :func:`make_folds`)."""
+    folds = make_folds(dataset, seed, n_folds, validation_fraction)
+    return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select)
 
 
 @dataclass(frozen=True)
@@ -84,8 +117,9 @@ class Evaluation:
     pipeline: Pipeline
     usage: Usage
     feasibility: Feasibility
-    metric: float  # on the validation split, of the quantised model
+    metric: float  # the quantised model's cross-validated metric (mean over the folds)
     problem: Problem  # the problem as evaluated (restricted to the chosen features)
+    fold_metrics: tuple[float, ...] = ()
 
 
 def merge_budget(problem: Problem) -> int | None:
@@ -125,45 +159,35 @@ def with_flow(pipeline: Pipeline, dataset: Dataset) -> Pipeline:
                                                       dataset.traffic.config))
 
 
+def cross_validate(problem: Problem, family: str, params: dict[str, Any]
+                   ) -> tuple[float, ...]:
+    """The quantised model's metric on each fold's validation rows, trained on the rest."""
+    ds = problem.dataset
+    fam = get_family(family)
+    scores = []
+    for fit, val in problem.folds:
+        trained = fam.train(params, ds.x_train[fit], ds.y_train[fit], ds.n_classes, ds.widths,
+                            problem.seed)
+        scores.append(score(problem.metric, ds.y_train[val],
+                            trained.predict_quantised(ds.x_train[val]), ds.n_classes,
+                            problem.positive))
+    return tuple(scores)
+
+
 def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:
-    """Train ``family`` with ``params`` on the fit split and cost its pipeline on the target."""
+    """Train ``family`` with ``params`` on the whole training set (the model this configuration
+    ships: its pipeline, resources, feasibility) and score it by cross-validation."""
     chosen = chosen_features(problem, params)
     if not chosen:
         raise ValueError("a configuration must use at least one feature")
     if len(chosen) < len(problem.dataset.features):
         problem = problem.restricted(chosen)
     ds = problem.dataset
-    trained = get_family(family).train(params, problem.x_fit, problem.y_fit, ds.n_classes,
+    trained = get_family(family).train(params, ds.x_train, ds.y_train, ds.n_classes,
                                        ds.widths, problem.seed)
     pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)))
     usage = problem.target.estimate(pipeline)
     feasibility = assess(usage, problem.limits)
-    metric = score(problem.metric, problem.y_val, trained.predict_quantised(problem.x_val),
-                   ds.n_classes, problem.positive)
-    return Evaluation(family, params, trained, pipeline, usage, feasibility, metric, problem)
-
-
-@dataclass(frozen=True)
-class FinalModel:
-    """The configuration the compile ships: refit on the whole training set when that stays
-    within the limits, else the model the search validated (and why)."""
-
-    evaluation: Evaluation
-    validated: Evaluation  # trained on the fit split; its metric is the validation score
-    refit: bool
-    note: str
-
-
-def refit(problem: Problem, family: str, params: dict[str, Any]) -> FinalModel:
-    """Retrain the chosen configuration on fit + validation (the whole training set)."""
-    validated = evaluate(problem, family, params)
-    ds = problem.dataset
-    whole = replace(problem, x_fit=ds.x_train, y_fit=ds.y_train)
-    final = evaluate(whole, family, params)
-    if not final.feasibility.feasible:
-        note = ("refit on the whole training set breaks the limits ("
-                + "; ".join(final.feasibility.violations)
-                + "): shipping the model trained on the fit split")
-        return FinalModel(validated, validated, False, note)
-    return FinalModel(replace(final, metric=validated.metric), validated, True,
-                      f"refit on all {len(ds.y_train)} training rows")
+    folds = cross_validate(problem, family, params)
+    return Evaluation(family, params, trained, pipeline, usage, feasibility,
+                      float(np.mean(folds)), problem, folds)

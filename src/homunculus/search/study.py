@@ -69,6 +69,20 @@ class SearchProgress:
             self.on_update(self)
 
 
+@dataclass(frozen=True)
+class OracleVerdict:
+    """An outside judge's say on a trial (the vendor P4 compiler): feasible or why not."""
+
+    feasible: bool
+    constraint: float  # Optuna constraint value: <= 0 when feasible
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Oracle = Callable[[Evaluation], OracleVerdict]
+ORACLE_KEY = "toolchain"  # the constraint, binding and user-attr name of the oracle's verdict
+
+
 @dataclass
 class SearchResult:
     study: optuna.Study
@@ -186,16 +200,25 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return [t.number for t in stale]
 
 
-def record(trial: optuna.Trial, ev: Evaluation) -> None:
-    """Store everything the report needs about one evaluated configuration."""
+def record(trial: optuna.Trial, ev: Evaluation, verdict: OracleVerdict | None = None) -> None:
+    """Store everything the report needs about one evaluated configuration (and the oracle's
+    verdict on it, when one was asked: a rejection makes the trial infeasible)."""
+    rejected = verdict is not None and not verdict.feasible
+    violations = list(ev.feasibility.violations)
+    if rejected:
+        violations.append(verdict.reason or "rejected by the toolchain")
     trial.set_user_attr("family", ev.family)
     trial.set_user_attr("metric", ev.metric)
-    trial.set_user_attr("feasible", ev.feasibility.feasible)
-    trial.set_user_attr("binding", ev.feasibility.binding)
-    trial.set_user_attr("violations", list(ev.feasibility.violations))
+    trial.set_user_attr("feasible", ev.feasibility.feasible and not rejected)
+    trial.set_user_attr("binding", ORACLE_KEY if rejected else ev.feasibility.binding)
+    trial.set_user_attr("violations", violations)
     trial.set_user_attr("usage", {k: ev.usage.totals()[k] for k in LIMIT_KEYS})
     for key, value in ev.feasibility.constraint_values().items():
         trial.set_constraint(key, value)  # <= 0 is feasible; the sampler learns the boundary
+    if verdict is not None:
+        trial.set_user_attr(ORACLE_KEY, {"feasible": verdict.feasible, "reason": verdict.reason,
+                                         **verdict.details})
+        trial.set_constraint(ORACLE_KEY, verdict.constraint)
 
 
 def objective_values(ev: Evaluation, objectives: tuple[str, ...]) -> list[float]:
@@ -303,10 +326,12 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
 
 def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
                budget: Budget, study: optuna.Study,
-               progress: SearchProgress | None = None) -> SearchResult:
+               progress: SearchProgress | None = None,
+               oracle: Oracle | None = None) -> SearchResult:
     """Run the remaining budget of ``study`` and return its best feasible trial.
 
-    Only counted trials (complete or pruned) use up the budget and appear in the result; each
+    With an ``oracle``, every trial the estimate finds feasible is also judged by it. Only
+    counted trials (complete or pruned) use up the budget and appear in the result; each
     records its position among them (``index``), which a resumed search shares with an
     uninterrupted one.
     """
@@ -324,7 +349,8 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
             save_sampler_state(study, trial.number)
         checkpoint("mid-trial")
         ev = evaluate(problem, family, params)
-        record(trial, ev)
+        verdict = oracle(ev) if oracle is not None and ev.feasibility.feasible else None
+        record(trial, ev, verdict)
         return objective_values(ev, objectives)
 
     def finished(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -372,6 +398,11 @@ def infeasibility_message(trials: list[optuna.trial.FrozenTrial]) -> str:
     key = max(binding, key=lambda k: binding[k]) if binding else None
     if key is None:
         return f"none of {len(trials)} trials met the constraints"
+    if key == ORACLE_KEY:
+        first = next(t for t in trials if t.user_attrs.get("binding") == ORACLE_KEY)
+        return (f"no feasible pipeline in {len(trials)} trials: the P4 compiler turned down "
+                f"{binding[key]} of them (first: trial {trial_index(first)}, "
+                f"{first.user_attrs['family']}: {first.user_attrs[ORACLE_KEY]['reason']})")
     pick = min if key != "throughput_gpps" else max
     best = pick(trials, key=lambda t: t.user_attrs["usage"][key])
     return (f"no feasible pipeline in {len(trials)} trials: the binding constraint is '{key}' "

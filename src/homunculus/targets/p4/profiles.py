@@ -4,9 +4,9 @@ Tofino 1 figures are those the open-source Tofino backend of p4c models (bf-p4c
 mau/tofino/memories.h, input_xbar.h, specs/device.cpp; see docs/targets.md): 12 stages; per
 stage 16 logical tables, 8 ternary tables, 80 SRAM blocks of 1K x 128 bit, 24 TCAM blocks of
 512 x 44 bit, 4 stateful ALUs, 16 gateways, 8 hash groups of 52 bits, 128 bytes of exact-match
-and 12 groups of ternary-match crossbar; ~4 Kbit of PHV; one packet per clock (~1.2 Gpkt/s per
-pipeline). bmv2 is a software switch: no stage or memory limits; its rate and latency are
-rough figures for simple_switch.
+and 12 groups of ternary-match crossbar, 128 bytes of action-data bus; ~4 Kbit of PHV; one
+packet per clock (~1.2 Gpkt/s per pipeline). bmv2 is a software switch: no stage or memory
+limits; its rate and latency are rough figures for simple_switch.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class SwitchProfile:
     hash_bits_per_stage: int | None = None
     exact_xbar_bytes_per_stage: int | None = None
     ternary_xbar_groups_per_stage: int | None = None
+    action_bus_bytes_per_stage: int | None = None
     sram_block_entries: int = 1024
     sram_block_width: int = 128
     tcam_block_entries: int = 512
@@ -73,6 +74,7 @@ TOFINO = SwitchProfile(
     base_latency_ns=150.0, stage_latency_ns=20.0, registers_per_stage=4,
     ternary_tables_per_stage=8, gateways_per_stage=16, hash_bits_per_stage=8 * 52,
     exact_xbar_bytes_per_stage=128, ternary_xbar_groups_per_stage=12,
+    action_bus_bytes_per_stage=128,
 )
 
 BMV2 = SwitchProfile(

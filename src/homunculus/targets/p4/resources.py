@@ -28,6 +28,7 @@ def stage_caps(profile: SwitchProfile) -> StageCaps:
         hash_bits=profile.hash_bits_per_stage,
         exact_xbar_bytes=profile.exact_xbar_bytes_per_stage,
         ternary_xbar_groups=profile.ternary_xbar_groups_per_stage,
+        action_bus_bytes=profile.action_bus_bytes_per_stage,
         sram_block_bits=profile.sram_block_bits, tcam_block_bits=profile.tcam_block_bits)
 
 

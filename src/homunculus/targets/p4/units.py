@@ -35,18 +35,20 @@ def table_unit(table: Table, profile: SwitchProfile, reads: frozenset[str],
     n = len(table.entries)
     data = max(table.data_width, 1)
     key_bits = table.key_width
+    bus = math.ceil(table.data_width / 8)  # action data bytes on the stage's action bus
     if not table.keys:  # keyless: its default action only
         return Unit(table.name, "table", reads, writes, logical=1, ternary=1, entries=0,
-                    packed_writes=packed)
+                    packed_writes=packed, action_bus_bytes=bus)
     rows = math.ceil(max(n, 1) / profile.sram_block_entries)
     if table.match_kind is MatchKind.EXACT:
         words = math.ceil((key_bits + data) / profile.sram_block_width)
         return Unit(table.name, "table", reads, writes, sram_blocks=rows * words, entries=n,
-                    exact_xbar_bytes=math.ceil(key_bits / 8), packed_writes=packed)
+                    exact_xbar_bytes=math.ceil(key_bits / 8), packed_writes=packed,
+                    action_bus_bytes=bus)
     tcam = math.ceil(max(n, 1) / profile.tcam_block_entries) * tcams_per_row(key_bits)
     sram = rows * math.ceil(data / profile.sram_block_width)
     return Unit(table.name, "table", reads, writes, ternary=1, tcam_blocks=tcam,
-                sram_blocks=sram, entries=n,
+                sram_blocks=sram, entries=n, action_bus_bytes=bus,
                 ternary_xbar_groups=math.ceil(math.ceil(key_bits / 8) / 5), packed_writes=packed)
 
 

@@ -613,6 +613,15 @@ def capture_variant(rng: Rng, root: Path) -> str:
     return check_capture(path)
 
 
+def written_inside(root: Path, arg: str) -> bool:
+    """Whether a command-line argument names a path inside ``root`` (relative ones count)."""
+    try:
+        return (root / arg).resolve().is_relative_to(root.resolve()) and \
+            (root / arg).resolve() != root.resolve()
+    except (OSError, ValueError):
+        return False
+
+
 def cli_variant(rng: Rng, root: Path) -> str:
     """Run a hostile command line in ``root`` (which gets a spec, data and a FIFO): exit 0 or 2
     with a message, no traceback, no change but to the paths the command was told to write."""
@@ -638,8 +647,8 @@ def cli_variant(rng: Rng, root: Path) -> str:
     if result.exit_code == 2 and args[0] not in ("nope", "--bogus"):
         assert "error" in result.output.lower() or "Usage" in result.output, args
     after = snapshot(root)
-    allowed = {Path(a).relative_to(root).as_posix() for a in args
-               if a.startswith(str(root) + "/")}  # files the command was asked to write
+    allowed = {(root / a).resolve().relative_to(root.resolve()).as_posix() for a in args
+               if a and written_inside(root, a)}  # files the command was asked to write
     changed = {k for k, v in after.items() if before.get(k) != v} | (set(before) - set(after))
     if not all(outside_out(c) or any(c == a or c.startswith(a + "/") for a in allowed)
                for c in changed):

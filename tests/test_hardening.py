@@ -293,3 +293,11 @@ def test_nothing_outside_out_is_touched_by_a_compile(tmp_path, example_csv) -> N
     assert result.exit_code == 0, result.output
     after = {k: v for k, v in tree(tmp_path).items() if not k.startswith("out")}
     assert after == before
+
+
+def test_a_nul_in_a_spec_path_is_a_located_error(tmp_path, example_csv) -> None:
+    text = spec_text(example_csv).replace(f"path: {example_csv}", f'path: "{example_csv}\\0x"')
+    spec = write_spec(tmp_path / "s.yaml", text)
+    with pytest.raises(SpecError, match="NUL") as exc:
+        plan_from_yaml(spec)
+    assert exc.value.field == "data.path"

@@ -46,6 +46,8 @@ def open_regular(path: Path, what: str, max_bytes: int,
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise make(f"cannot read the {what}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the path
+        raise make(f"cannot read the {what}: the path contains a NUL character") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

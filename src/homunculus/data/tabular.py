@@ -23,8 +23,9 @@ def read_table(path: Path) -> pd.DataFrame:
         os.stat(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such data file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the data file: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise DataError(f"{path}: cannot read the data file: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     kind = "Parquet" if path.suffix.lower() in (".parquet", ".pq") else "CSV"
     with open_regular(path, "data file", MAX_TABLE_BYTES) as f:
         try:

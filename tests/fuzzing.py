@@ -650,7 +650,8 @@ def cli_variant(rng: Rng, root: Path) -> str:
     allowed = {(root / a).resolve().relative_to(root.resolve()).as_posix() for a in args
                if a and written_inside(root, a)}  # files the command was asked to write
     changed = {k for k, v in after.items() if before.get(k) != v} | (set(before) - set(after))
-    if not all(outside_out(c) or any(c == a or c.startswith(a + "/") for a in allowed)
+    if not all(outside_out(c) or any(c == a or c.startswith(a + "/") or a.startswith(c + "/")
+                                     for a in allowed)  # the path, inside it, or its parents
                for c in changed):
         raise Touched(f"{args} changed {sorted(changed)[:5]}")
     return f"exit {result.exit_code}"

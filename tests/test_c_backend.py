@@ -12,43 +12,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from homunculus.data.dataset import FeatureDecl, make_dataset
+from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP, DenseLayer
-from homunculus.ir.pipeline import (
-    Argmax,
-    Entry,
-    Exact,
-    FeatureInput,
-    Field,
-    MatchKind,
-    Pipeline,
-    Range,
-    ScoreSum,
-    Table,
-    TableRole,
-    Ternary,
-    VerdictKind,
-    VerdictPlan,
-)
+from homunculus.ir.pipeline import VerdictKind, VerdictPlan
+from homunculus.ir.quantised import FeatureBins, QLookupSum, QTree, QTreeEnsemble
 from homunculus.models.base import TrainedModel, all_families
-from homunculus.passes.lower import build_verdict_table, lower
+from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.targets.c import CLibrary, CompileError, CTarget, compile_executable, emit_c
 from homunculus.targets.c.build import compile_shared
+from homunculus.targets.c.profiles import CProfile
 from homunculus.targets.c.twin import reference
-from homunculus.targets.p4.twin import simulate
 
 FAMILIES = sorted(all_families())
+TREES = ("dt", "rf", "xgb")
 HOSTILE = "*/ #include <x> int main(){}\n/* \\ \r"
 VERDICT_KEYS = ("verdict_port", "verdict_drop", "verdict_mark", "verdict_dscp")
 DSCP_PLAN = VerdictPlan(kind=VerdictKind.DSCP, ports={0: 3, 1: 5}, dscp={1: 46})
 
 
-def build_pipeline(trained: TrainedModel, features, labels, verdict: VerdictPlan) -> Pipeline:
-    """The lowered pipeline of a trained model (MLPs through the dense lowering)."""
-    if isinstance(trained.quantised, QMLP):
-        from homunculus.passes.lower_mlp import lower_mlp
-
-        return lower_mlp(trained.quantised, features, labels, verdict, trained.winner_to_class)
-    return lower(trained.quantised, features, labels, verdict, trained.winner_to_class)
+def build_program(trained: TrainedModel, features, labels, verdict: VerdictPlan) -> CpuProgram:
+    """The CPU program of a trained model."""
+    return lower_cpu(trained.quantised, tuple(features), tuple(labels), verdict,
+                     trained.winner_to_class)
 
 
 def train(family: str, widths, x, y, seed: int = 0, names=None, label=lambda v: f"c{v}"):
@@ -62,9 +47,10 @@ def train(family: str, widths, x, y, seed: int = 0, names=None, label=lambda v: 
     return ds, trained
 
 
-def emit_and_load(pipeline: Pipeline, out_dir: Path, name: str = "m") -> CLibrary:
-    """Emit (the pipeline as given: prepare is not idempotent) and load the library."""
-    return CLibrary(CTarget().emit(pipeline, out_dir, name)["c_library"])
+def emit_and_load(program: CpuProgram, out_dir: Path, name: str = "m",
+                  tree_code: str = "auto") -> CLibrary:
+    target = CTarget(CProfile(tree_code=tree_code))
+    return CLibrary(target.emit(program, out_dir, name)["c_library"])
 
 
 def extreme_rows(widths: list[int]) -> np.ndarray:
@@ -78,10 +64,10 @@ def masked(x: np.ndarray, widths: list[int]) -> np.ndarray:
     return x & np.array([(1 << w) - 1 for w in widths])
 
 
-def assert_agrees(lib: CLibrary, pipeline: Pipeline, x: np.ndarray,
+def assert_agrees(lib: CLibrary, program: CpuProgram, x: np.ndarray,
                   expected: np.ndarray | None = None) -> None:
     """Batch, single and verdict calls equal the reference (and ``expected`` classes)."""
-    ref = reference(pipeline, x)
+    ref = reference(program, x)
     batch = lib.classify_batch(x)
     np.testing.assert_array_equal(batch, ref.class_index)
     np.testing.assert_array_equal(lib.classify(x), batch)
@@ -107,21 +93,19 @@ def family_data():
     return widths, x, y, probe
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_library_equals_model_and_twin(family, family_data, tmp_path) -> None:
+@pytest.mark.parametrize("family,tree_code", [*((f, "auto") for f in FAMILIES),
+                                              *((f, code) for f in TREES
+                                                for code in ("arrays", "branches"))])
+def test_family_library_equals_model_and_twin(family, tree_code, family_data, tmp_path) -> None:
     widths, x, y, probe = family_data
     ds, trained = train(family, widths, x, y)
-    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
-                                                DSCP_PLAN))
-    lib = emit_and_load(pipeline, tmp_path)
+    program = build_program(trained, ds.features, ds.class_labels, DSCP_PLAN)
+    lib = emit_and_load(program, tmp_path, tree_code=tree_code)
     assert (lib.abi_version, lib.n_features, lib.n_classes) == (1, len(widths), 3)
     rows = np.vstack([ds.x_train, probe])
     expected = trained.predict_quantised(masked(rows, widths))
-    assert_agrees(lib, pipeline, rows, expected)
-    if pipeline.mlp is None:  # the P4 twin itself, for table pipelines
-        twin = simulate(pipeline, rows)
-        np.testing.assert_array_equal(lib.classify_batch(rows), twin.class_index)
-    run = CTarget().run_twin(pipeline, tmp_path, rows)
+    assert_agrees(lib, program, rows, expected)
+    run = CTarget().run_twin(program, tmp_path, rows)
     np.testing.assert_array_equal(run.class_index, expected)
     np.testing.assert_array_equal(run.fields["verdict_mark"], (expected == 1).astype(int))
 
@@ -131,11 +115,10 @@ def test_estimate_is_sensible(family, family_data) -> None:
     widths, x, y, _ = family_data
     ds, trained = train(family, widths, x, y)
     target = CTarget()
-    pipeline = target.prepare(build_pipeline(trained, ds.features, ds.class_labels, DSCP_PLAN))
-    usage = target.estimate(pipeline)
+    program = build_program(trained, ds.features, ds.class_labels, DSCP_PLAN)
+    usage = target.estimate(program)
     assert (usage.stages, usage.tcam_kbit, usage.phv_bits) == (0, 0.0, 0)
-    assert usage.tables == len(list(pipeline.tables()))
-    assert usage.entries == pipeline.n_entries
+    assert usage.tables >= 1 and usage.entries >= 1
     assert usage.sram_kbit > 0 and usage.latency_ns >= target.profile.call_ns
     assert usage.throughput_gpps == pytest.approx(1 / usage.latency_ns)
 
@@ -160,7 +143,7 @@ def small_problems(draw: st.DrawFn):
     return widths, x, y, probe, seed
 
 
-@pytest.mark.parametrize("family", ["dt", "gnb", "kmeans"])
+@pytest.mark.parametrize("family", ["dt", "rf", "gnb", "kmeans"])
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(problem=small_problems(), drop=st.booleans())
@@ -168,10 +151,10 @@ def test_property_random_datasets(family, problem, drop, tmp_path_factory) -> No
     widths, x, y, probe, seed = problem
     ds, trained = train(family, widths, x, y, seed)
     plan = VerdictPlan(kind=VerdictKind.DROP, drop=frozenset({0})) if drop else DSCP_PLAN
-    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels, plan))
-    lib = emit_and_load(pipeline, tmp_path_factory.mktemp("prop"))
+    program = build_program(trained, ds.features, ds.class_labels, plan)
+    lib = emit_and_load(program, tmp_path_factory.mktemp("prop"))
     rows = np.vstack([ds.x_train, probe])
-    assert_agrees(lib, pipeline, rows, trained.predict_quantised(masked(rows, widths)))
+    assert_agrees(lib, program, rows, trained.predict_quantised(masked(rows, widths)))
 
 
 # ----------------------------------------------------------------------------- example program
@@ -180,9 +163,8 @@ def test_property_random_datasets(family, problem, drop, tmp_path_factory) -> No
 def test_example_program_matches_ctypes(family_data, tmp_path) -> None:
     widths, x, y, probe = family_data
     ds, trained = train("dt", widths, x, y)
-    pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
-                                                DSCP_PLAN))
-    files = CTarget().emit(pipeline, tmp_path, "example model")
+    program = build_program(trained, ds.features, ds.class_labels, DSCP_PLAN)
+    files = CTarget().emit(program, tmp_path, "example model")
     lib = CLibrary(files["c_library"])
     exe = compile_executable([files["c_example"], files["c_source"], files["c_header"]],
                              tmp_path / "example")
@@ -217,65 +199,69 @@ def random_mlp(rng: np.random.Generator, n_in: int) -> QMLP:
     return QMLP(input_shift=(0, 3, 8)[:n_in], layers=layers)
 
 
-def mlp_pipeline(mlp: QMLP, widths: list[int], names: list[str] | None = None,
-                 labels: tuple[str, ...] = ("a", "b", "c", "d")) -> Pipeline:
-    names = names or [f"x{i}" for i in range(len(widths))]
-    features = tuple(FeatureInput(n, Field(f"f_x{i}", w), None)
-                     for i, (n, w) in enumerate(zip(names, widths, strict=True)))
-    winner = Field("winner", 2)
-    class_field = Field("class_id", 2)
-    verdict = build_verdict_table(winner, class_field, mlp.n_classes, (2, 0, 3, 1), DSCP_PLAN)
-    return Pipeline(features, (), (), None, None, class_field, verdict, DSCP_PLAN.kind, labels,
-                    {"winner": winner}, mlp=mlp)
+def mlp_program(mlp: QMLP, widths: list[int], labels: tuple[str, ...] = ("a", "b", "c", "d")
+                ) -> CpuProgram:
+    features = tuple(FeatureDecl(f"x{i}", w) for i, w in enumerate(widths))
+    return lower_cpu(mlp, features, labels, DSCP_PLAN, (2, 0, 3, 1))
 
 
 def test_hand_built_mlp_matches_scores(tmp_path) -> None:
     rng = np.random.default_rng(3)
     widths = [8, 12, 16]
     mlp = random_mlp(rng, 3)
-    pipeline = mlp_pipeline(mlp, widths)
-    lib = emit_and_load(pipeline, tmp_path)
+    program = mlp_program(mlp, widths)
+    lib = emit_and_load(program, tmp_path)
     rows = np.vstack([np.stack([rng.integers(0, 1 << (w + 1), 2000) for w in widths], axis=1),
                       extreme_rows(widths)])
     winners = np.argmax(mlp.scores(masked(rows, widths)), axis=1)
     expected = np.asarray((2, 0, 3, 1))[winners]
     assert len(set(winners.tolist())) > 1  # the probe reaches several winners
-    assert_agrees(lib, pipeline, rows, expected)
+    assert_agrees(lib, program, rows, expected)
 
 
 def test_mlp_rejects_out_of_range_weights() -> None:
     mlp = QMLP((0,), (DenseLayer(((300,),), (0,)),))
     with pytest.raises(ValueError, match="int8"):
-        emit_c(mlp_pipeline(mlp, [8], labels=("a",)), name="bad")
+        mlp_program(mlp, [8], labels=("a",))
 
 
-# ----------------------------------------------------------------------------- table semantics
+# ----------------------------------------------------------------------------- edge semantics
 
 
-def test_awkward_entries_and_tournament_ties(tmp_path) -> None:
-    """Unmatchable constants, clipped ranges, keyless tables and many arg-max ties."""
-    f0, f1 = Field("f_a", 3), Field("f_b", 8)
-    outs = [tuple(Field(f"t{t}_s{c}", 3) for c in range(5)) for t in range(2)]
-    t0 = Table("t0", TableRole.LOOKUP, (f0, f1), (MatchKind.RANGE, MatchKind.TERNARY), outs[0],
-               (Entry((Range(-4, 2), Ternary(0x1ff, 0x100)), (1, 2, 3, 4, 5)),  # never matches
-                Entry((Exact(9), Ternary(1, 1)), (7, 7, 7, 7, 7)),  # 9 > 3 bits: never
-                Entry((Range(-4, 2), Ternary(1, 0x101)), (1, 1, 0, 1, 9)),  # params wrap to 3 bits
-                Entry((Range(5, 99), Ternary(0, 0)), (0, 2, 2, 1, 2))),
-               (3, 3, 3, 3, 3))
-    t1 = Table("t1", TableRole.LOOKUP, (), (), outs[1], (Entry((), (1, 0, 1, 0, 1)),),
-               (0, 0, 0, 0, 0))
-    scores = tuple(Field(f"score{c}", 3) for c in range(5))  # the sums wrap at 3 bits
-    winner, cls = Field("winner", 3), Field("class_id", 3)
-    pipeline = Pipeline(
-        (FeatureInput("a", f0, None), FeatureInput("b", f1, None)), (), (t0, t1),
-        ScoreSum(scores, tuple((outs[0][c], outs[1][c]) for c in range(5)), (0, 1, 0, 1, 0)),
-        Argmax(scores, winner), cls,
-        build_verdict_table(winner, cls, 5, None, DSCP_PLAN), DSCP_PLAN.kind,
-        tuple("abcde"), {"winner": winner})
-    lib = emit_and_load(pipeline, tmp_path)
-    grid = np.array([[a, b] for a in range(10) for b in range(0, 600, 3)])
-    assert_agrees(lib, pipeline, grid, simulate(CTarget().prepare(pipeline), grid).class_index)
-    np.testing.assert_array_equal(lib.classify_batch(grid), simulate(pipeline, grid).class_index)
+def test_awkward_trees_and_ties(tmp_path) -> None:
+    """Thresholds below 0 and at or above a width's maximum, splits the path already decides,
+    sibling leaves that agree, and arg-max ties (to the lower index), in every tree code."""
+    w = (3, 32)
+    t0 = QTree((0, 1, -2, 0, -2, -2, 0, -2, -2),
+               (5, 2**32 - 1, 0, 9, 0, 0, -3, 0, 0),
+               (1, 2, -1, 4, -1, -1, 7, -1, -1), (6, 3, -1, 5, -1, -1, 8, -1, -1),
+               ((0, 0, 0),) * 2 + ((1, 1, 0),) + ((0,) * 3,) + ((2, 2, 2),) + ((0, 0, 5),)
+               + ((0,) * 3,) + ((1, 0, 1),) + ((0, 1, 1),))
+    t1 = QTree((1, -2, -2), (2**31, 0, 0), (1, -1, -1), (2, -1, -1),
+               ((0, 0, 0), (0, 0, 1), (1, 1, 0)))
+    rows = np.array([[a, b] for a in range(8)
+                     for b in (0, 1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1)])
+    feats = tuple(FeatureDecl(f"x{i}", wi) for i, wi in enumerate(w))
+    for trees in ((t0,), (t0, t1)):
+        model = QTreeEnsemble(trees, (0, 0, 0))
+        program = lower_cpu(model, feats, ("a", "b", "c"), DSCP_PLAN)
+        for code in ("arrays", "branches"):
+            lib = emit_and_load(program, tmp_path / f"{len(trees)}{code}", tree_code=code)
+            assert_agrees(lib, program, rows, np.argmax(model.scores(rows), axis=1))
+
+
+def test_wide_and_narrow_encoders(tmp_path) -> None:
+    """Direct tables (<= 16 bits) and binary search (32 bits) at every bin edge."""
+    edges32 = (0, 7, 2**20, 2**31, 2**32 - 2, 2**32 - 1)
+    model = QLookupSum((FeatureBins(0, (3, 65534, 65535), ((1, 0), (0, 3), (2, 2))),
+                        FeatureBins(1, edges32, tuple((i % 3, 2 - i % 3) for i in range(6)))),
+                       (0, 1))
+    feats = (FeatureDecl("a", 16), FeatureDecl("b", 32))
+    program = lower_cpu(model, feats, ("a", "b"), DSCP_PLAN)
+    lib = emit_and_load(program, tmp_path)
+    values = sorted({max(e + d, 0) for e in edges32 for d in (-1, 0, 1)} - {2**32})
+    rows = np.array([[a, b] for a in (0, 3, 4, 65534, 65535) for b in values])
+    assert_agrees(lib, program, rows, np.argmax(model.scores(rows), axis=1))
 
 
 # ----------------------------------------------------------------------------- hostile names
@@ -293,16 +279,15 @@ def test_hostile_names_change_only_comments(family, family_data, tmp_path) -> No
             (None, lambda v: f"c{v}"),
             ([f"{HOSTILE}{j}" for j in range(len(widths))], lambda v: f"{HOSTILE} class {v}")]):
         ds, trained = train(family, widths, x, y, names=names, label=label)
-        pipeline = CTarget().prepare(build_pipeline(trained, ds.features, ds.class_labels,
-                                                    DSCP_PLAN))
-        files = emit_c(pipeline, name="same")
+        program = build_program(trained, ds.features, ds.class_labels, DSCP_PLAN)
+        files = emit_c(program, name="same")
         for name, text in files.items():
             (tmp_path / str(i)).mkdir(exist_ok=True)
             (tmp_path / str(i) / name).write_text(text)
         compile_shared([tmp_path / str(i) / "hmn_same.c"], tmp_path / str(i))
         texts.append({k: strip_comments(v) for k, v in files.items() if k.endswith((".c", ".h"))})
     assert texts[0] == texts[1]
-    hostile_source = emit_c(pipeline, name=HOSTILE)
+    hostile_source = emit_c(program, name=HOSTILE)
     assert "hmn_include_x_int_main.c" in hostile_source
     make_lines = hostile_source["Makefile"].splitlines()
     assert make_lines[0].startswith("#") and "<x>" not in "".join(make_lines[1:])

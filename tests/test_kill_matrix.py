@@ -139,21 +139,23 @@ def resume_and_compare(world: dict, out: Path) -> int:
     return failed
 
 
-@pytest.mark.parametrize("point,after", [
-    ("after-trial:1", "previous"),  # between trials
-    ("mid-trial:2", "previous"),  # inside a trial: it is left RUNNING in the partial study
-    ("final-write", "previous"),  # artefacts half written
-    ("before-commit", "previous"),  # all written and marked complete, not yet committed
-    ("between-renames", "new"),  # swapped in; the previous OUT not yet removed
+@pytest.mark.parametrize("point,after,failed", [
+    ("after-trial:1", "previous", 0),  # between trials
+    ("mid-trial:2", "previous", 1),  # inside a sampled trial: left RUNNING in the partial study
+    # inside the first warm-start trial (a queued default) while the second waits: both are
+    # queued again in order, their old entries failed
+    ("mid-trial:0", "previous", 2),
+    ("final-write", "previous", 0),  # artefacts half written
+    ("before-commit", "previous", 0),  # all written and marked complete, not yet committed
+    ("between-renames", "new", 0),  # swapped in; the previous OUT not yet removed
 ])
-def test_kill_9_at(world, point, after) -> None:
+def test_kill_9_at(world, point, after, failed) -> None:
     out = new_cell(world, point.replace(":", "_"))
     proc = run_killed(out, point)
     output = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode == -signal.SIGKILL, output
     assert is_previous_or_new(world, out) == after
-    failed = resume_and_compare(world, out)
-    assert failed == (1 if point.startswith("mid-trial") else 0)
+    assert resume_and_compare(world, out) == failed
 
 
 def test_kill_9_between_the_renames_of_the_fallback_commit(world) -> None:

@@ -32,14 +32,15 @@ def _set(path: tuple, value) -> object:
     return change
 
 
+TREE = ("model", "model", "trees", 0)
 BAD = [
-    (("tables", 0, "entries", 0, 0), -1, "not a valid snapshot"),
-    (("tables", 0, "entries", 0, 0), 2**64, "not a valid snapshot"),
-    (("tables", 0, "default", 0), "x", "not a valid snapshot"),
-    (("row_words",), 10**9, "not a valid snapshot"),
+    ((*TREE, "threshold", 0), -1, "not a valid snapshot"),
+    ((*TREE, "threshold", 0), 2**40, "not a valid snapshot"),
+    ((*TREE, "threshold", 0), "x", "snapshot"),
+    (("model", "model", "bias", 0), 2**40, "not a valid snapshot"),
     (("labels",), [], "not a valid snapshot"),
     (("labels",), ["a", "b", "c", "zz"], "differ from those deployed"),
-    (("tables",), {"not": "a list"}, "not a valid snapshot"),
+    (("model",), {"not": "a model"}, "a corrupt snapshot"),
 ]
 
 

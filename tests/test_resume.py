@@ -15,6 +15,7 @@ from homunculus.compile import CompileOptions, compile_plan
 from homunculus.errors import ResumeError
 from homunculus.frontend.yaml_spec import plan_from_yaml
 from homunculus.outputs import OutputError
+from homunculus.search import study as study_mod
 from homunculus.search.study import (
     Budget,
     open_study,
@@ -87,9 +88,22 @@ def test_resume_refuses_changed_data(tmp_path, example_csv) -> None:
         compile_yaml(spec, tmp_path / "out", trials=3, resume=True)
 
 
-def test_resume_extends_and_equals_an_uninterrupted_search(tmp_path, example_csv) -> None:
+def test_ctrl_c_keeps_the_search_and_resume_equals_an_uninterrupted_one(tmp_path, example_csv,
+                                                                        monkeypatch) -> None:
     spec = write_spec(tmp_path / "s.yaml", spec_text(example_csv, algorithms="[dt, gnb]"))
-    compile_yaml(spec, tmp_path / "a", trials=3)
+    passed = {"n": 0}
+
+    def interrupt(name: str) -> None:
+        if name == "after-trial":
+            passed["n"] += 1
+            if passed["n"] == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_mod, "checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        compile_yaml(spec, tmp_path / "a", trials=6)
+    assert not (tmp_path / "a").exists() and (tmp_path / ".a.partial" / "study.db").is_file()
+    monkeypatch.undo()
     a = compile_yaml(spec, tmp_path / "a", trials=6, resume=True)
     b = compile_yaml(spec, tmp_path / "b", trials=6)
     assert [t.params for t in study_of(tmp_path / "a").trials] == \

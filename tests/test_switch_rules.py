@@ -11,6 +11,7 @@ programs, and none in what the generator writes now.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,19 @@ def test_the_lint_finds_what_the_compiler_rejected() -> None:
     # the accepted program broke no rejection rule: only the verdict's extra stage
     dt = rule_violations((FIXTURES / "iot-dt-tofino" / "program.p4").read_text(), "tna")
     assert dt == ["the verdict is read from metadata after its table (act in its actions)"]
+
+
+@pytest.mark.parametrize("profile", [TOFINO, BMV2])
+def test_unclassified_packets_leave_on_the_default_port(profile) -> None:
+    """Regression (fixture bmv2 run logs): the default port must not be one class's port."""
+    verdict = VerdictPlan(VerdictKind.FORWARD, default_port=7, ports={0: 3, 1: 4, 2: 5})
+    for family in ("dt", "gnb"):
+        pipeline = SwitchTarget(profile).prepare(trained_pipeline(family, 3, verdict))
+        text = emit_p4(pipeline, profile.arch)
+        port = "ig_tm_md.ucast_egress_port" if profile.arch == "tna" else \
+            "standard_metadata.egress_spec"
+        apply = text[text.index("apply {", text.index("control MyIngress(")):]
+        first = re.search(re.escape(port) + r" = (\w+);", apply)
+        assert first is not None and first.group(1) == "9w7"
+        assert pipeline.default_port == 7
+        assert {e.params[1] for e in pipeline.verdict.entries} <= {3, 4, 5}

@@ -39,24 +39,12 @@ from homunculus.data.dataset import FeatureDecl
 from homunculus.data.pcap import _checksum
 from homunculus.features.library import FeatureDef, FlowConfig, histogram
 from homunculus.features.reference import reference_features
+from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.flow import lower_flow_features
-from homunculus.ir.pipeline import (
-    VERDICT_FIELDS,
-    Entry,
-    Exact,
-    FeatureInput,
-    Field,
-    MatchKind,
-    Pipeline,
-    Range,
-    Table,
-    TableRole,
-    Ternary,
-    VerdictKind,
-    VerdictPlan,
-)
+from homunculus.ir.pipeline import VerdictKind, VerdictPlan
+from homunculus.ir.quantised import QTree, QTreeEnsemble
 from homunculus.models.base import all_families
-from homunculus.passes.lower_mlp import lower_mlp
+from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.targets.xdp.loader import (
     PIN_ROOT,
     BpfObject,
@@ -215,56 +203,53 @@ def flow_defs() -> list[FeatureDef]:
 FLOW = FlowConfig(slots=1024)
 
 
-def table_pipeline() -> Pipeline:
-    """A lookup over the TTL and flow features; class 1 is dropped, class 2 marked."""
+def decls_of(defs: list[FeatureDef]) -> tuple[FeatureDecl, ...]:
+    return tuple(FeatureDecl(d.name, d.width, d.field, None if d.kind == "header" else d.kind)
+                 for d in defs)
+
+
+def table_pipeline() -> CpuProgram:
+    """A tree over the TTL and flow features; class 1 is dropped, class 2 marked."""
     defs = flow_defs()
-    program = lower_flow_features(defs, FLOW)
-    features = tuple(FeatureInput(f.name, Field(f"f_{i}", f.width), f.field, flow=f.is_flow)
-                     for i, f in enumerate(defs))
-    cls = Field("cls", 2)
-    keys = (features[0].field, features[1].field, features[4].field)
-    lut = Table("lut", TableRole.LOOKUP, keys,
-                (MatchKind.RANGE, MatchKind.RANGE, MatchKind.TERNARY), (cls,),
-                (Entry((Range(0, 60), Range(0, 3), Ternary(0, 0)), (1,)),
-                 Entry((Range(61, 255), Range(4, 255), Ternary(0, 0)), (2,)),
-                 Entry((Range(0, 255), Range(2, 255), Ternary(0x40, 0x40)), (3,))), (0,))
-    verdict = Table("verdict", TableRole.VERDICT, (cls,), (MatchKind.EXACT,), VERDICT_FIELDS,
-                    tuple(Entry((Exact(c),), (c + 2, int(c == 1), int(c == 2), 46 * (c == 2)))
-                          for c in range(4)), (1, 0, 0, 0))
-    return Pipeline(features, (), (lut,), None, None, cls, verdict, VerdictKind.DROP,
-                    ("benign", "short", "marked", "other"), flow=program)
+    onehot = [tuple(int(c == k) for k in range(4)) for c in range(4)]
+    zero = (0,) * 4
+    tree = QTree((0, 1, -2, -2, 4, -2, -2), (60, 3, 0, 0, 200, 0, 0), (1, 2, -1, -1, 5, -1, -1),
+                 (4, 3, -1, -1, 6, -1, -1),
+                 (zero, zero, onehot[1], onehot[3], zero, onehot[2], onehot[0]))
+    program = lower_cpu(QTreeEnsemble((tree,), zero), decls_of(defs),
+                        ("benign", "short", "marked", "other"), VerdictPlan(), None,
+                        lower_flow_features(defs, FLOW))
+    rows = tuple((c, c + 2, int(c == 1), int(c == 2), 46 * (c == 2)) for c in range(4))
+    return replace(program, verdict=rows, verdict_kind=VerdictKind.DROP)
 
 
 def train_mlp(x: np.ndarray, labels: pd.Series, decls: tuple[FeatureDecl, ...], seed: int,
-              drop: frozenset[int]) -> Pipeline:
+              drop: frozenset[int], flow=None) -> CpuProgram:  # noqa: ANN001
     classes = tuple(sorted(labels.unique()))
     y = np.array(labels.map({c: i for i, c in enumerate(classes)}), dtype=np.int64)
     fam = all_families()["mlp"]
     trained = fam.train(fam.default_params(), x, y, len(classes),
                         tuple(d.width for d in decls), seed)
     plan = VerdictPlan(kind=VerdictKind.DROP, drop=drop)
-    return lower_mlp(trained.quantised, decls, classes, plan, trained.winner_to_class)
+    return lower_cpu(trained.quantised, decls, classes, plan, trained.winner_to_class, flow)
 
 
-def flow_mlp(table: pd.DataFrame, seed: int, drop: frozenset[int]) -> Pipeline:
+def flow_mlp(table: pd.DataFrame, seed: int, drop: frozenset[int]) -> CpuProgram:
     """An MLP over the flow features, trained on the table's labels."""
     defs = flow_defs()
     x, mask = reference_features(table, defs, FLOW)
-    decls = tuple(FeatureDecl(d.name, d.width, d.field, None if d.kind == "header" else d.kind)
-                  for d in defs)
-    pipeline = train_mlp(x[mask], table["label"][mask], decls, seed, drop)
-    return TARGET.prepare(replace(pipeline, flow=lower_flow_features(defs, FLOW)))
+    return train_mlp(x[mask], table["label"][mask], decls_of(defs), seed, drop,
+                     lower_flow_features(defs, FLOW))
 
 
 HEADERS = (("ttl", "ipv4.ttl", 8), ("len", "ipv4.total_len", 16), ("dport", "l4.dst_port", 16),
            ("sport", "l4.src_port", 16), ("proto", "ipv4.protocol", 8))
 
 
-def header_mlp(table: pd.DataFrame, seed: int, drop: frozenset[int]) -> Pipeline:
+def header_mlp(table: pd.DataFrame, seed: int, drop: frozenset[int]) -> CpuProgram:
     """An MLP over header fields only: a packet's verdict depends on the packet alone."""
     decls = tuple(FeatureDecl(n, w, f) for n, f, w in HEADERS)
-    x = header_matrix(table)
-    return TARGET.prepare(train_mlp(x, table["label"], decls, seed, drop))
+    return train_mlp(header_matrix(table), table["label"], decls, seed, drop)
 
 
 def header_matrix(table: pd.DataFrame) -> np.ndarray:
@@ -277,7 +262,7 @@ def header_matrix(table: pd.DataFrame) -> np.ndarray:
 # --- live counters -------------------------------------------------------------------------------
 
 
-def expected_counters(pipeline: Pipeline, table: pd.DataFrame) -> tuple[list[int], list[int]]:
+def expected_counters(pipeline: CpuProgram, table: pd.DataFrame) -> tuple[list[int], list[int]]:
     """hmn_counts (per class, then unclassified) and hmn_stats the twin predicts."""
     result, classified = reference_packets(pipeline, table)
     n = len(pipeline.class_labels)
@@ -294,10 +279,10 @@ def read_counters(obj: BpfObject, n_classes: int) -> tuple[list[int], list[int]]
     return counts, [obj.map("hmn_stats").lookup_u64(i) for i in range(5)]
 
 
-def loaded(pipeline: Pipeline, tmp_path: Path, trace: int = 0) -> BpfObject:
-    files = TARGET.emit(pipeline, tmp_path, "live", trace=trace)
+def loaded(program: CpuProgram, tmp_path: Path, trace: int = 0) -> BpfObject:
+    files = TARGET.emit(program, tmp_path, "live", trace=trace)
     obj = load_object(files["bpf_o"])
-    install(obj, snapshot_of(pipeline))
+    install(obj, snapshot_of(program, TARGET.capacity(program)))
     return obj
 
 
@@ -388,18 +373,18 @@ def test_swaps_under_traffic_never_mix(packets: pd.DataFrame, tmp_path: Path) ->
     assert switches >= 10, f"traffic spanned only {switches} swaps"
 
 
-def run_swaps(link: Link, obj: BpfObject, frames: list[bytes], models: tuple[Pipeline, ...]
-              ) -> int:
+def run_swaps(link: Link, obj: BpfObject, frames: list[bytes],
+              models: tuple[CpuProgram, ...]) -> int:
     """Send in the background while pushing the models alternately; the number sent."""
     stop, sent = threading.Event(), []
     sender = threading.Thread(target=lambda: sent.append(send(link, frames, stop, pace=16)))
-    snapshots = [snapshot_of(m) for m in models]
+    cap = TARGET.capacity(models[0])
     deadline = time.monotonic() + SWAP_SECONDS
     sender.start()
     try:
         time.sleep(0.02)
         for i in range(SWAP_PUSHES):
-            assert push(obj, snapshots[(i + 1) % 2]) == (i + 1) % 2
+            assert push(obj, models[(i + 1) % 2], cap) == (i + 1) % 2
             if time.monotonic() > deadline:
                 break
     finally:
@@ -423,7 +408,7 @@ def cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def compile_out(pipeline: Pipeline, out: Path, name: str = "live") -> Path:
+def compile_out(pipeline: CpuProgram, out: Path, name: str = "live") -> Path:
     TARGET.emit(pipeline, out, name)
     return out
 
@@ -464,7 +449,7 @@ def test_deploy_stats_push_undeploy(packets: pd.DataFrame, tmp_path: Path) -> No
             deploy_mod.undeploy(name)
 
 
-def per_packet(pipeline: Pipeline, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def per_packet(pipeline: CpuProgram, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per packet of ``table``: the class the twin gives it (-1: unclassified) and whether it is
     dropped."""
     result, mask = reference_packets(pipeline, table)
@@ -474,7 +459,7 @@ def per_packet(pipeline: Pipeline, table: pd.DataFrame) -> tuple[np.ndarray, np.
 
 
 def deploy_and_check(name: str, link: Link, out: Path, packets: pd.DataFrame,
-                     pipeline: Pipeline, cls: np.ndarray) -> None:
+                     pipeline: CpuProgram, cls: np.ndarray) -> None:
     code, text = cli("deploy", str(out), "--iface", link.receiver, "--netns", link.rx,
                      "--name", name)
     assert code == 0, text
@@ -510,10 +495,43 @@ def wait_stats(name: str, packets: int) -> dict:
     return read()
 
 
+def big_tree_program() -> CpuProgram:
+    """The same features and outcomes as table_pipeline, but a deeper, bigger tree."""
+    program = table_pipeline()
+    n = 255
+    feature = tuple(0 if i < n // 2 else -2 for i in range(n))
+    left = tuple(2 * i + 1 if i < n // 2 else -1 for i in range(n))
+    right = tuple(2 * i + 2 if i < n // 2 else -1 for i in range(n))
+    leaves = tuple(tuple(int(k == i % 4) for k in range(4)) for i in range(n))
+    tree = QTree(feature, tuple(i % 250 for i in range(n)), left, right, leaves)
+    big = lower_cpu(QTreeEnsemble((tree,), (0,) * 4), decls_of(flow_defs()),
+                    program.class_labels, VerdictPlan(), None, program.flow)
+    return replace(big, verdict=program.verdict, verdict_kind=program.verdict_kind)
+
+
+def bad_pushes(tmp_path: Path, out: Path) -> list[tuple[Path, str]]:
+    """Compiles a push must refuse: too big for the capacity, corrupt, or not a snapshot."""
+    import shutil
+
+    big = compile_out(big_tree_program(), tmp_path / "big")
+    corrupt, truncated = tmp_path / "corrupt", tmp_path / "truncated"
+    for d in (corrupt, truncated):
+        shutil.copytree(out, d)
+    (corrupt / "xdp" / "snapshot.json").write_text("{not json")
+    snap = json.loads((out / "xdp" / "snapshot.json").read_text())
+    del snap["model"]["model"]
+    (truncated / "xdp" / "snapshot.json").write_text(json.dumps(snap))
+    return [(big, "does not fit the program deployed as"),
+            (big, "exceeds the compiled capacity of"),
+            (corrupt, "snapshot.json: not valid JSON"),
+            (truncated, "a corrupt snapshot")]
+
+
 def test_cli_errors_exit_2(packets: pd.DataFrame, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Clear messages and exit code 2: not compiled for xdp, no such netns or interface, a push
-    of a different shape, unknown deployments, not root."""
+    of a different family, beyond the compiled capacity or of a corrupt OUT (the active model
+    untouched), unknown deployments, not root."""
     name = f"hmn_test_e{os.getpid()}"
     out = compile_out(table_pipeline(), tmp_path / "t")
     other = compile_out(header_mlp(packets, 0, frozenset({0})), tmp_path / "m")
@@ -538,7 +556,14 @@ def test_cli_errors_exit_2(packets: pd.DataFrame, tmp_path: Path,
                              "--name", name)
             assert code == 2 and "already deployed" in text
             code, text = cli("push", str(other), "--name", name)
-            assert code == 2 and "differs in shape" in " ".join(text.split()), text
+            text = " ".join(text.split())
+            assert code == 2 and "a different family" in text and "does not fit" in text, text
+            for out_bad, message in bad_pushes(tmp_path, out):
+                code, text = cli("push", str(out_bad), "--name", name)
+                assert code == 2 and message in " ".join(text.split()), (message, text)
+            stats = json.loads(cli("stats", name, "--json")[1])
+            assert stats["active_slot"] == 0, "a refused push leaves the active model alone"
+            assert json.loads((deploy_mod.STATE_DIR / f"{name}.json").read_text())["pushes"] == 0
             monkeypatch.setattr(deploy_mod.os, "geteuid", lambda: 1000)
             code, text = cli("push", str(out), "--name", name)
             assert code == 2 and "needs root" in text

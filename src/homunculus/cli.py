@@ -150,11 +150,13 @@ def compile_command(
     say(out, f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
         f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
         f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
-    t = res["totals"]
-    say(out, f"  estimated: {t['stages']} stages, {t['tables']} tables, {t['entries']} "
-        f"entries, {t['sram_kbit']:g} Kbit SRAM, {t['tcam_kbit']:g} Kbit TCAM; feasible; "
-        f"binding: {res['binding']}")
-    say(out, f"  {message(toolchain_line(result.report.get('toolchain') or {}), 1000)}")
+    from homunculus.report.summary import resource_line
+
+    line = resource_line(result.report["target"], res["totals"], res["binding"])
+    switch = result.report["target"] in ("tofino", "bmv2")
+    say(out, "  " + ("estimated: " + line if switch else line))
+    if switch:
+        say(out, f"  {message(toolchain_line(result.report.get('toolchain') or {}), 1000)}")
     for warning in result.warnings:
         say(err, ("warning: ", "yellow"), message(warning))
 
@@ -247,13 +249,18 @@ def families_command() -> None:
 @app.command("targets")
 def targets_command() -> None:
     """List the target profiles and their documented defaults."""
+    from homunculus.targets.c.profiles import CProfile
     from homunculus.targets.p4.profiles import PROFILES
+    from homunculus.targets.xdp.target import XdpProfile
 
-    for profile in PROFILES.values():
-        table = Table(title=f"{profile.name} ({profile.arch})")
+    profiles = [(f"{p.name} ({p.arch})", p.as_dict()) for p in PROFILES.values()]
+    profiles += [("xdp (eBPF/XDP: capacity of the model maps)", XdpProfile().as_dict()),
+                 ("c (C library: cost model)", CProfile().as_dict())]
+    for title, fields in profiles:
+        table = Table(title=title)
         table.add_column("field")
         table.add_column("default")
-        for key, value in profile.as_dict().items():
+        for key, value in fields.items():
             table.add_row(key, str(value))
         out.print(table)
 

@@ -27,7 +27,7 @@ from homunculus.frontend.spec import MAX_SEED
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
-from homunculus.ir.serialize import pipeline_to_json
+from homunculus.ir.serialize import compiled_to_json
 from homunculus.models.base import all_families
 from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
@@ -287,7 +287,8 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         settings = {**search_settings(problem, allowed), "toolchain_feasibility": judged}
         study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
                            objectives, plan.search.sampler, seed, budget,
-                           output.resumed is not None, settings)
+                           output.resumed is not None, settings,
+                           missing_ok=output.resumed == "partial")
         with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
             result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
         best = result.best_trial
@@ -307,7 +308,7 @@ def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any, candida
     into the workspace; the report."""
     problem = ev.problem  # restricted to the chosen features when the search selects them
     problem.target.emit(ev.pipeline, work, program)
-    (work / "pipeline.json").write_text(json.dumps(pipeline_to_json(ev.pipeline)) + "\n")
+    (work / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
     checkpoint("final-write")
     expected, produced = verify(problem, ev, work)
     toolchain = check_final_program(hook, work, program, ev.usage, problem.limits,
@@ -384,7 +385,8 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
         "trials": rows,
         "best_trial": trial_index(result.best_trial),
         "confusion_matrix": confusion(y, produced, ds.class_labels),
-        "resources": resources_section(ev.usage, problem.limits, ev.feasibility),
+        "resources": resources_section(ev.usage, problem.limits, ev.feasibility,
+                                       problem.target.name),
         "candidates": candidates_section(candidates),
         "search": {"trials": len(rows), "infeasible": sum(not r["feasible"] for r in rows),
                    "seconds": result.seconds, "sampler": plan.search.sampler, "seed": seed,

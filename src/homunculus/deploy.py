@@ -7,8 +7,9 @@ A deployment named NAME (by default the compiled program's name) is:
 * ``hmn_xdp`` attached to one interface (optionally inside a network namespace, in ``skb``
   (generic) or ``native`` (driver) mode),
 * a state file ``/run/homunculus/NAME.json`` (bpffs holds only BPF objects) recording the
-  interface, namespace, mode, the compiled output directory, the class labels and the program's
-  shape digest (what a pushed compile must match).
+  interface, namespace, mode, the compiled output directory, the class labels, and the program's
+  model interface and capacity (targets/xdp/layout.py): a pushed compile must have the same
+  interface and fit the capacity.
 
 Every failure is a :class:`DeployError` (a HomunculusError: the CLI prints it and exits 2).
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 from homunculus.errors import HomunculusError
 from homunculus.targets.xdp import snapshot as snap
-from homunculus.targets.xdp.codegen import shape_digest
+from homunculus.targets.xdp.layout import Capacity, CapacityError, check_fits, interface_of
 from homunculus.targets.xdp.loader import (
     PIN_ROOT,
     BpfError,
@@ -60,7 +61,8 @@ class Deployment:
     mode: str
     out_dir: str
     object: str
-    shape: str
+    interface: dict[str, Any]
+    capacity: dict[str, Any]
     labels: list[str]
     ifindex: int
     prog_id: int
@@ -107,73 +109,33 @@ def check_name(name: str) -> str:
 
 
 def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
-    """OUT/xdp/snapshot.json with its shape digest (computed from the source if absent)."""
+    """OUT/xdp/snapshot.json, checked: a clear DeployError for anything missing or corrupt."""
     path = Path(out_dir) / "xdp" / "snapshot.json"
     if not path.is_file():
         raise DeployError(f"{out_dir}: not compiled for xdp (no {path}); compile with "
                           "'target: xdp'")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DeployError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "object" not in data or "program" not in data:
         raise DeployError(f"{path}: not an XDP compile's snapshot (no object/program)")
-    check_snapshot(data, path)
-    obj = path.parent / data["object"]
-    if not obj.is_file():
-        raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
-    if "shape" not in data:
-        source = obj.with_name(obj.name.removesuffix(".o") + ".c")
-        data["shape"] = shape_digest(source.read_text()) if source.is_file() else ""
-    return data
-
-
-U64_MAX = (1 << 64) - 1
-S32 = (-(1 << 31), (1 << 31) - 1)
-MAX_WORDS = 1 << 12
-
-
-def _ints(value: Any, low: int, high: int, max_len: int | None = None) -> bool:
-    return (isinstance(value, list) and (max_len is None or len(value) <= max_len)
-            and all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-                    for v in value))
-
-
-def _count(value: Any, high: int, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def check_snapshot(data: dict[str, Any], path: Path) -> None:
-    """Every field of a snapshot has its type and range (a map word is 0..2^64-1, an MLP
-    parameter a signed 32-bit integer), before anything is written into a live program."""
-    def bad(why: str) -> DeployError:
-        return DeployError(f"{path}: not a valid snapshot: {why}")
-
-    for key in ("object", "program"):
-        if not isinstance(data[key], str) or not data[key] or Path(data[key]).name != data[key]:
-            raise bad(f"'{key}' must be a file name")
+    try:
+        program, capacity = snap.read_snapshot(data)
+        snap.slot_values(program, capacity)  # every number must encode into its map's type
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{path}: {exc}") from None
+    except (OverflowError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise DeployError(f"{path}: not a valid snapshot: a value does not fit the program's "
+                          f"maps ({type(exc).__name__}: {exc})") from None
     labels = data.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise bad("'labels' must be a non-empty list of class labels")
-    if not _count(data.get("row_words"), MAX_WORDS, 1) or not _count(data.get("meta_words"),
-                                                                      MAX_WORDS, 1):
-        raise bad("'row_words' and 'meta_words' must be whole numbers in 1..4096")
-    tables = data.get("tables")
-    if not isinstance(tables, list):
-        raise bad("'tables' must be a list")
-    for i, t in enumerate(tables):
-        ok = (isinstance(t, dict) and isinstance(t.get("name"), str)
-              and _count(t.get("base"), U64_MAX) and _count(t.get("capacity"), U64_MAX)
-              and isinstance(t.get("entries"), list)
-              and all(_ints(e, 0, U64_MAX, data["row_words"]) for e in t["entries"])
-              and _ints(t.get("default"), 0, U64_MAX, data["meta_words"]))
-        if not ok:
-            raise bad(f"table {i} needs a name, base, capacity, entries and default of "
-                      "64-bit unsigned words")
-    if data.get("bias") is not None and not _ints(data["bias"], 0, U64_MAX):
-        raise bad("'bias' must be a list of 64-bit unsigned words")
-    if data.get("mlp") is not None and not _ints(data["mlp"], *S32):
-        raise bad("'mlp' must be a list of signed 32-bit integers")
+        raise DeployError(f"{path}: not a valid snapshot: 'labels' must be a non-empty list of "
+                          "class labels")
+    obj = path.parent / str(data["object"])
+    if not obj.is_file():
+        raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
+    return data
 
 
 def state_path(name: str, state_dir: Path = STATE_DIR) -> Path:
@@ -269,7 +231,8 @@ def deploy(out_dir: Path, iface: str, *, netns: str | None = None, mode: str = "
                           "remove that directory or pass another --name")
     ifindex = resolve_ifindex(iface, netns)
     dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()), snapshot["object"],
-                     snapshot["shape"], list(snapshot.get("labels", [])), ifindex, 0)
+                     snapshot["interface"], snapshot["capacity"],
+                     list(snapshot.get("labels", [])), ifindex, 0)
     pinned = pin_program(Path(out_dir) / "xdp" / snapshot["object"], snapshot, name)
     try:
         dep.prog_id = attach(dep, pinned.prog_fd(MAIN_PROG))
@@ -330,15 +293,19 @@ def read_stats(name: str | None = None, state_dir: Path = STATE_DIR) -> Stats:
 
 def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
          grace_s: float = snap.GRACE_S) -> Deployment:
-    """Write a newer compile's parameters into the standby slot and flip to it; refuse when its
-    program differs in shape from the deployed one."""
+    """Write a newer compile's model into the standby slot and flip to it. Refused (nothing
+    written, the active model untouched) when its interface differs from the deployed
+    program's or it does not fit the program's compiled capacity."""
     require_root()
     dep = load_state(name, state_dir)
     snapshot = compiled_snapshot(out_dir)
-    if not snapshot["shape"] or snapshot["shape"] != dep.shape:
-        raise DeployError(f"{out_dir}: its program differs in shape from the one deployed as "
-                          f"'{dep.name}' (features, tables, capacities or network dimensions); "
-                          "undeploy and deploy it instead")
+    program, _ = snap.read_snapshot(snapshot)
+    try:
+        capacity = Capacity.from_json(dep.capacity)
+    except (KeyError, TypeError) as exc:
+        raise DeployError(f"the state of '{dep.name}' has no valid capacity ({exc}): undeploy "
+                          "and deploy again") from None
+    check_pushable(out_dir, dep, program, capacity)
     if dep.labels and snapshot["labels"] != dep.labels:
         raise DeployError(f"{out_dir}: its classes {snapshot['labels'][:8]} differ from those "
                           f"deployed as '{dep.name}' {dep.labels[:8]}; the counters would be "
@@ -346,7 +313,7 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
     check_attached(dep, "nothing was pushed")
     pinned = open_pins(dep.name)
     try:
-        snap.push(pinned, snapshot, grace_s=grace_s)
+        snap.push(pinned, program, capacity, grace_s=grace_s)
     except snap.SnapshotError as exc:
         raise DeployError(f"{out_dir}: {exc}") from None
     finally:
@@ -369,6 +336,22 @@ def check_attached(dep: Deployment, consequence: str) -> None:
     if now[1] != dep.prog_id:
         raise DeployError(f"'{dep.name}': its program is no longer attached to {where}; "
                           f"{consequence}. Undeploy and deploy again")
+
+
+def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capacity) -> None:
+    """DeployError naming what of OUT's model does not fit the deployed program."""
+    try:
+        check_fits(program, capacity)
+    except CapacityError as exc:
+        raise DeployError(f"{out_dir}: does not fit the program deployed as '{dep.name}': {exc}; "
+                          "compile with more headroom and deploy it instead") from None
+    ours = interface_of(program)
+    for key, what in (("features", "features (widths, header fields, flow state)"),
+                      ("flow", "flow state"), ("kind", "model family"),
+                      ("n_scores", "number of scores"), ("n_winners", "number of outcomes")):
+        if ours.get(key) != dep.interface.get(key):
+            raise DeployError(f"{out_dir}: its {what} differ from the program deployed as "
+                              f"'{dep.name}': undeploy and deploy it instead")
 
 
 def undeploy(name: str | None = None, *, state_dir: Path = STATE_DIR) -> list[str]:

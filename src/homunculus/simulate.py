@@ -22,7 +22,7 @@ from homunculus.errors import DataError, VerificationError
 from homunculus.features.library import FeatureDef, FlowConfig
 from homunculus.features.reference import reference_features
 from homunculus.ir.quantised import from_json, predict_index
-from homunculus.ir.serialize import pipeline_from_json
+from homunculus.ir.serialize import compiled_from_json
 from homunculus.targets.p4.entries import read_runtime_entries
 from homunculus.targets.p4.twin import simulate_packets, with_installed_entries
 
@@ -43,7 +43,7 @@ class SimulationReport:
 def load_compiled(out_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The pipeline (with its installed entries, for switches) and the quantised model."""
     try:
-        pipeline = pipeline_from_json(json.loads((out_dir / "pipeline.json").read_text()))
+        pipeline = compiled_from_json(json.loads((out_dir / "pipeline.json").read_text()))
         model = json.loads((out_dir / "model" / "quantised.json").read_text())
         entries = out_dir / "runtime" / "entries.json"
         if entries.is_file():

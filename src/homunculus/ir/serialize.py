@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homunculus.features.library import FlowConfig
+from homunculus.ir.cpu import CpuProgram, model_from_json, model_to_json
 from homunculus.ir.flow import FlowOutput, FlowProgram, Register
 from homunculus.ir.pipeline import (
     AluKind,
@@ -153,3 +154,36 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         alu=tuple(_unstep(s) for s in d.get("alu", [])),
         default_port=int(d.get("default_port", 1)),
     )
+
+
+def program_to_json(p: CpuProgram) -> dict[str, Any]:
+    """A CPU program (ir/cpu.py) as plain JSON (``kind: cpu``)."""
+    return {
+        "kind": "cpu",
+        "features": [[f.name, _field(f.field), f.header_field, f.flow] for f in p.features],
+        "class_labels": list(p.class_labels),
+        "verdict_kind": p.verdict_kind.value,
+        "verdict": [list(row) for row in p.verdict],
+        "model": model_to_json(p.model),
+        "flow": _flow(p.flow),
+    }
+
+
+def program_from_json(d: dict[str, Any]) -> CpuProgram:
+    return CpuProgram(
+        features=tuple(FeatureInput(n, _unfield(f), h, bool(fl)) for n, f, h, fl in d["features"]),
+        class_labels=tuple(d["class_labels"]),
+        verdict_kind=VerdictKind(d["verdict_kind"]),
+        verdict=tuple(tuple(int(v) for v in row) for row in d["verdict"]),  # type: ignore[misc]
+        model=model_from_json(d["model"]),
+        flow=_unflow(d["flow"]),
+    )
+
+
+def compiled_to_json(p: Pipeline | CpuProgram) -> dict[str, Any]:
+    """OUT/pipeline.json: the table pipeline of a switch compile, the CPU program otherwise."""
+    return program_to_json(p) if isinstance(p, CpuProgram) else pipeline_to_json(p)
+
+
+def compiled_from_json(d: dict[str, Any]) -> Pipeline | CpuProgram:
+    return program_from_json(d) if d.get("kind") == "cpu" else pipeline_from_json(d)

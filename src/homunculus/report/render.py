@@ -52,6 +52,18 @@ MAX_LABEL_CHARS = 24  # of a class label on a plot axis
 MAX_PLOTTED_CLASSES = 64  # beyond this a confusion heatmap is unreadable: none is drawn
 MAX_ANNOTATED_CLASSES = 24  # counts written in the cells up to this many classes
 
+# A CPU target's own terms for the usage figures (report/summary.py keeps only these keys)
+_CPU_LABELS: dict[str, dict[str, str]] = {
+    "xdp": {"tables": "Trees / encoders / layers", "entries": "Tree nodes / bins / weights",
+            "sram_kbit": "Map memory (kbit)", "latency_ns": "ns per packet (estimate)",
+            "throughput_gpps": "Gpkt/s on one core (estimate)",
+            "instructions": "Verifier instructions (estimate)"},
+    "c": {"tables": "Trees / encoders / layers", "entries": "Tree nodes / bins / weights",
+          "sram_kbit": "Parameter memory (kbit)",
+          "latency_ns": "ns per classification (estimate)",
+          "throughput_gpps": "Gclassifications/s (estimate)"},
+}
+
 _FEASIBLE = "#1f77b4"
 _INFEASIBLE = "#d62728"
 _BEST = "#2ca02c"
@@ -430,13 +442,16 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _resource_rows(resources: Mapping[str, Any], util: Mapping[str, Any]) -> list[dict]:
+def _resource_rows(resources: Mapping[str, Any], util: Mapping[str, Any],
+                   target: str = "") -> list[dict]:
     totals = resources.get("totals") or {}
     limits = resources.get("limits") or {}
     binding = resources.get("binding")
+    labels = _CPU_LABELS.get(target, {})
     rows = []
     for key in _resource_keys(totals, limits):
         label, kind = _RESOURCE_KEYS.get(key, (key, "max"))
+        label = labels.get(key, label)
         pct = util.get(key)
         rows.append(
             {
@@ -547,7 +562,9 @@ def build_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "pareto_svg": plot_pareto(report, derived),
         "confusion_svg": plot_confusion(report),
         "stages": [_stage_row(s) for s in resources.get("stages") or []],
-        "resource_rows": _resource_rows(resources, derived.get("utilisation_pct") or {}),
+        "resource_rows": _resource_rows(resources, derived.get("utilisation_pct") or {},
+                                        str(report.get("target") or "")),
+        "cpu_target": report.get("target") in _CPU_LABELS,
         "feasible": resources.get("feasible"),
         "binding": resources.get("binding"),
         "violations": [str(v) for v in resources.get("violations") or []],

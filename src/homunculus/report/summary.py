@@ -31,13 +31,23 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
     return rows
 
 
-def resources_section(usage: Usage, limits: Limits, feasibility: Feasibility) -> dict[str, Any]:
+# The figures a CPU target is described by (no stages, TCAM or PHV on a host or SmartNIC)
+CPU_KEYS = {
+    "xdp": ("tables", "entries", "sram_kbit", "latency_ns", "throughput_gpps", "instructions"),
+    "c": ("tables", "entries", "sram_kbit", "latency_ns", "throughput_gpps"),
+}
+
+
+def resources_section(usage: Usage, limits: Limits, feasibility: Feasibility,
+                      target: str | None = None) -> dict[str, Any]:
+    """Usage against the limits; a CPU target's (``xdp``, ``c``) only in its own terms."""
+    keys = CPU_KEYS.get(target or "", LIMIT_KEYS)
     return {
         "stages": [{"stage": s.stage, "tables": list(s.tables), "ops": list(s.ops),
                     "entries": s.entries, "sram_bits": s.sram_bits, "tcam_bits": s.tcam_bits}
                    for s in usage.per_stage],
-        "totals": usage.totals(),
-        "limits": {k: getattr(limits, k) for k in LIMIT_KEYS},
+        "totals": {k: v for k, v in usage.totals().items() if k in keys},
+        "limits": {k: getattr(limits, k) for k in LIMIT_KEYS if k in keys},
         "feasible": feasibility.feasible,
         "binding": feasibility.binding,
         "violations": list(feasibility.violations),
@@ -51,3 +61,19 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]) -
 
 def candidates_section(candidates: list[Candidate]) -> list[dict[str, Any]]:
     return [{"family": c.family, "allowed": c.allowed, "reason": c.reason} for c in candidates]
+
+
+def resource_line(target: str, totals: dict[str, Any], binding: str | None) -> str:
+    """One line of the compile summary, in the target's own terms."""
+    tail = f"feasible; binding: {binding}"
+    if target == "xdp":
+        return (f"~{totals['latency_ns']:.0f} ns/packet, {totals['instructions']:,} verifier "
+                f"instructions (estimates); {totals['sram_kbit'] / 8:,.1f} KiB of maps; "
+                f"{totals['tables']} trees/encoders/layers, {totals['entries']:,} "
+                f"nodes/bins/weights; {tail}")
+    if target == "c":
+        return (f"~{totals['latency_ns']:.0f} ns per classification on one core (estimate); "
+                f"{totals['sram_kbit'] / 8:,.1f} KiB of parameters; {totals['tables']} "
+                f"trees/encoders/layers, {totals['entries']:,} nodes/bins/weights; {tail}")
+    return (f"{totals['stages']} stages, {totals['tables']} tables, {totals['entries']} entries, "
+            f"{totals['sram_kbit']:g} Kbit SRAM, {totals['tcam_kbit']:g} Kbit TCAM; {tail}")

@@ -9,7 +9,7 @@ from homunculus.data.dataset import select_features as select_features_of
 from homunculus.errors import InfeasibleError
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import DENSE_REASON, all_families, requires_dense
-from homunculus.search.problem import lower_model, with_flow
+from homunculus.search.problem import lower_for
 from homunculus.targets.base import Limits, Target, assess
 
 
@@ -44,8 +44,7 @@ def select_candidates(requested: list[str] | None, dataset: Dataset, target: Tar
             out.append(Candidate(name, False, DENSE_REASON))
             continue
         smallest = families[name].smallest_model(dataset.widths, dataset.n_classes)
-        lowered = lower_model(smallest, dataset, verdict, None, max_lookup_tables)
-        pipeline = target.prepare(with_flow(lowered, dataset))
+        pipeline = lower_for(target, smallest, dataset, verdict, None, max_lookup_tables)
         usage = target.estimate(pipeline)
         verdict_ = assess(usage, limits)
         if verdict_.feasible:

@@ -35,7 +35,7 @@ from homunculus.search.problem import (
     feature_param,
     merge_budget,
 )
-from homunculus.targets.base import LIMIT_KEYS, UNITS
+from homunculus.targets.base import LIMIT_KEYS, UNITS, CapacityExceeded
 
 RESOURCE_OBJECTIVES = ("entries", "tables", "stages", "sram_kbit", "tcam_kbit", "phv_bits")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -191,12 +191,27 @@ def resume_sampler_state(study: optuna.Study) -> None:
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Mark the trials a dead process left RUNNING as failed; their numbers. Call only while
-    holding the OUT lock: no live process can then be running one of them."""
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    holding the OUT lock: no live process can then be running one of them.
+
+    A stale trial that was queued (a warm-start default) is queued again, ahead of the trials
+    still waiting (which are re-queued behind it, their old entries failed), so the queued
+    configurations run in their original order.
+    """
+    states = optuna.trial.TrialState
+    stale = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+    waiting = study.get_trials(deepcopy=False, states=(states.WAITING,))
+    queued = [t.system_attrs["fixed_params"] for t in stale if "fixed_params" in t.system_attrs]
     storage = study._storage
     for t in stale:
         storage.set_trial_user_attr(t._trial_id, "failed", "the compile running it died")
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        storage.set_trial_state_values(t._trial_id, states.FAIL)
+    if queued:
+        for t in waiting:
+            storage.set_trial_user_attr(t._trial_id, "failed", "queued again behind a trial "
+                                                               "whose compile died")
+            storage.set_trial_state_values(t._trial_id, states.FAIL)
+        for params in queued + [t.system_attrs.get("fixed_params", {}) for t in waiting]:
+            study.enqueue_trial(params, skip_if_exists=False)
     return [t.number for t in stale]
 
 
@@ -286,12 +301,15 @@ def check_resumable(study: optuna.Study, settings: dict[str, Any]) -> None:
 
 def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampler_kind: str,
                seed: int, budget: Budget, resume: bool,
-               settings: dict[str, Any] | None = None) -> optuna.Study:
+               settings: dict[str, Any] | None = None, missing_ok: bool = False
+               ) -> optuna.Study:
     """Create (or, with ``resume``, continue) the study ``name`` in SQLite at ``storage_path``.
 
     ``settings`` (families, features, a digest of the data...) are stored with a new study, and
     resuming with different ones raises ResumeError. In a resumed study, trials a dead process
-    left running are marked failed and the sampler continues from its saved state.
+    left running are marked failed and the sampler continues from its saved state. With
+    ``missing_ok``, resuming a file that holds no study yet (its compile died before creating
+    it) starts one.
     """
     storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
     stored: dict[str, Any] = {}
@@ -301,6 +319,9 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
                 SETTINGS_ATTR) or {}
         except KeyError:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            if missing_ok and not names:
+                return open_study(storage_path, name, objectives, sampler_kind, seed, budget,
+                                  False, settings)
             raise ResumeError(f"--resume: the stored study is {names or 'missing'} but this "
                               f"spec's is '{name}' (another spec name?); compile without "
                               "--resume to start a new search") from None
@@ -322,6 +343,15 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
     if SETTINGS_ATTR not in study.user_attrs:
         study.set_user_attr(SETTINGS_ATTR, full)
     return study
+
+
+def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None:
+    """Queue each family's hand-tuned default configuration as the first trials of a new study
+    (at most half the trial budget): strong baselines the sampler then improves on."""
+    n = len(families) if budget.trials is None else min(len(families), budget.trials // 2)
+    for family in families[:n]:
+        study.enqueue_trial({"family": family, **get_family(family).default_params()},
+                            skip_if_exists=True)
 
 
 def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
@@ -348,7 +378,10 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         finally:
             save_sampler_state(study, trial.number)
         checkpoint("mid-trial")
-        ev = evaluate(problem, family, params)
+        try:
+            ev = evaluate(problem, family, params)
+        except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
+            raise optuna.TrialPruned(str(exc)) from None
         verdict = oracle(ev) if oracle is not None and ev.feasibility.feasible else None
         record(trial, ev, verdict)
         return objective_values(ev, objectives)
@@ -357,6 +390,7 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         progress.record(trial)
         checkpoint("after-trial")
 
+    warm_start(study, families, budget)  # queues only what is not queued or run yet
     remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
                                                        0)
     start = time.monotonic()

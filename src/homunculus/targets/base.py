@@ -6,13 +6,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from homunculus.errors import NotSupportedError
+
 RESOURCE_KEYS = ("stages", "tables", "sram_kbit", "tcam_kbit", "entries", "phv_bits",
                  "instructions")
 PERFORMANCE_KEYS = ("throughput_gpps", "latency_ns")
 LIMIT_KEYS = RESOURCE_KEYS + PERFORMANCE_KEYS
 UNITS = {"stages": "stages", "tables": "tables", "sram_kbit": "Kbit SRAM", "tcam_kbit": "Kbit TCAM",
-         "entries": "entries", "phv_bits": "PHV bits", "instructions": "instructions/packet",
+         "entries": "entries", "phv_bits": "PHV bits", "instructions": "verifier instructions",
          "throughput_gpps": "Gpkt/s", "latency_ns": "ns"}
+
+
+class CapacityExceeded(NotSupportedError):
+    """A model needs more than a target's compiled capacity allows (e.g. an explicit XDP
+    ``max_trees``): the search skips such a configuration rather than stopping."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,7 @@ class Limits:
     tcam_kbit: float | None = None
     entries: int | None = None
     phv_bits: int | None = None
-    instructions: int | None = None  # eBPF instructions executed per packet (worst case)
+    instructions: int | None = None  # XDP: instructions the verifier processes (hmn_xdp)
     throughput_gpps: float | None = None
     latency_ns: float | None = None
 
@@ -64,7 +71,7 @@ class Usage:
     throughput_gpps: float
     latency_ns: float
     per_stage: tuple[StageUsage, ...] = field(default=())
-    instructions: int = 0  # eBPF: instructions executed per packet, worst case (else 0)
+    instructions: int = 0  # XDP: estimated verifier instructions processed (else 0)
 
     def totals(self) -> dict[str, float | int]:
         return {k: getattr(self, k) for k in LIMIT_KEYS}

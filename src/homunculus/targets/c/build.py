@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-CFLAGS = ("-O2", "-std=c11", "-Wall", "-Wextra", "-Werror")
+CFLAGS = ("-O3", "-std=c11", "-Wall", "-Wextra", "-Werror")
 
 
 class CompileError(RuntimeError):

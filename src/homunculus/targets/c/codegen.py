@@ -1,10 +1,15 @@
-"""Emit a portable C11 library (header + source) computing a pipeline's verdict.
+"""Emit a portable C11 library (header + source) computing a CPU program's verdict.
 
 Python only prepares a plain context of numbers and checked literals; all C text lives in the
-Jinja2 templates next to this module. Every C identifier is built from slot and table *indices*
-(see :mod:`homunculus.targets.c.layout`), so user strings — class labels, feature and table names —
-can only appear through :func:`safe_comment` inside ``/* */`` comments, and two pipelines that
-differ only in names emit the same code outside comments.
+Jinja2 templates next to this module. Every C identifier is built from indices, so user strings
+(class labels, feature names, the program name) can only appear through :func:`safe_comment`
+inside ``/* */`` comments, and two programs that differ only in names emit the same code outside
+comments.
+
+Trees come in two forms (``tree_code``): ``arrays``, flat node arrays walked ``depth`` steps for a
+block of rows at once (the rows' walks interleave, so their loads overlap), and ``branches``,
+one nested if/else function per tree (what tl2cgen and m2cgen generate). Encoders of features of
+at most 16 bits index a table of every value; wider ones binary-search their sorted edges.
 """
 
 from __future__ import annotations
@@ -14,14 +19,28 @@ from typing import Any
 
 import jinja2
 
+from homunculus.ir.cpu import (
+    SCALAR,
+    VECTOR,
+    WINNER,
+    CpuProgram,
+    Encoder,
+    FlatTree,
+    LookupModel,
+    TreeModel,
+)
 from homunculus.ir.dense import QMLP
 from homunculus.ir.names import safe_comment
-from homunculus.ir.pipeline import Pipeline
-from homunculus.targets.c.layout import CTable, Layout, build_layout
 from homunculus.targets.templating import code_env
 
 ABI_VERSION = 1
 """Version of the generated library's ABI (bump when any exported signature changes)."""
+
+TREE_CODES = ("auto", "arrays", "branches")
+BLOCK_ROWS = 16  # rows a batch call evaluates together
+TREE_GROUP = 4  # trees of a forest walked side by side
+MAX_FEATURE_BITS = 32  # the ABI passes features as uint32_t
+MAX_TREE_NODES = 1 << 16  # node indices are uint16_t within a tree
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _NAME_BAD = re.compile(r"[^a-z0-9_]+")
@@ -57,11 +76,10 @@ def check_identifier(ident: str) -> str:
     return ident
 
 
-def u64(value: int) -> str:
-    """An unsigned C literal of any value in 0..2^64-1."""
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"constant {value} does not fit in 64 bits")
-    return f"{value}u" if value < 1 << 32 else f"UINT64_C({value})"
+def u32(value: int) -> str:
+    if not 0 <= value < 1 << 32:
+        raise ValueError(f"constant {value} does not fit in 32 unsigned bits")
+    return f"{value}u"
 
 
 def i32(value: int) -> str:
@@ -71,112 +89,152 @@ def i32(value: int) -> str:
     return "(-2147483647 - 1)" if value == -2**31 else str(value)
 
 
-def mask_literal(width: int) -> str:
-    return u64((1 << width) - 1)
+def pad_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
-def key_condition(kind: str, slot: int, index: int) -> str:
-    """The C test of key ``index`` of an entry ``e`` against slot ``slot``."""
-    if kind == "exact":
-        return f"v[{slot}] == e->k{index}"
-    if kind == "ternary":
-        return f"(v[{slot}] & e->m{index}) == e->k{index}"
-    return f"v[{slot}] >= e->k{index} && v[{slot}] <= e->h{index}"
+# ----------------------------------------------------------------------------- trees
 
 
-def member_names(table: CTable) -> list[str]:
-    names = []
-    for i, key in enumerate(table.keys):
-        names.append(f"k{i}")
-        if key.n_constants == 2:
-            names.append(f"m{i}" if key.kind == "ternary" else f"h{i}")
-    return names
+def _branch(tree: FlatTree, node: int, leaf: list[str]) -> dict[str, Any]:
+    """The nested if/else of ``tree`` from ``node`` (``leaf[row]``: what a leaf returns)."""
+    f = tree.feature[node]
+    if f < 0:
+        return {"leaf": leaf[tree.threshold[node]]}
+    return {"feature": f, "threshold": u32(tree.threshold[node]),
+            "left": _branch(tree, tree.left[node], leaf),
+            "right": _branch(tree, tree.left[node] + 1, leaf)}
 
 
-def table_context(index: int, table: CTable) -> dict[str, Any]:
-    src = table.source
-    return {
-        "index": index,
-        "comment": safe_comment(f"{src.role} table {src.name}", 100),
-        "members": member_names(table),
-        "n_params": len(table.out_slots),
-        "type": table.element_type,
-        "rows": [{"keys": [u64(v) for v in keys], "params": [u64(v) for v in params]}
-                 for keys, params in table.rows],
-        "conditions": [key_condition(str(k.kind), k.slot, i) for i, k in enumerate(table.keys)],
-        "outputs": [{"slot": s, "default": u64(d)}
-                    for s, d in zip(table.out_slots, table.default, strict=True)],
-    }
+def tree_context(i: int, tree: FlatTree, model: TreeModel, n_features: int) -> dict[str, Any]:
+    if tree.n_nodes > MAX_TREE_NODES:
+        raise ValueError(f"tree {i} has {tree.n_nodes} nodes; the C target walks at most "
+                         f"{MAX_TREE_NODES} per tree")
+    if model.mode == WINNER:  # a leaf holds the winner itself
+        leaf_code = [u32(v[0]) for v in tree.values]
+    else:  # a leaf holds its row
+        leaf_code = [u32(r) for r in range(len(tree.values))]
+    nodes = []
+    for f, t, left in zip(tree.feature, tree.threshold, tree.left, strict=True):
+        leaf = f < 0
+        nodes.append({"thr": leaf_code[t] if leaf else u32(t), "feat": n_features if leaf else f,
+                      "left": left})
+    return {"index": i, "depth": tree.depth, "nodes": nodes, "column": tree.column,
+            "rows": [[i32(v) for v in row] for row in tree.values],
+            "code": _branch(tree, 0, leaf_code)}
 
 
-def scores_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any] | None:
-    if pipeline.score_sum is None or pipeline.argmax is None or pipeline.mlp is not None:
-        return None
-    ss, am = pipeline.score_sum, pipeline.argmax
-    return {
-        "sums": [{"slot": layout.slots[out.name], "bias": u64(bias % (1 << 64)),
-                  "terms": [layout.slots[t.name] for t in terms],
-                  "mask": mask_literal(out.width)}
-                 for out, terms, bias in zip(ss.outputs, ss.terms, ss.bias, strict=True)],
-        "argmax": {"n": len(am.scores), "slots": [layout.slots[s.name] for s in am.scores],
-                   "out": layout.slots[am.output.name]},
-    }
+def trees_context(model: TreeModel, n_features: int) -> dict[str, Any]:
+    trees = [tree_context(i, t, model, n_features) for i, t in enumerate(model.trees)]
+    groups = [[t | {"slot": k} for k, t in enumerate(trees[i:i + TREE_GROUP])]
+              for i in range(0, len(trees), TREE_GROUP)]
+    return {"mode": model.mode, "scalar": model.mode == SCALAR, "list": trees,
+            "groups": [{"trees": g, "depth": max(t["depth"] for t in g)} for g in groups]}
 
 
-def mlp_context(mlp: QMLP, layout: Layout) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- lookups
+
+
+def encoder_context(e: Encoder) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"feature": e.feature, "direct": e.direct,
+                           "scores": [[i32(v) for v in row] for row in e.scores],
+                           "n_bins": e.n_bins}
+    if e.direct:
+        ctx["bin_type"] = "uint8_t" if e.n_bins <= 256 else "uint16_t"
+        ctx["table"] = e.direct_table()
+    else:
+        size = 1 << max(e.n_bins - 1, 0).bit_length()
+        ctx["edges"] = [u32(v) for v in e.edges] + [u32(2**32 - 1)] * (size - e.n_bins)
+        ctx["steps"] = [size >> k for k in range(1, size.bit_length())]
+    return ctx
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+def mlp_context(mlp: QMLP) -> dict[str, Any]:
+    """Weights as int16 [out][in], ``in`` padded to a multiple of 8 with zeros (the compiler
+    vectorises the dot products as 16-bit multiply-adds)."""
     last = len(mlp.layers) - 1
     layers = []
     for i, layer in enumerate(mlp.layers):
         n_out, n_in = layer.shape
+        width = pad_to(n_in, 8)
         layers.append({
-            "index": i, "n_in": n_in, "n_out": n_out, "last": i == last,
-            "weights": [[str(w) for w in row] for row in layer.weights],
+            "index": i, "n_in": n_in, "n_in_pad": width, "n_out": n_out,
+            "n_out_pad": pad_to(n_out, 8), "last": i == last,
+            "weights": [[str(w) for w in row] + ["0"] * (width - n_in) for row in layer.weights],
             "bias": [i32(b) for b in layer.bias],
             "multiplier": layer.multiplier, "shift": layer.shift,
             "activation": layer.activation,
             "lut": [str(v) for v in layer.lut] if i != last and layer.activation == "lut" else None,
         })
-    return {
-        "inputs": [{"slot": s, "shift": sh}
-                   for s, sh in zip(layout.feature_slots, mlp.input_shift, strict=True)],
-        "layers": layers, "n_classes": mlp.n_classes, "winner": layout.winner_slot,
-    }
+    return {"shifts": list(mlp.input_shift), "n_in_pad": pad_to(len(mlp.input_shift), 8),
+            "layers": layers, "n_scores": mlp.n_classes}
 
 
-def verdict_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any]:
-    names = {o.name: layout.slots[o.name] for o in pipeline.verdict.outputs}
-    return {
-        "class_slot": layout.slots[pipeline.class_field.name],
-        "roles": [{"role": r, "slot": names.get(f"verdict_{r}")} for r in VERDICT_ROLES],
-    }
+# ----------------------------------------------------------------------------- the library
 
 
-def build_context(pipeline: Pipeline, name: str) -> dict[str, Any]:
-    layout = build_layout(pipeline)
+def n_scores(model: TreeModel | LookupModel | QMLP) -> int:
+    """Scores the library sums and arg-maxes (0: a single tree's leaves hold the winner)."""
+    if isinstance(model, QMLP):
+        return model.n_classes
+    return 0 if isinstance(model, TreeModel) and model.mode == WINNER else model.n_scores
+
+
+def check_program(program: CpuProgram) -> None:
+    for f in program.features:
+        if not 1 <= f.field.width <= MAX_FEATURE_BITS:
+            raise ValueError(f"a feature has width {f.field.width}; the C target supports "
+                             f"1..{MAX_FEATURE_BITS} bits")
+    if not program.verdict:
+        raise ValueError("the program has no verdict rows")
+
+
+def resolve_tree_code(model: TreeModel | LookupModel | QMLP, tree_code: str) -> str:
+    """``auto``, as bench/kernel.py measured it (docs/benchmarks.md): if/else code for a single
+    tree and for boosted trees (shallow; the branch predictor runs ahead along the path), flat
+    arrays for forests voting score vectors (deeper trees whose walks overlap, 3-4x faster)."""
+    if tree_code not in TREE_CODES:
+        raise ValueError(f"tree_code must be one of {TREE_CODES} (got {tree_code!r})")
+    if tree_code != "auto":
+        return tree_code
+    return "arrays" if isinstance(model, TreeModel) and model.mode == VECTOR else "branches"
+
+
+def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> dict[str, Any]:
+    check_program(program)
     stem = c_name(name)
+    model = program.model
+    n = len(program.features)
     return {
         "stem": f"hmn_{stem}",
         "guard": f"HMN_{stem.upper()}_H",
         "title": safe_comment(name),
         "abi_version": ABI_VERSION,
-        "n_features": len(pipeline.features),
-        "n_classes": len(pipeline.class_labels),
-        "n_slots": len(layout.slots),
-        "features": [{"slot": s, "mask": mask_literal(f.field.width), "width": f.field.width,
-                      "comment": safe_comment(f.name)}
-                     for s, f in zip(layout.feature_slots, pipeline.features, strict=True)],
-        "classes": [safe_comment(label) for label in pipeline.class_labels],
-        "tables": [table_context(i, t) for i, t in enumerate(layout.encoders_lookups)],
-        "verdict_table": table_context(len(layout.encoders_lookups), layout.verdict),
-        "scores": scores_context(pipeline, layout),
-        "mlp": mlp_context(pipeline.mlp, layout) if pipeline.mlp is not None else None,
-        "verdict": verdict_context(pipeline, layout),
+        "n_features": n,
+        "n_classes": len(program.class_labels),
+        "n_winners": program.n_winners,
+        "block": BLOCK_ROWS,
+        "features": [{"mask": u32((1 << f.field.width) - 1), "width": f.field.width,
+                      "comment": safe_comment(f.name)} for f in program.features],
+        "classes": [safe_comment(label) for label in program.class_labels],
+        "verdict": [[i32(v) for v in row] for row in program.verdict],
+        "n_scores": n_scores(model),
+        "bias": [] if isinstance(model, QMLP) or not n_scores(model) else [
+            i32(b) for b in model.bias],
+        "trees": trees_context(model, n) if isinstance(model, TreeModel) else None,
+        "tree_code": resolve_tree_code(model, tree_code),
+        "encoders": ([encoder_context(e) for e in model.encoders]
+                     if isinstance(model, LookupModel) else None),
+        "mlp": mlp_context(model) if isinstance(model, QMLP) else None,
     }
 
 
-def emit_c(pipeline: Pipeline, *, name: str) -> dict[str, str]:
+def emit_c(program: CpuProgram, *, name: str, tree_code: str = "auto") -> dict[str, str]:
     """File name -> text of the generated header, source, example program and Makefile."""
-    ctx = build_context(pipeline, name)
+    ctx = build_context(program, name, tree_code)
     stem = ctx["stem"]
     return {
         f"{stem}.h": render("hmn_model.h.j2", ctx),

@@ -1,12 +1,11 @@
 """The C target's cost profile: documented per-operation costs a spec may override.
 
-The defaults were calibrated once, on the development machine (2-vCPU Intel Xeon VM, gcc 12.2,
--O2, one core; medians of five runs of ``python -m homunculus.targets.c.calibrate``), by timing
-generated libraries through ``hmn_classify_batch`` (synthetic pipelines isolating each operation;
-the least-squares slope of time per classification against the operation count; mispredict_ns
-from the families' pipelines, see below). They are orders of magnitude for a modern server core,
-not guarantees: re-run the calibration on the deployment machine and pass the results as profile
-overrides.
+The defaults were fitted on the development machine (2-vCPU Intel Xeon VM, gcc 12.2, -O3, one
+core) by ``python bench/kernel.py --fit``: every benchmark configuration's library is timed in C
+(``targets/c/timing.py``, one ``hmn_classify`` call per row, best of several runs) and the costs
+are the non-negative least-squares fit of those times against the operation counts
+(``resources.op_counts``). They are orders of magnitude for a server core, not guarantees: run
+the fit on the deployment machine and pass the printed values as profile overrides.
 """
 
 from __future__ import annotations
@@ -19,23 +18,32 @@ from homunculus.targets.base import Limits, with_field_overrides
 @dataclass(frozen=True)
 class CProfile:
     name: str = "c"
-    call_ns: float = 2.2  # per classification: call, feature loads, slot zeroing, result
-    table_ns: float = 0.8  # per table applied (inlined: loop set-up, parameter writes)
-    # per table: its data-dependent scan exit mispredicts. The median over the eight families'
-    # default pipelines of (time on random rows - time on all-zero rows) / tables
-    mispredict_ns: float = 9.6
-    compare_ns: float = 0.27  # per key constant compared while scanning entries (worst case)
-    score_op_ns: float = 0.30  # per score-sum term and per arg-max contender
-    mac_ns: float = 0.25  # per multiply-accumulate of a dense layer
-    neuron_ns: float = 2.95  # per dense output: loop overhead, requantisation, activation
+    call_ns: float = 0.0  # per classification: call, verdict row (fitted: below noise)
+    feature_ns: float = 0.32  # per feature copied and masked
+    branch_ns: float = 0.561  # per if/else tree level
+    step_ns: float = 3.0  # per flat-array step of a single tree (not fitted: "auto" never uses it)
+    group_step_ns: float = 4.933  # per flat-array step of a group of trees walked side by side
+    tree_ns: float = 0.0  # per tree: leaf row load
+    add_ns: float = 0.0  # per score added (leaf rows, encoder rows)
+    direct_ns: float = 1.549  # per direct-indexed encoder
+    search_ns: float = 1.549  # per binary search step (not fitted: the bench has no wide feature)
+    mac_ns: float = 0.261  # per multiply-accumulate of a dense layer (inputs padded to 8)
+    neuron_ns: float = 0.64  # per dense output: requantisation, activation, store
+    argmax_ns: float = 0.0  # per arg-max contender
     cores: int = 1  # classifications run in parallel (throughput scales, latency does not)
+    # "auto" (flat arrays for forests of score vectors, else if/else), "arrays" or "branches"
+    tree_code: str = "auto"
 
     def default_limits(self) -> Limits:
         """A CPU imposes no table, stage or memory limits a spec must respect by default."""
         return Limits()
 
     def with_overrides(self, overrides: dict[str, object]) -> CProfile:
-        return with_field_overrides(self, overrides, ("name",))
+        profile = with_field_overrides(self, overrides, ("name",))
+        if profile.tree_code not in ("auto", "arrays", "branches"):
+            raise KeyError(f"tree_code must be 'auto', 'arrays' or 'branches' (got "
+                           f"{profile.tree_code!r})")
+        return profile
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

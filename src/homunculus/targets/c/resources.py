@@ -1,76 +1,109 @@
-"""Resource and cost model of the generated C: parameter memory and a per-operation latency.
+"""Resource and cost model of the generated C: parameter memory and the latency of one call.
 
-Latency is a pessimistic estimate of one classification on one core: every table scans all its
-entries (a miss falls through to the default), compares every key, and mispredicts its exit once.
-The operation counts are multiplied by the per-operation costs of a :class:`CProfile`; throughput
-is ``cores / latency``.
+Latency is one ``hmn_classify`` call on one core: the call and feature masking, then per tree
+its walk (if/else levels, or flat-array steps, a forest's trees walked in groups side by side)
+and leaf row, per encoder its index or search steps and score row, per dense layer its
+multiply-accumulates and outputs, and the arg-max. The per-operation costs are a
+:class:`CProfile`'s; throughput is ``cores / latency``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homunculus.ir.pipeline import MatchKind, Pipeline
+from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.dense import QMLP
 from homunculus.targets.base import Usage
-from homunculus.targets.c.layout import CTable, Layout, build_layout
+from homunculus.targets.c.codegen import TREE_GROUP, pad_to, resolve_tree_code
 from homunculus.targets.c.profiles import CProfile
 
 
 @dataclass(frozen=True)
 class OpCounts:
-    """Operations of one worst-case classification."""
+    """Operations of one classification."""
 
-    tables: int
-    compares: int
-    score_ops: int
-    macs: int
-    neurons: int
+    features: int = 0
+    branch_steps: int = 0  # if/else tree levels
+    array_steps: int = 0  # a single tree's flat-array walk steps
+    group_steps: int = 0  # walk steps of a group of trees walked side by side
+    trees: int = 0
+    adds: int = 0  # score additions (leaf rows, encoder rows)
+    direct: int = 0  # direct-indexed encoders
+    searches: int = 0  # binary search steps
+    macs: int = 0
+    neurons: int = 0
+    scores: int = 0  # arg-max contenders
 
-    def latency_ns(self, profile: CProfile) -> float:
-        return (profile.call_ns + self.tables * (profile.table_ns + profile.mispredict_ns)
-                + self.compares * profile.compare_ns + self.score_ops * profile.score_op_ns
-                + self.macs * profile.mac_ns + self.neurons * profile.neuron_ns)
-
-
-def table_compares(table: CTable) -> int:
-    """Comparisons of a full scan: a range key costs two, exact and ternary keys one."""
-    return len(table.rows) * sum(2 if k.kind is MatchKind.RANGE else 1 for k in table.keys)
-
-
-def op_counts(pipeline: Pipeline, layout: Layout) -> OpCounts:
-    score_ops = macs = neurons = 0
-    if pipeline.score_sum is not None and pipeline.argmax is not None:
-        score_ops = (sum(len(t) for t in pipeline.score_sum.terms)
-                     + len(pipeline.argmax.scores))
-    if pipeline.mlp is not None:
-        macs = sum(n_out * n_in for n_out, n_in in (lay.shape for lay in pipeline.mlp.layers))
-        neurons = sum(lay.shape[0] for lay in pipeline.mlp.layers)
-    return OpCounts(len(layout.tables), sum(table_compares(t) for t in layout.tables), score_ops,
-                    macs, neurons)
+    def latency_ns(self, p: CProfile) -> float:
+        return (p.call_ns + self.features * p.feature_ns + self.branch_steps * p.branch_ns
+                + self.array_steps * p.step_ns + self.group_steps * p.group_step_ns
+                + self.trees * p.tree_ns + self.adds * p.add_ns + self.direct * p.direct_ns
+                + self.searches * p.search_ns + self.macs * p.mac_ns
+                + self.neurons * p.neuron_ns + self.scores * p.argmax_ns)
 
 
-def parameter_bits(pipeline: Pipeline, layout: Layout) -> int:
-    """Bits of the static const data: table entries and dense weights, biases, LUTs, shifts."""
-    bits = sum(len(t.rows) * t.entry_bytes * 8 for t in layout.tables)
-    if pipeline.mlp is not None:
-        last = len(pipeline.mlp.layers) - 1
-        for i, layer in enumerate(pipeline.mlp.layers):
+def op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
+    model, nf = program.model, len(program.features)
+    if isinstance(model, TreeModel):
+        code = resolve_tree_code(model, tree_code)
+        n = len(model.trees)
+        if model.mode == WINNER:
+            steps = {"branch_steps" if code == "branches" else "array_steps": model.depth}
+            return OpCounts(nf, trees=1, **steps)
+        width = 1 if model.mode == SCALAR else model.n_scores
+        depth = sum(t.depth for t in model.trees)
+        groups = sum(max(t.depth for t in model.trees[i:i + TREE_GROUP])
+                     for i in range(0, n, TREE_GROUP))
+        steps = {"branch_steps": depth} if code == "branches" else {"group_steps": groups}
+        return OpCounts(nf, trees=n, adds=width * n, scores=model.n_scores, **steps)
+    if isinstance(model, LookupModel):
+        direct = sum(e.direct for e in model.encoders)
+        steps = sum(max(e.n_bins - 1, 0).bit_length() for e in model.encoders if not e.direct)
+        return OpCounts(nf, adds=model.n_scores * len(model.encoders), direct=direct,
+                        searches=steps, scores=model.n_scores)
+    assert isinstance(model, QMLP)
+    macs = sum(n_out * pad_to(n_in, 8) for n_out, n_in in (la.shape for la in model.layers))
+    neurons = sum(la.shape[0] for la in model.layers)
+    return OpCounts(nf, macs=macs, neurons=neurons, scores=model.n_classes)
+
+
+def parameter_bytes(program: CpuProgram) -> int:
+    """Bytes of the static const data: nodes, leaf rows, encoder tables, weights, verdicts."""
+    model = program.model
+    total = 4 * 5 * program.n_winners + 4 * len(program.features)
+    if isinstance(model, TreeModel):
+        total += 4 * model.n_scores
+        for t in model.trees:
+            total += 8 * t.n_nodes
+            total += 0 if model.mode == WINNER else 4 * len(t.values) * len(t.values[0])
+    elif isinstance(model, LookupModel):
+        total += 4 * model.n_scores
+        for e in model.encoders:
+            total += 4 * e.n_bins * model.n_scores
+            total += (1 << e.width) * (1 if e.n_bins <= 256 else 2) if e.direct else 4 * e.n_bins
+    else:
+        for i, layer in enumerate(model.layers):
             n_out, n_in = layer.shape
-            bits += n_out * n_in * 8 + n_out * 32
-            bits += 256 * 8 if i != last and layer.activation == "lut" else 0
-    return bits
+            total += 2 * n_out * pad_to(n_in, 8) + 4 * n_out
+            total += 256 if i < len(model.layers) - 1 and layer.activation == "lut" else 0
+    return total
 
 
-def estimate(pipeline: Pipeline, profile: CProfile) -> Usage:
-    layout = build_layout(pipeline)
-    latency = op_counts(pipeline, layout).latency_ns(profile)
-    return Usage(
-        stages=0,
-        tables=len(layout.tables),
-        sram_kbit=parameter_bits(pipeline, layout) / 1024,
-        tcam_kbit=0.0,
-        entries=sum(len(t.entries) for t in pipeline.tables()),
-        phv_bits=0,
-        throughput_gpps=profile.cores / latency,
-        latency_ns=latency,
-    )
+def entries_of(program: CpuProgram) -> int:
+    """What the report counts as entries on a CPU: tree nodes, encoder bins, dense weights."""
+    model = program.model
+    if isinstance(model, TreeModel):
+        return sum(t.n_nodes for t in model.trees)
+    if isinstance(model, LookupModel):
+        return sum(e.n_bins for e in model.encoders)
+    return sum(la.shape[0] * la.shape[1] for la in model.layers)
+
+
+def estimate(program: CpuProgram, profile: CProfile) -> Usage:
+    latency = op_counts(program, profile.tree_code).latency_ns(profile)
+    model = program.model
+    tables = len(model.trees) if isinstance(model, TreeModel) else (
+        len(model.encoders) if isinstance(model, LookupModel) else len(model.layers))
+    return Usage(stages=0, tables=tables, sram_kbit=parameter_bytes(program) * 8 / 1024,
+                 tcam_kbit=0.0, entries=entries_of(program), phv_bits=0,
+                 throughput_gpps=profile.cores / latency, latency_ns=latency)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homunculus.ir.pipeline import Pipeline
-from homunculus.passes.encode import encode_for_target
+from homunculus.ir.cpu import CpuProgram
 from homunculus.targets.base import Limits, Usage
 from homunculus.targets.c import resources
 from homunculus.targets.c.build import compile_shared
@@ -21,7 +20,8 @@ from homunculus.targets.p4.twin import TwinResult
 @dataclass(frozen=True)
 class CTarget:
     profile: CProfile = field(default_factory=CProfile)
-    supports_dense: bool = True  # loops multiply-accumulate: MLP pipelines run here
+    supports_dense: bool = True  # loops multiply-accumulate: MLPs run here
+    lowering: str = "cpu"  # runs the CPU program (passes/lower_cpu.py), not table pipelines
 
     @property
     def name(self) -> str:
@@ -34,19 +34,19 @@ class CTarget:
     def default_limits(self) -> Limits:
         return self.profile.default_limits()
 
-    def prepare(self, pipeline: Pipeline) -> Pipeline:
-        """C matches ranges directly: keep them, only elide each table's commonest action."""
-        return encode_for_target(pipeline, supports_range=True)
+    def prepare(self, program: CpuProgram) -> CpuProgram:
+        """Nothing to do: the CPU program is what the library runs."""
+        return program
 
-    def estimate(self, pipeline: Pipeline) -> Usage:
-        return resources.estimate(pipeline, self.profile)
+    def estimate(self, program: CpuProgram) -> Usage:
+        return resources.estimate(program, self.profile)
 
-    def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str) -> dict[str, Path]:
+    def emit(self, program: CpuProgram, out_dir: Path, program_name: str) -> dict[str, Path]:
         """Write ``c/hmn_<name>.{h,c}``, ``example.c``, a Makefile, and build the library."""
         c_dir = out_dir / "c"
         c_dir.mkdir(parents=True, exist_ok=True)
         stem = f"hmn_{c_name(program_name)}"
-        texts = emit_c(pipeline, name=program_name)
+        texts = emit_c(program, name=program_name, tree_code=self.profile.tree_code)
         paths = {name: c_dir / name for name in texts}
         for name, text in texts.items():
             paths[name].write_text(text)
@@ -55,7 +55,7 @@ class CTarget:
                 "c_library": library, "c_example": paths["example.c"],
                 "c_makefile": paths["Makefile"]}
 
-    def run_twin(self, pipeline: Pipeline, out_dir: Path, x: np.ndarray) -> TwinResult:
+    def run_twin(self, program: CpuProgram, out_dir: Path, x: np.ndarray) -> TwinResult:
         """Run the library built in ``out_dir`` on feature rows ``x`` (class and verdict)."""
         libraries = sorted((out_dir / "c").glob("libhmn_*.so"))
         if len(libraries) != 1:

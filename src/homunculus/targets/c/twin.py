@@ -1,8 +1,7 @@
 """The C target's twin: the compiled library loaded through ctypes, and a Python reference.
 
-:class:`CLibrary` runs exactly what was emitted. :func:`reference` is what it must equal: the
-match-action twin (:func:`homunculus.targets.p4.twin.simulate`) for table pipelines and, for MLP
-pipelines, ``QMLP.scores`` arg-max followed by the same verdict table.
+:class:`CLibrary` runs exactly what was emitted. :func:`reference` is what it must equal: the CPU
+program's own semantics (ir/cpu.py), which is the quantised model's.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from homunculus.ir.pipeline import Pipeline
+from homunculus.ir.cpu import CpuProgram
 from homunculus.targets.c.codegen import VERDICT_ROLES
-from homunculus.targets.p4.twin import TwinResult, simulate
+from homunculus.targets.p4.twin import TwinResult
 
 
 class _Verdict(ctypes.Structure):
@@ -92,6 +91,7 @@ class CLibrary:
         return TwinResult(fields["class_id"], fields)
 
 
-def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+def reference(program: CpuProgram, x: np.ndarray) -> TwinResult:
     """What the generated library must compute for integer feature rows ``x``."""
-    return simulate(pipeline, x)
+    fields = program.results(x)
+    return TwinResult(fields["class_id"], fields)

@@ -36,29 +36,33 @@ def _roles(table: Table) -> dict[str, int]:
     return {"class": others[0], **roles}
 
 
+def _verdict_decl(kind: str, table: Table, roles: dict[str, int]) -> ActionDecl:
+    out = table.outputs
+    cls = out[roles["class"]]
+    port = (out[roles["port"]],) if "port" in roles else ()
+    params = {"verdict_set": (cls, *port), "verdict_drop": (cls,),
+              "verdict_mark": (cls, *port, out[roles["dscp"]]) if "dscp" in roles else ()}
+    return ActionDecl(kind, params[kind], kind)
+
+
 def table_actions(table: Table) -> tuple[ActionDecl, ...]:
     """The actions ``table`` declares (the verdict's: those its entries and default use)."""
     if table.role is not TableRole.VERDICT:
         return (ActionDecl(f"{table.name}_set", table.outputs, "set"),)
     roles = _roles(table)
-    out = table.outputs
-    cls = out[roles["class"]]
-    port = (out[roles["port"]],) if "port" in roles else ()
     used = [*(e.params for e in table.entries), table.default]
-    actions = [ActionDecl("verdict_set", (cls, *port), "verdict_set")]
+    kinds = ["verdict_set"]
     if "mark" in roles and "dscp" in roles and any(p[roles["mark"]] for p in used):
-        actions.append(ActionDecl("verdict_mark", (cls, *port, out[roles["dscp"]]),
-                                  "verdict_mark"))
+        kinds.append("verdict_mark")
     if "drop" in roles and any(p[roles["drop"]] for p in used):
-        actions.append(ActionDecl("verdict_drop", (cls,), "verdict_drop"))
-    return tuple(actions)
+        kinds.append("verdict_drop")
+    return tuple(_verdict_decl(k, table, roles) for k in kinds)
 
 
 def action_call(table: Table, params: tuple[int, ...]) -> tuple[ActionDecl, tuple[int, ...]]:
     """The action an entry with these IR parameters runs, and its arguments."""
-    actions = {a.kind: a for a in table_actions(table)}
     if table.role is not TableRole.VERDICT:
-        return actions["set"], params
+        return ActionDecl(f"{table.name}_set", table.outputs, "set"), params
     roles = _roles(table)
     value = {role: params[i] for role, i in roles.items()}
     if value.get("drop"):
@@ -71,15 +75,19 @@ def action_call(table: Table, params: tuple[int, ...]) -> tuple[ActionDecl, tupl
         if value.get("dscp"):
             raise ValueError(f"verdict table {table.name}: a DSCP without the mark flag")
         kind = "verdict_set"
-    action = actions[kind]
+    if kind == "verdict_mark" and "dscp" not in roles:
+        raise ValueError(f"verdict table {table.name}: a mark without a DSCP output")
+    action = _verdict_decl(kind, table, roles)
     by_name = {o.name: params[i] for i, o in enumerate(table.outputs)}
     return action, tuple(by_name[p.name] for p in action.params)
 
 
 def params_of_call(table: Table, action_name: str, args: tuple[int, ...],
-                   default_port: int) -> tuple[int, ...]:
-    """Inverse of :func:`action_call`: the IR parameters of an installed action call."""
-    actions = {a.name: a for a in table_actions(table)}
+                   default_port: int, declared: tuple[ActionDecl, ...] | None = None
+                   ) -> tuple[int, ...]:
+    """Inverse of :func:`action_call`: the IR parameters of an installed action call
+    (``declared``: the table's actions, when the caller has them already)."""
+    actions = {a.name: a for a in (declared or table_actions(table))}
     if action_name not in actions:
         raise ValueError(f"table {table.name}: unknown action {action_name}")
     action = actions[action_name]

@@ -21,7 +21,12 @@ from typing import Any
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import Entry, Exact, Match, MatchKind, Pipeline, Range, Table, Ternary
 from homunculus.passes.switch import lower_for_switch
-from homunculus.targets.p4.actions import action_call, params_of_call
+from homunculus.targets.p4.actions import (
+    ActionDecl,
+    action_call,
+    params_of_call,
+    table_actions,
+)
 from homunculus.targets.p4.codegen import INGRESS_CONTROL, render
 from homunculus.targets.p4.keys import KeyView, feature_keys, key_views
 
@@ -167,7 +172,8 @@ def _parse_match(spec: Any, kind: MatchKind, what: str) -> Match:
         raise ValueError(f"{what}: {kind} match lacks {exc}") from None
 
 
-def _parse_params(spec: Any, table: Table, default_port: int, what: str) -> tuple[int, ...]:
+def _parse_params(spec: Any, table: Table, default_port: int, what: str,
+                  declared: tuple[ActionDecl, ...]) -> tuple[int, ...]:
     if not isinstance(spec, dict) or not isinstance(spec.get("action"), str):
         raise ValueError(f"{what}: no action")
     control, _, name = spec["action"].partition(".")
@@ -178,27 +184,18 @@ def _parse_params(spec: Any, table: Table, default_port: int, what: str) -> tupl
         raise ValueError(f"{what}: params must be an object")
     names = list(params)
     values = tuple(parse_int(params[n], f"{what} param {n}") for n in names)
-    try:
-        expected = _action_param_names(table, name)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+    action = next((a for a in declared if a.name == name), None)
+    if action is None:
+        raise ValueError(f"{what}: {name} is not an action of table {table.name}")
+    expected = [p.name for p in action.params]
     if sorted(names) != sorted(expected):
         raise ValueError(f"{what}: params of {name} must be exactly {expected}")
     ordered = tuple(values[names.index(n)] for n in expected)
-    return params_of_call(table, name, ordered, default_port)
-
-
-def _action_param_names(table: Table, action: str) -> list[str]:
-    from homunculus.targets.p4.actions import table_actions
-
-    for a in table_actions(table):
-        if a.name == action:
-            return [p.name for p in a.params]
-    raise ValueError(f"{action} is not an action of table {table.name}")
+    return params_of_call(table, name, ordered, default_port, declared)
 
 
 def _parse_entry(spec: Any, table: Table, views: tuple[KeyView, ...], default_port: int,
-                 what: str) -> tuple[int, Entry]:
+                 what: str, declared: tuple[ActionDecl, ...]) -> tuple[int, Entry]:
     if not isinstance(spec, dict):
         raise ValueError(f"{what}: entry is not an object")
     match = spec.get("match")
@@ -208,7 +205,8 @@ def _parse_entry(spec: Any, table: Table, views: tuple[KeyView, ...], default_po
     matches = tuple(_unshifted(_parse_match(match[v.expr], kind, f"{what} {v.expr}"), v, what)
                     for v, kind in zip(views, _kinds(table, views), strict=True))
     priority = parse_int(spec.get("priority", 0), f"{what} priority")
-    return priority, Entry(matches, _parse_params(spec.get("action"), table, default_port, what))
+    params = _parse_params(spec.get("action"), table, default_port, what, declared)
+    return priority, Entry(matches, params)
 
 
 def _parse_table(spec: Any, pipeline: Pipeline, views: dict[str, tuple[KeyView, ...]]
@@ -226,11 +224,13 @@ def _parse_table(spec: Any, pipeline: Pipeline, views: dict[str, tuple[KeyView, 
     if not isinstance(raw, list):
         raise ValueError(f"table {name}: 'entries' is not a list")
     port = pipeline.default_port
-    parsed = [_parse_entry(e, table, views[name], port, f"table {name} entry {i}")
+    declared = table_actions(table)
+    parsed = [_parse_entry(e, table, views[name], port, f"table {name} entry {i}", declared)
               for i, e in enumerate(raw)]
     # Highest priority first; ties (exact-only tables, all priority 0) keep their file order.
     ordered = tuple(e for _, e in sorted(parsed, key=lambda pe: -pe[0]))
-    default = _parse_params(spec.get("default_action"), table, port, f"table {name} default")
+    default = _parse_params(spec.get("default_action"), table, port, f"table {name} default",
+                            declared)
     return table, ordered, default
 
 

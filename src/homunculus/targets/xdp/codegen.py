@@ -1,24 +1,24 @@
-"""Emit the XDP program (eBPF C) of an integer table pipeline.
+"""Emit the XDP program (eBPF C) of a CPU program (ir/cpu.py) for a capacity (layout.py).
 
 Python prepares a plain context dict; the C lives in ``templates/hmn_xdp.bpf.c.j2``. What reaches
-code: integers, index-based identifiers (``env->v[3]``, ``hmn_t2``) and fixed C snippets chosen
-here from closed tables (header field -> expression). Pipeline and user names only ever appear in
-``//`` comments through :func:`safe_comment`, so hostile identifiers cannot alter the program.
+code: integers, index-based identifiers (``env->x[3]``) and fixed C snippets chosen here from
+closed tables (header field -> expression). User names only ever appear in ``//`` comments
+through :func:`safe_comment`, so hostile identifiers cannot alter the program. The code depends
+on the program's interface and capacity only; the model itself lives in the maps.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import jinja2
 
 from homunculus.features.headers import lookup_header_field
+from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
-from homunculus.ir.pipeline import Pipeline
 from homunculus.targets.templating import code_env
-from homunculus.targets.xdp.layout import Layout, TableLayout, layout_of, mask_of
+from homunculus.targets.xdp.layout import Capacity, even
 
 UNIT_NS = 1000
 """Flow time unit of this target: bpf_ktime_get_ns() / 1000 (microseconds), as on bmv2."""
@@ -29,9 +29,9 @@ FEATURE_UDP_PORT = 0x4D4C
 MAX_MAPS = 64
 """Maps one BPF program may use (kernel MAX_USED_MAPS)."""
 
-FIXED_MAPS = 11
-"""Maps besides the flow registers, at most: active slot, clock, counters, stats, scratch, tables,
-defaults, the score bias or the MLP's parameters and activations, the debug trace, .rodata."""
+FIXED_MAPS = 10
+"""Maps besides the flow registers, at most: active slot, clock, counters, stats, scratch, meta,
+the model's parameters (and the MLP's activations), the debug trace, .rodata."""
 
 TRACE_MAX = 1 << 16
 """Entries of the debug trace map (keyed by the 16-bit IPv4 identification)."""
@@ -73,13 +73,16 @@ def crc_table_rows() -> list[str]:
     return [" ".join(f"0x{v:08x}u," for v in table[i:i + 8]) for i in range(0, 256, 8)]
 
 
-def _feature_header(pipeline: Pipeline, layout: Layout) -> tuple[list[dict[str, Any]],
-                                                                 dict[str, int] | None]:
+def mask_of(width: int) -> int:
+    return (1 << width) - 1
+
+
+def _feature_header(program: CpuProgram) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
     """Copies of the features carried in the feature header (bit-packed, most significant bit
     first, in feature order, padded to a byte: the P4 feature header's layout)."""
     copies: list[dict[str, Any]] = []
     bit = 0
-    for j, feat in enumerate(pipeline.features):
+    for j, feat in enumerate(program.features):
         if feat.flow or feat.header_field is not None:
             continue
         width = feat.field.width
@@ -87,17 +90,17 @@ def _feature_header(pipeline: Pipeline, layout: Layout) -> tuple[list[dict[str, 
         shift = (last - first + 1) * 8 - bit % 8 - width
         parts = [f"((__u64)fh[{b}] << {8 * (last - b)})" for b in range(first, last + 1)]
         expr = f"(({' | '.join(parts)}) >> {shift})"
-        copies.append({"idx": layout.features[j], "expr": expr, "mask": mask_of(width)})
+        copies.append({"idx": j, "expr": expr, "mask": mask_of(width)})
         bit += width
     if not copies:
         return [], None
     return copies, {"length": -(-bit // 8)}
 
 
-def _header_copies(pipeline: Pipeline, layout: Layout) -> tuple[list[dict[str, Any]], set[str]]:
+def _header_copies(program: CpuProgram) -> tuple[list[dict[str, Any]], set[str]]:
     copies: list[dict[str, Any]] = []
     required: set[str] = set()
-    for j, feat in enumerate(pipeline.features):
+    for j, feat in enumerate(program.features):
         if feat.flow or feat.header_field is None:
             continue
         try:
@@ -108,38 +111,8 @@ def _header_copies(pipeline: Pipeline, layout: Layout) -> tuple[list[dict[str, A
                              f"'{safe_comment(feat.header_field)}'") from None
         if header is not None:
             required.add(header)
-        copies.append({"idx": layout.features[j], "expr": expr, "mask": feat.field.max_value})
+        copies.append({"idx": j, "expr": expr, "mask": feat.field.max_value})
     return copies, required
-
-
-def _table_context(t: TableLayout, role: str) -> dict[str, Any]:
-    return {
-        "index": t.index, "role": role, "capacity": t.capacity, "key_fields": list(t.keys),
-        "base": t.base, "param_offset": 3 * len(t.keys),
-        "outputs": [{"idx": i, "mask": mask_of(w)}
-                    for i, w in zip(t.outputs, t.output_widths, strict=True)],
-        "comment": safe_comment(f"{role} table '{t.name}': {len(t.keys)} keys, "
-                                f"{len(t.outputs)} outputs, capacity {t.capacity}"),
-    }
-
-
-def _argmax_context(layout: Layout) -> dict[str, Any] | None:
-    """A pairwise tournament in the P4 program's order (the twin's ``run_argmax``)."""
-    if layout.argmax_output is None:
-        return None
-    ops = [(f"env->v[{s}]", str(i)) for i, s in enumerate(layout.argmax_scores)]
-    nodes: list[dict[str, str]] = []
-    while len(ops) > 1:
-        nxt = []
-        for (lv, li), (rv, ri) in zip(ops[0::2], ops[1::2], strict=False):
-            k = len(nodes)
-            nodes.append({"left_value": lv, "left_index": li, "right_value": rv,
-                          "right_index": ri})
-            nxt.append((f"hmn_av{k}", f"hmn_ai{k}"))
-        if len(ops) % 2:
-            nxt.append(ops[-1])
-        ops = nxt
-    return {"nodes": nodes, "output": layout.argmax_output, "result": ops[0][1]}
 
 
 def _check_register(r: Register) -> None:
@@ -154,9 +127,9 @@ def _check_register(r: Register) -> None:
         raise ValueError("bad histogram bin")
 
 
-def flow_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any] | None:
-    program: FlowProgram | None = pipeline.flow
-    flow_features = {i for i, f in enumerate(pipeline.features) if f.flow}
+def flow_context(cpu: CpuProgram) -> dict[str, Any] | None:
+    program: FlowProgram | None = cpu.flow
+    flow_features = {i for i, f in enumerate(cpu.features) if f.flow}
     if program is None:
         if flow_features:
             raise ValueError("pipeline has flow features but no flow program")
@@ -195,8 +168,8 @@ def flow_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any] | None:
     for o in program.outputs:
         if o.source not in sources:
             raise ValueError(f"flow output reads unknown source '{safe_comment(o.source)}'")
-        field = pipeline.features[o.feature].field
-        outputs.append({"idx": layout.features[o.feature], "src": sources[o.source],
+        field = cpu.features[o.feature].field
+        outputs.append({"idx": o.feature, "src": sources[o.source],
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
                    key=lambda r: r["stage"])
@@ -206,15 +179,36 @@ def flow_context(pipeline: Pipeline, layout: Layout) -> dict[str, Any] | None:
             "state": state, "outputs": outputs}
 
 
-def mlp_context(layout: Layout) -> dict[str, Any] | None:
-    """Dimensions only: the parameters live in ``hmn_mlp`` (layout.py)."""
-    if layout.mlp is None:
-        return None
-    shapes = layout.mlp.shapes()
-    return {"n_in": layout.mlp.n_in, "inputs": list(layout.mlp.inputs),
-            "winner": layout.mlp.winner, "n_scores": layout.mlp.widths[-1],
-            "layers": [{"index": i, "n_out": n_out, "n_in": n_in, "last": i == len(shapes) - 1}
-                       for i, (n_out, n_in) in enumerate(shapes)]}
+def model_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
+    """The model's dimensions (its parameters live in the maps)."""
+    kind = cap.kind.split("-")[0]
+    ctx: dict[str, Any] = {"kind": kind, "mode": cap.kind.split("-")[-1], "k": cap.n_scores,
+                           "kp": even(cap.n_scores), "nw": cap.n_winners}
+    if kind == "trees":
+        ctx |= {"trees": cap.trees, "nodes": cap.nodes, "leaves": cap.leaves,
+                "depth": cap.depth, "width": cap.leaf_width, "winner": cap.kind.endswith(WINNER),
+                "scalar": cap.kind.endswith(SCALAR)}
+    elif kind == "lookup":
+        encoders = []
+        for j, (w, at, row) in enumerate(zip(cap.feature_widths, cap.direct, cap.wide,
+                                             strict=True)):
+            enc = {"feature": j, "direct": at >= 0, "offset": at, "mask": mask_of(w),
+                   "row": row}
+            enc["steps"] = [cap.bins >> k for k in range(1, cap.bins.bit_length())]
+            encoders.append(enc)
+        ctx |= {"bins": cap.bins, "direct_total": cap.direct_total, "n_wide": cap.n_wide,
+                "encoders": encoders,
+                "pad": cap.enc_bytes() - (2 * cap.direct_total + 4 * cap.n_wide * cap.bins
+                                          + 4 * cap.n_features * cap.bins * even(cap.n_scores))}
+    else:
+        shapes = cap.mlp_shapes()
+        ctx |= {"n_in": cap.n_features, "shift_words": even(cap.n_features),
+                "layers": [{"index": i, "pairs": o // 2, "outs": o, "ins": n_in,
+                            "last": i == len(shapes) - 1,
+                            "chunks": list(range(0, n_in, 8))}
+                           for i, (o, n_in) in enumerate(shapes)],
+                "width_words": even(len(shapes))}
+    return ctx
 
 
 def _check_trace(trace: int) -> None:
@@ -222,67 +216,51 @@ def _check_trace(trace: int) -> None:
         raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
 
 
-def build_context(pipeline: Pipeline, *, name: str, trace: int = 0) -> dict[str, Any]:
+def build_context(program: CpuProgram, cap: Capacity, *, name: str,
+                  trace: int = 0) -> dict[str, Any]:
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
     0 for none)."""
     _check_trace(trace)
-    layout = layout_of(pipeline)
-    copies, required = _header_copies(pipeline, layout)
-    carried, feature_header = _feature_header(pipeline, layout)
+    copies, required = _header_copies(program)
+    carried, feature_header = _feature_header(program)
     if feature_header is not None:
         required.add("fh")
     if "tcp" in required and ("udp" in required or "fh" in required):
         raise ValueError("features need both TCP and UDP (or feature-header) fields; "
                          "no packet carries both")
-    roles = {t.name: str(t.role) for t in pipeline.tables()}
-    score = None
-    if layout.score is not None:
-        score = [{"idx": o, "mask": mask_of(w), "terms": list(ts)}
-                 for o, w, ts in zip(layout.score.outputs, layout.score.widths,
-                                     layout.score.terms, strict=True)]
-    verdict_outputs = list(layout.tables[-1].outputs)
+    kp, vw = cap.meta_words()
     return {
         "comment": {
             "program": safe_comment(name),
-            "verdict_kind": safe_comment(str(pipeline.verdict_kind)),
-            "labels": [safe_comment(label) for label in pipeline.class_labels],
-            "fields": [safe_comment(f"{f.name} ({f.width} bits)") for f in layout.fields],
+            "verdict_kind": safe_comment(str(program.verdict_kind)),
+            "labels": [safe_comment(label) for label in program.class_labels],
+            "features": [safe_comment(f"{f.name} ({f.field.width} bits)")
+                         for f in program.features],
+            "capacity": safe_comment(", ".join(f"{k} {v}" for k, v in cap.as_json().items()
+                                               if k not in ("feature_widths",) and v)),
         },
-        "n_fields": layout.n_fields,
-        "row_words": layout.row_words,
-        "meta_words": layout.meta_words,
-        "total_rows": layout.total_rows,
-        "n_classes": max(layout.n_classes, 1),
-        "tables": [_table_context(t, roles[t.name]) for t in layout.tables],
-        "score": score,
-        "argmax": _argmax_context(layout),
-        "class_index": layout.class_index,
-        "verdict": layout.verdict,
-        "flow": flow_context(pipeline, layout),
+        "n_features": cap.n_features,
+        "x_slots": cap.x_slots,
+        "score_slots": cap.score_slots,
+        "n_classes": max(len(program.class_labels), 1),
+        "bias_words": kp,
+        "verdict_words": vw,
+        "model": model_context(program, cap),
+        "flow": flow_context(program),
         "crc_table": crc_table_rows(),
         "feature_header": feature_header,
         "feature_udp_port": FEATURE_UDP_PORT,
         "required": sorted(required),
         "copies": copies + carried,
-        "n_features": len(pipeline.features),
-        "vec_features": [{"idx": layout.features[j], "mask": f.field.max_value}
-                         for j, f in enumerate(pipeline.features)],
-        "vec_results": [layout.class_index, *verdict_outputs],
-        "mlp": mlp_context(layout),
+        "vec_features": [{"idx": j, "mask": f.field.max_value}
+                         for j, f in enumerate(program.features)],
         "trace": trace,
     }
 
 
-def emit_xdp(pipeline: Pipeline, *, name: str = "homunculus", trace: int = 0) -> str:
-    """The eBPF C source of ``pipeline``'s XDP program (and its ``hmn_xdp_vec`` test entry);
-    ``trace`` > 0 adds the per-packet debug map ``hmn_trace`` (test builds)."""
+def emit_xdp(program: CpuProgram, cap: Capacity, *, name: str = "homunculus",
+             trace: int = 0) -> str:
+    """The eBPF C source of ``program``'s XDP program for ``cap`` (and its ``hmn_xdp_vec`` test
+    entry); ``trace`` > 0 adds the per-packet debug map ``hmn_trace`` (test builds)."""
     return template_env().get_template("hmn_xdp.bpf.c.j2").render(
-        **build_context(pipeline, name=name, trace=trace))
-
-
-def shape_digest(source: str) -> str:
-    """A digest of the program's code without its comments: equal digests mean equal programs
-    (names only reach comments), so a snapshot compiled for one fits the other."""
-    code = "\n".join(line.rstrip() for line in source.splitlines()
-                     if line.strip() and not line.lstrip().startswith("//"))
-    return hashlib.sha256(code.encode()).hexdigest()[:32]
+        **build_context(program, cap, name=name, trace=trace))

@@ -1,93 +1,148 @@
-"""Cost model of the XDP program: instructions, map memory and per-packet latency (one core).
+"""Cost model of the XDP program: instructions executed, map memory and per-packet latency.
 
-Worst case: every table is scanned to its last entry (``bpf_loop`` over ``count`` entries).
-The nanosecond constants were calibrated once with BPF_PROG_TEST_RUN (``repeat`` 200000, best of
-three) on the development machine (kernel 6.18, x86-64, JIT on): e.g. a 5-table decision tree
-37-55 ns, 4 tables / 43 entries 130 ns, 14 tables / 165 entries 560 ns, 34 tables / 233 entries
-900 ns on the feature-vector entry; the packet entry with 16 flow registers and one table
-190 ns. MLPs (one ``bpf_loop`` step per output, multiply-accumulates unrolled): 4-4-3 58 ns,
-8-16-16-3 417 ns, 8-64-3 692 ns, 8-64-64-3 3.6 us, 16-64-64-64-3 6.8 us. Instruction counts are a
-rough static model of instructions executed per packet.
+Per packet: the parse, slot read, counters and verdict (``base``), the flow state (per
+register), then the model as it runs: a single tree walks its depth; a forest walks its trees
+four at a time (``group_steps``) and adds per tree a map lookup and a packed leaf row; a lookup
+model per feature a direct index or binary-search steps and a packed score row; the MLP per
+output pair a requantisation and per input a packed multiply-accumulate (two outputs at once);
+the arg-max per score. Latency counts the model as it runs (runtime trees, depths and widths);
+the verifier's instructions count the program as compiled for its capacity (``structure``).
+
+The nanosecond and instruction constants were fitted (least squares) to what ``bench/kernel.py``
+measured with BPF_PROG_TEST_RUN and the verifier on the development machine (kernel 6.18, x86-64,
+JIT on); the bench prints each configuration's estimate next to its measurement.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homunculus.ir.pipeline import Pipeline
+from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.dense import QMLP
 from homunculus.targets.base import Usage
-from homunculus.targets.xdp.layout import layout_of
-
-NS_BASE = 20.0  # parse Ethernet/VLAN/IPv4/L4, slot read, counters
-NS_TABLE = 5.0  # meta lookup, bpf_loop set-up, result copy
-NS_ENTRY = 2.5  # one callback: row lookup and the first key compare
-NS_KEY = 0.3  # each further key compare
-NS_FLOW = 25.0  # clock, two CRC-32s over 13 bytes, signature/time registers
-NS_REGISTER = 8.0  # one register: map lookup and its op (a global function call)
-NS_SCORE_TERM = 0.5
-NS_MAC = 0.68  # one multiply-accumulate of a dense layer
-NS_NEURON = 2.9  # one dense output: bpf_loop step, map lookups, requantisation, activation
-
-INSN_BASE, INSN_TABLE, INSN_ENTRY, INSN_KEY = 150, 40, 12, 6
-INSN_FLOW, INSN_REGISTER, INSN_SCORE_TERM = 200, 30, 2
-INSN_MAC, INSN_NEURON = 3, 30
+from homunculus.targets.xdp.layout import Capacity, even
 
 
 @dataclass(frozen=True)
-class XdpCost:
-    instructions: int  # executed per packet, worst case
-    map_bytes: int  # model, flow-state and control maps (per-CPU maps counted once)
-    latency_ns: float
-    tables: int
-    entries: int
+class Work:
+    """Operations of one packet."""
+
+    registers: int = 0  # flow registers (0 and flow False without flow state)
+    flow: bool = False
+    steps: int = 0  # a single tree's walk steps
+    group_steps: int = 0  # walk steps of four trees side by side
+    trees: int = 0  # trees of a forest (a map lookup and a leaf row each)
+    adds: int = 0  # packed score-pair additions
+    direct: int = 0  # direct-indexed encoders
+    searches: int = 0  # binary-search steps
+    macs: int = 0  # packed multiply-accumulates (two outputs each)
+    pairs: int = 0  # output pairs of the dense layers
+    scores: int = 0  # arg-max contenders
 
 
-def _scan(pipeline: Pipeline) -> tuple[int, int]:
-    entries = sum(len(t.entries) for t in pipeline.tables())
-    keys = sum(len(t.entries) * max(len(t.keys) - 1, 0) for t in pipeline.tables())
-    return entries, keys
+# ns per operation (one core), fitted by ``bench/kernel.py --fit`` (flow state: the previous
+# calibration's per-register costs, which no benchmark configuration exercises)
+COSTS = {"base": 8.9, "flow": 25.0, "registers": 8.0, "steps": 5.9, "group_steps": 9.7,
+         "trees": 1.7, "adds": 0.0, "direct": 3.9, "searches": 3.9, "macs": 0.32,
+         "pairs": 6.7, "scores": 0.85}
 
 
-def dense_work(pipeline: Pipeline) -> tuple[int, int]:
-    """Multiply-accumulates and outputs of the MLP (0, 0 without one)."""
-    if pipeline.mlp is None:
-        return 0, 0
-    shapes = [layer.shape for layer in pipeline.mlp.layers]
-    return sum(o * i for o, i in shapes), sum(o for o, _ in shapes)
+def work(program: CpuProgram) -> Work:
+    model = program.model
+    flow = program.flow
+    common = {"registers": len(flow.registers) if flow else 0, "flow": flow is not None}
+    if isinstance(model, TreeModel):
+        if model.mode == WINNER:
+            return Work(**common, steps=model.depth)
+        n = len(model.trees)
+        pairs = even(model.n_scores) // 2
+        return Work(**common, group_steps=model.depth * -(-n // 4), trees=n,
+                    adds=pairs * (n + 1), scores=model.n_scores)
+    pairs = even(model.n_scores if not isinstance(model, QMLP) else model.n_classes) // 2
+    if isinstance(model, LookupModel):
+        searches = sum(max(e.n_bins - 1, 0).bit_length() for e in model.encoders if not e.direct)
+        return Work(**common, direct=sum(e.direct for e in model.encoders), searches=searches,
+                    adds=pairs * (len(model.encoders) + 1), scores=model.n_scores)
+    assert isinstance(model, QMLP)
+    shapes = [layer.shape for layer in model.layers]
+    out_pairs = [even(o) // 2 for o, _ in shapes]
+    return Work(**common, macs=sum(p * -(-i // 8) * 8
+                                   for p, (_, i) in zip(out_pairs, shapes, strict=True)),
+                pairs=sum(out_pairs), scores=model.n_classes)
 
 
-def map_bytes(pipeline: Pipeline) -> int:
-    layout = layout_of(pipeline)
-    n = 8 * layout.total_rows * layout.row_words + 8 * 2 * len(layout.tables) * layout.meta_words
-    if layout.score is not None:
-        n += 2 * 8 * len(layout.score.outputs)
-    if layout.mlp is not None:
-        n += 2 * 4 * layout.mlp.words + 4 * (layout.mlp.n_in + sum(layout.mlp.widths))
-    if pipeline.flow is not None:
-        n += 4 * pipeline.flow.config.slots * len(pipeline.flow.registers)
-    n += 8 * layout.n_fields + 8 * (layout.n_classes + 1) + 8 * 5 + 16 + 4
-    return n
+def counts(w: Work) -> dict[str, int]:
+    return {"base": 1, "flow": int(w.flow), "registers": w.registers, "steps": w.steps,
+            "group_steps": w.group_steps, "trees": w.trees, "adds": w.adds,
+            "direct": w.direct, "searches": w.searches, "macs": w.macs, "pairs": w.pairs,
+            "scores": w.scores}
 
 
-def cost(pipeline: Pipeline) -> XdpCost:
-    tables = len(list(pipeline.tables()))
-    entries, keys = _scan(pipeline)
-    terms = sum(len(t) for t in pipeline.score_sum.terms) if pipeline.score_sum else 0
-    registers = len(pipeline.flow.registers) if pipeline.flow is not None else 0
-    flow = pipeline.flow is not None
-    macs, neurons = dense_work(pipeline)
-    ns = (NS_BASE + NS_TABLE * tables + NS_ENTRY * entries + NS_KEY * keys
-          + NS_SCORE_TERM * terms + (NS_FLOW + NS_REGISTER * registers if flow else 0.0)
-          + NS_MAC * macs + NS_NEURON * neurons)
-    insns = (INSN_BASE + INSN_TABLE * tables + INSN_ENTRY * entries + INSN_KEY * keys
-             + INSN_SCORE_TERM * terms + (INSN_FLOW + INSN_REGISTER * registers if flow else 0)
-             + INSN_MAC * macs + INSN_NEURON * neurons)
-    return XdpCost(insns, map_bytes(pipeline), ns, tables, pipeline.n_entries)
+def latency_ns(program: CpuProgram) -> float:
+    """Estimated ns per packet of the whole program (parse, flow state, model, verdict)."""
+    return sum(COSTS[k] * n for k, n in counts(work(program)).items())
 
 
-def estimate(pipeline: Pipeline) -> Usage:
+# verifier instructions processed (hmn_xdp) per element of the program's structure
+VERIFIER = {"base": 0, "flow": 600, "registers": 60, "features": 0, "depth": 53.2,
+            "lane_depth": 112.6, "tree_groups": 0, "group_adds": 21.5, "scores": 180.5,
+            "direct": 0, "search_steps": 0, "lookup_adds": 78.5, "mac_slots": 0,
+            "pair_slots": 281.0, "layers": 0}
+
+
+def structure(program: CpuProgram, cap: Capacity) -> dict[str, int]:
+    """What the verifier walks: the code of the program's interface and capacity. Global
+    functions (a four-tree walk, a dense layer's dot product) are verified once; the loops
+    over trees and output pairs once per iteration of their capacity."""
+    flow = program.flow
+    out = {"base": 1, "flow": int(flow is not None),
+           "registers": len(flow.registers) if flow else 0,
+           "features": cap.n_features, "scores": cap.n_scores}
+    kind = cap.kind.split("-")[0]
+    if cap.kind.endswith(WINNER):
+        out["depth"] = cap.depth
+    elif kind == "trees":
+        out["lane_depth"] = cap.depth
+        out["tree_groups"] = cap.trees // 4
+        out["group_adds"] = cap.trees * even(cap.n_scores) // 2
+    elif kind == "lookup":
+        out["direct"] = sum(a >= 0 for a in cap.direct)
+        out["search_steps"] = sum(a < 0 for a in cap.direct) * max(cap.bins - 1, 0).bit_length()
+        out["lookup_adds"] = cap.n_features * even(cap.n_scores) // 2
+    else:
+        shapes = cap.mlp_shapes()
+        out["mac_slots"] = sum(i for _, i in shapes)
+        out["pair_slots"] = sum(o // 2 for o, _ in shapes)
+        out["layers"] = len(shapes)
+    return out
+
+
+def verifier_insns(program: CpuProgram, cap: Capacity) -> int:
+    """Estimated instructions the verifier processes for the packet program ``hmn_xdp``."""
+    return int(sum(VERIFIER[k] * n for k, n in structure(program, cap).items()))
+
+
+def map_bytes(program: CpuProgram, cap: Capacity) -> int:
+    """Model maps (both slots), scratch, counters and flow state (per-CPU maps counted once)."""
+    per_slot = cap.trees if cap.kind.startswith("trees") else 1
+    n = 2 * per_slot * cap.value_bytes() + 2 * (8 + 4 * sum(cap.meta_words()))
+    n += 8 * (cap.x_slots + even(cap.n_scores) + 6) + 8 * (len(program.class_labels) + 1) + 40
+    if cap.kind == "mlp":
+        n += 8 * (cap.n_features + sum(cap.widths))
+    if program.flow is not None:
+        n += 4 * program.flow.config.slots * len(program.flow.registers)
+    return n + 16 + 4
+
+
+def estimate(program: CpuProgram, cap: Capacity) -> Usage:
     """Usage: map memory in sram_kbit, no TCAM, no stages; throughput of one core."""
-    c = cost(pipeline)
-    return Usage(stages=0, tables=c.tables, sram_kbit=c.map_bytes * 8 / 1024, tcam_kbit=0.0,
-                 entries=c.entries, phv_bits=0, throughput_gpps=1.0 / c.latency_ns,
-                 latency_ns=c.latency_ns, instructions=c.instructions)
+    ns = latency_ns(program)
+    model = program.model
+    tables = len(model.trees) if isinstance(model, TreeModel) else (
+        len(model.encoders) if isinstance(model, LookupModel) else len(model.layers))
+    from homunculus.targets.c.resources import entries_of
+
+    return Usage(stages=0, tables=tables, sram_kbit=map_bytes(program, cap) * 8 / 1024,
+                 tcam_kbit=0.0, entries=entries_of(program), phv_bits=0,
+                 throughput_gpps=1.0 / ns, latency_ns=ns,
+                 instructions=verifier_insns(program, cap))

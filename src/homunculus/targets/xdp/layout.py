@@ -1,199 +1,251 @@
-"""The data layout shared by the generated XDP program and the snapshot encoder.
+"""The XDP program's capacity and the byte layout of its parameter maps (active/standby slots).
 
-Every pipeline field is one ``__u64`` slot of a per-CPU scratch array (``env->v[i]``), addressed
-by index: no user or pipeline name ever becomes a C identifier (names only reach comments through
-``safe_comment``). The program text depends on the pipeline's *shape* only, so a newer compile of
-the same shape can be pushed into the maps.
+A program is compiled for one *interface* (its features, header bindings and flow state, the
+model kind, the number of scores and winners) and one *capacity*: how many trees, nodes and leaf
+rows per tree, walk depth, bins per feature or hidden-layer widths its maps hold. Capacity is the
+compiled model's needs times a headroom (the ``headroom`` profile knob, default 2) or set
+explicitly (``max_trees``, ``max_nodes``, ``max_depth``, ``max_bins``, ``max_width``); any model
+of the same interface that fits is pushed into the standby slot without reloading the program.
 
-All tables share two maps (a program may use at most 64 maps): ``hmn_tables`` holds every
-table's entries as rows of ``row_words`` u64 -- table i, slot s, entry j at
-``base_i + s * capacity_i + j`` -- and ``hmn_defaults`` holds per table and slot (index
-``2 * i + s``) a row ``count, default params...``.
+Maps (ARRAY, two slots each; slot s of a per-tree map is keys ``s * trees + t``):
 
-Entry encoding (little-endian ``u64``, zero-padded to the row): per key ``(mask, lo, hi)`` -- a
-key ``x`` matches when ``lo <= (x & mask) <= hi`` (exact: full mask, lo = hi = v; ternary:
-lo = hi = v & m; range: full mask) -- then the parameters.
-
-Capacity rule: ``capacity_i = max(16, next power of two >= the compiled entry count)`` per slot;
-a pushed snapshot may have up to that many entries per table.
-
-MLP pipelines (``pipeline.mlp``, ir/dense.py) keep only the verdict table; the network's
-parameters are one value of ``hmn_mlp`` per slot: a flat array of ``__s32`` words (so the C struct
-has no padding) in the order of :meth:`MlpLayout.parts` -- the input shifts, then per layer the
-weights ``[out][in]`` and biases and, for hidden layers, ``(multiplier, shift, activation)`` and a
-256-entry activation table. Dimensions (inputs, layer widths) are the program's shape; everything
-else, activation kinds included, is data that a push may change.
+- ``hmn_meta``: ``u32 n_trees, u32 depth, s32 bias[KP], u32 verdict[VW]`` -- the runtime tree
+  count and walk depth, the score bias, and per winner (class, port, drop, mark, dscp);
+- trees, ``hmn_trees``: ``node n[nodes]`` (``u32 thr, u16 feat, u16 left``; see ir/cpu.py, a
+  leaf's ``feat`` is the zero pad feature), leaf rows ``u64 leaf[leaves][KP / 2]``, packed
+  score pairs (a boosted tree's one score in its column, zeros elsewhere; no rows in winner
+  mode, whose leaves hold the winner), ``u32 column, u32 pad``;
+- lookups, ``hmn_enc``: ``u64 scores[features][bins][KP / 2]`` (score pairs packed as
+  ``lo + hi * 2^32``: one 64-bit add sums two scores exactly, their totals fitting int32),
+  ``u32 edges[wide][bins]`` (sorted edges padded with 2^32-1), ``u16 direct[..]`` (the bin of
+  every value of each feature of at most 16 bits, back to back), padding to 8 bytes;
+- MLP, ``hmn_mlp``: per layer ``u64 w[pairs][inputs]`` and ``u64 b[pairs]`` -- two outputs'
+  int8 weights and int32 biases packed in one 64-bit word (``lo + hi * 2^32``), so one multiply
+  accumulates both (exact: every accumulator fits int32, ir/dense.py) -- then
+  ``s32 shift[NP]``, per hidden layer ``s32 q[4]`` (multiplier, shift, activation, outputs) and
+  ``s32 lut[256]``, and ``s32 n_out[LP]``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from homunculus.errors import NotSupportedError
+from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP, check_ranges
-from homunculus.ir.pipeline import Exact, Field, Match, Pipeline, Range, Table, Ternary
+from homunculus.targets.base import CapacityExceeded
 
-MIN_CAPACITY = 16
-MAX_FIELD_BITS = 64
-VERDICT_ROLES = ("port", "drop", "mark", "dscp")
+DEFAULT_HEADROOM = 2.0
+MAX_TREES = 128
+MAX_NODES = 1 << 14  # per tree (u16 child indices)
+MAX_DEPTH = 32
+MAX_BINS = 1024
+MAX_VALUE_BYTES = 4 << 20  # an array map's largest value (KMALLOC_MAX_SIZE)
+MAX_MODEL_BYTES = 64 << 20  # both slots of the model's maps
 MLP_MAX_HIDDEN = 3
-MLP_MAX_WIDTH = 64  # hidden layer widths and output scores
+MLP_MAX_WIDTH = 64
 MLP_MAX_INPUTS = 256
 ACTIVATION_CODES = {"none": 0, "relu": 1, "lut": 2}
-LUT_SIZE = 256
+CAPACITY_KNOBS = ("max_trees", "max_nodes", "max_depth", "max_bins", "max_width")
 
 
-def table_capacity(n_entries: int) -> int:
-    """Entries one slot of a table's map can hold: a power of two, at least ``MIN_CAPACITY``."""
-    return max(MIN_CAPACITY, 1 << max(n_entries - 1, 0).bit_length())
+class CapacityError(ValueError):
+    """A model does not fit a program's compiled capacity or interface."""
 
 
-def mask_of(width: int) -> int:
-    return (1 << width) - 1
+def pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
-@dataclass(frozen=True)
-class TableLayout:
-    index: int
-    name: str  # the pipeline's table name (snapshot key; only in comments in C)
-    keys: tuple[int, ...]  # env indices
-    key_widths: tuple[int, ...]
-    outputs: tuple[int, ...]
-    output_widths: tuple[int, ...]
-    capacity: int
-    base: int  # first row of this table in hmn_tables
-
-    @property
-    def entry_words(self) -> int:
-        return 3 * len(self.keys) + len(self.outputs)
-
-    @property
-    def meta_words(self) -> int:
-        return 1 + len(self.outputs)
+def even(n: int) -> int:
+    return n + (n & 1)
 
 
 @dataclass(frozen=True)
-class ScoreLayout:
-    outputs: tuple[int, ...]
-    widths: tuple[int, ...]
-    terms: tuple[tuple[int, ...], ...]
-
-
-@dataclass(frozen=True)
-class MlpLayout:
-    """The network's dimensions: inputs, then the output width of every layer (the last one:
-    the scores); ``inputs`` and ``winner`` are env indices."""
-
-    inputs: tuple[int, ...]
-    widths: tuple[int, ...]
-    winner: int
+class Capacity:
+    kind: str  # ir/cpu.py model_kind
+    feature_widths: tuple[int, ...]
+    n_scores: int
+    n_winners: int
+    trees: int = 0
+    nodes: int = 0
+    leaves: int = 0
+    depth: int = 0
+    bins: int = 0
+    widths: tuple[int, ...] = ()  # MLP hidden layers
 
     @property
-    def n_in(self) -> int:
-        return len(self.inputs)
+    def n_features(self) -> int:
+        return len(self.feature_widths)
 
-    def shapes(self) -> list[tuple[int, int]]:
-        """``(n_out, n_in)`` per layer."""
-        ins = (self.n_in, *self.widths[:-1])
-        return list(zip(self.widths, ins, strict=True))
+    @property
+    def x_slots(self) -> int:
+        """Feature slots in the scratch map: the features and the zero pad, a power of two."""
+        return pow2(self.n_features + 1)
 
-    def parts(self) -> list[tuple[str, int]]:
-        """The ``__s32`` arrays of one slot's value, in order: (C member name, words)."""
-        out = [("in_shift", self.n_in)]
-        last = len(self.widths) - 1
-        for i, (n_out, n_in) in enumerate(self.shapes()):
-            out += [(f"w{i}", n_out * n_in), (f"b{i}", n_out)]
-            if i < last:
-                out += [(f"q{i}", 3), (f"lut{i}", LUT_SIZE)]
+    @property
+    def score_slots(self) -> int:
+        """Scores in the scratch map: a power of two (indices are masked)."""
+        return pow2(even(self.n_scores))
+
+    @property
+    def leaf_width(self) -> int:
+        """int32 values per leaf row: every score (a boosted tree's others are 0), in pairs."""
+        return even(self.n_scores)
+
+    @property
+    def direct(self) -> list[int]:
+        """Offsets of each direct-indexed feature's table in ``direct`` (-1: binary search)."""
+        out, at = [], 0
+        for w in self.feature_widths:
+            if w <= 16:
+                out.append(at)
+                at += 1 << w
+            else:
+                out.append(-1)
         return out
 
     @property
-    def words(self) -> int:
-        return sum(n for _, n in self.parts())
-
-    def signature(self) -> list[int]:
-        return [self.n_in, *self.widths]
-
-
-@dataclass(frozen=True)
-class Layout:
-    fields: tuple[Field, ...]
-    features: tuple[int, ...]  # env index of each pipeline feature
-    tables: tuple[TableLayout, ...]
-    score: ScoreLayout | None
-    argmax_scores: tuple[int, ...]
-    argmax_output: int | None
-    class_index: int
-    verdict: dict[str, int | None]  # role -> env index of verdict_<role>
-    n_classes: int
-    mlp: MlpLayout | None = None
+    def direct_total(self) -> int:
+        return max(2, sum(1 << w for w in self.feature_widths if w <= 16))
 
     @property
-    def row_words(self) -> int:
-        return max([1, *(t.entry_words for t in self.tables)])
+    def wide(self) -> list[int]:
+        """Index of each binary-searched feature's edge row (-1: direct)."""
+        out, at = [], 0
+        for w in self.feature_widths:
+            out.append(at if w > 16 else -1)
+            at += w > 16
+        return out
 
     @property
-    def meta_words(self) -> int:
-        return max([1, *(t.meta_words for t in self.tables)])
+    def n_wide(self) -> int:
+        return max(1, sum(w > 16 for w in self.feature_widths))
 
-    @property
-    def total_rows(self) -> int:
-        return max(1, sum(2 * t.capacity for t in self.tables))
+    def meta_words(self) -> tuple[int, int]:
+        """(bias words, verdict words): both padded to even counts."""
+        return even(self.n_scores), even(5 * self.n_winners)
 
-    @property
-    def n_fields(self) -> int:
-        return len(self.fields)
+    def tree_bytes(self) -> int:
+        rows = 0 if self.kind == f"trees-{WINNER}" else self.leaves * self.leaf_width
+        return 8 * self.nodes + 4 * rows + 8
 
-    def signature(self) -> dict[str, object]:
-        """What a snapshot must agree with to be pushed into a program built from this layout."""
-        return {
-            "tables": [{"name": t.name, "keys": list(t.key_widths),
-                        "outputs": list(t.output_widths), "capacity": t.capacity,
-                        "base": t.base}
-                       for t in self.tables],
-            "row_words": self.row_words,
-            "meta_words": self.meta_words,
-            "scores": list(self.score.widths) if self.score else [],
-            "mlp": self.mlp.signature() if self.mlp else None,
-        }
+    def enc_bytes(self) -> int:
+        size = 4 * self.n_features * self.bins * even(self.n_scores)
+        size += 4 * self.n_wide * self.bins + 2 * self.direct_total
+        return size + (-size % 8)
 
+    def mlp_shapes(self) -> list[tuple[int, int]]:
+        """(outputs capacity (even), inputs capacity) per layer."""
+        outs = [*self.widths, even(self.n_scores)]
+        ins = [self.n_features, *self.widths]
+        return list(zip(outs, ins, strict=True))
 
-def _collect_fields(pipeline: Pipeline) -> tuple[Field, ...]:
-    """Every field once, features first, in pipeline order (conflicting widths are an error)."""
-    order: list[Field] = [f.field for f in pipeline.features]
-    for table in (*pipeline.encoders, *pipeline.lookups):
-        order += [*table.keys, *table.outputs]
-    if pipeline.score_sum is not None:
-        for out, terms in zip(pipeline.score_sum.outputs, pipeline.score_sum.terms, strict=True):
-            order += [*terms, out]
-    if pipeline.argmax is not None:
-        order += [*pipeline.argmax.scores, pipeline.argmax.output]
-    winner = pipeline.notes.get("winner")
-    if pipeline.mlp is not None and isinstance(winner, Field):
-        order.append(winner)
-    order.append(pipeline.class_field)
-    order += [*pipeline.verdict.keys, *pipeline.verdict.outputs]
-    seen: dict[str, Field] = {}
-    for f in order:
-        if not 1 <= f.width <= MAX_FIELD_BITS:
-            raise ValueError(f"field of width {f.width}: the XDP target supports 1..64 bits")
-        held = seen.setdefault(f.name, f)
-        if held.width != f.width:
-            raise ValueError(f"a field is used with widths {held.width} and {f.width}")
-    return tuple(seen.values())
+    def mlp_bytes(self) -> int:
+        size = sum(8 * (o // 2) * i + 8 * (o // 2) for o, i in self.mlp_shapes())
+        size += 4 * even(self.n_features) + len(self.widths) * 4 * (4 + 256)
+        return size + 4 * even(len(self.widths) + 1)
+
+    def value_bytes(self) -> int:
+        kind = self.kind.split("-")[0]
+        return {"trees": self.tree_bytes, "lookup": self.enc_bytes,
+                "mlp": self.mlp_bytes}[kind]()
+
+    def model_bytes(self) -> int:
+        """Both slots of the model's parameter map."""
+        return 2 * (self.trees if self.kind.startswith("trees") else 1) * self.value_bytes()
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Capacity:
+        return Capacity(**{**data, "feature_widths": tuple(data["feature_widths"]),
+                           "widths": tuple(data["widths"])})
 
 
-def _table_layout(i: int, table: Table, index: dict[str, int], base: int) -> TableLayout:
-    return TableLayout(i, table.name, tuple(index[k.name] for k in table.keys),
-                       tuple(k.width for k in table.keys),
-                       tuple(index[o.name] for o in table.outputs),
-                       tuple(o.width for o in table.outputs), table_capacity(len(table.entries)),
-                       base)
+def interface_of(program: CpuProgram) -> dict[str, Any]:
+    """What the program's code depends on besides capacity: pushes must match it exactly."""
+    from homunculus.ir.serialize import program_to_json
+
+    flow = program_to_json(program)["flow"]
+    return {"kind": program.kind,
+            "features": [[f.field.width, f.header_field, f.flow] for f in program.features],
+            "flow": flow, "n_scores": n_scores(program), "n_winners": program.n_winners}
 
 
-def winner_field(pipeline: Pipeline) -> Field:
-    """Where an MLP pipeline's arg-max goes (Pipeline.winner_field)."""
-    return pipeline.winner_field()
+def n_scores(program: CpuProgram) -> int:
+    model = program.model
+    return model.n_classes if isinstance(model, QMLP) else model.n_scores
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+def _scaled(need: int, headroom: float, top: int, what: str, knob: str,
+            override: int | None) -> int:
+    if need > top:
+        raise CapacityExceeded(f"the model needs {need} {what}; the XDP target holds at most "
+                               f"{top}")
+    if override is not None:
+        if not need <= override <= top:
+            raise CapacityExceeded(f"profile {knob} = {override}: the model needs {need} "
+                                   f"{what} and the XDP target holds at most {top}")
+        return override
+    return min(top, max(need, math.ceil(need * headroom)))
+
+
+def capacity_for(program: CpuProgram, headroom: float = DEFAULT_HEADROOM,
+                 overrides: dict[str, int] | None = None) -> Capacity:
+    """The compiled model's needs times ``headroom`` (or the explicit ``max_*`` overrides)."""
+    if headroom < 1:
+        raise ValueError(f"headroom must be at least 1 (got {headroom})")
+    o = overrides or {}
+    widths = tuple(f.field.width for f in program.features)
+    if any(not 1 <= w <= 32 for w in widths):
+        raise ValueError("the XDP target reads features of 1..32 bits")
+    base = Capacity(program.kind, widths, n_scores(program), program.n_winners)
+    model = program.model
+    if isinstance(model, TreeModel):
+        winner = model.mode == WINNER
+        nodes = max((t.n_nodes for t in model.trees), default=1)
+        rows = max((len(t.values) for t in model.trees), default=1)
+        cap = Capacity(**{**asdict(base), "widths": (),
+                          "trees": 1 if winner else -(-_scaled(
+                              max(len(model.trees), 1), headroom, MAX_TREES, "trees",
+                              "max_trees", o.get("max_trees")) // 4) * 4,  # walked four at once
+                          "nodes": pow2(_scaled(nodes, headroom, MAX_NODES, "nodes per tree",
+                                                "max_nodes", o.get("max_nodes"))),
+                          "leaves": 0 if winner else pow2(_scaled(rows, headroom, MAX_NODES,
+                                                                  "leaves per tree", "max_nodes",
+                                                                  None)),
+                          "depth": _scaled(max(model.depth, 1), headroom, MAX_DEPTH, "levels",
+                                           "max_depth", o.get("max_depth"))})
+    elif isinstance(model, LookupModel):
+        bins = max(e.n_bins for e in model.encoders)
+        cap = Capacity(**{**asdict(base), "widths": (),
+                          "bins": pow2(_scaled(bins, headroom, MAX_BINS, "bins per feature",
+                                               "max_bins", o.get("max_bins")))})
+    else:
+        check_mlp(model, len(widths))
+        hidden = [layer.shape[0] for layer in model.layers[:-1]]
+        cap = Capacity(**{**asdict(base), "widths": tuple(
+            -(-_scaled(w, headroom, MLP_MAX_WIDTH, "outputs in a hidden layer", "max_width",
+                       o.get("max_width")) // 8) * 8 for w in hidden)})
+        cap = Capacity(**{**asdict(cap), "widths": tuple(min(w, MLP_MAX_WIDTH)
+                                                         for w in cap.widths)})
+    if cap.value_bytes() > MAX_VALUE_BYTES:
+        raise CapacityExceeded(f"the parameters of one slot need {cap.value_bytes()} bytes; "
+                                f"an XDP map value holds at most {MAX_VALUE_BYTES} (lower the "
+                                "headroom or the max_* capacity)")
+    if cap.model_bytes() > MAX_MODEL_BYTES:
+        raise CapacityExceeded(f"the model's maps would take {cap.model_bytes()} bytes (two "
+                                f"slots); the XDP target allows {MAX_MODEL_BYTES} (lower the "
+                                "headroom or the max_* capacity)")
+    check_fits(program, cap)
+    return cap
 
 
 def check_mlp(mlp: QMLP, n_features: int) -> None:
@@ -215,99 +267,62 @@ def check_mlp(mlp: QMLP, n_features: int) -> None:
         if not 1 <= n_out <= MLP_MAX_WIDTH:
             raise NotSupportedError(f"MLP layer {i} has {n_out} outputs; the XDP target runs "
                                     f"at most {MLP_MAX_WIDTH}")
-        if len(layer.bias) != n_out or any(not -2**31 <= b < 2**31 for b in layer.bias):
-            raise ValueError(f"MLP layer {i}: biases must be int32, one per output")
         if i < hidden:
-            _check_hidden(i, layer.multiplier, layer.shift, layer.activation, layer.lut)
+            if not 0 <= layer.multiplier < 2**31 or not 1 <= layer.shift <= 62:
+                raise ValueError(f"MLP layer {i}: multiplier must be in 0..2^31-1 and shift "
+                                 "in 1..62")
+            if layer.activation not in ACTIVATION_CODES:
+                raise ValueError(f"MLP layer {i}: unknown activation {layer.activation!r}")
         n_in = n_out
 
 
-def _check_hidden(i: int, multiplier: int, shift: int, activation: str,
-                  lut: tuple[int, ...] | None) -> None:
-    if not 0 <= multiplier < 2**31 or not 1 <= shift <= 62:
-        raise ValueError(f"MLP layer {i}: multiplier must be in 0..2^31-1 and shift in 1..62")
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"MLP layer {i}: unknown activation {activation!r}")
-    if activation == "lut" and (lut is None or len(lut) != LUT_SIZE
-                                or any(not -128 <= v <= 127 for v in lut)):
-        raise ValueError(f"MLP layer {i}: the activation table needs 256 int8 values")
+def check_fits(program: CpuProgram, cap: Capacity) -> None:
+    """Raise CapacityError naming the first thing of ``program`` the capacity cannot hold."""
+    kind = program.kind
+    if kind != cap.kind:
+        raise CapacityError(f"the program runs a {describe(cap.kind)}; this model is a "
+                            f"{describe(kind)} (a different family)")
+    widths = tuple(f.field.width for f in program.features)
+    if widths != cap.feature_widths:
+        raise CapacityError(f"the program reads features of widths {list(cap.feature_widths)}; "
+                            f"this model's are {list(widths)}")
+    if n_scores(program) != cap.n_scores or program.n_winners != cap.n_winners:
+        raise CapacityError(f"the program computes {cap.n_scores} scores for {cap.n_winners} "
+                            f"outcomes; this model {n_scores(program)} for {program.n_winners}")
+    model = program.model
+    if isinstance(model, TreeModel):
+        if len(model.trees) > cap.trees:
+            raise CapacityError(f"{len(model.trees)} trees exceed the compiled capacity of "
+                                f"{cap.trees}")
+        for i, t in enumerate(model.trees):
+            if t.n_nodes > cap.nodes:
+                raise CapacityError(f"tree {i} has {t.n_nodes} nodes; the compiled capacity is "
+                                    f"{cap.nodes} per tree")
+            if model.mode != WINNER and len(t.values) > cap.leaves:
+                raise CapacityError(f"tree {i} has {len(t.values)} leaf rows; the compiled "
+                                    f"capacity is {cap.leaves} per tree")
+        if model.depth > cap.depth:
+            raise CapacityError(f"depth {model.depth} exceeds the compiled capacity of "
+                                f"{cap.depth}")
+    elif isinstance(model, LookupModel):
+        for e in model.encoders:
+            if e.n_bins > cap.bins:
+                raise CapacityError(f"feature {e.feature} has {e.n_bins} bins; the compiled "
+                                    f"capacity is {cap.bins} per feature")
+    else:
+        assert isinstance(model, QMLP)
+        hidden = [layer.shape[0] for layer in model.layers[:-1]]
+        if len(hidden) != len(cap.widths):
+            raise CapacityError(f"the program runs {len(cap.widths)} hidden layers; this MLP "
+                                f"has {len(hidden)}")
+        for i, (w, c) in enumerate(zip(hidden, cap.widths, strict=True)):
+            if w > c:
+                raise CapacityError(f"hidden layer {i} has {w} outputs; the compiled capacity "
+                                    f"is {c}")
 
 
-def mlp_layout(pipeline: Pipeline, index: dict[str, int]) -> MlpLayout | None:
-    mlp = pipeline.mlp
-    if mlp is None:
-        return None
-    if pipeline.score_sum is not None or pipeline.encoders or pipeline.lookups:
-        raise ValueError("an MLP pipeline has no tables but the verdict and no score sum")
-    check_mlp(mlp, len(pipeline.features))
-    winner = winner_field(pipeline)
-    if winner.name not in index or (1 << winner.width) < mlp.n_classes:
-        raise ValueError("the MLP's winner field cannot hold every class score's index")
-    return MlpLayout(tuple(index[f.field.name] for f in pipeline.features),
-                     tuple(layer.shape[0] for layer in mlp.layers), index[winner.name])
-
-
-def mlp_words(mlp: QMLP, shape: MlpLayout) -> list[int]:
-    """One slot's ``hmn_mlp`` value as signed 32-bit words (see :meth:`MlpLayout.parts`)."""
-    if [len(mlp.input_shift), *(layer.shape[0] for layer in mlp.layers)] != shape.signature():
-        raise ValueError("the MLP's dimensions differ from the program's")
-    words = list(mlp.input_shift)
-    last = len(mlp.layers) - 1
-    for i, layer in enumerate(mlp.layers):
-        words += [w for row in layer.weights for w in row]
-        words += list(layer.bias)
-        if i < last:
-            lut = layer.lut if layer.activation == "lut" and layer.lut else (0,) * LUT_SIZE
-            words += [layer.multiplier, layer.shift, ACTIVATION_CODES[layer.activation], *lut]
-    assert len(words) == shape.words
-    return words
-
-
-def layout_of(pipeline: Pipeline) -> Layout:
-    """The env slots and map geometry of ``pipeline``."""
-    if (pipeline.score_sum is None) != (pipeline.argmax is None):
-        raise ValueError("score_sum and argmax must be both present or both absent")
-    fields = _collect_fields(pipeline)
-    index = {f.name: i for i, f in enumerate(fields)}
-    names = [t.name for t in pipeline.tables()]
-    if len(set(names)) != len(names):
-        raise ValueError("two tables share a name")
-    tables: list[TableLayout] = []
-    base = 0
-    for i, t in enumerate(pipeline.tables()):
-        tables.append(_table_layout(i, t, index, base))
-        base += 2 * tables[-1].capacity
-    score = None
-    if pipeline.score_sum is not None:
-        ss = pipeline.score_sum
-        if not len(ss.outputs) == len(ss.terms) == len(ss.bias):
-            raise ValueError("score_sum: outputs, terms and bias differ in length")
-        score = ScoreLayout(tuple(index[o.name] for o in ss.outputs),
-                            tuple(o.width for o in ss.outputs),
-                            tuple(tuple(index[t.name] for t in ts) for ts in ss.terms))
-    argmax = pipeline.argmax
-    by_name = {o.name: index[o.name] for o in pipeline.verdict.outputs}
-    return Layout(
-        fields=fields,
-        features=tuple(index[f.field.name] for f in pipeline.features),
-        tables=tuple(tables),
-        score=score,
-        argmax_scores=tuple(index[s.name] for s in argmax.scores) if argmax else (),
-        argmax_output=index[argmax.output.name] if argmax else None,
-        class_index=index[pipeline.class_field.name],
-        verdict={role: by_name.get(f"verdict_{role}") for role in VERDICT_ROLES},
-        n_classes=len(pipeline.class_labels),
-        mlp=mlp_layout(pipeline, index),
-    )
-
-
-def match_words(match: Match, width: int) -> tuple[int, int, int]:
-    """``(mask, lo, hi)`` of one key match (see the module docstring)."""
-    full = mask_of(width)
-    if isinstance(match, Exact):
-        return full, match.value, match.value
-    if isinstance(match, Ternary):
-        return match.mask & full, match.value & match.mask & full, match.value & match.mask & full
-    if isinstance(match, Range):
-        return full, match.lo, match.hi
-    raise TypeError(f"unknown match {match!r}")
+def describe(kind: str) -> str:
+    return {"trees-winner": "single decision tree", "trees-scalar": "boosted tree ensemble",
+            "trees-vector": "tree ensemble voting score vectors",
+            "lookup": "per-feature lookup-and-sum model (naive Bayes, SVM, k-means)",
+            "mlp": "MLP"}.get(kind, kind)

@@ -21,17 +21,12 @@ import numpy as np
 import pandas as pd
 
 from homunculus.data.pcap import _frame
-from homunculus.ir.pipeline import Pipeline
+from homunculus.ir.cpu import RESULT_FIELDS, CpuProgram
 from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
-from homunculus.targets.p4.twin import (
-    TwinResult,
-    header_feature_values,
-    simulate,
-    simulate_packets,
-)
-from homunculus.targets.xdp.layout import Layout, layout_of
+from homunculus.targets.p4.twin import TwinResult, header_feature_values
+from homunculus.targets.xdp.layout import even, n_scores, pow2
 from homunculus.targets.xdp.loader import BpfObject, RunResult, load_object, prog_test_run
-from homunculus.targets.xdp.snapshot import install
+from homunculus.targets.xdp.snapshot import install, read_snapshot
 
 MAIN_PROG, VEC_PROG = "hmn_xdp", "hmn_xdp_vec"
 VEC_OFFSET = 16
@@ -56,6 +51,7 @@ def vector_frame(values: np.ndarray, n_results: int) -> bytes:
 def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:
     """Load ``out_dir/xdp/<name>.bpf.o`` and install ``out_dir/xdp/snapshot.json`` (slot 0)."""
     snapshot = json.loads((out_dir / "xdp" / "snapshot.json").read_text())
+    read_snapshot(snapshot)
     obj = load_object(out_dir / "xdp" / snapshot["object"])
     try:
         install(obj, snapshot)
@@ -78,15 +74,10 @@ def pinned_to_one_cpu() -> Iterator[int]:
         os.sched_setaffinity(0, before)
 
 
-def _result_fields(pipeline: Pipeline, layout: Layout) -> list[str]:
-    return [layout.fields[layout.class_index].name, *(o.name for o in pipeline.verdict.outputs)]
-
-
-def run_vectors(obj: BpfObject, pipeline: Pipeline, x: np.ndarray) -> tuple[TwinResult,
+def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray) -> tuple[TwinResult,
                                                                               list[int]]:
     """Per feature row: class and verdict outputs, and the XDP return codes."""
-    layout = layout_of(pipeline)
-    names = _result_fields(pipeline, layout)
+    names = RESULT_FIELDS
     x = np.asarray(x, dtype=np.int64)
     fd = obj.prog_fd(VEC_PROG)
     out = np.zeros((len(x), len(names)), dtype=np.int64)
@@ -104,10 +95,12 @@ def _set_clock(obj: BpfObject, ns: int) -> None:
     obj.map("hmn_clock").update(0, struct.pack("<QQ", 1, ns))
 
 
-def _env_row(obj: BpfObject, cpu: int, n_fields: int) -> tuple[int, ...]:
+def env_results(obj: BpfObject, cpu: int, program: CpuProgram) -> tuple[int, ...]:
+    """The packet's class and verdict (``RESULT_FIELDS``) from the scratch map on ``cpu``."""
     values = obj.map("hmn_env").lookup(0)
     assert isinstance(values, list)
-    return struct.unpack(f"<{n_fields}Q", values[cpu])
+    offset = 8 * (pow2(len(program.features) + 1) + pow2(even(n_scores(program))))
+    return struct.unpack_from("<6Q", values[cpu], offset)[1:]
 
 
 def _classified_count(obj: BpfObject, cpu: int) -> int:
@@ -122,16 +115,16 @@ def _reset_flow_state(obj: BpfObject) -> None:
             obj.map(name).clear()
 
 
-def run_frames(obj: BpfObject, pipeline: Pipeline, table: pd.DataFrame
+def run_frames(obj: BpfObject, program: CpuProgram, table: pd.DataFrame
                ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
-    """Run every packet of ``table`` through ``hmn_xdp``: per packet the env fields (valid
-    where classified), the classified mask and the test run (return code, output frame).
+    """Run every packet of ``table`` through ``hmn_xdp``: per packet the class and verdict
+    (``RESULT_FIELDS``, valid where classified), the classified mask and the test run (return
+    code, output frame).
 
     Each capture (file_id) is replayed separately, in row order, with fresh flow state, as
     ``simulate_packets`` does (``per_capture``); results come back in the table's row order."""
-    layout = layout_of(pipeline)
     fd = obj.prog_fd(MAIN_PROG)
-    env = np.zeros((len(table), layout.n_fields), dtype=np.uint64)
+    env = np.zeros((len(table), len(RESULT_FIELDS)), dtype=np.uint64)
     classified = np.zeros(len(table), dtype=bool)
     runs: list[RunResult | None] = [None] * len(table)
     records = table.to_dict("records")
@@ -148,44 +141,43 @@ def run_frames(obj: BpfObject, pipeline: Pipeline, table: pd.DataFrame
                 now = _classified_count(obj, cpu)
                 if now != seen:
                     classified[i] = True
-                    env[i] = _env_row(obj, cpu, layout.n_fields)
+                    env[i] = env_results(obj, cpu, program)
                 seen = now
     return env, classified, [r for r in runs if r is not None]
 
 
-def run_packets(obj: BpfObject, pipeline: Pipeline, table: pd.DataFrame
+def run_packets(obj: BpfObject, program: CpuProgram, table: pd.DataFrame
                 ) -> tuple[TwinResult, np.ndarray, list[RunResult]]:
-    """Like ``simulate_packets``: the result for the classified packets and the mask; plus the
-    test runs of every packet."""
-    layout = layout_of(pipeline)
-    env, classified, runs = run_frames(obj, pipeline, table)
+    """The result for the classified packets and the mask; plus the test runs of every
+    packet."""
+    env, classified, runs = run_frames(obj, program, table)
     rows = env[classified].astype(np.int64)
-    fields = {f.name: rows[:, j] for j, f in enumerate(layout.fields)}
-    return TwinResult(rows[:, layout.class_index], fields), classified, runs
+    fields = {name: rows[:, j] for j, name in enumerate(RESULT_FIELDS)}
+    return TwinResult(rows[:, 0], fields), classified, runs
 
 
 # ---------------------------------------------------------------------------------------------
 # what the program must compute
 
 
-def reference(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
-    """The expected result on feature rows: the match-action twin, or for MLP pipelines
-    ``QMLP.scores`` arg-max (ties to the lowest index) followed by the verdict table."""
-    return simulate(pipeline, x)
+def reference(program: CpuProgram, x: np.ndarray) -> TwinResult:
+    """The expected result on feature rows: the CPU program's semantics (the quantised
+    model's)."""
+    fields = program.results(x)
+    return TwinResult(fields["class_id"], fields)
 
 
-def reference_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
-    """``simulate_packets`` for any pipeline (MLPs too): the expected result for the classified
-    packets and the classified mask; each capture (file_id) starts with fresh flow state."""
-    if pipeline.mlp is None:
-        return simulate_packets(pipeline, table)
+def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
+    """The expected result for the classified packets and the classified mask: header features
+    as the parser reads them, flow features from the flow twin (each capture (file_id) starts
+    with fresh flow state)."""
     from homunculus.data.traffic import per_capture
 
-    values, carried = header_feature_values(pipeline, table)
-    if pipeline.flow is not None:
-        program, n = pipeline.flow, len(pipeline.features)
-        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
-        cols = [j for j, f in enumerate(pipeline.features) if f.flow]
+    values, carried = header_feature_values(program, table)  # type: ignore[arg-type]
+    if program.flow is not None:
+        flow, n = program.flow, len(program.features)
+        flow_values, _ = per_capture(table, lambda t: run_flow_program(flow, t, n))
+        cols = [j for j, f in enumerate(program.features) if f.flow]
         values[:, cols] = flow_values[:, cols]
     classified = eligible_packets(table) & carried
-    return reference(pipeline, values[classified]), classified
+    return reference(program, values[classified]), classified

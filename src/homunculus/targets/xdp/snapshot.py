@@ -1,34 +1,40 @@
-"""Model parameters as map contents: encode a pipeline into a snapshot, write it into a slot,
-and push a new snapshot atomically (write the standby slot, then flip ``hmn_active``).
+"""Model parameters as map contents: encode a CPU program for a program's capacity, write it into
+a slot, and push a new one atomically (write the standby slot, then flip ``hmn_active``).
 
-A snapshot (JSON-able dict, written as ``xdp/snapshot.json``)::
+A snapshot (JSON, ``OUT/xdp/snapshot.json``) holds the CPU program itself (ir/serialize.py) with
+the interface and capacity the compiled program was built for; the bytes of a slot are encoded
+when written, for the capacity of the program they go into (layout.py), so a newer compile whose
+model fits is pushed into a program built with a different capacity.
 
-    {"format": FORMAT, "layout": <Layout.signature()>, "row_words": W, "meta_words": M,
-     "tables": [{"name", "base", "capacity",
-                 "entries": [[mask, lo, hi, ... params ...], ...], "default": [...]}, ...],
-     "bias": [...] | null, "mlp": [s32 words] | null}
-
-Entry words and map indices follow layout.py (maps ``hmn_tables``, ``hmn_defaults``,
-``hmn_bias``; an MLP's parameters: ``hmn_mlp``, one value per slot). A packet reads
-``hmn_active`` once, so it sees one slot
-throughout; ``push`` only ever writes the standby slot. That slot may still be in use by packets
-that read ``hmn_active`` just before the previous flip, so ``push`` first waits ``grace_s``
-(default 10 ms; an XDP program finishes in microseconds) and only then overwrites it.
+A packet reads ``hmn_active`` once, so it sees one slot throughout; ``push`` only ever writes
+the standby slot. That slot may still be in use by packets that read ``hmn_active`` just before
+the previous flip, so ``push`` first waits ``grace_s`` (default 10 ms; an XDP program finishes in
+microseconds) and only then overwrites it.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any, Protocol
 
-from homunculus.ir.pipeline import Pipeline
-from homunculus.targets.xdp.layout import Layout, layout_of, match_words, mlp_words
-from homunculus.targets.xdp.loader import BpfMap
+import numpy as np
 
-FORMAT = "homunculus-xdp-snapshot/1"
+from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.dense import QMLP
+from homunculus.ir.serialize import program_from_json, program_to_json
+from homunculus.targets.xdp.layout import (
+    ACTIVATION_CODES,
+    Capacity,
+    CapacityError,
+    check_fits,
+    even,
+    interface_of,
+)
+from homunculus.targets.xdp.loader import BpfError, BpfMap
+
+FORMAT = "homunculus-xdp-snapshot/2"
 GRACE_S = 0.010
-U64_MAX = (1 << 64) - 1
+MODEL_MAPS = {"trees": "hmn_trees", "lookup": "hmn_enc", "mlp": "hmn_mlp"}
 
 
 class MapSource(Protocol):
@@ -41,102 +47,160 @@ class SnapshotError(ValueError):
     """A snapshot does not fit the program it is written into."""
 
 
-def _param(value: int, width: int, what: str) -> int:
-    if not 0 <= value < (1 << width):
-        raise SnapshotError(f"{what}: value {value} does not fit in {width} bits")
-    return value
+def snapshot_of(program: CpuProgram, capacity: Capacity) -> dict[str, Any]:
+    """The JSON snapshot of ``program`` for a program built with ``capacity`` (``model``: the
+    CPU program as ir/serialize.py writes it)."""
+    try:
+        check_fits(program, capacity)
+    except CapacityError as exc:
+        raise SnapshotError(str(exc)) from None
+    return {"format": FORMAT, "interface": interface_of(program),
+            "capacity": capacity.as_json(), "model": program_to_json(program)}
 
 
-def _table_snapshot(table: Any, t: Any) -> dict[str, Any]:
-    if len(table.entries) > t.capacity:
-        raise SnapshotError(f"table '{table.name}': {len(table.entries)} entries exceed its "
-                            f"capacity {t.capacity}")
-    entries = []
-    for e in table.entries:
-        words: list[int] = []
-        for match, width in zip(e.matches, t.key_widths, strict=True):
-            words += match_words(match, width)
-        words += [_param(p, w, f"table '{table.name}' parameter")
-                  for p, w in zip(e.params, t.output_widths, strict=True)]
-        if any(not 0 <= w <= U64_MAX for w in words):
-            raise SnapshotError(f"table '{table.name}': a match bound exceeds 64 bits")
-        entries.append(words)
-    default = [_param(d, w, f"default of table '{table.name}'")
-               for d, w in zip(table.default, t.output_widths, strict=True)]
-    return {"name": table.name, "base": t.base, "capacity": t.capacity, "entries": entries,
-            "default": default}
+def read_snapshot(data: dict[str, Any]) -> tuple[CpuProgram, Capacity]:
+    """The program and the capacity of a snapshot (SnapshotError if it is not one)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise SnapshotError(f"not an XDP snapshot of this version (format {found!r}, expected "
+                            f"{FORMAT!r}): recompile")
+    try:
+        return program_from_json(data["model"]), Capacity.from_json(data["capacity"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"a corrupt snapshot ({type(exc).__name__}: {exc})") from None
 
 
-def snapshot_of(pipeline: Pipeline, layout: Layout | None = None) -> dict[str, Any]:
-    """The map contents of ``pipeline`` (for a program built from ``layout``, by default its
-    own; pass the deployed program's layout to check a newer compile fits it)."""
-    own = layout_of(pipeline)
-    layout = layout or own
-    if own.signature() != layout.signature():
-        raise SnapshotError("the pipeline's shape (tables, keys, outputs, capacities, scores) "
-                            "differs from the deployed program's: rebuild and redeploy")
-    tables = [_table_snapshot(table, t)
-              for table, t in zip(pipeline.tables(), layout.tables, strict=True)]
-    bias = None
-    if pipeline.score_sum is not None and layout.score is not None:
-        bias = [_param(b, w, "score bias")
-                for b, w in zip(pipeline.score_sum.bias, layout.score.widths, strict=True)]
-    mlp = None
-    if pipeline.mlp is not None and layout.mlp is not None:
-        mlp = mlp_words(pipeline.mlp, layout.mlp)
-    return {"format": FORMAT, "layout": layout.signature(), "row_words": layout.row_words,
-            "meta_words": layout.meta_words, "tables": tables, "bias": bias, "mlp": mlp}
+# ----------------------------------------------------------------------------- encoding
 
 
-def _words(values: list[int]) -> bytes:
-    return struct.pack(f"<{len(values)}Q", *values)
+def meta_bytes(program: CpuProgram, cap: Capacity) -> bytes:
+    kp, vw = cap.meta_words()
+    model = program.model
+    n_trees = len(model.trees) if isinstance(model, TreeModel) else 0
+    depth = model.depth if isinstance(model, TreeModel) else 0
+    bias = np.zeros(kp, dtype="<i4")
+    if not isinstance(model, QMLP):
+        bias[:len(model.bias)] = model.bias
+    verdict = np.zeros(vw, dtype="<u4")
+    verdict[:5 * program.n_winners] = np.asarray(program.verdict, dtype=np.int64).reshape(-1)
+    return (np.asarray([n_trees, depth], dtype="<u4").tobytes() + bias.tobytes()
+            + verdict.tobytes())
 
 
-def check_compatible(snapshot: dict[str, Any], maps: MapSource) -> None:
-    """Raise SnapshotError unless the program's maps have the snapshot's geometry."""
-    if snapshot.get("format") != FORMAT:
-        raise SnapshotError(f"not an XDP snapshot (format {snapshot.get('format')!r})")
-    rows, meta = maps.map("hmn_tables"), maps.map("hmn_defaults")
-    if rows.value_size != 8 * snapshot["row_words"] or meta.value_size != 8 * snapshot[
-            "meta_words"]:
-        raise SnapshotError("table rows of the snapshot and the program differ in size")
-    for i, t in enumerate(snapshot["tables"]):
-        if t["base"] + 2 * t["capacity"] > rows.max_entries or 2 * i + 1 >= meta.max_entries:
-            raise SnapshotError(f"table '{t['name']}' lies outside the program's maps")
-        if len(t["entries"]) > t["capacity"]:
-            raise SnapshotError(f"table '{t['name']}': {len(t['entries'])} entries exceed its "
-                                f"capacity {t['capacity']}")
-    bias = snapshot.get("bias")
-    if bias is not None and maps.map("hmn_bias").value_size != 8 * len(bias):
-        raise SnapshotError("score biases do not match the program")
-    mlp = snapshot.get("mlp")
-    if mlp is not None and maps.map("hmn_mlp").value_size != 4 * len(mlp):
-        raise SnapshotError("the MLP's parameters do not match the program's network")
+NODE = np.dtype([("thr", "<u4"), ("feat", "<u2"), ("left", "<u2")])
 
 
-def _row(words: list[int], n: int) -> bytes:
-    if len(words) > n:
-        raise SnapshotError(f"a row of {len(words)} words exceeds the program's {n}")
-    return _words([*words, *([0] * (n - len(words)))])
+def tree_bytes(model: TreeModel, t: int, cap: Capacity) -> bytes:
+    tree = model.trees[t]
+    nodes = np.zeros(cap.nodes, dtype=NODE)
+    for i, (f, thr, left) in enumerate(zip(tree.feature, tree.threshold, tree.left, strict=True)):
+        leaf = f < 0
+        value = tree.values[thr][0] if leaf and model.mode == WINNER else thr
+        nodes[i] = (value, cap.n_features if leaf else f, left)
+    out = nodes.tobytes()
+    if model.mode != WINNER:
+        rows = np.zeros((cap.leaves, cap.leaf_width), dtype=np.int64)
+        values = np.asarray(tree.values, dtype=np.int64)
+        if model.mode == SCALAR:  # the tree's one score, in its column
+            rows[:len(values), tree.column] = values[:, 0]
+        else:
+            rows[:len(values), :values.shape[1]] = values
+        out += _packed(rows[:, 0::2], rows[:, 1::2]).tobytes()
+    return out + np.asarray([max(tree.column, 0), 0], dtype="<u4").tobytes()
 
 
-def write_slot(maps: MapSource, snapshot: dict[str, Any], slot: int) -> None:
-    """Write every table (entries, count, default) and the biases into ``slot`` (0 or 1)."""
+def enc_bytes(model: LookupModel, cap: Capacity) -> bytes:
+    direct = np.zeros(cap.direct_total, dtype="<u2")
+    edges = np.full((cap.n_wide, cap.bins), 2**32 - 1, dtype="<u4")
+    scores = np.zeros((cap.n_features, cap.bins, even(cap.n_scores)), dtype=np.int64)
+    for e, at, row in zip(model.encoders, cap.direct, cap.wide, strict=True):
+        if at >= 0:
+            direct[at:at + (1 << e.width)] = e.direct_table()
+        else:
+            edges[row, :e.n_bins] = e.edges
+        scores[e.feature, :e.n_bins, :cap.n_scores] = e.scores
+    out = (_packed(scores[..., 0::2], scores[..., 1::2]).tobytes() + edges.tobytes()
+           + direct.tobytes())
+    return out + bytes(cap.enc_bytes() - len(out))
+
+
+def _packed(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``lo + hi * 2^32`` modulo 2^64, as little-endian u64."""
+    value = (lo.astype(object) + hi.astype(object) * (1 << 32)) % (1 << 64)
+    return np.asarray(value.astype(np.uint64), dtype="<u8")
+
+
+def mlp_bytes(mlp: QMLP, cap: Capacity) -> bytes:
+    parts: list[bytes] = []
+    for layer, (outs, ins) in zip(mlp.layers, cap.mlp_shapes(), strict=True):
+        n_out, n_in = layer.shape
+        w = np.zeros((outs, ins), dtype=np.int64)
+        w[:n_out, :n_in] = layer.weights
+        b = np.zeros(outs, dtype=np.int64)
+        b[:n_out] = layer.bias
+        parts += [_packed(w[0::2], w[1::2]).tobytes(), _packed(b[0::2], b[1::2]).tobytes()]
+    shift = np.zeros(even(cap.n_features), dtype="<i4")
+    shift[:cap.n_features] = mlp.input_shift
+    parts.append(shift.tobytes())
+    for layer in mlp.layers[:-1]:
+        lut = layer.lut if layer.activation == "lut" and layer.lut else (0,) * 256
+        parts.append(np.asarray([layer.multiplier, layer.shift,
+                                 ACTIVATION_CODES[layer.activation], layer.shape[0], *lut],
+                                dtype="<i4").tobytes())
+    widths = np.zeros(even(len(mlp.layers)), dtype="<i4")
+    widths[:len(mlp.layers)] = [layer.shape[0] for layer in mlp.layers]
+    parts.append(widths.tobytes())
+    out = b"".join(parts)
+    assert len(out) == cap.mlp_bytes()
+    return out
+
+
+def slot_values(program: CpuProgram, cap: Capacity) -> dict[str, list[tuple[int, bytes]]]:
+    """Per map, (key within the slot, value) pairs of one slot."""
+    model = program.model
+    values = {"hmn_meta": [(0, meta_bytes(program, cap))]}
+    if isinstance(model, TreeModel):
+        values["hmn_trees"] = [(t, tree_bytes(model, t, cap)) for t in range(len(model.trees))]
+    elif isinstance(model, LookupModel):
+        values["hmn_enc"] = [(0, enc_bytes(model, cap))]
+    else:
+        values["hmn_mlp"] = [(0, mlp_bytes(model, cap))]
+    return values
+
+
+# ----------------------------------------------------------------------------- slots
+
+
+def check_program_maps(maps: MapSource, cap: Capacity) -> None:
+    """Raise SnapshotError unless the loaded program's maps have ``cap``'s geometry."""
+    name = MODEL_MAPS[cap.kind.split("-")[0]]
+    try:
+        model_map, meta = maps.map(name), maps.map("hmn_meta")
+    except BpfError:
+        raise SnapshotError(f"the program has no map {name}: it runs another kind of model "
+                            "(a different family)") from None
+    per_slot = cap.trees if name == "hmn_trees" else 1
+    if model_map.value_size != cap.value_bytes() or model_map.max_entries != 2 * per_slot:
+        raise SnapshotError("the program's parameter maps differ from its recorded capacity")
+    if meta.value_size != 8 + 4 * sum(cap.meta_words()):
+        raise SnapshotError("the program's score and verdict map differs from its recorded "
+                            "capacity")
+
+
+def write_slot(maps: MapSource, program: CpuProgram, cap: Capacity, slot: int) -> None:
+    """Write ``program``'s parameters into ``slot`` (0 or 1) of a program built with ``cap``."""
     if slot not in (0, 1):
         raise ValueError("slot must be 0 or 1")
-    check_compatible(snapshot, maps)
-    rows, meta = maps.map("hmn_tables"), maps.map("hmn_defaults")
-    for i, t in enumerate(snapshot["tables"]):
-        first = t["base"] + slot * t["capacity"]
-        for j, words in enumerate(t["entries"]):
-            rows.update(first + j, _row(words, snapshot["row_words"]))
-        meta.update(2 * i + slot, _row([len(t["entries"]), *t["default"]],
-                                       snapshot["meta_words"]))
-    if snapshot.get("bias") is not None:
-        maps.map("hmn_bias").update(slot, _words(snapshot["bias"]))
-    if snapshot.get("mlp") is not None:
-        words = snapshot["mlp"]
-        maps.map("hmn_mlp").update(slot, struct.pack(f"<{len(words)}i", *words))
+    try:
+        check_fits(program, cap)
+    except CapacityError as exc:
+        raise SnapshotError(str(exc)) from None
+    check_program_maps(maps, cap)
+    for name, items in slot_values(program, cap).items():
+        per_slot = cap.trees if name == "hmn_trees" else 1
+        target = maps.map(name)
+        for key, value in items:
+            target.update(slot * per_slot + key, value)
 
 
 def active_slot(maps: MapSource) -> int:
@@ -145,20 +209,24 @@ def active_slot(maps: MapSource) -> int:
 
 def install(maps: MapSource, snapshot: dict[str, Any]) -> None:
     """First load, before any packet runs: write slot 0 and make it active."""
-    write_slot(maps, snapshot, 0)
+    program, cap = read_snapshot(snapshot)
+    write_slot(maps, program, cap, 0)
     maps.map("hmn_active").update_u32(0, 0)
 
 
-def push(maps: MapSource, snapshot: dict[str, Any] | Pipeline, *,
+def push(maps: MapSource, program: CpuProgram, cap: Capacity, *,
          grace_s: float = GRACE_S) -> int:
-    """Install a new snapshot without mixing: wait ``grace_s``, write the standby slot
-    completely, then flip ``hmn_active``. Returns the new active slot."""
-    if isinstance(snapshot, Pipeline):
-        snapshot = snapshot_of(snapshot)
-    check_compatible(snapshot, maps)
+    """Install ``program`` into a program built with ``cap`` without mixing: check that it
+    fits, wait ``grace_s``, write the standby slot completely, then flip ``hmn_active``.
+    Returns the new active slot; on any error the active slot is untouched."""
+    try:
+        check_fits(program, cap)
+    except CapacityError as exc:
+        raise SnapshotError(str(exc)) from None
+    check_program_maps(maps, cap)
     standby = 1 - active_slot(maps)
     if grace_s > 0:
         time.sleep(grace_s)  # packets that read the old active slot before the last flip
-    write_slot(maps, snapshot, standby)
+    write_slot(maps, program, cap, standby)
     maps.map("hmn_active").update_u32(0, standby)
     return standby

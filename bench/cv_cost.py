@@ -1,0 +1,78 @@
+"""Trial cost of the cross-validated metric against the old single holdout, per family.
+
+Old: train once on 75 % of the training set, lower, estimate, score the other 25 %. New: train
+once on the whole training set (the model a trial would ship), lower, estimate, and train once
+per fold for the metric. Medians of repeated evaluations of each family's default
+configuration, measured side by side.
+
+    python bench/cv_cost.py [--spec examples/iot/spec.yaml] [--folds 1 3 5] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from common import DEFAULT_SPEC, machine, markdown_table, source_note, source_state
+
+from homunculus.compile import build_problem
+from homunculus.frontend.yaml_spec import plan_from_yaml
+from homunculus.models.base import get_family
+from homunculus.search.metrics import score
+from homunculus.search.problem import Problem, build_pipeline, evaluate, make_folds
+from homunculus.targets.base import assess
+
+
+def old_evaluate(problem: Problem, family: str, params: dict) -> None:
+    """The evaluation before cross-validation: one training on the 75 % fit split."""
+    ds = problem.dataset
+    fit, val = make_folds(ds, problem.seed, 1)[0]
+    trained = get_family(family).train(params, ds.x_train[fit], ds.y_train[fit], ds.n_classes,
+                                       ds.widths, problem.seed)
+    usage = problem.target.estimate(build_pipeline(problem, trained))
+    assess(usage, problem.limits)
+    score(problem.metric, ds.y_train[val], trained.predict_quantised(ds.x_train[val]),
+          ds.n_classes, problem.positive)
+
+
+def median_seconds(fn, repeats: int) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    parser.add_argument("--folds", type=int, nargs="+", default=[1, 3, 5])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    before = source_state()
+    problem, requested = build_problem(plan_from_yaml(args.spec), 0)
+    families = requested or ["dt", "rf", "xgb", "gnb", "cnb", "svm", "kmeans"]
+    rows = []
+    for family in families:
+        params = get_family(family).default_params()
+        old = median_seconds(lambda f=family, p=params: old_evaluate(problem, f, p),
+                             args.repeats)
+        row = [family, f"{old * 1000:.0f}"]
+        for k in args.folds:
+            folded = replace(problem, folds=make_folds(problem.dataset, 0, k))
+            new = median_seconds(lambda f=family, p=params, q=folded: evaluate(q, f, p),
+                                 args.repeats)
+            row.append(f"{new * 1000:.0f} ({new / old:.1f}x)")
+        rows.append(row)
+    print(markdown_table(["family", "old ms"] + [f"{k} fold(s) ms (x old)" for k in args.folds],
+                         rows))
+    print(f"\n{args.spec}, {len(problem.dataset.y_train)} training rows, median of "
+          f"{args.repeats}. {machine()}. {source_note(before)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -68,6 +68,7 @@ class Deployment:
     prog_id: int
     pushes: int = 0
     deployed_at: float = field(default_factory=time.time)
+    version: int = 0  # the model version active (adapt installs count up from the compile's 0)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -336,6 +337,29 @@ def check_attached(dep: Deployment, consequence: str) -> None:
     if now[1] != dep.prog_id:
         raise DeployError(f"'{dep.name}': its program is no longer attached to {where}; "
                           f"{consequence}. Undeploy and deploy again")
+
+
+def push_program(program: Any, name: str | None = None, *, version: int,
+                 state_dir: Path = STATE_DIR, grace_s: float = snap.GRACE_S,
+                 source: str = "adapt") -> Deployment:
+    """Install a CPU program (a retrain of the deployed model, ``homunculus adapt``) into the
+    standby slot with its model ``version`` and flip to it; refused (nothing written) unless it
+    has the deployed interface and fits the deployed capacity."""
+    require_root()
+    dep = load_state(name, state_dir)
+    capacity = Capacity.from_json(dep.capacity)
+    check_pushable(Path(source), dep, program, capacity)
+    pinned = open_pins(dep.name)
+    try:
+        snap.push(pinned, program, capacity, grace_s=grace_s, version=version)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{source}: {exc}") from None
+    finally:
+        pinned.close()
+    dep.pushes += 1
+    dep.version = version
+    write_state(dep, state_dir)
+    return dep
 
 
 def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capacity) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import SpecError
-from homunculus.frontend.spec import ModelSpec, PlatformSpec, SearchSpec
+from homunculus.frontend.spec import AdaptSpec, ModelSpec, PlatformSpec, SearchSpec
 
 _PARENT = re.compile(r"(\.[^.\[]+|\[\d+\])$")
 
@@ -27,6 +27,7 @@ class Plan:
     n_models: int = 1
     select_features: bool = False  # traffic specs may put the feature set into the search
     inputs: list[Path] = field(default_factory=list)  # files it reads: OUT may not hold them
+    adapt: AdaptSpec | None = None  # telemetry and atomic installs (homunculus adapt)
 
     def error(self, field_path: str, message: str) -> SpecError:
         """A SpecError located at ``field_path`` (or its nearest located ancestor)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,19 @@ def every_flow_kind(header: str = "ipv4.ttl", header_width: int = 8) -> list[Fea
         *histogram("lh", "len_bin", 3, 9, 4),
         *histogram("ih", "iat_bin", 3, 12, 6),
     ]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (hidden ones too) with a digest of its content."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = "special"
+    return out

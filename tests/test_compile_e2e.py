@@ -9,10 +9,17 @@ from pathlib import Path
 import optuna
 import pytest
 
-from homunculus.compile import CompileOptions, build_problem, compile_plan, verify
+from homunculus.compile import (
+    CompileOptions,
+    build_problem,
+    choose_candidates,
+    compile_plan,
+    verify,
+)
 from homunculus.errors import InfeasibleError, SpecError, VerificationError
 from homunculus.frontend.yaml_spec import plan_from_yaml
 from homunculus.search.problem import evaluate
+from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.p4.check import check_program
 
 from conftest import spec_text, write_spec
@@ -81,10 +88,12 @@ def test_infeasible_trials_are_constraints_not_scores(tmp_path, example_csv) -> 
     text = spec_text(example_csv, algorithms="[rf]").replace(
         "resources: {stages: 12}", "resources: {stages: 12, entries: 150}")
     spec = write_spec(tmp_path / "s.yaml", text)
+    problem, requested = build_problem(plan_from_yaml(spec), 0)
+    _, allowed = choose_candidates(problem, requested)
+    study = open_study(tmp_path / "s.db", "s", ("metric",), "tpe", 0, Budget(6), resume=False)
     with contextlib.suppress(InfeasibleError):  # all may be infeasible; the study is inspected
-        compile_yaml(spec, tmp_path / "out", trials=6)
-    study = optuna.load_study(study_name="study_test_spec",
-                              storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+        run_search(problem, allowed, ("metric",), Budget(6), study)
+    assert len(study.trials) == 6
     for t in study.trials:
         assert t.constraints, "every trial carries its constraint values"
         feasible = all(v <= 0 for v in t.constraints.values())

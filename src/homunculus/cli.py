@@ -1,27 +1,84 @@
-"""Command line: ``homunculus compile SPEC -o OUT`` and friends."""
+"""Command line: ``homunculus compile SPEC -o OUT`` and friends.
+
+Every error a user can cause (bad spec, data, capture, path or option) is printed as one
+``error:`` message and exits with status 2; user strings (names, labels, paths) are printed as
+plain text, control characters escaped and long strings shortened (display.py).
+"""
 
 from __future__ import annotations
 
+import math
 import runpy
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from homunculus.display import message, shown
 from homunculus.errors import HomunculusError, SpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Homunculus: a compiler for in-network machine learning.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+MAX_SEED = 2**32 - 1
+MAX_TRIALS = 1_000_000
+MAX_SECONDS = 30 * 86400.0
+MAX_FLOWS = 100_000
+MAX_ROWS = 10_000_000
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+def say(console: Console, *parts: str | tuple[str, str]) -> None:
+    """Print plain text (never markup); (text, style) pairs are styled."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def _fail(exc: Exception | str) -> NoReturn:
+    say(err, ("error: ", "bold red"), message(exc))
     raise typer.Exit(2)
+
+
+def os_error_text(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def _show_warning(msg: Warning | str, category: type[Warning], *_args: object,
+                  **_kwargs: object) -> None:
+    say(err, ("warning: ", "yellow"), message(msg, 1000))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into ``error: ...`` and exit status 2."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning  # type: ignore[assignment]
+    try:
+        yield
+    except HomunculusError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(os_error_text(exc))
+    finally:
+        warnings.showwarning = previous
+
+
+def check_count(name: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        _fail(f"{name} must be in {low}..{high} (got {shown(value, 40)})")
+
+
+def check_number(name: str, value: float | None, high: float) -> None:
+    if value is not None and not (math.isfinite(value) and 0 < value <= high):
+        _fail(f"{name} must be a positive number of at most {high:g} (got {value})")
 
 
 def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float | None,
@@ -37,9 +94,11 @@ def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float |
         raise SpecError("no such spec file", file=str(spec))
     if spec.suffix in (".yaml", ".yml"):
         options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, p4c,
-                                 p4c_timeout, toolchain_feasibility)
+                                 p4c_timeout, toolchain_feasibility, (spec,))
         return compile_plan(plan_from_yaml(spec), options)
     if spec.suffix == ".py":
+        if not spec.is_file():
+            raise SpecError("the spec is not a regular file", file=str(spec))
         with cli_overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
                            toolchain_feasibility) as calls:
             sys.path.insert(0, str(spec.parent.resolve()))
@@ -72,31 +131,34 @@ def compile_command(
                                         "its program within the stage limit")] = False,
 ) -> None:
     """Search, train, quantise, generate and verify a data-plane program."""
-    if trials is not None and trials < 1:
-        _fail(SpecError("--trials must be at least 1"))
-    if seconds is not None and seconds <= 0:
-        _fail(SpecError("--seconds must be positive"))
-    if p4c_timeout is not None and p4c_timeout <= 0:
-        _fail(SpecError("--p4c-timeout must be positive"))
+    check_count("--trials", trials, 1, MAX_TRIALS)
+    check_number("--seconds", seconds, MAX_SECONDS)
+    check_count("--seed", seed, 0, MAX_SEED)
+    check_number("--p4c-timeout", p4c_timeout, MAX_SECONDS)
     try:
-        result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress, p4c,
-                              p4c_timeout, toolchain_feasibility)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
+        with user_errors():
+            result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress, p4c,
+                                  p4c_timeout, toolchain_feasibility)
+    except KeyboardInterrupt:
+        say(err, ("interrupted: ", "bold red"), f"{shown(out_dir)} is unchanged; "
+            "compile again with --resume to continue the search")
+        raise typer.Exit(130) from None
     m = result.metrics
     res = result.report["resources"]
-    out.print(f"[bold green]compiled[/] {result.report['name']} -> {result.out_dir}")
-    out.print(f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
-              f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
-              f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
+    say(out, ("compiled", "bold green"), f" {shown(result.report['name'])} -> "
+        f"{shown(result.out_dir, 400)}")
+    say(out, f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
+        f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
+        f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
     from homunculus.report.summary import resource_line
 
     line = resource_line(result.report["target"], res["totals"], res["binding"])
     switch = result.report["target"] in ("tofino", "bmv2")
-    out.print("  " + ("estimated: " + line if switch else line), highlight=False)
+    say(out, "  " + ("estimated: " + line if switch else line))
     if switch:
-        out.print(f"  {toolchain_line(result.report.get('toolchain') or {})}", highlight=False)
+        say(out, f"  {message(toolchain_line(result.report.get('toolchain') or {}), 1000)}")
+    for warning in result.warnings:
+        say(err, ("warning: ", "yellow"), message(warning))
 
 
 def toolchain_line(section: dict) -> str:
@@ -129,27 +191,24 @@ def simulate_command(
     from homunculus.data.pcap import ingest
     from homunculus.simulate import simulate_capture
 
-    try:
+    with user_errors():
         table, stats = ingest(pcap)
         if labels is not None:
             table = label_from_file(table, labels, default=default_label)
         report = simulate_capture(out_dir, table)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
+        if json_out is not None:
+            json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
     if stats.skipped or stats.truncated_files:
-        err.print(f"warning: skipped {stats.skipped} bad records; "
-                  f"{stats.truncated_files} truncated capture(s)")
+        say(err, f"warning: skipped {stats.skipped} bad records; "
+            f"{stats.truncated_files} truncated capture(s)")
     table_view = Table("class", "packets")
     for label, count in report.counts.items():
-        table_view.add_row(label, str(count))
+        table_view.add_row(Text(shown(label)), str(count))
     out.print(table_view)
     f1 = f"{report.f1_macro:.4f} on {report.labelled} labelled packets" if (
         report.f1_macro is not None) else "n/a (no labels)"
-    out.print(f"{report.packets} packets, {report.classified} classified; agreement with the "
-              f"model {report.agreement:.2%}; F1 (macro) {f1}")
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    say(out, f"{report.packets} packets, {report.classified} classified; agreement with the "
+        f"model {report.agreement:.2%}; F1 (macro) {f1}")
 
 
 @app.command("scenario")
@@ -172,7 +231,14 @@ def scenario_command(
 ) -> None:
     """Write a seeded scenario with its labels: attacks in synthetic background (anomaly,
     botnet), or the drifting scenario over real nDPI captures (drift)."""
-    try:
+    check_count("--flows", flows, 1, MAX_FLOWS)
+    check_number("--seconds", seconds, MAX_SECONDS)
+    check_count("--seed", seed, 0, MAX_SEED)
+    check_count("--phases", phases, 1, 3)
+    check_count("--benign-packets", benign_packets, 1, MAX_ROWS)
+    if not (math.isfinite(attack_scale) and 0 <= attack_scale <= 1000):
+        _fail(f"--attack-scale must be a number in 0..1000 (got {attack_scale})")
+    with user_errors():
         if name == "drift":
             from homunculus.data.drift import drift_scenario, write_drift
 
@@ -185,11 +251,9 @@ def scenario_command(
 
             table = scenario_table(name, flows, seconds, seed)
             write_scenario(table, pcap, labels)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
-    counts = table["label"].value_counts().to_dict()
-    out.print(f"wrote {len(table)} packets to {pcap} and labels to {labels}: {counts}")
+    counts = {shown(k, 40): v for k, v in table["label"].value_counts().to_dict().items()}
+    say(out, f"wrote {len(table)} packets to {shown(pcap, 400)} and labels to "
+        f"{shown(labels, 400)}: {counts}")
 
 
 @app.command("families")
@@ -232,8 +296,11 @@ def example_data_command(
     """Regenerate the bundled example feature table (seeded: same seed, same bytes)."""
     from homunculus.data.example import write_example
 
-    write_example(path, rows, seed)
-    out.print(f"wrote {rows} rows to {path}")
+    check_count("--rows", rows, 1, MAX_ROWS)
+    check_count("--seed", seed, 0, MAX_SEED)
+    with user_errors():
+        write_example(path, rows, seed)
+    say(out, f"wrote {rows} rows to {shown(path, 400)}")
 
 
 def main() -> None:  # pragma: no cover
@@ -251,14 +318,11 @@ def deploy_command(
     """Load, pin and attach a compiled XDP program (root)."""
     from homunculus.deploy import deploy
 
-    try:
+    with user_errors():
         dep = deploy(out_dir, iface, netns=netns, mode=mode, name=name)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
-    where = f" in netns {dep.netns}" if dep.netns else ""
-    out.print(f"[bold green]deployed[/] {dep.name} on {dep.iface}{where} ({dep.mode} mode, "
-              f"program id {dep.prog_id}); pinned under /sys/fs/bpf/homunculus/{dep.name}")
+    where = f" in netns {shown(dep.netns)}" if dep.netns else ""
+    say(out, ("deployed", "bold green"), f" {dep.name} on {shown(dep.iface)}{where} ({dep.mode} "
+        f"mode, program id {dep.prog_id}); pinned under /sys/fs/bpf/homunculus/{dep.name}")
 
 
 @app.command("stats")
@@ -271,25 +335,22 @@ def stats_command(
 
     from homunculus.deploy import read_stats
 
-    try:
+    with user_errors():
         stats = read_stats(name)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
     if json_out:
         out.print_json(json.dumps(stats.as_dict()))
         return
-    classes = Table("class", "label", "packets", title=f"{stats.name}: classes")
+    classes = Table("class", "label", "packets", title=Text(f"{stats.name}: classes"))
     for i, (label, count) in enumerate(stats.counts.items()):
-        classes.add_row(str(i), label, str(count))
+        classes.add_row(str(i), Text(shown(label)), str(count))
     classes.add_row("-", "(unclassified)", str(stats.unclassified))
     out.print(classes)
-    totals = Table("counter", "packets", title=f"{stats.name}: stats")
+    totals = Table("counter", "packets", title=Text(f"{stats.name}: stats"))
     for key, value in stats.stats.items():
         totals.add_row(key, str(value))
     out.print(totals)
-    state = "attached" if stats.attached else "[bold red]not attached[/]"
-    out.print(f"active slot {stats.active_slot}; {state}")
+    state = ("attached", "") if stats.attached else ("not attached", "bold red")
+    say(out, f"active slot {stats.active_slot}; ", state)
 
 
 @app.command("push")
@@ -300,12 +361,10 @@ def push_command(
     """Install a newer compile's parameters into the standby slot and flip to it (root)."""
     from homunculus.deploy import push
 
-    try:
+    with user_errors():
         dep = push(out_dir, name)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
-    out.print(f"[bold green]pushed[/] {out_dir} into {dep.name} (push {dep.pushes})")
+    say(out, ("pushed", "bold green"), f" {shown(out_dir, 400)} into {dep.name} "
+        f"(push {dep.pushes})")
 
 
 @app.command("undeploy")
@@ -315,15 +374,12 @@ def undeploy_command(
     """Detach and unpin a deployed XDP program and forget it (root)."""
     from homunculus.deploy import load_state, undeploy
 
-    try:
+    with user_errors():
         dep = load_state(name)
-        warnings = undeploy(dep.name)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
-    for warning in warnings:
-        err.print(f"warning: {warning}")
-    out.print(f"[bold green]undeployed[/] {dep.name} from {dep.iface}")
+        warnings_ = undeploy(dep.name)
+    for warning in warnings_:
+        say(err, f"warning: {message(warning)}")
+    say(out, ("undeployed", "bold green"), f" {dep.name} from {shown(dep.iface)}")
 
 
 @app.command("adapt")
@@ -366,11 +422,11 @@ def adapt_command(
                            window, policy, threshold, cooldown, min_per_class, margin,
                            min_fidelity, detector, duration, windows, max_installs, report,
                            seed)
-    try:
-        summary, html_path = run_adapt(options, echo=lambda m: out.print(m, highlight=False))
-    except (HomunculusError, ValueError) as exc:
-        _fail(exc)
-        return
-    out.print(f"[bold green]adapted[/] {summary['windows']} windows: {summary['retrains']} "
-              f"retrains, {summary['installs']} installs, {summary['cpu_seconds']:.2f} CPU s "
-              f"retraining; report {html_path}")
+    with user_errors():
+        try:
+            summary, html_path = run_adapt(options, echo=lambda m: say(out, message(m)))
+        except ValueError as exc:
+            _fail(str(exc))
+    say(out, ("adapted", "bold green"), f" {summary['windows']} windows: "
+        f"{summary['retrains']} retrains, {summary['installs']} installs, "
+        f"{summary['cpu_seconds']:.2f} CPU s retraining; report {shown(html_path, 400)}")

@@ -1,16 +1,17 @@
 """The compiler driver: plan -> candidates -> search -> best pipeline -> artefacts -> verification.
 
-Artefacts are written to a staging directory beside OUT and moved into place only after the
-executable twin has agreed with the quantised model on every test sample (and the vendor P4
-compiler, when one runs, has accepted the program: see toolchain_hook.py), so a failed compile
-never leaves a half-written OUT (the search database stays in OUT so ``--resume`` works).
+Everything a compile writes, its search study included, goes to a workspace beside OUT that
+replaces OUT in one atomic rename only after the executable twin has agreed with the quantised
+model on every test sample (and the vendor P4 compiler, when one runs, has accepted the
+program: see toolchain_hook.py). A failed or killed compile leaves the previous OUT exactly as
+it was (see outputs.py), and OUT is locked for the length of a compile. All checks of the spec
+and the data run before the search starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,15 @@ import numpy as np
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.faults import checkpoint
 from homunculus.frontend.plan import Plan
+from homunculus.frontend.spec import MAX_SEED
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.ir.quantised import to_json
 from homunculus.ir.serialize import compiled_to_json
 from homunculus.models.base import all_families
+from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
 from homunculus.report.render import write_report
 from homunculus.report.summary import (
@@ -43,7 +47,7 @@ from homunculus.search.problem import (
     make_problem,
     merge_budget,
 )
-from homunculus.search.study import Budget, open_study, run_search
+from homunculus.search.study import Budget, open_study, run_search, trial_index
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target, with_adapt
 from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
@@ -60,6 +64,7 @@ class CompileOptions:
     p4c: str | None = None  # the P4 compiler to run (overrides platform.toolchain and PATH)
     p4c_timeout: float | None = None  # seconds per compiler run (None: the hook's default)
     toolchain_feasibility: bool = False  # the compiler judges each trial (also search.*)
+    inputs: tuple[Path, ...] = ()  # files the compile reads (OUT may not contain them)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class CompileResult:
     params: dict[str, Any]
     metrics: dict[str, float]
     report: dict[str, Any] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- plan checks
@@ -119,10 +125,38 @@ def check_algorithms(plan: Plan) -> list[str] | None:
     return list(requested)
 
 
+def check_seed(plan: Plan, seed: int, from_cli: bool) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        where = "--seed" if from_cli else "search.seed"
+        raise plan.error("search.seed", f"{where} is {seed!r}; a seed is an integer in "
+                                        f"0..{MAX_SEED}")
+    return seed
+
+
+def check_header_mix(plan: Plan, dataset: Dataset, target: Target) -> None:
+    """A switch or XDP program parses TCP or UDP, and the feature header rides on UDP: features
+    cannot need TCP fields together with UDP fields or unbound (feature-header) features."""
+    if target.name == "c":
+        return  # the C library takes feature vectors, not packets
+    section = "data" if dataset.traffic is None else "traffic"
+    tcp = [i for i, f in enumerate(dataset.features) if (f.field or "").startswith("tcp.")]
+    other = [i for i, f in enumerate(dataset.features)
+             if (f.field or "").startswith("udp.") or (f.field is None and f.kind is None)]
+    if tcp and other:
+        a, b = dataset.features[tcp[0]], dataset.features[other[0]]
+        what = f"UDP field {b.field}" if b.field else "no header field (it rides in the " \
+                                                      "feature header, after UDP)"
+        raise plan.error(f"{section}.features[{other[0]}]" if section == "data" else
+                         f"{section}.features",
+                         f"feature '{a.name}' reads TCP field {a.field} but feature '{b.name}' "
+                         f"has {what}; no packet carries both: bind the features to fields of "
+                         "one transport protocol")
+
+
 def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     try:
         target, limits = make_target(plan.platform.target, plan.platform.profile)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         raise plan.error("platform.profile", str(exc.args[0])) from None
     try:
         target = with_adapt(target, plan.adapt)
@@ -135,14 +169,46 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
 
 
 def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
+    """Every check of the spec and the data, then the search problem (before any search)."""
     requested = check_algorithms(plan)
-    dataset = plan.load_data()
     target, limits = make_target_and_limits(plan)
-    problem = make_problem(dataset, target, limits, plan.model.metric,
-                           positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
-                           plan.search.validation_fraction, plan.select_features,
-                           plan.search.cv_folds)
+    dataset = plan.load_data()
+    check_header_mix(plan, dataset, target)
+    try:
+        problem = make_problem(dataset, target, limits, plan.model.metric,
+                               positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
+                               plan.search.validation_fraction, plan.select_features,
+                               plan.search.cv_folds)
+    except ValueError as exc:
+        folds = plan.search.cv_folds
+        field = "search.cv_folds" if folds not in (None, 1) else "search.validation_fraction"
+        raise plan.error(field, f"cannot split {len(dataset.y_train)} training rows into "
+                                f"validation folds (cv_folds {folds}, validation_fraction "
+                                f"{plan.search.validation_fraction:g}): {exc}") from None
     return problem, requested
+
+
+def search_settings(problem: Problem, allowed: list[str]) -> dict[str, Any]:
+    """What a stored search depends on besides its seed: a resumed search must match it."""
+    ds = problem.dataset
+    digest = hashlib.sha256()
+    arrays = [ds.x_train, ds.y_train, *(rows for fold in problem.folds for rows in fold)]
+    for arr in arrays:
+        digest.update(repr((arr.shape, arr.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    digest.update(json.dumps(list(ds.class_labels)).encode())
+    v = problem.verdict
+    settings = {
+        "families": list(allowed), "metric": problem.metric, "positive": problem.positive,
+        "features": [[f.name, f.width, f.field, f.kind] for f in ds.features],
+        "select_features": problem.select_features, "target": problem.target.name,
+        "profile": profile_of(problem.target), "limits": problem.limits.as_dict(),
+        "verdict": {"kind": v.kind.value, "default_port": v.default_port,
+                    "ports": sorted(v.ports.items()), "drop": sorted(v.drop),
+                    "dscp": sorted(v.dscp.items())},
+        "data": digest.hexdigest()[:24],
+    }
+    return json.loads(json.dumps(settings, default=str))  # as the study stores it
 
 
 def choose_candidates(problem: Problem, requested: list[str] | None
@@ -218,19 +284,6 @@ def verify(problem: Problem, ev: Evaluation, out: Path) -> tuple[np.ndarray, np.
     return expected, produced
 
 
-def replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move ``staging`` to ``out_dir``, replacing what was there."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.with_name(f".{out_dir.name}.old")
-        if backup.exists():
-            shutil.rmtree(backup)
-        out_dir.rename(backup)
-    staging.rename(out_dir)
-    if backup is not None:
-        shutil.rmtree(backup)
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -238,50 +291,59 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     """Compile ``plan`` into ``options.out_dir``; see the module docstring."""
     if plan.n_models != 1:
         raise NotSupportedError("schedules of more than one model are not supported yet")
-    seed = plan.search.seed if options.seed is None else options.seed
-    problem, requested = build_problem(plan, seed)
-    hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
-    program = sanitise_identifier(plan.name, "hmn")
-    oracle = None
-    if options.toolchain_feasibility or plan.search.toolchain_feasibility:
-        oracle = make_oracle(hook, program, problem.limits)
-    candidates, allowed = choose_candidates(problem, requested)
+    seed = check_seed(plan, plan.search.seed if options.seed is None else options.seed,
+                      options.seed is not None)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
-    out_dir = options.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    objectives = tuple(plan.model.objectives)
-    study = open_study(out_dir / "study.db", sanitise_identifier(plan.name, "study"), objectives,
-                       plan.search.sampler, seed, budget, options.resume)
-    with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-        result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
-    best = result.best_trial
-    family = best.params["family"]
-    params = {k: v for k, v in best.params.items() if k != "family"}
-    ev = evaluate(problem, family, params)  # trained on the whole training set
+    out_dir = check_out_dir(options.out_dir, [*plan.inputs, *options.inputs])
+    with open_output(out_dir) as output:
+        output.start(options.resume)
+        problem, requested = build_problem(plan, seed)
+        hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
+        program = sanitise_identifier(plan.name, "hmn")
+        judged = options.toolchain_feasibility or plan.search.toolchain_feasibility
+        oracle = make_oracle(hook, program, problem.limits) if judged else None
+        candidates, allowed = choose_candidates(problem, requested)
+        objectives = tuple(plan.model.objectives)
+        settings = {**search_settings(problem, allowed), "toolchain_feasibility": judged}
+        study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
+                           objectives, plan.search.sampler, seed, budget,
+                           output.resumed is not None, settings,
+                           missing_ok=output.resumed == "partial")
+        with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+            result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
+        best = result.best_trial
+        family = best.params["family"]
+        params = {k: v for k, v in best.params.items() if k != "family"}
+        ev = evaluate(problem, family, params)  # trained on the whole training set
+        report = write_artefacts(output.work, plan, ev, result, candidates, seed, hook, program)
+        warnings = output.commit()
+    left = [f"files added to {out_dir} during the compile were left in "
+            f"{output.paths.partial}: {', '.join(warnings[:5])}"] if warnings else []
+    return CompileResult(out_dir, family, params, report["metrics"], report, left)
+
+
+def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any, candidates: list[Any],
+                    seed: int, hook: Any, program: str) -> dict[str, Any]:
+    """Emit, verify (twin, then the vendor compiler if one runs) and report the chosen pipeline
+    into the workspace; the report."""
     problem = ev.problem  # restricted to the chosen features when the search selects them
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
-    try:
-        problem.target.emit(ev.pipeline, staging, program)
-        (staging / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
-        expected, produced = verify(problem, ev, staging)
-        toolchain = check_final_program(hook, staging, program, ev.usage, problem.limits,
-                                        getattr(problem.target, "profile", None))
-        write_model(staging, ev, problem.dataset, problem.verdict)
-        packet_check = verify_packets(staging, problem.dataset, problem.target)
-        report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
-        report["packet_simulation"] = packet_check
-        report["traffic"] = traffic_section(problem.dataset)
-        report["toolchain"] = toolchain
-        label_resources(report["resources"], toolchain)
-        (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
-        write_report(staging, report)
-        shutil.copy2(out_dir / "study.db", staging / "study.db")
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return CompileResult(out_dir, family, params, report["metrics"], report)
+    problem.target.emit(ev.pipeline, work, program)
+    (work / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
+    checkpoint("final-write")
+    expected, produced = verify(problem, ev, work)
+    toolchain = check_final_program(hook, work, program, ev.usage, problem.limits,
+                                    getattr(problem.target, "profile", None))
+    write_model(work, ev, problem.dataset, problem.verdict)
+    packet_check = verify_packets(work, problem.dataset, problem.target)
+    report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
+    report["packet_simulation"] = packet_check
+    report["traffic"] = traffic_section(problem.dataset)
+    report["toolchain"] = toolchain
+    label_resources(report["resources"], toolchain)
+    (work / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
+    write_report(work, report)
+    return report
 
 
 def label_resources(resources: dict[str, Any], toolchain: dict[str, Any]) -> None:
@@ -342,7 +404,7 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "test_samples": len(y),
         },
         "trials": rows,
-        "best_trial": result.best_trial.number,
+        "best_trial": trial_index(result.best_trial),
         "confusion_matrix": confusion(y, produced, ds.class_labels),
         "resources": resources_section(ev.usage, problem.limits, ev.feasibility,
                                        problem.target.name),

@@ -122,9 +122,17 @@ def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "object" not in data or "program" not in data:
         raise DeployError(f"{path}: not an XDP compile's snapshot (no object/program)")
     try:
-        snap.read_snapshot(data)
+        program, capacity = snap.read_snapshot(data)
+        snap.slot_values(program, capacity)  # every number must encode into its map's type
     except snap.SnapshotError as exc:
         raise DeployError(f"{path}: {exc}") from None
+    except (OverflowError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise DeployError(f"{path}: not a valid snapshot: a value does not fit the program's "
+                          f"maps ({type(exc).__name__}: {exc})") from None
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DeployError(f"{path}: not a valid snapshot: 'labels' must be a non-empty list of "
+                          "class labels")
     obj = path.parent / str(data["object"])
     if not obj.is_file():
         raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
@@ -160,7 +168,10 @@ def load_state(name: str | None, state_dir: Path = STATE_DIR) -> Deployment:
     if not path.is_file():
         known = ", ".join(deployments(state_dir)) or "none"
         raise DeployError(f"no deployment named '{name}' (deployed: {known})")
-    return Deployment.from_json(json.loads(path.read_text()))
+    try:
+        return Deployment.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise DeployError(f"{path}: unreadable deployment state ({exc}); remove it") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +307,11 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
         raise DeployError(f"the state of '{dep.name}' has no valid capacity ({exc}): undeploy "
                           "and deploy again") from None
     check_pushable(out_dir, dep, program, capacity)
+    if dep.labels and snapshot["labels"] != dep.labels:
+        raise DeployError(f"{out_dir}: its classes {snapshot['labels'][:8]} differ from those "
+                          f"deployed as '{dep.name}' {dep.labels[:8]}; the counters would be "
+                          "mislabelled: undeploy and deploy it instead")
+    check_attached(dep, "nothing was pushed")
     pinned = open_pins(dep.name)
     try:
         snap.push(pinned, program, capacity, grace_s=grace_s)
@@ -303,11 +319,24 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
         raise DeployError(f"{out_dir}: {exc}") from None
     finally:
         pinned.close()
+    check_attached(dep, "the new parameters were written, but no packet is classified")
     dep.out_dir = str(Path(out_dir).resolve())
     dep.labels = list(snapshot.get("labels", dep.labels))
     dep.pushes += 1
     write_state(dep, state_dir)
     return dep
+
+
+def check_attached(dep: Deployment, consequence: str) -> None:
+    """DeployError unless the deployment's program is still attached to its interface."""
+    now = attached(dep)
+    where = f"{dep.iface}" + (f" in network namespace {dep.netns}" if dep.netns else "")
+    if now is None:
+        raise DeployError(f"'{dep.name}': interface {where} is gone; {consequence}. Undeploy "
+                          "it")
+    if now[1] != dep.prog_id:
+        raise DeployError(f"'{dep.name}': its program is no longer attached to {where}; "
+                          f"{consequence}. Undeploy and deploy again")
 
 
 def push_program(program: Any, name: str | None = None, *, version: int,

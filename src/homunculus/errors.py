@@ -44,5 +44,9 @@ class NotSupportedError(HomunculusError):
     """A feature of the spec that this version of the compiler does not implement yet."""
 
 
+class ResumeError(HomunculusError):
+    """``--resume`` cannot continue the stored search (none, or made with another spec)."""
+
+
 class ToolchainError(HomunculusError):
     """The vendor P4 compiler rejected the generated program, or could not be run."""

@@ -45,18 +45,21 @@ def load_compiled(out_dir: Path) -> tuple[Any, dict[str, Any]]:
     try:
         pipeline = compiled_from_json(json.loads((out_dir / "pipeline.json").read_text()))
         model = json.loads((out_dir / "model" / "quantised.json").read_text())
-    except FileNotFoundError as exc:
+        entries = out_dir / "runtime" / "entries.json"
+        adapt = out_dir / "runtime" / "adapt.json"
+        if adapt.is_file() and json.loads(adapt.read_text()).get("versioned"):
+            from homunculus.targets.p4.versioned import versioned
+
+            pipeline = versioned(pipeline, int(json.loads(adapt.read_text()).get("version", 0)))
+        if entries.is_file():
+            installed = read_runtime_entries(json.loads(entries.read_text()), pipeline)
+            pipeline = with_installed_entries(pipeline, installed)
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise DataError(f"{out_dir}: not a compiled output directory ({exc.filename} missing)"
                         ) from None
-    entries = out_dir / "runtime" / "entries.json"
-    adapt = out_dir / "runtime" / "adapt.json"
-    if adapt.is_file() and json.loads(adapt.read_text()).get("versioned"):
-        from homunculus.targets.p4.versioned import versioned
-
-        pipeline = versioned(pipeline, int(json.loads(adapt.read_text()).get("version", 0)))
-    if entries.is_file():
-        installed = read_runtime_entries(json.loads(entries.read_text()), pipeline)
-        pipeline = with_installed_entries(pipeline, installed)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise DataError(f"{out_dir}: not a valid compiled output directory (its JSON files "
+                        f"are damaged: {type(exc).__name__}: {exc})") from None
     return pipeline, model
 
 

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from homunculus.data.packets import five_tuple
+from homunculus.data.pcap import MAX_TS_US
 from homunculus.errors import DataError
+from homunculus.inputs import MAX_LABEL_FILE_BYTES, read_text
 
 COLUMNS = ("label", "src", "dst", "sport", "dport", "proto", "start_us", "end_us",
            "bidirectional")
@@ -125,8 +127,15 @@ def _bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _time(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= MAX_TS_US:
+        raise ValueError(f"expected microseconds in 0..{MAX_TS_US}")
+    return v
+
+
 _PARSERS = {"src": _net, "dst": _net, "sport": _range, "dport": _range, "proto": _proto,
-            "start_us": int, "end_us": int, "bidirectional": _bool}
+            "start_us": _time, "end_us": _time, "bidirectional": _bool}
 
 
 def _rule(row: dict[str, str], where: str, line: int, bidirectional: bool) -> LabelRule:
@@ -148,26 +157,30 @@ def _rule(row: dict[str, str], where: str, line: int, bidirectional: bool) -> La
     return rule
 
 
+def _cells(text: str, where: str, line: int) -> list[str]:
+    try:
+        return next(csv.reader([text]))
+    except csv.Error as e:
+        raise DataError(f"{where}:{line}: not a CSV line ({e})") from None
+
+
 def read_label_file(path: Path, *, bidirectional: bool = True) -> list[LabelRule]:
     """Parse a label file; ``bidirectional`` is the default for rows that leave it empty."""
     where = str(path)
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{where}: cannot read label file: {e}") from e
+    text = read_text(Path(path), "label file", MAX_LABEL_FILE_BYTES)
     lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1)
              if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise DataError(f"{where}: label file is empty")
     header_line, header = lines[0]
-    names = [c.strip() for c in next(csv.reader([header]))]
+    names = [c.strip() for c in _cells(header, where, header_line)]
     unknown = sorted(set(names) - set(COLUMNS))
     if unknown or "label" not in names:
         why = f"unknown columns {unknown}" if unknown else "no 'label' column"
         raise DataError(f"{where}:{header_line}: {why}; columns are {', '.join(COLUMNS)}")
     rules = []
     for line, ln in lines[1:]:
-        cells = next(csv.reader([ln]))
+        cells = _cells(ln, where, line)
         if len(cells) > len(names):
             raise DataError(f"{where}:{line}: {len(cells)} cells for {len(names)} columns")
         rules.append(_rule(dict(zip(names, cells, strict=False)), where, line, bidirectional))

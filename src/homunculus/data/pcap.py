@@ -10,7 +10,14 @@ pcap header's ``orig_len`` (pcapng: the EPB's packet length) and lets a bad reco
 Damage handling: a record whose header is implausible (length beyond the file or over the
 maximum, sub-second field out of range) is skipped, the reader resynchronises on the next
 plausible record, and a warning names the file and record number; a capture cut short ends that
-file's stream with a warning. A file that is not a capture raises :class:`DataError`.
+file's stream with a warning. A file that is not a capture raises :class:`DataError`, and so does
+a path that is not a regular file (a FIFO or a device is never read) or one over
+MAX_CAPTURE_BYTES.
+
+Every field is range-checked: timestamps (after resolution and offset) must lie in
+0..MAX_TS_US, pcapng resolutions in 10^0..10^18 or 2^0..2^63, lengths within their block and the
+file. Resynchronisation is linear in the file size: candidate positions are filtered with numpy
+over the read window, and the few that pass are checked with small reads that never move it.
 
 Link types: Ethernet (with any number of 802.1Q/802.1ad tags, whose inner EtherType is kept as
 ``eth_type``), Linux cooked (SLL, SLL2), raw IP, BSD null/loopback, PPP and Cisco HDLC. Packets
@@ -21,6 +28,7 @@ False.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +41,7 @@ import pandas as pd
 
 from homunculus.data.packets import PACKET_COLUMNS, as_packet_table, empty_packet_table
 from homunculus.errors import DataError
+from homunculus.inputs import MAX_CAPTURE_BYTES, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ MAX_RESYNC = 1 << 24  # bytes scanned for the next plausible record after a bad 
 MAX_TS_JUMP_S = 30 * 86400  # a resync candidate's timestamp must be this close to the last one
 WINDOW = 1 << 20
 MAX_KEPT_WARNINGS = 1000
+MAX_TS_US = 2**53 - 1  # ~285 years after 1970: exact in float64, and in ns within int64
+MAX_TSRESOL = {10: 18, 2: 63}  # largest if_tsresol exponent per base
 
 # link types (LINKTYPE_* values of the pcap/pcapng specifications)
 LT_NULL, LT_ETHERNET, LT_PPP, LT_RAW_BSD, LT_RAW_OPENBSD, LT_PPP_HDLC = 0, 1, 9, 12, 14, 50
@@ -109,7 +120,12 @@ class IngestStats:
 
 
 class _Window:
-    """Random access to a file through one bounded buffer (the file is never read whole)."""
+    """Random access to a file through one bounded buffer (the file is never read whole).
+
+    ``view`` serves sequential reading and moves the buffer; ``peek`` serves the far probes of
+    plausibility checks with a small read that leaves the buffer where it is, so scanning for a
+    plausible record costs one pass over the file, not a buffer refill per candidate.
+    """
 
     def __init__(self, f: BinaryIO, size: int) -> None:
         self.f, self.size = f, size
@@ -122,6 +138,47 @@ class _Window:
             self.f.seek(pos)
             self.buf, self.start, off = self.f.read(max(n, WINDOW)), pos, 0
         return self.buf, off
+
+    def peek(self, pos: int, n: int) -> tuple[bytes, int]:
+        """Like ``view`` but without moving the buffer (for small reads)."""
+        off = pos - self.start
+        if off >= 0 and off + n <= len(self.buf):
+            return self.buf, off
+        return os.pread(self.f.fileno(), n, pos), 0
+
+
+def _u32_everywhere(chunk: bytes, endian: str) -> np.ndarray:
+    """The unsigned 32-bit value at every byte offset of ``chunk`` (int64 array)."""
+    n = len(chunk) - 3
+    out = np.zeros(max(n, 0), np.int64)
+    dtype = np.dtype(endian + "u4")
+    for r in range(min(4, max(n, 0))):
+        vals = np.frombuffer(chunk, dtype=dtype, count=(len(chunk) - r) // 4, offset=r)
+        out[r::4] = vals[:len(out[r::4])]
+    return out
+
+
+def _scan(win: _Window, start: int, stop: int, step: int, head: int,
+          prefilter: Callable[[bytes, int], np.ndarray], check: Callable[[int], bool]
+          ) -> int | None:
+    """The first position p = start + k*step < stop that passes ``check``.
+
+    The file is read once, window by window; ``prefilter(chunk, chunk position)`` returns the
+    offsets in the chunk that may pass (numpy over the whole chunk; it reads ``head`` bytes at
+    each), and only those are checked one by one.
+    """
+    pos = start
+    while pos < stop:
+        n = min(WINDOW, stop - pos)
+        want = min(n + head, win.size - pos)
+        buf, off = win.view(pos, want)
+        rel = prefilter(buf[off:off + want], pos)
+        rel = rel[(rel < n) & ((rel + (pos - start)) % step == 0)]
+        for r in rel.tolist():
+            if check(pos + r):
+                return pos + r
+        pos += n
+    return None
 
 
 class _Ctx:
@@ -152,11 +209,8 @@ Record = tuple[int, int, int, int, bytes, int, int]
 
 def capture_format(path: Path) -> str:
     """'pcap' or 'pcapng' from the magic number; DataError naming the file otherwise."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read capture: {e.strerror or e}") from e
+    with open_regular(path, "capture", MAX_CAPTURE_BYTES) as f:
+        magic = f.read(4)
     if magic == PCAPNG_MAGIC:
         return "pcapng"
     if magic in PCAP_MAGICS:
@@ -186,7 +240,7 @@ def _iter_pcap(win: _Window, ctx: _Ctx) -> Iterator[Record]:
     def plausible(pos: int, last_sec: int | None, depth: int) -> bool:
         if pos + rec_len > win.size:
             return False
-        b, o = win.view(pos, rec_len)
+        b, o = win.peek(pos, rec_len)
         sec, frac, caplen, orig = rec.unpack_from(b, o)
         end = pos + rec_len + caplen
         if frac >= units or caplen > limit or caplen > orig or orig > MAX_BLOCK or end > win.size:
@@ -215,13 +269,33 @@ def _iter_pcap(win: _Window, ctx: _Ctx) -> Iterator[Record]:
         why = (f"caplen {caplen} beyond the end of the file ({win.size - pos - rec_len} bytes "
                "left)" if caplen <= limit and frac < units else
                f"bad record header (caplen {caplen}, sub-second field {frac})")
-        nxt = next((p for p in range(pos + 1, min(win.size, pos + MAX_RESYNC))
-                    if plausible(p, last_sec, 1)), None)
+        nxt = _scan(win, pos + 1, min(win.size, pos + MAX_RESYNC), 1, 16,
+                    _pcap_prefilter(endian, units, limit, win.size, last_sec),
+                    lambda p, last=last_sec: plausible(p, last, 1))
         if nxt is None:
             ctx.truncate(n, why)
             return
         ctx.skip(n, f"{why}; resynchronised {nxt - pos} bytes further")
         pos, n = nxt, n + 1
+
+
+def _pcap_prefilter(endian: str, units: int, limit: int, size: int, last_sec: int | None
+                    ) -> Callable[[bytes, int], np.ndarray]:
+    """Offsets of a chunk where a pcap record header could start (plausible's first test)."""
+
+    def candidates(chunk: bytes, at: int) -> np.ndarray:
+        u = _u32_everywhere(chunk, endian)
+        m = len(u) - 12
+        if m <= 0:
+            return np.zeros(0, np.int64)
+        sec, frac, caplen, orig = u[:m], u[4:4 + m], u[8:8 + m], u[12:12 + m]
+        ok = ((frac < units) & (caplen <= limit) & (caplen <= orig) & (orig <= MAX_BLOCK)
+              & (at + np.arange(m) + 16 + caplen <= size))
+        if last_sec is not None:
+            ok &= np.abs(sec - last_sec) <= MAX_TS_JUMP_S
+        return np.nonzero(ok)[0]
+
+    return candidates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +313,7 @@ class _Iface:
 
 
 def _parse_idb(block: bytes, endian: str) -> _Iface:
+    """An interface description; ValueError for a resolution or offset out of range."""
     cls = (dpkt.pcapng.InterfaceDescriptionBlockLE if endian == "<"
            else dpkt.pcapng.InterfaceDescriptionBlock)
     idb = cls(block)
@@ -246,9 +321,14 @@ def _parse_idb(block: bytes, endian: str) -> _Iface:
     for opt in idb.opts:
         if opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and len(opt.data) >= 1:
             r = opt.data[0]
-            units = 2 ** (r & 0x7F) if r & 0x80 else 10 ** (r & 0x7F)
+            base, exponent = (2 if r & 0x80 else 10), r & 0x7F
+            if exponent > MAX_TSRESOL[base]:
+                raise ValueError(f"timestamp resolution {base}^-{exponent} s is out of range")
+            units = base ** exponent
         elif opt.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(opt.data) >= 8:
             offset_us = struct.unpack(endian + "q", opt.data[:8])[0] * 1_000_000
+            if abs(offset_us) > MAX_TS_US:
+                raise ValueError(f"timestamp offset {offset_us // 1_000_000} s is out of range")
     return _Iface(idb.linktype, units, offset_us)
 
 
@@ -256,7 +336,7 @@ def _block_ok(win: _Window, pos: int, endian: str, *, known_type: bool = False) 
     """Length of a well-formed block at pos (matching trailing length), else 0."""
     if pos + 12 > win.size:
         return 0
-    buf, off = win.view(pos, 8)
+    buf, off = win.peek(pos, 8)
     btype, blen = struct.unpack_from(endian + "II", buf, off)
     if known_type and btype not in _BLOCK_TYPES and not btype & 0x80000000:
         return 0
@@ -264,8 +344,26 @@ def _block_ok(win: _Window, pos: int, endian: str, *, known_type: bool = False) 
         return 0
     if pos + blen > win.size:
         return 0
-    buf, off = win.view(pos + blen - 4, 4)
+    buf, off = win.peek(pos + blen - 4, 4)
     return blen if struct.unpack_from(endian + "I", buf, off)[0] == blen else 0
+
+
+def _pcapng_prefilter(endian: str, size: int) -> Callable[[bytes, int], np.ndarray]:
+    """Offsets of a chunk where a well-formed block of a known type could start."""
+    known = np.array(sorted(_BLOCK_TYPES), np.int64)
+
+    def candidates(chunk: bytes, at: int) -> np.ndarray:
+        u = _u32_everywhere(chunk, endian)
+        m = len(u) - 4
+        if m <= 0:
+            return np.zeros(0, np.int64)
+        btype, blen = u[:m], u[4:4 + m]
+        ok = ((blen >= 12) & (blen % 4 == 0) & (blen <= MAX_BLOCK)
+              & (at + np.arange(m) + blen <= size)
+              & (np.isin(btype, known) | (btype >= 0x80000000)))
+        return np.nonzero(ok)[0]
+
+    return candidates
 
 
 def _iter_pcapng(win: _Window, ctx: _Ctx) -> Iterator[Record]:
@@ -283,8 +381,9 @@ def _iter_pcapng(win: _Window, ctx: _Ctx) -> Iterator[Record]:
             claimed = struct.unpack_from(endian + "I", buf, off + 4)[0]
             why = (f"block length {claimed} beyond the end of the file"
                    if pos + claimed > win.size else f"bad block (length {claimed})")
-            nxt = next((p for p in range(pos + 4, min(win.size, pos + MAX_RESYNC), 4)
-                        if _block_ok(win, p, endian, known_type=True)), None)
+            nxt = _scan(win, pos + 4, min(win.size, pos + MAX_RESYNC), 4, 8,
+                        _pcapng_prefilter(endian, win.size),
+                        lambda p, e=endian: bool(_block_ok(win, p, e, known_type=True)))
             if nxt is None:
                 ctx.truncate(n, why)
                 return
@@ -299,7 +398,7 @@ def _iter_pcapng(win: _Window, ctx: _Ctx) -> Iterator[Record]:
             try:
                 ifaces.append(_parse_idb(buf[off:off + blen], endian))
                 ctx.stats.linktypes.add(ifaces[-1].linktype)
-            except (dpkt.UnpackError, struct.error) as e:
+            except (dpkt.UnpackError, struct.error, ValueError, IndexError, TypeError) as e:
                 ctx.warn(f"interface {len(ifaces)}: unreadable description ({e}); its packets "
                          "are kept as rows of unknown link type")
                 ifaces.append(_Iface(-1, 1_000_000, 0))
@@ -321,6 +420,8 @@ def _packet_block(btype: int, buf: bytes, off: int, blen: int, endian: str,
     if btype == 3:  # simple packet block: interface 0, no timestamp
         if not ifaces:
             return "simple packet block before any interface description"
+        if blen < 16:
+            return f"simple packet block too short ({blen} bytes)"
         orig = struct.unpack_from(endian + "I", buf, off + 8)[0]
         return last_ts, orig, ifaces[0].linktype, buf, off + 12, min(orig, blen - 16)
     if blen < 32:
@@ -335,6 +436,8 @@ def _packet_block(btype: int, buf: bytes, off: int, blen: int, endian: str,
         return f"caplen {caplen} beyond its block ({blen - 32} bytes of data)"
     ifc = ifaces[iface]
     ts_us = ((th << 32) | tl) * 1_000_000 // ifc.units + ifc.offset_us
+    if not 0 <= ts_us <= MAX_TS_US:
+        return f"timestamp {ts_us} us out of range (0..{MAX_TS_US})"
     return ts_us, orig, ifc.linktype, buf, off + 28, caplen
 
 
@@ -420,8 +523,8 @@ def _file_rows(path: Path, file_id: int, ctx: _Ctx) -> Iterator[tuple]:
     """Rows (PACKET_COLUMNS order) of one capture."""
     fmt = capture_format(path)
     ctx.stats.format = fmt
-    with open(path, "rb", buffering=0) as f:
-        win = _Window(f, path.stat().st_size)
+    with open_regular(path, "capture", MAX_CAPTURE_BYTES) as f:
+        win = _Window(f, os.fstat(f.fileno()).st_size)
         records = _iter_pcapng(win, ctx) if fmt == "pcapng" else _iter_pcap(win, ctx)
         seen_bad_link: set[int] = set()
         for n, ts, wire, lt, buf, off, caplen in records:

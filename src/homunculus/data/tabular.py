@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,21 +12,29 @@ from sklearn.model_selection import train_test_split
 
 from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
 from homunculus.errors import DataError
+from homunculus.inputs import MAX_TABLE_BYTES, open_regular
 
 Locate = Callable[[str, str], Exception]  # (spec field, message) -> error to raise
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file (by extension)."""
-    if not path.exists():
-        raise DataError(f"{path}: no such data file")
+    """Read a CSV or Parquet file (by extension): a regular file of at most MAX_TABLE_BYTES."""
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read as {'Parquet' if 'parq' in path.suffix else 'CSV'}"
-                        f": {exc}") from None
+        os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise DataError(f"{path}: cannot read the data file: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
+    kind = "Parquet" if path.suffix.lower() in (".parquet", ".pq") else "CSV"
+    with open_regular(path, "data file", MAX_TABLE_BYTES) as f:
+        try:
+            if kind == "Parquet":
+                return pd.read_parquet(f)
+            return pd.read_csv(f)
+        except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError,
+                pd.errors.EmptyDataError) as exc:
+            raise DataError(f"{path}: cannot read as {kind}: {exc}") from None
 
 
 def _columns(frame: pd.DataFrame, path: Path, features: list[FeatureDecl], label: str,
@@ -39,7 +48,14 @@ def _columns(frame: pd.DataFrame, path: Path, features: list[FeatureDecl], label
         if f.name not in frame.columns:
             raise locate(f"data.features[{i}].name",
                          f"feature column '{f.name}' is not in {path}")
-    return frame[[f.name for f in features]].to_numpy(), frame[label].to_numpy()
+    labels = frame[label]
+    missing = labels.isna().to_numpy() | (labels.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise locate("data.label", f"{path}: label column '{label}' is missing (empty or NaN) "
+                                   f"in data row {row} (line {row + 2}); every row needs a "
+                                   "class label")
+    return frame[[f.name for f in features]].to_numpy(), labels.to_numpy()
 
 
 def load_tabular(path: Path, label: str, features: list[FeatureDecl], *, test_path: Path | None,
@@ -54,6 +70,10 @@ def load_tabular(path: Path, label: str, features: list[FeatureDecl], *, test_pa
     if len(labels) < 4:
         raise DataError(f"{path}: {len(labels)} rows are too few to split into train and test")
     stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, labels, test_size=test_fraction, random_state=seed, stratify=stratify)
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, labels, test_size=test_fraction, random_state=seed, stratify=stratify)
+    except ValueError as exc:
+        raise locate("data.test_fraction", f"cannot split {len(labels)} rows of {path} with "
+                                           f"test_fraction {test_fraction:g}: {exc}") from None
     return make_dataset(features, x_train, y_train, x_test, y_test, str(path))

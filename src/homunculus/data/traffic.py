@@ -9,6 +9,7 @@ its header features read are present). Splits keep whole flows (or whole capture
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,7 @@ def feature_defs(specs: list[Any], locate: Locate) -> list[FeatureDef]:
             except (ValueError, KeyError) as exc:
                 raise locate(f"traffic.features[{i}]", str(exc.args[0])) from None
         out.extend(defs)
-    names = [d.name for d in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(name for name, n in Counter(d.name for d in out).items() if n > 1)
     if dup:
         raise locate("traffic.features", f"feature names {dup} are declared more than once")
     return out

@@ -282,8 +282,9 @@ def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, se
         raise _spec_error(exc, "platform", platform.origin) from None
     origins = {"model": model.origin, "platform": platform.origin, "data": model.data.origin,
                "search": origin}
+    scripts = sorted({Path(f) for f, _ in origins.values() if Path(f).is_file()})
     return Plan(model.spec.name, model.spec, platform_spec, search, model.data.dataset,
-                model.origin[0], origins, n_models=len(models))
+                model.origin[0], origins, n_models=len(models), inputs=scripts)
 
 
 def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | None = 30,

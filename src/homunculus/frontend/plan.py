@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import SpecError
@@ -25,6 +26,7 @@ class Plan:
     origins: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     n_models: int = 1
     select_features: bool = False  # traffic specs may put the feature set into the search
+    inputs: list[Path] = field(default_factory=list)  # files it reads: OUT may not hold them
     adapt: AdaptSpec | None = None  # telemetry and atomic installs (homunculus adapt)
 
     def error(self, field_path: str, message: str) -> SpecError:

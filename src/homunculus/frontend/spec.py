@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from homunculus.search.metrics import METRICS
 from homunculus.search.study import RESOURCE_OBJECTIVES
 
+MAX_SEED = 2**32 - 1
+
+
+def _file_name(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("a file path cannot contain a NUL character")
+    return value
+
+
+FilePath = Annotated[str, AfterValidator(_file_name)]  # a path a spec names (NUL refused)
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; so are NaN and infinite numbers (never a meaningful setting)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FeatureSpec(Strict):
@@ -21,10 +42,10 @@ class FeatureSpec(Strict):
 
 
 class DataSpec(Strict):
-    path: str = Field(description="CSV or Parquet file, relative to the spec")
+    path: FilePath = Field(description="CSV or Parquet file, relative to the spec")
     label: str
     features: list[FeatureSpec] = Field(min_length=1)
-    test_path: str | None = None
+    test_path: FilePath | None = None
     test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
 
 
@@ -97,19 +118,29 @@ class Constraints(Strict):
 
 class PlatformSpec(Strict):
     target: Literal["tofino", "bmv2", "xdp", "c"]
-    profile: dict[str, float | int | bool] = Field(
+    profile: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the target profile's documented defaults")
     constraints: Constraints = Field(default_factory=Constraints)
-    toolchain: str | None = Field(
+    toolchain: FilePath | None = Field(
         default=None, min_length=1,
         description="tofino/bmv2: the P4 compiler to run on the generated program (bf-p4c, "
                     "p4c-barefoot or p4c-bm2-ss): a path relative to the spec, or a name on PATH")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not isinstance(value, bool | int | float) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"profile field '{key}' is {value!r}; it must be a finite "
+                                 "number or true/false")
+        return v
 
 
 class SearchSpec(Strict):
     trials: int | None = Field(default=30, ge=1)
     seconds: float | None = Field(default=None, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     sampler: Literal["tpe", "random"] = "tpe"
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     cv_folds: int | None = Field(
@@ -135,10 +166,10 @@ class TrafficFeature(Strict):
 
 class LabelSpec(Strict):
     kind: Literal["file", "attacks", "ndpi"]
-    path: str | None = Field(default=None, description="file: the label CSV")
+    path: FilePath | None = Field(default=None, description="file: the label CSV")
     default: str = "benign"
     scenario: Literal["anomaly", "botnet"] | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     first_n: int = Field(default=8, ge=1, description="ndpi: packets per flow")
     max_files: int | None = Field(default=None, ge=1, description="ndpi: captures to use")
 
@@ -146,11 +177,11 @@ class LabelSpec(Strict):
 class BackgroundSpec(Strict):
     """Background traffic for attack scenarios: one real nDPI capture, or synthetic flows."""
 
-    ndpi_capture: str | None = Field(
+    ndpi_capture: FilePath | None = Field(
         default=None, description="a capture of the nDPI test suite, e.g. netflix.pcap")
     flows: int = Field(default=300, ge=1)
     seconds: float = Field(default=60.0, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class FlowSpec(Strict):
@@ -161,7 +192,7 @@ class FlowSpec(Strict):
 class TrafficSpec(Strict):
     """Packets in, per-packet features computed as the data plane computes them."""
 
-    pcaps: list[str] = Field(default_factory=list)
+    pcaps: list[FilePath] = Field(default_factory=list)
     background: BackgroundSpec | None = Field(
         default=None, description="synthetic background traffic when no capture is given")
     labels: LabelSpec

@@ -1,4 +1,9 @@
-"""YAML specs: parse with line numbers so every error names file, field and line."""
+"""YAML specs: parse with line numbers so every error names file, field and line.
+
+The file is checked before anything is expanded: a regular file of bounded size, nesting at most
+MAX_DEPTH levels deep, aliases that are not recursive and expand to at most MAX_NODES nodes (no
+"billion laughs"), and no key given twice in one mapping.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from homunculus.data.tabular import load_tabular
 from homunculus.errors import SpecError
 from homunculus.frontend.plan import Plan
 from homunculus.frontend.spec import Spec
+from homunculus.inputs import MAX_SPEC_BYTES, read_text
 
 
 def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
@@ -44,20 +50,127 @@ def dotted(loc: tuple[Any, ...]) -> str:
     return out
 
 
+MAX_DEPTH = 64
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
+MAX_NODES = 100_000  # nodes of the document with every alias expanded
+
+
+
+class SpecConstructor(yaml.SafeLoader):
+    """SafeLoader construction, but a timestamp stays the text it was written as (no spec field
+    is a date; PyYAML also fails on some malformed explicit timestamps)."""
+
+
+SpecConstructor.add_constructor("tag:yaml.org,2002:timestamp",
+                                yaml.SafeLoader.construct_yaml_str)
+
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_events(text: str, source: str) -> None:
+    """Bound the nesting depth from the event stream (PyYAML composes recursively)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(f"the YAML nests deeper than {MAX_DEPTH} levels", file=source,
+                                line=event.start_mark.line + 1)
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_graph(root: yaml.Node, source: str) -> None:
+    """Reject recursive aliases and documents whose aliases expand beyond MAX_NODES, without
+    expanding anything (sizes are summed over the node graph, each node visited once)."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            size[key] = min(1 + sum(size[id(c)] for c in _children(node)), MAX_NODES + 1)
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise SpecError("recursive YAML alias (a node contains itself)", file=source,
+                            line=node.start_mark.line + 1)
+        active.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in active:
+                raise SpecError("recursive YAML alias (a node contains itself)", file=source,
+                                line=child.start_mark.line + 1)
+            if id(child) not in size:
+                stack.append((child, False))
+    if size[id(root)] > MAX_NODES:
+        raise SpecError(f"the YAML's aliases expand to more than {MAX_NODES} nodes",
+                        file=source, line=1)
+
+
+def _check_duplicates(root: yaml.Node, source: str) -> None:
+    """A key given twice in one mapping would silently replace the first: reject it."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                    continue
+                ident = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if ident in keys:
+                    raise SpecError(f"key '{key_node.value[:80]}' appears twice in one mapping "
+                                    f"(first on line {keys[ident]})", file=source, line=line)
+                keys[ident] = line
+        stack.extend(_children(node))
+
+
+def compose_spec(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The checked node graph of a YAML document and the data it constructs."""
+    _check_events(text, source)
+    root = yaml.compose(text, Loader=LOADER)
+    if root is None:
+        return None, None
+    _check_graph(root, source)
+    _check_duplicates(root, source)
+    loader = SpecConstructor("")
+    try:
+        return root, loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
     """Read and validate a YAML spec; return it with its line index (for later data errors)."""
     source = str(path)
+    text = read_text(path, "spec", MAX_SPEC_BYTES,
+                     lambda msg: SpecError(msg, file=source))
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read the spec: {exc.strerror}", file=source) from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root, data = compose_spec(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", file=source,
+        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", file=source,
                         line=mark.line + 1 if mark else None) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp out of range
+        raise SpecError(f"not valid YAML: {exc}", file=source) from None
     if not isinstance(data, dict) or root is None:
         raise SpecError("the spec must be a YAML mapping (name, data, model, platform, search)",
                         file=source, line=1)
@@ -79,7 +192,7 @@ def plan_from_yaml(path: Path) -> Plan:
     source = str(path)
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
-                source, origins)
+                source, origins, inputs=spec_inputs(spec, path))
     plan.adapt = spec.adapt
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
@@ -100,6 +213,19 @@ def plan_from_yaml(path: Path) -> Plan:
 
     plan.load_data = load
     return plan
+
+
+def spec_inputs(spec: Spec, path: Path) -> list[Path]:
+    """The files a spec reads: itself, its data, its captures and label file."""
+    base = path.parent
+    files = [path]
+    if spec.data is not None:
+        files += [base / p for p in (spec.data.path, spec.data.test_path) if p]
+    if spec.traffic is not None:
+        files += [base / p for p in spec.traffic.pcaps]
+        if spec.traffic.labels.path:
+            files.append(base / spec.traffic.labels.path)
+    return files
 
 
 def traffic_loader(spec: Spec, base: Path, plan: Plan):  # noqa: ANN201  (() -> Dataset)

@@ -6,6 +6,7 @@ import re
 
 _IDENT_BAD = re.compile(r"[^a-z0-9_]+")
 _COMMENT_BAD = re.compile(r"[^ -~]|\*/|/\*|\\")
+_QUESTIONS = re.compile(r"\?{2,}")
 MAX_IDENT = 32
 
 
@@ -30,5 +31,6 @@ def unique_identifiers(names: list[str], prefix: str) -> list[str]:
 
 
 def safe_comment(text: str, limit: int = 80) -> str:
-    """Text that is safe inside a // or /* */ comment of P4, C or Python (printable, no escapes)."""
-    return _COMMENT_BAD.sub("?", text)[:limit]
+    """Text that is safe inside a // or /* */ comment of P4, C or Python: printable ASCII, no
+    comment delimiters, no backslash, and no "??" (a C trigraph such as ??/ would splice lines)."""
+    return _QUESTIONS.sub("?", _COMMENT_BAD.sub("?", text))[:limit]

@@ -8,6 +8,8 @@ whole adder tree and arg-max (the table then writes the winner directly).
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from homunculus.ir.pipeline import Exact, Field, Match, MatchKind, Range, Ternary
@@ -68,15 +70,24 @@ def merge_pair(a: ScoreTable, b: ScoreTable, name: str) -> ScoreTable:
 def merge_tables(tables: list[ScoreTable], max_tables: int,
                  max_entries: int = MAX_MERGED_ENTRIES) -> list[ScoreTable]:
     """Greedily fuse the pair with the fewest product entries until at most ``max_tables`` remain
-    (or no pair fits ``max_entries``)."""
-    tables = list(tables)
-    while len(tables) > max(max_tables, 1):
-        sizes = [len(t.matches) for t in tables]
-        pairs = sorted((sizes[i] * sizes[j], i, j) for i in range(len(tables))
-                       for j in range(i + 1, len(tables)))
-        product, i, j = pairs[0]
-        if product > max_entries:
+    (or no pair fits ``max_entries``).
+
+    Tables are partitions, never empty, so the pair with the smallest product is the two
+    smallest tables: a heap keyed by (entries, age) finds it in O(log n), O(n log n) over the
+    pass besides the merges themselves. Ties go to the older tables; a merged table is younger
+    than every other (it takes the place at the end of the list).
+    """
+    alive: dict[int, ScoreTable] = dict(enumerate(tables))  # age -> table
+    heap = [(len(t.matches), age) for age, t in alive.items()]
+    heapq.heapify(heap)
+    age = len(tables)
+    while len(alive) > max(max_tables, 1):
+        (sa, a), (sb, b) = heapq.heappop(heap), heapq.heappop(heap)
+        if sa * sb > max_entries:
             break
-        merged = merge_pair(tables[i], tables[j], f"{tables[i].name}_{tables[j].name}"[:48])
-        tables = [t for k, t in enumerate(tables) if k not in (i, j)] + [merged]
-    return tables
+        first, second = alive.pop(min(a, b)), alive.pop(max(a, b))
+        merged = merge_pair(first, second, f"{first.name}_{second.name}"[:48])
+        alive[age] = merged
+        heapq.heappush(heap, (len(merged.matches), age))
+        age += 1
+    return [alive[k] for k in sorted(alive)]

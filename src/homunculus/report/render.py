@@ -24,6 +24,8 @@ import matplotlib
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from homunculus.display import clip
+
 Json = Any
 
 _RC = {
@@ -45,6 +47,10 @@ _RESOURCE_KEYS: dict[str, tuple[str, str]] = {
     "latency_ns": ("Latency (ns)", "max"),
     "throughput_gpps": ("Throughput (Gpps)", "min"),
 }
+
+MAX_LABEL_CHARS = 24  # of a class label on a plot axis
+MAX_PLOTTED_CLASSES = 64  # beyond this a confusion heatmap is unreadable: none is drawn
+MAX_ANNOTATED_CLASSES = 24  # counts written in the cells up to this many classes
 
 # A CPU target's own terms for the usage figures (report/summary.py keeps only these keys)
 _CPU_LABELS: dict[str, dict[str, str]] = {
@@ -354,10 +360,11 @@ def _pareto_front_line(ax: Any, front: Sequence[Mapping[str, Any]]) -> None:
 
 
 def plot_confusion(report: Mapping[str, Any]) -> str:
-    """SVG heatmap of the confusion matrix (rows = true, columns = predicted)."""
+    """SVG heatmap of the confusion matrix (rows = true, columns = predicted); none beyond
+    MAX_PLOTTED_CLASSES classes (the table in report.json has them all)."""
     cm = report.get("confusion_matrix") or {}
     matrix = [[v if _finite(v) else 0 for v in row] for row in cm.get("matrix") or []]
-    if not matrix or not matrix[0]:
+    if not matrix or not matrix[0] or len(matrix) > MAX_PLOTTED_CLASSES:
         return ""
     labels = _labels(cm.get("labels") or report.get("class_labels"), len(matrix))
     size = min(9.0, 2.4 + 0.55 * len(labels))
@@ -366,7 +373,8 @@ def plot_confusion(report: Mapping[str, Any]) -> str:
         ax = fig.add_subplot()
         im = ax.imshow(matrix, cmap="Blues", aspect="equal")
         fig.colorbar(im, ax=ax, shrink=0.8)
-        _annotate_counts(ax, matrix, font=max(5.0, 10.0 - 0.25 * len(labels)))
+        if len(labels) <= MAX_ANNOTATED_CLASSES:
+            _annotate_counts(ax, matrix, font=max(5.0, 10.0 - 0.25 * len(labels)))
         cols = range(len(matrix[0]))
         ax.set_xticks(
             list(cols),
@@ -385,7 +393,9 @@ def plot_confusion(report: Mapping[str, Any]) -> str:
 
 
 def _labels(labels: Iterable[Any] | None, n: int) -> list[str]:
-    out = [str(x) for x in labels or []]
+    """Tick labels: user strings escaped and cut to MAX_LABEL_CHARS (the plot's size and cost
+    must not grow with a label's length)."""
+    out = [clip(x, MAX_LABEL_CHARS) for x in list(labels or [])[:n]]
     return out + [str(i) for i in range(len(out), n)]
 
 

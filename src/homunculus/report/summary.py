@@ -9,6 +9,7 @@ import optuna
 from sklearn.metrics import confusion_matrix
 
 from homunculus.search.candidates import Candidate
+from homunculus.search.study import trial_index
 from homunculus.targets.base import LIMIT_KEYS, Feasibility, Limits, Usage
 
 
@@ -17,7 +18,7 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
     for t in trials:
         usage = t.user_attrs.get("usage")
         rows.append({
-            "number": t.number,
+            "number": trial_index(t),
             "family": t.user_attrs.get("family", t.params.get("family")),
             "params": {k: v for k, v in t.params.items() if k != "family"},
             "state": t.state.name,

@@ -4,12 +4,16 @@ Each trial picks a family and its hyperparameters, trains, quantises, lowers and
 pipeline on the target. The metric is measured on a validation split; the target's feasibility
 becomes Optuna constraints (<= 0 is feasible), so an infeasible point is recorded as infeasible,
 not as a bad score, and the TPE sampler learns to avoid that region. Studies live in SQLite so an
-interrupted compile resumes.
+interrupted compile resumes, and a resumed search draws exactly the configurations an
+uninterrupted one with the same seed draws.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -17,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
-from homunculus.errors import InfeasibleError
+from homunculus.errors import InfeasibleError, ResumeError
+from homunculus.faults import checkpoint
 from homunculus.models.base import get_family
 from homunculus.search.problem import (
     MERGE_PARAM,
@@ -85,14 +91,128 @@ class SearchResult:
     trials: list[optuna.trial.FrozenTrial] = field(default_factory=list)
 
 
-def make_sampler(kind: str, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+def startup_trials(n_trials: int | None) -> int:
+    """Random trials before TPE models the history (fixed when the study is created)."""
+    return max(5, min(10, (n_trials or 30) // 3))
+
+
+def make_sampler(kind: str, seed: int, n_trials: int | None,
+                 n_startup: int | None = None) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    startup = max(5, min(10, (n_trials or 30) // 3))
+    startup = startup_trials(n_trials) if n_startup is None else n_startup
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           n_startup_trials=startup)
+
+
+# ----------------------------------------------------------------------------- sampler state
+#
+# A sampler's only hidden state is its random generators: everything else it derives from the
+# finished trials. Once a trial has drawn its configuration, the generators' state is saved in
+# the study (with the previous counted trial's, so a crash between saving and finishing the trial
+# leaves a usable one). A resumed search restores the state of its last counted trial, so it draws
+# exactly what an uninterrupted search with the same seed draws. The state is stored as plain
+# numbers, never as a pickle: a study file may come from anyone.
+
+STATE_ATTR = "homunculus_sampler_states"
+SETTINGS_ATTR = "homunculus_search"
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_MT_WORDS = 624
+
+
+def _generators(sampler: optuna.samplers.BaseSampler) -> list[np.random.RandomState]:
+    """The random generators of a sampler made by make_sampler (TPE: its own and that of its
+    random start-up sampler)."""
+    out = []
+    for owner in (sampler, getattr(sampler, "_random_sampler", None)):
+        lazy = getattr(owner, "_rng", None)
+        if lazy is not None:
+            out.append(lazy.rng)
+    return out
+
+
+def sampler_state(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
+    """The sampler's generator states as JSON-able values."""
+    states = []
+    for rng in _generators(sampler):
+        _, key, pos, has_gauss, gauss = rng.get_state(legacy=True)
+        states.append({"key": base64.b64encode(np.asarray(key, "<u4").tobytes()).decode(),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)})
+    return states
+
+
+def restore_sampler_state(sampler: optuna.samplers.BaseSampler,
+                          states: list[dict[str, Any]]) -> bool:
+    """Set the sampler's generators to ``states``; False (sampler untouched) if they don't fit."""
+    rngs = _generators(sampler)
+    try:
+        if len(states) != len(rngs):
+            return False
+        decoded = []
+        for st in states:
+            key = np.frombuffer(base64.b64decode(st["key"], validate=True), "<u4")
+            pos, has_gauss, gauss = int(st["pos"]), int(st["has_gauss"]), float(st["gauss"])
+            if len(key) != _MT_WORDS or not 0 <= pos <= _MT_WORDS or has_gauss not in (0, 1):
+                return False
+            decoded.append(("MT19937", key.astype(np.uint32), pos, has_gauss, gauss))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return False
+    for rng, st in zip(rngs, decoded, strict=True):
+        rng.set_state(st)
+    return True
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards the budget and the report: complete or pruned. A trial whose
+    process died (failed) does not count; its configuration is drawn again."""
+    return study.get_trials(deepcopy=False, states=COUNTED)
+
+
+def save_sampler_state(study: optuna.Study, trial_number: int) -> None:
+    """Store the sampler state after ``trial_number`` drew its configuration, keeping the state
+    of the latest counted trial before it."""
+    counted = {t.number for t in counted_trials(study)}
+    stored = [e for e in study.user_attrs.get(STATE_ATTR, [])
+              if isinstance(e, dict) and e.get("trial") in counted][-1:]
+    study.set_user_attr(STATE_ATTR, [*stored, {"trial": trial_number,
+                                               "state": sampler_state(study.sampler)}])
+
+
+def resume_sampler_state(study: optuna.Study) -> None:
+    """Restore the state saved by the latest counted trial (none saved: the fresh sampler)."""
+    counted = {t.number for t in counted_trials(study)}
+    saved = [e for e in study.user_attrs.get(STATE_ATTR, [])
+             if isinstance(e, dict) and e.get("trial") in counted]
+    if saved:
+        restore_sampler_state(study.sampler, saved[-1].get("state", []))
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark the trials a dead process left RUNNING as failed; their numbers. Call only while
+    holding the OUT lock: no live process can then be running one of them.
+
+    A stale trial that was queued (a warm-start default) is queued again, ahead of the trials
+    still waiting (which are re-queued behind it, their old entries failed), so the queued
+    configurations run in their original order.
+    """
+    states = optuna.trial.TrialState
+    stale = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+    waiting = study.get_trials(deepcopy=False, states=(states.WAITING,))
+    queued = [t.system_attrs["fixed_params"] for t in stale if "fixed_params" in t.system_attrs]
+    storage = study._storage
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, "failed", "the compile running it died")
+        storage.set_trial_state_values(t._trial_id, states.FAIL)
+    if queued:
+        for t in waiting:
+            storage.set_trial_user_attr(t._trial_id, "failed", "queued again behind a trial "
+                                                               "whose compile died")
+            storage.set_trial_state_values(t._trial_id, states.FAIL)
+        for params in queued + [t.system_attrs.get("fixed_params", {}) for t in waiting]:
+            study.enqueue_trial(params, skip_if_exists=False)
+    return [t.number for t in stale]
 
 
 def record(trial: optuna.Trial, ev: Evaluation, verdict: OracleVerdict | None = None) -> None:
@@ -141,17 +261,88 @@ def suggest_configuration(trial: optuna.Trial, families: list[str], can_merge: b
     return family, params
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between a stored search's settings and this compile's, for a message."""
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        a, b = stored.get(key), now.get(key)
+        if a != b:
+            if key == "data":
+                out.append("data (the training or validation data differ)")
+            else:
+                out.append(f"{key} (stored {_short(a)}, now {_short(b)})")
+    return out
+
+
+def check_resumable(study: optuna.Study, settings: dict[str, Any]) -> None:
+    """Refuse to continue a study made with other settings (families, space, data, seed...)."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if isinstance(stored, dict):
+        diff = differences(stored, settings)
+        if diff:
+            raise ResumeError("cannot resume: the stored search was made with a different spec; "
+                              "it differs in " + "; ".join(diff) + ". Compile without --resume "
+                              "to start a new search")
+        return
+    families = settings.get("families")
+    for t in counted_trials(study):  # a study of an earlier version: compare family choices
+        dist = t.distributions.get("family")
+        if (families is not None and isinstance(dist, optuna.distributions.CategoricalDistribution)
+                and list(dist.choices) != list(families)):
+            raise ResumeError(f"cannot resume: the stored search chose among families "
+                              f"{list(dist.choices)}, this spec among {list(families)}. Compile "
+                              "without --resume to start a new search")
+
+
 def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampler_kind: str,
-               seed: int, budget: Budget, resume: bool) -> optuna.Study:
+               seed: int, budget: Budget, resume: bool,
+               settings: dict[str, Any] | None = None, missing_ok: bool = False
+               ) -> optuna.Study:
+    """Create (or, with ``resume``, continue) the study ``name`` in SQLite at ``storage_path``.
+
+    ``settings`` (families, features, a digest of the data...) are stored with a new study, and
+    resuming with different ones raises ResumeError. In a resumed study, trials a dead process
+    left running are marked failed and the sampler continues from its saved state. With
+    ``missing_ok``, resuming a file that holds no study yet (its compile died before creating
+    it) starts one.
+    """
     storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
-    if not resume:
+    stored: dict[str, Any] = {}
+    if resume:
+        try:
+            stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
+                SETTINGS_ATTR) or {}
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            if missing_ok and not names:
+                return open_study(storage_path, name, objectives, sampler_kind, seed, budget,
+                                  False, settings)
+            raise ResumeError(f"--resume: the stored study is {names or 'missing'} but this "
+                              f"spec's is '{name}' (another spec name?); compile without "
+                              "--resume to start a new search") from None
+    else:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
-    return optuna.create_study(
-        study_name=name, storage=storage, load_if_exists=resume,
-        directions=directions(objectives),
-        sampler=make_sampler(sampler_kind, seed, budget.trials),
-    )
+    n_startup = stored.get("n_startup", startup_trials(budget.trials))
+    if not isinstance(n_startup, int):
+        n_startup = startup_trials(budget.trials)
+    full = {"sampler": sampler_kind, "seed": seed, "objectives": list(objectives),
+            "n_startup": n_startup, **(settings or {})}
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=resume,
+                                directions=directions(objectives),
+                                sampler=make_sampler(sampler_kind, seed, budget.trials, n_startup))
+    if resume:
+        check_resumable(study, full)
+        fail_stale_trials(study)
+        resume_sampler_state(study)
+    if SETTINGS_ATTR not in study.user_attrs:
+        study.set_user_attr(SETTINGS_ATTR, full)
+    return study
 
 
 def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None:
@@ -169,16 +360,24 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
                oracle: Oracle | None = None) -> SearchResult:
     """Run the remaining budget of ``study`` and return its best feasible trial.
 
-    With an ``oracle``, every trial the estimate finds feasible is also judged by it.
+    With an ``oracle``, every trial the estimate finds feasible is also judged by it. Only
+    counted trials (complete or pruned) use up the budget and appear in the result; each
+    records its position among them (``index``), which a resumed search shares with an
+    uninterrupted one.
     """
     progress = progress or SearchProgress()
     can_merge = merge_budget(problem) is not None
     n_select = len(problem.dataset.features) if problem.select_features else 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for t in counted_trials(study):
         progress.record(t)
 
     def objective(trial: optuna.Trial) -> list[float]:
-        family, params = suggest_configuration(trial, families, can_merge, n_select)
+        trial.set_user_attr("index", len(counted_trials(study)))
+        try:
+            family, params = suggest_configuration(trial, families, can_merge, n_select)
+        finally:
+            save_sampler_state(study, trial.number)
+        checkpoint("mid-trial")
         try:
             ev = evaluate(problem, family, params)
         except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
@@ -187,17 +386,26 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         record(trial, ev, verdict)
         return objective_values(ev, objectives)
 
-    if not study.get_trials(deepcopy=False):
-        warm_start(study, families, budget)
-    finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    remaining = None if budget.trials is None else max(budget.trials - finished, 0)
+    def finished(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        progress.record(trial)
+        checkpoint("after-trial")
+
+    warm_start(study, families, budget)  # queues only what is not queued or run yet
+    remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
+                                                       0)
     start = time.monotonic()
     if remaining != 0:
         study.optimize(objective, n_trials=remaining, timeout=budget.seconds,
-                       callbacks=[lambda _s, t: progress.record(t)], catch=())
+                       callbacks=[finished], catch=())
     seconds = time.monotonic() - start
-    trials = study.get_trials(deepcopy=False)
+    trials = counted_trials(study)
     return SearchResult(study, pick_best(trials, objectives), seconds, trials)
+
+
+def trial_index(trial: optuna.trial.FrozenTrial) -> int:
+    """A trial's position among the counted trials of its search (its number if unrecorded)."""
+    index = trial.user_attrs.get("index")
+    return index if isinstance(index, int) else trial.number
 
 
 def pick_best(trials: list[optuna.trial.FrozenTrial],
@@ -209,7 +417,7 @@ def pick_best(trials: list[optuna.trial.FrozenTrial],
         raise InfeasibleError(infeasibility_message(complete))
     tie_break = next((o for o in objectives if o != "metric"), "entries")
     return max(feasible, key=lambda t: (t.user_attrs["metric"],
-                                        -t.user_attrs["usage"][tie_break], -t.number))
+                                        -t.user_attrs["usage"][tie_break], -trial_index(t)))
 
 
 def infeasibility_message(trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -227,11 +435,11 @@ def infeasibility_message(trials: list[optuna.trial.FrozenTrial]) -> str:
     if key == ORACLE_KEY:
         first = next(t for t in trials if t.user_attrs.get("binding") == ORACLE_KEY)
         return (f"no feasible pipeline in {len(trials)} trials: the P4 compiler turned down "
-                f"{binding[key]} of them (first: trial {first.number}, "
+                f"{binding[key]} of them (first: trial {trial_index(first)}, "
                 f"{first.user_attrs['family']}: {first.user_attrs[ORACLE_KEY]['reason']})")
     pick = min if key != "throughput_gpps" else max
     best = pick(trials, key=lambda t: t.user_attrs["usage"][key])
     return (f"no feasible pipeline in {len(trials)} trials: the binding constraint is '{key}' "
             f"(binding in {binding[key]} trials); the smallest use seen was "
-            f"{best.user_attrs['usage'][key]:g} {UNITS[key]} (trial {best.number}, "
+            f"{best.user_attrs['usage'][key]:g} {UNITS[key]} (trial {trial_index(best)}, "
             f"{best.user_attrs['family']}): {'; '.join(best.user_attrs['violations'])}")

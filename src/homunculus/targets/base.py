@@ -122,7 +122,32 @@ def with_field_overrides(obj: Any, overrides: dict[str, Any], fixed: tuple[str, 
     bad = sorted(set(overrides) - known)
     if bad:
         raise KeyError(f"unknown profile field(s) {bad}; known: {sorted(known)}")
+    types = {f.name: str(f.type) for f in fields(obj)}
+    for key, value in overrides.items():
+        check_profile_value(key, value, types[key])
     return replace(obj, **overrides)
+
+
+MAX_PROFILE_INT = 2**31 - 1
+MAX_PROFILE_FLOAT = 1e12
+
+
+def check_profile_value(key: str, value: Any, annotation: str) -> None:
+    """A profile override must have its field's type: a bool, a count in 1..2^31-1, or a finite
+    non-negative number (ValueError otherwise)."""
+    if "bool" in annotation:
+        if not isinstance(value, bool):
+            raise ValueError(f"profile field '{key}' is true or false, not {value!r}")
+    elif "int" in annotation:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                1 <= value <= MAX_PROFILE_INT):
+            raise ValueError(f"profile field '{key}' is a whole number in "
+                             f"1..{MAX_PROFILE_INT}, not {value!r}")
+    elif "float" in annotation and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_PROFILE_FLOAT):
+        raise ValueError(f"profile field '{key}' is a number in 0..{MAX_PROFILE_FLOAT:g}, "
+                         f"not {value!r}")
 
 
 class Target(Protocol):

@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: Python, gcc (C target), clang/llvm/libbpf/bpftool (XDP target), iproute2
-# (network namespaces for the live XDP tests). Installed only when something is missing.
-APT_PACKAGES="gcc make clang llvm libbpf-dev bpftool iproute2"
+# (network namespaces for the live XDP tests), postgresql (the distributed-search tests start
+# their own throwaway server with its initdb and pg_ctl; the package's own cluster is not
+# used). Installed only when something is missing.
+APT_PACKAGES="gcc make clang llvm libbpf-dev bpftool iproute2 postgresql"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

@@ -8,6 +8,7 @@ never leaves a half-written OUT (the search database stays in OUT so ``--resume`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ import joblib
 import numpy as np
 
 from homunculus.data.dataset import Dataset
-from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.errors import NotSupportedError, SpecError, VerificationError
 from homunculus.frontend.plan import Plan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
@@ -35,6 +36,19 @@ from homunculus.report.summary import (
     trial_rows,
 )
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
+from homunculus.search.distributed import (
+    Shared,
+    Work,
+    check_settings,
+    counted_trials,
+    join_shared,
+    open_coordinated,
+    process_seed,
+    run_shared,
+    snapshot,
+    stored_settings,
+    with_sampler,
+)
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
     Evaluation,
@@ -43,7 +57,17 @@ from homunculus.search.problem import (
     make_problem,
     merge_budget,
 )
-from homunculus.search.study import Budget, open_study, run_search
+from homunculus.search.study import (
+    Budget,
+    SearchResult,
+    directions,
+    make_objective,
+    make_sampler,
+    open_study,
+    pick_best,
+    run_search,
+    warm_start,
+)
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target
 from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
@@ -60,6 +84,18 @@ class CompileOptions:
     p4c: str | None = None  # the P4 compiler to run (overrides platform.toolchain and PATH)
     p4c_timeout: float | None = None  # seconds per compiler run (None: the hook's default)
     toolchain_feasibility: bool = False  # the compiler judges each trial (also search.*)
+    shared: Shared | None = None  # a study shared with workers (--storage, --study)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """``homunculus worker``: the shared study to join and how long to wait for it."""
+
+    shared: Shared
+    wait_s: float = 60.0
+    progress: bool = True
+    p4c: str | None = None
+    p4c_timeout: float | None = None
 
 
 @dataclass
@@ -139,6 +175,30 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
                            plan.search.validation_fraction, plan.select_features,
                            plan.search.cv_folds)
     return problem, requested
+
+
+def search_settings(problem: Problem, allowed: list[str]) -> dict[str, Any]:
+    """What a stored search depends on besides its seed: a study continued or joined by a
+    worker must match it (the data by a digest of the training rows and folds)."""
+    ds = problem.dataset
+    digest = hashlib.sha256()
+    arrays = [ds.x_train, ds.y_train, *(rows for fold in problem.folds for rows in fold)]
+    for arr in arrays:
+        digest.update(repr((arr.shape, arr.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    digest.update(json.dumps(list(ds.class_labels)).encode())
+    v = problem.verdict
+    settings = {
+        "families": list(allowed), "metric": problem.metric, "positive": problem.positive,
+        "features": [[f.name, f.width, f.field, f.kind] for f in ds.features],
+        "select_features": problem.select_features, "target": problem.target.name,
+        "profile": profile_of(problem.target), "limits": problem.limits.as_dict(),
+        "verdict": {"kind": v.kind.value, "default_port": v.default_port,
+                    "ports": sorted(v.ports.items()), "drop": sorted(v.drop),
+                    "dscp": sorted(v.dscp.items())},
+        "data": digest.hexdigest()[:24],
+    }
+    return json.loads(json.dumps(settings, default=str))  # as the study stores it
 
 
 def choose_candidates(problem: Problem, requested: list[str] | None
@@ -227,13 +287,20 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
     candidates, allowed = choose_candidates(problem, requested)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
+    if options.shared is not None and options.resume:
+        raise SpecError("--resume continues the study kept in OUT; a --storage study is always "
+                        "continued when it exists: drop --resume")
     out_dir = options.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     objectives = tuple(plan.model.objectives)
-    study = open_study(out_dir / "study.db", sanitise_identifier(plan.name, "study"), objectives,
-                       plan.search.sampler, seed, budget, options.resume)
-    with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-        result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
+    if options.shared is not None:
+        settings = shared_settings(plan, problem, allowed, seed, oracle is not None)
+        result = coordinate(plan, problem, allowed, budget, settings, oracle, options)
+    else:
+        study = open_study(out_dir / "study.db", sanitise_identifier(plan.name, "study"),
+                           objectives, plan.search.sampler, seed, budget, options.resume)
+        with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+            result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
     best = result.best_trial
     family = best.params["family"]
     params = {k: v for k, v in best.params.items() if k != "family"}
@@ -250,17 +317,90 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         packet_check = verify_packets(staging, problem.dataset, problem.target)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
         report["packet_simulation"] = packet_check
+        if options.shared is not None:
+            report["search"]["shared"] = shared_section(options.shared, result.trials)
         report["traffic"] = traffic_section(problem.dataset)
         report["toolchain"] = toolchain
         label_resources(report["resources"], toolchain)
         (staging / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
         write_report(staging, report)
-        shutil.copy2(out_dir / "study.db", staging / "study.db")
+        if options.shared is not None:
+            (out_dir / "study.db").unlink(missing_ok=True)
+            snapshot(result.study, staging / "study.db")  # a record of the shared search
+        else:
+            shutil.copy2(out_dir / "study.db", staging / "study.db")
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out_dir, family, params, report["metrics"], report)
+
+
+# ----------------------------------------------------------------------------- shared search
+
+
+def shared_settings(plan: Plan, problem: Problem, allowed: list[str], seed: int,
+                    judged: bool) -> dict[str, Any]:
+    """Everything a worker must agree on with the coordinator (the data included)."""
+    return {**search_settings(problem, allowed), "seed": seed, "sampler": plan.search.sampler,
+            "objectives": list(plan.model.objectives), "toolchain_feasibility": judged}
+
+
+def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
+               settings: dict[str, Any], oracle: Any, options: CompileOptions) -> SearchResult:
+    """Create or continue the shared study, run trials beside the workers until the budget is
+    counted, and return the study's best trial."""
+    assert options.shared is not None
+    objectives = tuple(plan.model.objectives)
+    study = open_coordinated(options.shared, settings, directions(objectives), budget.trials,
+                             budget.seconds, lambda st: warm_start(st, allowed, budget))
+    sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
+                           concurrent=True)
+    study = with_sampler(study, options.shared, sampler)
+    with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+        work = run_shared(study, make_objective(problem, allowed, objectives, oracle),
+                          progress.record)
+    trials = counted_trials(study)
+    return SearchResult(study, pick_best(trials, objectives), work.seconds, trials)
+
+
+def shared_section(shared: Shared, trials: list[Any]) -> dict[str, Any]:
+    """The report's account of a shared search: where, and which processes ran its trials."""
+    workers: dict[str, int] = {}
+    for t in trials:
+        name = str(t.user_attrs.get("worker", "?"))
+        workers[name] = workers.get(name, 0) + 1
+    retried = sum(1 for t in trials if "failed_trial" in t.system_attrs)
+    return {"storage": shared.storage.shown, "study": shared.study, "workers": workers,
+            "retried": retried}
+
+
+def work_plan(plan: Plan, options: WorkerOptions) -> Work:
+    """``homunculus worker``: join the shared study, check that this spec and data are the ones
+    it was made from, and run its trials until the budget is counted."""
+    if plan.n_models != 1:
+        raise NotSupportedError("schedules of more than one model are not supported yet")
+    study = join_shared(options.shared, options.wait_s)
+    stored = stored_settings(study)
+    seed = stored.get("seed")
+    if not isinstance(seed, int):
+        raise SpecError(f"study '{options.shared.study}' holds no seed: it was not made by "
+                        "homunculus compile --storage")
+    problem, requested = build_problem(plan, seed)
+    hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
+    judged = bool(stored.get("toolchain_feasibility"))
+    oracle = make_oracle(hook, sanitise_identifier(plan.name, "hmn"), problem.limits) \
+        if judged else None
+    _, allowed = choose_candidates(problem, requested)
+    check_settings(study, shared_settings(plan, problem, allowed, seed, judged), options.shared,
+                   "worker")
+    objectives = tuple(plan.model.objectives)
+    trials = study.user_attrs.get("homunculus_shared", {}).get("trials")
+    sampler = make_sampler(plan.search.sampler, process_seed(seed), trials, concurrent=True)
+    study = with_sampler(study, options.shared, sampler)
+    with search_progress(trials, plan.model.metric, options.progress) as progress:
+        return run_shared(study, make_objective(problem, allowed, objectives, oracle),
+                          progress.record)
 
 
 def label_resources(resources: dict[str, Any], toolchain: dict[str, Any]) -> None:

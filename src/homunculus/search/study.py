@@ -85,14 +85,17 @@ class SearchResult:
     trials: list[optuna.trial.FrozenTrial] = field(default_factory=list)
 
 
-def make_sampler(kind: str, seed: int, n_trials: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int, n_trials: int | None,
+                 concurrent: bool = False) -> optuna.samplers.BaseSampler:
+    """The sampler of a search; ``concurrent``: other processes run trials of the same study
+    at the same time (TPE then counts their running trials as bad points: constant liar)."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = max(5, min(10, (n_trials or 30) // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=startup)
+                                          n_startup_trials=startup, constant_liar=concurrent)
 
 
 def record(trial: optuna.Trial, ev: Evaluation, verdict: OracleVerdict | None = None) -> None:
@@ -163,19 +166,11 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None
                             skip_if_exists=True)
 
 
-def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
-               budget: Budget, study: optuna.Study,
-               progress: SearchProgress | None = None,
-               oracle: Oracle | None = None) -> SearchResult:
-    """Run the remaining budget of ``study`` and return its best feasible trial.
-
-    With an ``oracle``, every trial the estimate finds feasible is also judged by it.
-    """
-    progress = progress or SearchProgress()
+def make_objective(problem: Problem, families: list[str], objectives: tuple[str, ...],
+                   oracle: Oracle | None = None) -> Callable[[optuna.Trial], list[float]]:
+    """The function a trial runs: draw a configuration, evaluate it, record it."""
     can_merge = merge_budget(problem) is not None
     n_select = len(problem.dataset.features) if problem.select_features else 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        progress.record(t)
 
     def objective(trial: optuna.Trial) -> list[float]:
         family, params = suggest_configuration(trial, families, can_merge, n_select)
@@ -187,6 +182,21 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         record(trial, ev, verdict)
         return objective_values(ev, objectives)
 
+    return objective
+
+
+def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
+               budget: Budget, study: optuna.Study,
+               progress: SearchProgress | None = None,
+               oracle: Oracle | None = None) -> SearchResult:
+    """Run the remaining budget of ``study`` and return its best feasible trial.
+
+    With an ``oracle``, every trial the estimate finds feasible is also judged by it.
+    """
+    progress = progress or SearchProgress()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        progress.record(t)
+    objective = make_objective(problem, families, objectives, oracle)
     if not study.get_trials(deepcopy=False):
         warm_start(study, families, budget)
     finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])

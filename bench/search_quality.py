@@ -80,6 +80,16 @@ def _tpe(**kwargs: Any) -> Callable[[int, int], optuna.samplers.BaseSampler]:
     return make
 
 
+def _family(temperature: float, startup: int = 6
+            ) -> Callable[[int, int], optuna.samplers.BaseSampler]:
+    def make(seed: int, _n_warm: int) -> optuna.samplers.BaseSampler:
+        from homunculus.search.study import FamilySampler
+
+        tpe = _tpe(n_startup_trials=startup)(seed, 0)
+        return FamilySampler(tpe, seed + 1, temperature)
+    return make
+
+
 # name -> (sampler factory (seed, warm-start trials) or None for the compiler's, warm start?)
 VARIANTS: dict[str, tuple[Callable[[int, int], optuna.samplers.BaseSampler] | None, bool]] = {
     "bo": (None, True),
@@ -90,6 +100,9 @@ VARIANTS: dict[str, tuple[Callable[[int, int], optuna.samplers.BaseSampler] | No
     "tpe-warm-indep": (_tpe(n_startup_trials="warm", multivariate=False, group=False), True),
     "tpe-warm-ei64": (_tpe(n_startup_trials="warm", n_ei_candidates=64), True),
     "tpe5": (_tpe(n_startup_trials=5), False),
+    "fam02": (_family(0.02), True),
+    "fam05": (_family(0.05), True),
+    "fam01": (_family(0.01), True),
 }
 
 
@@ -109,7 +122,7 @@ def scored(setup: Any, trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]
     family = trial.params["family"]
     params = {k: v for k, v in trial.params.items() if k != "family"}
     ev = evaluate(setup.problem, family, params)
-    return {"family": family, "val": ev.metric, "test": test_metric(setup.problem, ev),
+    return {"family": family, "val": ev.metric, "test": test_metric(ev.problem, ev),
             "entries": ev.usage.entries, "stages": ev.usage.stages, "index": trial.number}
 
 
@@ -122,7 +135,7 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
         best = max(feasible, key=lambda ev: (ev.metric, -ev.usage.entries), default=None)
         row = None if best is None else {
             "family": best.family, "val": best.metric,
-            "test": test_metric(setup.problem, best), "entries": best.usage.entries,
+            "test": test_metric(best.problem, best), "entries": best.usage.entries,
             "stages": best.usage.stages, "index": evals.index(best)}
         return {"app": app, "seed": seed, "method": method, "short": row, "full": row,
                 "curve": [], "seconds": time.monotonic() - start, "evaluations": len(evals)}
@@ -262,8 +275,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = args.log or Path(tempfile.mkstemp(prefix="hmn-quality-", suffix=".jsonl")[1])
     start, source = time.monotonic(), source_state()
     if not args.report_only:
+        have = {(r["app"], r["seed"], r["method"]) for r in (
+            load_rows(log) if log.exists() else []) if r.get("trials") == args.trials}
         tasks = [(app, seed, m) for app in args.apps for seed in args.seeds
-                 for m in args.methods]
+                 for m in args.methods if (app, seed, m) not in have]  # resumes a cut run
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         with ProcessPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(run_method, app, seed, m, args.trials): (app, seed, m)

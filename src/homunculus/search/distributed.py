@@ -36,15 +36,14 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from homunculus.search.storage import (
-    MAX_RETRY,
     StorageError,
     StorageSpec,
     first_line,
     open_storage,
+    retry_callback,
 )
 
 SETTINGS_ATTR = "homunculus_search"  # what the study depends on (spec, data, seed...)
@@ -268,8 +267,7 @@ def fail_stale_journal(study: optuna.Study) -> list[int]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(
-            t._trial_id))
+        retry_callback()(study, storage.get_trial(t._trial_id))
         failed.append(t.number)
     return failed
 

@@ -75,6 +75,13 @@ def parse_storage(text: str) -> StorageSpec:
     return StorageSpec("rdb", url, hide_password(text))
 
 
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Queue a dead trial's configuration again (at most MAX_RETRY times)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
 def _engine_kwargs(spec: StorageSpec) -> dict:
     if spec.target.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
@@ -105,8 +112,7 @@ def open_storage(spec: StorageSpec, heartbeat: int | None = None,
     kwargs: dict = {}
     if heartbeat is not None:
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": grace or 3 * heartbeat,
-                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                      max_retry=MAX_RETRY)}
+                  "heartbeat_stale_trial_callback": retry_callback()}
     for attempt in range(SETUP_ATTEMPTS):
         try:
             with warnings.catch_warnings():

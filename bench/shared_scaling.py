@@ -13,12 +13,15 @@ shared loop on PostgreSQL, through the shared loop on a journal file, and throug
 in-memory ``study.optimize``; the difference per trial is what sharing costs each trial.
 
     python bench/shared_scaling.py [--spec examples/iot/spec.yaml] [--trials 40] \
-        [--workers 1 2 4] [--noop-trials 100]
+        [--workers 1 2 4] [--noop-trials 100] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,9 +61,17 @@ def throughput(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
     return 60.0 * len(done) / span, span
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_processes(spec: Path, storage: str | None, name: str, trials: int, workers: int,
-                  tmp: Path) -> tuple[list[optuna.trial.FrozenTrial], float]:
+                  tmp: Path) -> tuple[list[optuna.trial.FrozenTrial], float, float]:
+    """Run one compile (+ workers); its trials, wall seconds and CPU seconds (all processes,
+    start-up included; the PostgreSQL server's own CPU is not counted)."""
     out = tmp / f"out-{name}"
+    cpu = children_cpu()
     shared = [] if storage is None else ["--storage", storage, "--study", name]
     start = time.monotonic()
     procs = [subprocess.Popen([HOMUNCULUS, "worker", str(spec), *shared, "--wait", "600",
@@ -76,26 +87,38 @@ def run_processes(spec: Path, storage: str | None, name: str, trials: int, worke
         raise RuntimeError(f"run {name} failed: {coordinator.stderr[-2000:]}")
     study = optuna.load_study(study_name=optuna.get_all_study_names(
         f"sqlite:///{out / 'study.db'}")[0], storage=f"sqlite:///{out / 'study.db'}")
-    return study.trials, wall
+    shutil.rmtree(out, ignore_errors=True)
+    return study.trials, wall, children_cpu() - cpu
 
 
-def scaling_table(spec: Path, dsn: str, trials: int, counts: Sequence[int], tmp: Path) -> str:
+def scaling_table(spec: Path, dsn: str, trials: int, counts: Sequence[int], rounds: int,
+                  tmp: Path) -> str:
+    """Each configuration once per round, rounds interleaved (the machine's load drifts)."""
+    configs = [("plain", 1), *(("shared", w) for w in counts)]
+    runs: dict[tuple[str, int], list[tuple[float, float, float, str]]] = {c: [] for c in configs}
+    for r in range(rounds):
+        for kind, w in configs:
+            got, wall, cpu = run_processes(spec, dsn if kind == "shared" else None,
+                                           f"{kind}{w}r{r}", trials, w, tmp)
+            rate, span = throughput(got)
+            done = [t for t in got if t.state in COUNTED]
+            per = sorted({str(t.user_attrs.get("worker")) for t in done})
+            shares = [sum(1 for t in done if str(t.user_attrs.get("worker")) == p) for p in per]
+            runs[kind, w].append((rate, wall, cpu / len(done),
+                                  " / ".join(map(str, shares)) if kind == "shared" else "-"))
+    ref = statistics.fmean(x[0] for x in runs["plain", 1])
     rows = []
-    base, wall = run_processes(spec, None, "local", trials, 1, tmp)
-    ref, span = throughput(base)
-    rows.append(["1 (plain compile, SQLite in OUT)", f"{ref:.1f}", "1.00", f"{span:.0f}",
-                 f"{wall:.0f}", "-"])
-    for w in counts:
-        got, wall = run_processes(spec, dsn, f"scale{w}", trials, w, tmp)
-        rate, span = throughput(got)
-        per = sorted({str(t.user_attrs.get("worker")) for t in got if t.state in COUNTED})
-        shares = [sum(1 for t in got if t.state in COUNTED and
-                      str(t.user_attrs.get("worker")) == p) for p in per]
-        rows.append([f"{w} (PostgreSQL)", f"{rate:.1f}", f"{rate / ref:.2f}", f"{span:.0f}",
-                     f"{wall:.0f}", " / ".join(map(str, shares))])
-    return markdown_table(["processes (coordinator + workers)", "trials / min",
-                           "vs plain compile", "search span s", "wall s (whole compile)",
-                           "trials per process"], rows)
+    for kind, w in configs:
+        rates = [x[0] for x in runs[kind, w]]
+        label = "1 (plain compile, SQLite in OUT)" if kind == "plain" else f"{w} (PostgreSQL)"
+        rows.append([label, " / ".join(f"{x:.1f}" for x in rates),
+                     f"{statistics.fmean(rates) / ref:.2f}",
+                     " / ".join(f"{x[1]:.0f}" for x in runs[kind, w]),
+                     f"{statistics.fmean(x[2] for x in runs[kind, w]):.2f}",
+                     "; ".join(x[3] for x in runs[kind, w])])
+    return markdown_table(["processes (coordinator + workers)", "trials / min (each round)",
+                           "mean vs plain compile", "wall s (whole compile, each round)",
+                           "CPU s per trial (all processes)", "trials per process"], rows)
 
 
 def noop_objective(setup, families):  # noqa: ANN001, ANN201
@@ -133,6 +156,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--noop-trials", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
     return parser.parse_args(argv)
 
 
@@ -143,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="hmn-scaling-") as tmp, \
             postgres_server("hmn-pg-bench-") as dsn:
         overhead = overhead_table(args.spec, dsn, args.noop_trials, Path(tmp))
-        scaling = scaling_table(args.spec, dsn, args.trials, args.workers, Path(tmp))
+        scaling = scaling_table(args.spec, dsn, args.trials, args.workers, args.rounds,
+                                Path(tmp))
     print(f"## Shared search: {args.spec.name}, {args.trials} trials\n\n{scaling}\n\n"
           f"Coordination overhead ({args.noop_trials} no-op trials):\n\n{overhead}\n\n"
           f"Wall time {time.monotonic() - start:.0f} s. Machine: {machine()}. Source: {source}.")

@@ -222,3 +222,39 @@ def test_resume_is_not_for_a_shared_study(tmp_path, example_csv) -> None:
     result = run_cli("compile", str(spec), "-o", str(tmp_path / "out"), "--resume",
                      "--storage", f"journal:{tmp_path / 'j.log'}", "--study", "s")
     assert result.exit_code == 2 and "drop --resume" in result.output
+
+
+SCRIPT = """\
+import numpy as np
+from homunculus.alchemy import DataLoader, Feature, Model, Platforms, Verdict, generate
+
+rng = np.random.default_rng({seed})
+x = np.stack([rng.integers(0, 256, 300), rng.integers(0, 65536, 300)], 1)
+y = np.where(x[:, 0] > 128, "attack", "benign")
+
+
+@DataLoader(features=[Feature("a", 8, field="ipv4.ttl"), Feature("b", 16)])
+def load():
+    return x[:200], y[:200], x[200:], y[200:]
+
+
+model = Model("toy", data=load, metric="f1_macro", algorithms=["dt", "gnb"],
+              verdict=Verdict.drop(["attack"]))
+platform = Platforms.BMv2()
+platform.schedule(model)
+generate(platform, "out", trials=4, progress=False)
+"""
+
+
+def test_python_specs_coordinate_and_join(tmp_path) -> None:
+    script = write_spec(tmp_path / "toy.py", SCRIPT.format(seed=0))
+    journal = f"journal:{tmp_path / 'j.log'}"
+    result = run_cli("compile", str(script), "-o", str(tmp_path / "out"), "--storage", journal,
+                     "--study", "py")
+    assert result.exit_code == 0, result.output
+    assert len(load(journal, "py").get_trials(states=COUNTED)) == 4
+    joined = run_cli("worker", str(script), "--storage", journal, "--study", "py", "--wait", "0")
+    assert joined.exit_code == 0 and "counts 4" in joined.output, joined.output
+    other = write_spec(tmp_path / "other.py", SCRIPT.format(seed=1))
+    refused = run_cli("worker", str(other), "--storage", journal, "--study", "py", "--wait", "0")
+    assert refused.exit_code == 2 and "the data" in refused.output, refused.output

@@ -220,7 +220,7 @@ def reach(rows: list[dict[str, Any]], app: str, method: str, short: int) -> str:
 def report(rows: list[dict[str, Any]], methods: Sequence[str], apps: Sequence[str],
            trials: int) -> str:
     parts = []
-    for which, n in (("short", SHORT), ("full", trials)):
+    for which, n in (("short", SHORT), ("full", trials))[:1 if trials <= SHORT else 2]:
         table = []
         for app in apps:
             for m in methods:

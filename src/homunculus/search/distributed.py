@@ -215,8 +215,8 @@ def is_journal(study: optuna.Study) -> bool:
 def check_room(study: optuna.Study, trial: optuna.Trial) -> None:
     """Raise SurplusTrial if the trials before this one already take the whole budget."""
     trials, _ = budget_of(study)
-    if trials is None:
-        return
+    if trials is None or trial.number < trials:
+        return  # fewer trials than the budget were created before this one: it has room
     ahead = [t for t in study.get_trials(deepcopy=False, states=TAKEN)
              if t.number < trial.number]
     if len(ahead) >= trials:
@@ -312,8 +312,10 @@ def run_shared(study: optuna.Study, objective: Callable[[optuna.Trial], Any],
     running); ``on_counted`` is called once for every counted trial of any process."""
     work, seen, start = Work(), set(), time.monotonic()
     guarded = shared_objective(study, objective)
+    idle = False
     while True:
-        fail_stale(study)
+        if idle:  # (a process that starts a trial fails stale ones first: Optuna does)
+            fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         for t in trials:
             if t.state in COUNTED and t.number not in seen:
@@ -325,10 +327,14 @@ def run_shared(study: optuna.Study, objective: Callable[[optuna.Trial], Any],
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if budget is not None and len(seen) >= budget:
             break
+        idle = True
         if stop_at is not None and time.time() >= stop_at:
             if not running:
                 break
         elif waiting or budget is None or len(seen) + running < budget:
+            idle = False
+            if is_journal(study):
+                fail_stale(study)  # Optuna only does this for databases
             work.ran += 1
             # UpdateFinishedTrialError: the trial was declared dead (no beat in time) and
             # queued again while it ran here

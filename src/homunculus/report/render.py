@@ -482,9 +482,11 @@ def _trial_rows(report: Mapping[str, Any], front: Iterable[Any]) -> list[dict]:
 
 def _stage_row(stage: Mapping[str, Any]) -> dict[str, Any]:
     tables = stage.get("tables") or []
+    ops = stage.get("ops") or []
     return {
         "stage": stage.get("stage"),
         "tables": [str(t) for t in tables] if isinstance(tables, list) else [str(tables)],
+        "ops": [str(o) for o in ops] if isinstance(ops, list) else [str(ops)],
         **{k: stage.get(k) for k in ("entries", "sram_bits", "tcam_bits")},
     }
 

@@ -132,12 +132,19 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
     env[argmax.output.name] = contenders[0][0]
 
 
-def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+def simulate(pipeline: Pipeline, x: np.ndarray,
+             extra: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
-    execution (tables, or the MLP's arg-max, then the verdict table)."""
+    execution (tables, or the MLP's arg-max, then the verdict table). ``extra``: other fields
+    the tables read (the model version of versioned programs; 0 when they read it and it is
+    not given)."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
+    if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
+        env["model_version"] = np.zeros(n, dtype=np.int64)
+    for name, values in (extra or {}).items():
+        env[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,)).copy()
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
     if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max

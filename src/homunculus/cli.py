@@ -81,26 +81,44 @@ def check_number(name: str, value: float | None, high: float) -> None:
         _fail(f"{name} must be a positive number of at most {high:g} (got {value})")
 
 
+def shared_of(storage: str | None, study: str | None, heartbeat: int):  # noqa: ANN201
+    """The shared study of --storage and --study (None without --storage)."""
+    from homunculus.search.distributed import Shared
+    from homunculus.search.storage import parse_storage
+
+    if storage is None:
+        if study is not None:
+            raise SpecError("--study names a study in --storage: give --storage too")
+        return None
+    if not study or not study.strip() or len(study) > 512:
+        raise SpecError("--storage needs --study NAME (the shared study's name, at most 512 "
+                        "characters)")
+    return Shared(parse_storage(storage), study, heartbeat)
+
+
 def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float | None,
                  resume: bool, seed: int | None, progress: bool, p4c: str | None = None,
                  p4c_timeout: float | None = None,
-                 toolchain_feasibility: bool = False):  # noqa: ANN201
-    """Compile a YAML spec or run a Python (Alchemy) script with these options."""
-    from homunculus.compile import CompileOptions, compile_plan
+                 toolchain_feasibility: bool = False, shared=None, worker=None):  # noqa: ANN001,ANN201
+    """Compile a YAML spec or run a Python (Alchemy) script with these options (with
+    ``worker``: run trials of a shared study instead)."""
+    from homunculus.compile import CompileOptions, compile_plan, work_plan
     from homunculus.frontend.alchemy import cli_overrides
     from homunculus.frontend.yaml_spec import plan_from_yaml
 
     if not spec.exists():
         raise SpecError("no such spec file", file=str(spec))
     if spec.suffix in (".yaml", ".yml"):
+        if worker is not None:
+            return work_plan(plan_from_yaml(spec), worker)
         options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, p4c,
-                                 p4c_timeout, toolchain_feasibility, (spec,))
+                                 p4c_timeout, toolchain_feasibility, (spec,), shared)
         return compile_plan(plan_from_yaml(spec), options)
     if spec.suffix == ".py":
         if not spec.is_file():
             raise SpecError("the spec is not a regular file", file=str(spec))
         with cli_overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
-                           toolchain_feasibility) as calls:
+                           toolchain_feasibility, shared, worker) as calls:
             sys.path.insert(0, str(spec.parent.resolve()))
             try:
                 runpy.run_path(str(spec), run_name="__main__")
@@ -129,16 +147,26 @@ def compile_command(
     toolchain_feasibility: Annotated[bool, typer.Option(
         "--toolchain-feasibility", help="a trial is feasible only if the P4 compiler accepts "
                                         "its program within the stage limit")] = False,
+    storage: Annotated[str | None, typer.Option(
+        help="share the search with workers: a PostgreSQL DSN (postgresql://user:pw@host/db), "
+             "sqlite:////path.db or journal:PATH (docs/distributed.md)")] = None,
+    study: Annotated[str | None, typer.Option(
+        help="name of the shared study in --storage")] = None,
+    heartbeat: Annotated[int, typer.Option(
+        help="seconds between a running trial's heartbeats in a shared study; a trial silent "
+             "for 3 heartbeats is declared dead and run again")] = 10,
 ) -> None:
     """Search, train, quantise, generate and verify a data-plane program."""
     check_count("--trials", trials, 1, MAX_TRIALS)
     check_number("--seconds", seconds, MAX_SECONDS)
     check_count("--seed", seed, 0, MAX_SEED)
     check_number("--p4c-timeout", p4c_timeout, MAX_SECONDS)
+    check_count("--heartbeat", heartbeat, 1, 3600)
     try:
         with user_errors():
+            shared = shared_of(storage, study, heartbeat)
             result = compile_spec(spec, out_dir, trials, seconds, resume, seed, progress, p4c,
-                                  p4c_timeout, toolchain_feasibility)
+                                  p4c_timeout, toolchain_feasibility, shared)
     except KeyboardInterrupt:
         say(err, ("interrupted: ", "bold red"), f"{shown(out_dir)} is unchanged; "
             "compile again with --resume to continue the search")
@@ -159,6 +187,32 @@ def compile_command(
         say(out, f"  {message(toolchain_line(result.report.get('toolchain') or {}), 1000)}")
     for warning in result.warnings:
         say(err, ("warning: ", "yellow"), message(warning))
+
+
+@app.command("worker")
+def worker_command(
+    spec: Annotated[Path, typer.Argument(help="the coordinator's spec (same data)")],
+    storage: Annotated[str, typer.Option(help="the shared study's storage (as the coordinator's "
+                                              "--storage)")],
+    study: Annotated[str, typer.Option(help="the shared study's name")],
+    wait: Annotated[float, typer.Option(
+        help="seconds to wait for the coordinator to create the study")] = 60.0,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    p4c: Annotated[str | None, typer.Option(
+        "--p4c", help="P4 compiler to judge trials with, when the study asks for it")] = None,
+) -> None:
+    """Run trials of a shared search (homunculus compile --storage ... --study ...) until its
+    budget is spent."""
+    from homunculus.compile import WorkerOptions
+
+    if not (math.isfinite(wait) and 0 <= wait <= 86400):
+        _fail("--wait must be in 0..86400 seconds")
+    with user_errors():
+        shared = shared_of(storage, study, 10)
+        work = compile_spec(spec, Path("out"), None, None, False, None, progress, p4c,
+                            worker=WorkerOptions(shared, wait, progress, p4c))
+    say(out, f"worker done: ran {work.ran} trial(s) of study '{shown(study)}'; the study counts "
+        f"{work.counted}")
 
 
 def toolchain_line(section: dict) -> str:

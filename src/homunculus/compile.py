@@ -20,7 +20,7 @@ import joblib
 import numpy as np
 
 from homunculus.data.dataset import Dataset
-from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.errors import NotSupportedError, SpecError, VerificationError
 from homunculus.faults import checkpoint
 from homunculus.frontend.plan import Plan
 from homunculus.frontend.spec import MAX_SEED
@@ -39,6 +39,19 @@ from homunculus.report.summary import (
     trial_rows,
 )
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
+from homunculus.search.distributed import (
+    Shared,
+    Work,
+    check_settings,
+    counted_trials,
+    join_shared,
+    open_coordinated,
+    process_seed,
+    run_shared,
+    snapshot,
+    stored_settings,
+    with_sampler,
+)
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
     Evaluation,
@@ -47,7 +60,18 @@ from homunculus.search.problem import (
     make_problem,
     merge_budget,
 )
-from homunculus.search.study import Budget, open_study, run_search, trial_index
+from homunculus.search.study import (
+    Budget,
+    SearchResult,
+    directions,
+    make_objective,
+    make_sampler,
+    open_study,
+    pick_best,
+    run_search,
+    trial_index,
+    warm_start,
+)
 from homunculus.targets.base import Limits, Target
 from homunculus.targets.registry import make_target, with_adapt
 from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
@@ -65,6 +89,18 @@ class CompileOptions:
     p4c_timeout: float | None = None  # seconds per compiler run (None: the hook's default)
     toolchain_feasibility: bool = False  # the compiler judges each trial (also search.*)
     inputs: tuple[Path, ...] = ()  # files the compile reads (OUT may not contain them)
+    shared: Shared | None = None  # a study shared with workers (--storage, --study)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """``homunculus worker``: the shared study to join and how long to wait for it."""
+
+    shared: Shared
+    wait_s: float = 60.0
+    progress: bool = True
+    p4c: str | None = None
+    p4c_timeout: float | None = None
 
 
 @dataclass
@@ -189,7 +225,8 @@ def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
 
 
 def search_settings(problem: Problem, allowed: list[str]) -> dict[str, Any]:
-    """What a stored search depends on besides its seed: a resumed search must match it."""
+    """What a stored search depends on besides its seed: a study continued or joined by a
+    worker must match it (the data by a digest of the training rows and folds)."""
     ds = problem.dataset
     digest = hashlib.sha256()
     arrays = [ds.x_train, ds.y_train, *(rows for fold in problem.folds for rows in fold)]
@@ -295,6 +332,9 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
                       options.seed is not None)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
+    if options.shared is not None and options.resume:
+        raise SpecError("--resume continues the study kept in OUT; a --storage study is always "
+                        "continued when it exists: drop --resume")
     out_dir = check_out_dir(options.out_dir, [*plan.inputs, *options.inputs])
     with open_output(out_dir) as output:
         output.start(options.resume)
@@ -305,18 +345,29 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         oracle = make_oracle(hook, program, problem.limits) if judged else None
         candidates, allowed = choose_candidates(problem, requested)
         objectives = tuple(plan.model.objectives)
-        settings = {**search_settings(problem, allowed), "toolchain_feasibility": judged}
-        study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
-                           objectives, plan.search.sampler, seed, budget,
-                           output.resumed is not None, settings,
-                           missing_ok=output.resumed == "partial")
-        with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
-            result = run_search(problem, allowed, objectives, budget, study, progress, oracle)
+        if options.shared is not None:
+            settings = shared_settings(plan, problem, allowed, seed, judged)
+            result = coordinate(plan, problem, allowed, budget, settings, oracle, options)
+        else:
+            settings = {**search_settings(problem, allowed), "toolchain_feasibility": judged}
+            study = open_study(output.study_path, sanitise_identifier(plan.name, "study"),
+                               objectives, plan.search.sampler, seed, budget,
+                               output.resumed is not None, settings,
+                               missing_ok=output.resumed == "partial")
+            with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+                result = run_search(problem, allowed, objectives, budget, study, progress,
+                                    oracle)
         best = result.best_trial
         family = best.params["family"]
         params = {k: v for k, v in best.params.items() if k != "family"}
         ev = evaluate(problem, family, params)  # trained on the whole training set
-        report = write_artefacts(output.work, plan, ev, result, candidates, seed, hook, program)
+        shared = None if options.shared is None else shared_section(options.shared,
+                                                                     result.trials)
+        report = write_artefacts(output.work, plan, ev, result, candidates, seed, hook, program,
+                                 shared)
+        if options.shared is not None:
+            output.study_path.unlink(missing_ok=True)
+            snapshot(result.study, output.study_path)  # a record of the shared search
         warnings = output.commit()
     left = [f"files added to {out_dir} during the compile were left in "
             f"{output.paths.partial}: {', '.join(warnings[:5])}"] if warnings else []
@@ -324,9 +375,10 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
 
 
 def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any, candidates: list[Any],
-                    seed: int, hook: Any, program: str) -> dict[str, Any]:
+                    seed: int, hook: Any, program: str,
+                    shared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Emit, verify (twin, then the vendor compiler if one runs) and report the chosen pipeline
-    into the workspace; the report."""
+    into the workspace; the report (``shared``: the account of a shared search)."""
     problem = ev.problem  # restricted to the chosen features when the search selects them
     problem.target.emit(ev.pipeline, work, program)
     (work / "pipeline.json").write_text(json.dumps(compiled_to_json(ev.pipeline)) + "\n")
@@ -338,12 +390,81 @@ def write_artefacts(work: Path, plan: Plan, ev: Evaluation, result: Any, candida
     packet_check = verify_packets(work, problem.dataset, problem.target)
     report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
     report["packet_simulation"] = packet_check
+    if shared is not None:
+        report["search"]["shared"] = shared
     report["traffic"] = traffic_section(problem.dataset)
     report["toolchain"] = toolchain
     label_resources(report["resources"], toolchain)
     (work / "resources.json").write_text(json.dumps(report["resources"], indent=1) + "\n")
     write_report(work, report)
     return report
+
+
+# ----------------------------------------------------------------------------- shared search
+
+
+def shared_settings(plan: Plan, problem: Problem, allowed: list[str], seed: int,
+                    judged: bool) -> dict[str, Any]:
+    """Everything a worker must agree on with the coordinator (the data included)."""
+    return {**search_settings(problem, allowed), "seed": seed, "sampler": plan.search.sampler,
+            "objectives": list(plan.model.objectives), "toolchain_feasibility": judged}
+
+
+def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
+               settings: dict[str, Any], oracle: Any, options: CompileOptions) -> SearchResult:
+    """Create or continue the shared study, run trials beside the workers until the budget is
+    counted, and return the study's best trial."""
+    assert options.shared is not None
+    objectives = tuple(plan.model.objectives)
+    study = open_coordinated(options.shared, settings, directions(objectives), budget.trials,
+                             budget.seconds, lambda st: warm_start(st, allowed, budget))
+    sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
+                           concurrent=True)
+    study = with_sampler(study, options.shared, sampler)
+    with search_progress(budget.trials, plan.model.metric, options.progress) as progress:
+        work = run_shared(study, make_objective(problem, allowed, objectives, oracle),
+                          progress.record)
+    trials = counted_trials(study)
+    return SearchResult(study, pick_best(trials, objectives), work.seconds, trials)
+
+
+def shared_section(shared: Shared, trials: list[Any]) -> dict[str, Any]:
+    """The report's account of a shared search: where, and which processes ran its trials."""
+    workers: dict[str, int] = {}
+    for t in trials:
+        name = str(t.user_attrs.get("worker", "?"))
+        workers[name] = workers.get(name, 0) + 1
+    retried = sum(1 for t in trials if "failed_trial" in t.system_attrs)
+    return {"storage": shared.storage.shown, "study": shared.study, "workers": workers,
+            "retried": retried}
+
+
+def work_plan(plan: Plan, options: WorkerOptions) -> Work:
+    """``homunculus worker``: join the shared study, check that this spec and data are the ones
+    it was made from, and run its trials until the budget is counted."""
+    if plan.n_models != 1:
+        raise NotSupportedError("schedules of more than one model are not supported yet")
+    study = join_shared(options.shared, options.wait_s)
+    stored = stored_settings(study)
+    seed = stored.get("seed")
+    if not isinstance(seed, int):
+        raise SpecError(f"study '{options.shared.study}' holds no seed: it was not made by "
+                        "homunculus compile --storage")
+    problem, requested = build_problem(plan, seed)
+    hook = resolve_hook(plan, problem.target, options.p4c, options.p4c_timeout)
+    judged = bool(stored.get("toolchain_feasibility"))
+    oracle = make_oracle(hook, sanitise_identifier(plan.name, "hmn"), problem.limits) \
+        if judged else None
+    _, allowed = choose_candidates(problem, requested)
+    check_settings(study, shared_settings(plan, problem, allowed, seed, judged), options.shared,
+                   "worker")
+    objectives = tuple(plan.model.objectives)
+    trials = study.user_attrs.get("homunculus_shared", {}).get("trials")
+    sampler = make_sampler(plan.search.sampler, process_seed(seed), trials, concurrent=True)
+    study = with_sampler(study, options.shared, sampler)
+    with search_progress(trials, plan.model.metric, options.progress) as progress:
+        return run_shared(study, make_objective(problem, allowed, objectives, oracle),
+                          progress.record)
 
 
 def label_resources(resources: dict[str, Any], toolchain: dict[str, Any]) -> None:

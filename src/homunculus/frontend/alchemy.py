@@ -233,6 +233,8 @@ class _Overrides:
     p4c: str | None = None
     p4c_timeout: float | None = None
     toolchain_feasibility: bool = False
+    shared: Any = None  # Shared: a study shared with workers (--storage, --study)
+    worker: Any = None  # WorkerOptions: run as a worker of a shared study instead of compiling
 
 
 _CLI: ContextVar[_Overrides | None] = ContextVar("homunculus_cli", default=None)
@@ -243,11 +245,13 @@ _CALLS: ContextVar[list[Any] | None] = ContextVar("homunculus_calls", default=No
 def cli_overrides(out_dir: Path, trials: int | None, seconds: float | None, resume: bool,
                   seed: int | None, progress: bool, p4c: str | None = None,
                   p4c_timeout: float | None = None,
-                  toolchain_feasibility: bool = False) -> Iterator[list[Any]]:
-    """While active, generate() uses these options and records its results in the list."""
+                  toolchain_feasibility: bool = False, shared: Any = None,
+                  worker: Any = None) -> Iterator[list[Any]]:
+    """While active, generate() uses these options and records its results in the list (with
+    ``worker``, generate() runs trials of that shared study instead of compiling)."""
     calls: list[Any] = []
     t1 = _CLI.set(_Overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
-                             toolchain_feasibility))
+                             toolchain_feasibility, shared, worker))
     t2 = _CALLS.set(calls)
     try:
         yield calls
@@ -297,7 +301,7 @@ def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | N
     each trial's feasibility. Under ``homunculus compile SCRIPT -o OUT`` the command line's
     options win.
     """
-    from homunculus.compile import CompileOptions, compile_plan
+    from homunculus.compile import CompileOptions, compile_plan, work_plan
 
     cli = _CLI.get()
     wanted = toolchain_feasibility or (cli is not None and cli.toolchain_feasibility)
@@ -308,8 +312,9 @@ def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | N
     if cli is not None:
         options = CompileOptions(out_dir=cli.out_dir, trials=cli.trials, seconds=cli.seconds,
                                  resume=cli.resume, seed=cli.seed, progress=cli.progress,
-                                 p4c=cli.p4c, p4c_timeout=cli.p4c_timeout)
-    result = compile_plan(plan, options)
+                                 p4c=cli.p4c, p4c_timeout=cli.p4c_timeout, shared=cli.shared)
+    result = work_plan(plan, cli.worker) if cli is not None and cli.worker is not None else \
+        compile_plan(plan, options)
     calls = _CALLS.get()
     if calls is not None:
         calls.append(result)

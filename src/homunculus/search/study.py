@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -91,20 +92,102 @@ class SearchResult:
     trials: list[optuna.trial.FrozenTrial] = field(default_factory=list)
 
 
-def startup_trials(n_trials: int | None) -> int:
-    """Random trials before TPE models the history (fixed when the study is created)."""
-    return max(5, min(10, (n_trials or 30) // 3))
+FAMILY_PARAM = "family"
+# Chosen by bench/search_quality.py (docs/benchmarks.md): a softmax temperature of 0.05 metric
+# points beat 0.02 and plain TPE; the start-up count does not depend on the budget, so the first
+# 20 trials of a 50-trial search are exactly a 20-trial search.
+FAMILY_TEMPERATURE = 0.05
+STARTUP_TRIALS = 6
+
+
+class FamilySampler(optuna.samplers.BaseSampler):
+    """TPE for the hyperparameters, a softmax over families for the family.
+
+    Each trial's family is drawn with probability proportional to exp((b_f - b*) / T), where
+    b_f is the family's best feasible metric so far and b* the best of all families: families
+    within a few T of the leader keep being tried, much worse ones fade out, and a family not
+    tried yet counts as level with the leader. (TPE alone fixes on the family of the best few
+    trials, typically the best default configuration, however low that family's ceiling.) The
+    chosen family's hyperparameters are then drawn by TPE from that family's own trials (each
+    family's parameters form their own group), with the constraints of every finished trial.
+    """
+
+    def __init__(self, tpe: optuna.samplers.TPESampler, seed: int,
+                 temperature: float = 0.02) -> None:
+        self._tpe = tpe
+        self._rng = optuna.samplers._lazy_random_state.LazyRandomState(seed)
+        self._temperature = temperature
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
+        self._rng.rng.seed()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+                                    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        space = self._tpe.infer_relative_search_space(study, trial)
+        return {k: v for k, v in space.items() if k != FAMILY_PARAM}
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, optuna.distributions.BaseDistribution]
+                        ) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                           param_name: str,
+                           param_distribution: optuna.distributions.BaseDistribution) -> Any:
+        if param_name == FAMILY_PARAM and isinstance(
+                param_distribution, optuna.distributions.CategoricalDistribution):
+            return self.choose_family(study, list(param_distribution.choices))
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._tpe.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Any) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+    def family_weights(self, study: optuna.Study, families: list[str]) -> list[float]:
+        """Each family's chance of being drawn next."""
+        best: dict[str, float] = {}
+        tried = dict.fromkeys(families, 0)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                          optuna.trial.TrialState.PRUNED)):
+            family = t.params.get(FAMILY_PARAM)
+            if family not in tried:
+                continue
+            tried[family] += 1
+            metric = t.user_attrs.get("metric")
+            if (t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("feasible")
+                    and metric is not None):
+                best[family] = max(best.get(family, metric), metric)
+        if not best:
+            return [1.0 / len(families)] * len(families)
+        lead = max(best.values())
+        scores = []
+        for f in families:  # untried: level with the leader; tried, never feasible: behind it
+            score = best.get(f, lead if not tried[f] else lead - 3 * self._temperature * tried[f])
+            scores.append(math.exp((score - lead) / self._temperature))
+        total = sum(scores)
+        return [w / total for w in scores]
+
+    def choose_family(self, study: optuna.Study, families: list[str]) -> str:
+        weights = self.family_weights(study, families)
+        return families[int(self._rng.rng.choice(len(families), p=weights))]
 
 
 def make_sampler(kind: str, seed: int, n_trials: int | None,
-                 n_startup: int | None = None) -> optuna.samplers.BaseSampler:
+                 concurrent: bool = False) -> optuna.samplers.BaseSampler:
+    """The sampler of a search; ``concurrent``: other processes run trials of the same study
+    at the same time (TPE then counts their running trials as bad points: constant liar)."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    startup = startup_trials(n_trials) if n_startup is None else n_startup
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=startup)
+        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                         n_startup_trials=STARTUP_TRIALS,
+                                         constant_liar=concurrent)
+    return FamilySampler(tpe, (seed + 1) % 2**32, FAMILY_TEMPERATURE)
 
 
 # ----------------------------------------------------------------------------- sampler state
@@ -126,10 +209,14 @@ def _generators(sampler: optuna.samplers.BaseSampler) -> list[np.random.RandomSt
     """The random generators of a sampler made by make_sampler (TPE: its own and that of its
     random start-up sampler)."""
     out = []
-    for owner in (sampler, getattr(sampler, "_random_sampler", None)):
+    owners = [sampler]
+    while owners:
+        owner = owners.pop(0)
         lazy = getattr(owner, "_rng", None)
         if lazy is not None:
             out.append(lazy.rng)
+        owners += [sub for sub in (getattr(owner, "_tpe", None),
+                                   getattr(owner, "_random_sampler", None)) if sub is not None]
     return out
 
 
@@ -312,11 +399,9 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
     it) starts one.
     """
     storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
-    stored: dict[str, Any] = {}
     if resume:
         try:
-            stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
-                SETTINGS_ATTR) or {}
+            optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             if missing_ok and not names:
@@ -328,14 +413,11 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
     else:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=storage)
-    n_startup = stored.get("n_startup", startup_trials(budget.trials))
-    if not isinstance(n_startup, int):
-        n_startup = startup_trials(budget.trials)
     full = {"sampler": sampler_kind, "seed": seed, "objectives": list(objectives),
-            "n_startup": n_startup, **(settings or {})}
+            **(settings or {})}
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=resume,
                                 directions=directions(objectives),
-                                sampler=make_sampler(sampler_kind, seed, budget.trials, n_startup))
+                                sampler=make_sampler(sampler_kind, seed, budget.trials))
     if resume:
         check_resumable(study, full)
         fail_stale_trials(study)
@@ -354,6 +436,30 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None
                             skip_if_exists=True)
 
 
+def make_objective(problem: Problem, families: list[str], objectives: tuple[str, ...],
+                   oracle: Oracle | None = None) -> Callable[[optuna.Trial], list[float]]:
+    """The function a trial runs: draw a configuration, evaluate it, record it."""
+    can_merge = merge_budget(problem) is not None
+    n_select = len(problem.dataset.features) if problem.select_features else 0
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("index", len(counted_trials(trial.study)))
+        try:
+            family, params = suggest_configuration(trial, families, can_merge, n_select)
+        finally:
+            save_sampler_state(trial.study, trial.number)
+        checkpoint("mid-trial")
+        try:
+            ev = evaluate(problem, family, params)
+        except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
+            raise optuna.TrialPruned(str(exc)) from None
+        verdict = oracle(ev) if oracle is not None and ev.feasibility.feasible else None
+        record(trial, ev, verdict)
+        return objective_values(ev, objectives)
+
+    return objective
+
+
 def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
                budget: Budget, study: optuna.Study,
                progress: SearchProgress | None = None,
@@ -366,25 +472,9 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
     uninterrupted one.
     """
     progress = progress or SearchProgress()
-    can_merge = merge_budget(problem) is not None
-    n_select = len(problem.dataset.features) if problem.select_features else 0
     for t in counted_trials(study):
         progress.record(t)
-
-    def objective(trial: optuna.Trial) -> list[float]:
-        trial.set_user_attr("index", len(counted_trials(study)))
-        try:
-            family, params = suggest_configuration(trial, families, can_merge, n_select)
-        finally:
-            save_sampler_state(study, trial.number)
-        checkpoint("mid-trial")
-        try:
-            ev = evaluate(problem, family, params)
-        except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
-            raise optuna.TrialPruned(str(exc)) from None
-        verdict = oracle(ev) if oracle is not None and ev.feasibility.feasible else None
-        record(trial, ev, verdict)
-        return objective_values(ev, objectives)
+    objective = make_objective(problem, families, objectives, oracle)
 
     def finished(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         progress.record(trial)

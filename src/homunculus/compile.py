@@ -293,6 +293,23 @@ def traffic_section(dataset: Dataset) -> dict[str, Any] | None:
             "flow": asdict(info.config), "features": [asdict(f) for f in info.features]}
 
 
+def cv_section(problem: Problem, ev: Evaluation) -> dict[str, Any]:
+    """The trial metric of the shipped configuration: the folds' mean and spread, and how the
+    folds were drawn (the model that ships is the refit on the whole training set)."""
+    folds = np.asarray(ev.fold_metrics, dtype=float)
+    return {"metric": ev.metric, "mean": float(folds.mean()) if len(folds) else None,
+            "std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0, "folds": len(folds),
+            "scheme": problem.fold_scheme}
+
+
+def per_class_f1(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """F1 of each class (one against the rest) on the test set."""
+    from sklearn.metrics import f1_score
+
+    values = f1_score(y, pred, labels=list(range(len(labels))), average=None, zero_division=0)
+    return {label: float(v) for label, v in zip(labels, values, strict=True)}
+
+
 def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
                  candidates: list[Any], expected: np.ndarray, produced: np.ndarray,
                  seed: int) -> dict[str, Any]:
@@ -318,7 +335,9 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "agreement": float(np.mean(expected == produced)),
             "validation_quantised": ev.metric,
             "cv_folds": [round(m, 6) for m in ev.fold_metrics],
+            "cv": cv_section(problem, ev),
             "test_samples": len(y),
+            "per_class_f1": per_class_f1(y, produced, ds.class_labels),
         },
         "trials": rows,
         "best_trial": result.best_trial.number,

@@ -40,6 +40,7 @@ class Dataset:
     source: str = "<memory>"
     traffic: Any = None  # TrafficInfo for datasets built from packets (data/traffic.py)
     groups_train: np.ndarray | None = None  # flow/capture of each training row (no leaks)
+    group_name: str | None = None  # what a group is: "capture", "flow" or a column's name
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -138,7 +138,7 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
                        {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table)
     groups = table["file_id"].to_numpy() if split == "file" else flow_groups(table)
     return Dataset(ds.features, ds.class_labels, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                   ds.source, info, groups[train])
+                   ds.source, info, groups[train], "capture" if split == "file" else "flow")
 
 
 def load_traffic_packets(traffic: Any, base: Path, locate: Locate

@@ -73,9 +73,12 @@ def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
                         line=line_of(lines, loc)) from None
 
 
-def plan_from_yaml(path: Path) -> Plan:
-    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines)."""
+def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
+    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines);
+    ``seed`` replaces ``search.seed`` (which also seeds the train/test split)."""
     spec, lines = load_yaml_spec(path)
+    if seed is not None:
+        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"seed": seed})})
     source = str(path)
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore

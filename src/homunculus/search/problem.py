@@ -46,6 +46,7 @@ class Problem:
     verdict: VerdictPlan
     seed: int
     select_features: bool = False  # the feature set is part of the design space
+    fold_scheme: str = ""  # how the folds were drawn (for the report)
 
     def restricted(self, indices: list[int]) -> Problem:
         """This problem on a subset of the features."""
@@ -80,28 +81,37 @@ def make_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
     """Seeded folds of the training set: by group (flow or capture) when the rows carry groups,
     so no flow is on both sides; stratified when every class has enough rows. ``n_folds`` = 1
     is one validation split of ``validation_fraction``."""
+    return plan_folds(dataset, seed, n_folds, validation_fraction)[1]
+
+
+def plan_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
+               validation_fraction: float = 0.25) -> tuple[str, tuple[Fold, ...]]:
+    """:func:`make_folds` with a description of the scheme (for the report)."""
     y = dataset.y_train
     n = len(y)
     k = default_folds(n) if n_folds is None else n_folds
     groups = dataset.groups_train
     grouped = groups is not None and len(np.unique(groups)) >= 2
+    by = f" grouped by {dataset.group_name or 'group'}" if grouped else ""
     counts = np.bincount(y, minlength=dataset.n_classes)
     if k == 1 or (grouped and len(np.unique(groups)) < k) or (not grouped and n < 2 * k):
         if grouped:
             splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
                                          random_state=seed)
-            return (next(splitter.split(dataset.x_train, y, groups)),)
+            return (f"one validation split of {validation_fraction:g}{by}",
+                    (next(splitter.split(dataset.x_train, y, groups)),))
         stratify = y if counts[counts > 0].min() >= 2 else None
         fit, val = train_test_split(np.arange(n), test_size=validation_fraction,
                                     random_state=seed, stratify=stratify)
-        return ((np.sort(fit), np.sort(val)),)
+        return (f"one {'stratified ' if stratify is not None else ''}validation split of "
+                f"{validation_fraction:g}", ((np.sort(fit), np.sort(val)),))
     if grouped:
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return tuple(splitter.split(dataset.x_train, y, groups))
+        return f"{k} folds{by} (stratified)", tuple(splitter.split(dataset.x_train, y, groups))
     if counts[counts > 0].min() >= k:
-        return tuple(StratifiedKFold(k, shuffle=True, random_state=seed).split(
-            dataset.x_train, y))
-    return tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
+        return f"{k} stratified folds", tuple(StratifiedKFold(k, shuffle=True, random_state=seed
+                                                               ).split(dataset.x_train, y))
+    return f"{k} folds", tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
 
 
 def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
@@ -109,8 +119,9 @@ def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
                  validation_fraction: float = 0.25, select: bool = False,
                  n_folds: int | None = None) -> Problem:
     """The compile problem; the test set stays unseen (see :func:`make_folds`)."""
-    folds = make_folds(dataset, seed, n_folds, validation_fraction)
-    return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select)
+    scheme, folds = plan_folds(dataset, seed, n_folds, validation_fraction)
+    return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select,
+                   scheme)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,11 @@ def compile_command(
     out.print(f"  family {result.family}; test {result.report['metric']}: float "
               f"{m['float']:.4f}, quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
               f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
+    table = result.report.get("category_table")
+    if table:
+        out.print(f"  category table: {table['entries']} values of '{table['feature']}' decide "
+                  f"{table['test_rows_decided']:.1%} of the test samples; the model the rest",
+                  highlight=False)
     from homunculus.report.summary import resource_line
 
     line = resource_line(result.report["target"], res["totals"], res["binding"])

@@ -41,6 +41,7 @@ from homunculus.search.problem import (
     Problem,
     evaluate,
     make_problem,
+    max_table_entries,
     merge_budget,
 )
 from homunculus.search.study import Budget, open_study, run_search
@@ -130,10 +131,30 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     return target, limits.merged(wanted)
 
 
+def check_categorical(plan: Plan, dataset: Dataset, target: Target, limits: Limits) -> None:
+    """A categorical feature promises values a table can enumerate: one with more distinct
+    training values than the largest table the target holds under the limits is ruled out
+    before the search (declare it numeric, or coarsen it)."""
+    cap = max_table_entries(target, limits)
+    for i, f in enumerate(dataset.features):
+        if not f.categorical:
+            continue
+        distinct = len(np.unique(dataset.x_train[:, i]))
+        if distinct > cap:
+            bound = ("resources.entries" if limits.entries is not None and limits.entries == cap
+                     else f"the {target.name} target")
+            raise plan.error(plan.feature_path(i) + ".categorical",
+                             f"categorical feature '{f.name}' has {distinct:,} distinct values "
+                             f"in the training data, more than any exact-match table can hold "
+                             f"here ({cap:,} entries: {bound}); declare it numeric, or coarsen "
+                             "it")
+
+
 def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     requested = check_algorithms(plan)
     dataset = plan.load_data()
     target, limits = make_target_and_limits(plan)
+    check_categorical(plan, dataset, target, limits)
     problem = make_problem(dataset, target, limits, plan.model.metric,
                            positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
                            plan.search.validation_fraction, plan.select_features,
@@ -160,11 +181,12 @@ def write_model(out: Path, ev: Evaluation, dataset: Dataset) -> None:
     quantised = {
         "family": ev.family,
         "params": ev.params,
-        "features": [{"name": f.name, "width": f.width, "field": f.field}
-                     for f in dataset.features],
+        "features": [{"name": f.name, "width": f.width, "field": f.field,
+                      "categorical": f.categorical} for f in dataset.features],
         "class_labels": list(dataset.class_labels),
         "winner_to_class": list(ev.trained.winner_to_class or range(dataset.n_classes)),
         "model": to_json(ev.trained.quantised),
+        "category_table": None if ev.trained.shortcut is None else ev.trained.shortcut.as_json(),
         "traffic": None if dataset.traffic is None else {
             "features": [asdict(f) for f in dataset.traffic.features],
             "config": asdict(dataset.traffic.config)},
@@ -302,6 +324,17 @@ def cv_section(problem: Problem, ev: Evaluation) -> dict[str, Any]:
             "scheme": problem.fold_scheme}
 
 
+def category_section(ds: Dataset, ev: Evaluation) -> dict[str, Any] | None:
+    """The hybrid's exact-match table: its feature, entries, and the test rows it decides."""
+    table = ev.trained.shortcut
+    if table is None:
+        return None
+    hit, _ = table.lookup(ds.x_test)
+    return {"feature": ds.features[table.feature].name, "entries": len(table),
+            "size_knob": ev.params.get("cat_table"), "support": ev.params.get("cat_support"),
+            "test_rows_decided": float(hit.mean()) if len(hit) else 0.0}
+
+
 def per_class_f1(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
     """F1 of each class (one against the rest) on the test set."""
     from sklearn.metrics import f1_score
@@ -339,6 +372,7 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "test_samples": len(y),
             "per_class_f1": per_class_f1(y, produced, ds.class_labels),
         },
+        "category_table": category_section(ds, ev),
         "trials": rows,
         "best_trial": result.best_trial.number,
         "confusion_matrix": confusion(y, produced, ds.class_labels),

@@ -23,6 +23,7 @@ from homunculus.features.library import FeatureDef, FlowConfig
 from homunculus.features.reference import reference_features
 from homunculus.ir.quantised import from_json, predict_index
 from homunculus.ir.serialize import compiled_from_json
+from homunculus.models.categorical import CategoryTable
 from homunculus.targets.p4.entries import read_runtime_entries
 from homunculus.targets.p4.twin import simulate_packets, with_installed_entries
 
@@ -78,8 +79,11 @@ def model_predictions(model: dict[str, Any], table: pd.DataFrame,
     defs = [FeatureDef(**f) for f in traffic["features"]]
     config = FlowConfig(**traffic["config"])
     values, _ = per_capture(table, lambda t: reference_features(t, defs, config))
-    winners = predict_index(from_json(model["model"]), values[classified])
-    return np.asarray(model["winner_to_class"], dtype=np.int64)[winners]
+    x = values[classified]
+    classes = np.asarray(model["winner_to_class"], dtype=np.int64)[
+        predict_index(from_json(model["model"]), x)]
+    table = model.get("category_table")
+    return classes if table is None else CategoryTable.from_json(table).apply(x, classes)
 
 
 def simulate_capture(out_dir: Path, table: pd.DataFrame) -> SimulationReport:

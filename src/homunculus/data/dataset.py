@@ -21,6 +21,7 @@ class FeatureDecl:
     width: int
     field: str | None = None
     kind: str | None = None  # a flow-state kind (features/library.py); None: a table column
+    categorical: bool = False  # values are categories (exact-match tables may map them)
 
     @property
     def max_value(self) -> int:

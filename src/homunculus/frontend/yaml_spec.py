@@ -86,8 +86,12 @@ def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
         plan.select_features = spec.traffic.select_features
+        plan.feature_paths = [f"traffic.features[{i}]" for i, f in enumerate(spec.traffic.features)
+                              for _ in range(f.bins if f.kind in ("len_hist", "iat_hist") else 1)]
         return plan
-    features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
+    plan.feature_paths = [f"data.features[{i}]" for i in range(len(spec.data.features))]
+    features = [FeatureDecl(f.name, f.width, f.field, categorical=f.categorical)
+                for f in spec.data.features]
     try:
         check_feature_decls(features, source)
     except FeatureDeclError as exc:
@@ -98,7 +102,8 @@ def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
         return load_tabular(
             base / spec.data.path, spec.data.label, features,
             test_path=base / spec.data.test_path if spec.data.test_path else None,
-            test_fraction=spec.data.test_fraction, seed=spec.search.seed, locate=plan.error)
+            test_fraction=spec.data.test_fraction, seed=spec.search.seed, locate=plan.error,
+            group=spec.data.group)
 
     plan.load_data = load
     return plan

@@ -21,6 +21,7 @@ from homunculus.ir.pipeline import (
     Pipeline,
     Range,
     ScoreSum,
+    Shortcut,
     Table,
     TableRole,
     Ternary,
@@ -129,7 +130,20 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "alu": [_step(s) for s in p.alu],
         "default_port": p.default_port,
         "switch_lowered": bool(p.notes.get("switch_lowered")),
+        "shortcut": _shortcut(p.shortcut),
     }
+
+
+def _shortcut(s: Shortcut | None) -> dict[str, Any] | None:
+    return None if s is None else {"feature": s.feature, "values": list(s.values),
+                                   "rows": [list(r) for r in s.rows]}
+
+
+def _unshortcut(d: dict[str, Any] | None) -> Shortcut | None:
+    if d is None:
+        return None
+    return Shortcut(int(d["feature"]), tuple(int(v) for v in d["values"]),
+                    tuple(tuple(int(v) for v in r) for r in d["rows"]))  # type: ignore[misc]
 
 
 def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
@@ -153,6 +167,7 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         | ({"switch_lowered": True} if d.get("switch_lowered") else {}),
         alu=tuple(_unstep(s) for s in d.get("alu", [])),
         default_port=int(d.get("default_port", 1)),
+        shortcut=_unshortcut(d.get("shortcut")),
     )
 
 
@@ -166,6 +181,7 @@ def program_to_json(p: CpuProgram) -> dict[str, Any]:
         "verdict": [list(row) for row in p.verdict],
         "model": model_to_json(p.model),
         "flow": _flow(p.flow),
+        "shortcut": _shortcut(p.shortcut),
     }
 
 
@@ -177,6 +193,7 @@ def program_from_json(d: dict[str, Any]) -> CpuProgram:
         verdict=tuple(tuple(int(v) for v in row) for row in d["verdict"]),  # type: ignore[misc]
         model=model_from_json(d["model"]),
         flow=_unflow(d["flow"]),
+        shortcut=_unshortcut(d.get("shortcut")),
     )
 
 

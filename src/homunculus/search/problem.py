@@ -18,8 +18,9 @@ from homunculus.data.dataset import Dataset, select_features
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram, lower_flow_features
-from homunculus.ir.pipeline import Pipeline, VerdictPlan
+from homunculus.ir.pipeline import Pipeline, VerdictPlan, shortcut_of
 from homunculus.models.base import TrainedModel, get_family
+from homunculus.models.categorical import CategoryTable, learn_table, rest_rows, table_knobs
 from homunculus.passes.lower import lower
 from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.search.metrics import score
@@ -58,11 +59,80 @@ def feature_param(i: int) -> str:
 
 
 def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
-    """Indices of the features a configuration uses (all unless the search selects them)."""
+    """Indices of the features a configuration uses (all unless the search selects them; the
+    category table's feature always, since the table reads it)."""
     n = len(problem.dataset.features)
     if not problem.select_features:
         return list(range(n))
-    return [i for i in range(n) if params.get(feature_param(i), True)]
+    size, name, _ = table_knobs(params)
+    names = [f.name for f in problem.dataset.features]
+    return [i for i in range(n)
+            if params.get(feature_param(i), True) or (size and names[i] == name)]
+
+
+DEFAULT_TABLE_ENTRIES = 1 << 16
+"""The largest exact-match table a target holds unless it says otherwise (``max_table_entries``
+of the target)."""
+
+
+def max_table_entries(target: Target, limits: Limits) -> int:
+    """Entries the largest category table may have on ``target`` under ``limits``."""
+    cap = int(getattr(target, "max_table_entries", DEFAULT_TABLE_ENTRIES))
+    return cap if limits.entries is None else min(cap, int(limits.entries))
+
+
+def categorical_features(dataset: Dataset) -> list[str]:
+    """Names of the features declared categorical, in order."""
+    return [f.name for f in dataset.features if f.categorical]
+
+
+def train_configuration(problem: Problem, family: str, params: dict[str, Any],
+                        rows: np.ndarray | None = None) -> TrainedModel:
+    """Train ``family`` on the training ``rows`` (all by default): with a category table
+    (``cat_table`` > 0), the table is learned first and the model trains on what it misses."""
+    ds = problem.dataset
+    x = ds.x_train if rows is None else ds.x_train[rows]
+    y = ds.y_train if rows is None else ds.y_train[rows]
+    size, name, support = table_knobs(params)
+    if not size:
+        return train_present(family, params, x, y, ds.n_classes, ds.widths, problem.seed)
+    names = [f.name for f in ds.features]
+    if name not in names or not ds.features[names.index(name)].categorical:
+        raise ValueError(f"'{name}' is not a categorical feature of the data")
+    feature = names.index(name)
+    groups = ds.groups_train
+    if groups is not None and rows is not None:
+        groups = groups[rows]
+    table = learn_table(x[:, feature], y, groups, feature, ds.n_classes, size, support)
+    hit, _ = table.lookup(x)
+    rest = rest_rows(hit, y)
+    trained = train_present(family, params, x[rest], y[rest], ds.n_classes, ds.widths,
+                            problem.seed)
+    return replace(trained, shortcut=table if len(table) else None)
+
+
+class RemappedClassifier:
+    """A float model trained on the classes present, predicting indices of all classes."""
+
+    def __init__(self, model: Any, classes: np.ndarray) -> None:
+        self.model, self.classes = model, classes
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes[np.asarray(self.model.predict(x), dtype=np.int64)]
+
+
+def train_present(family: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray,
+                  n_classes: int, widths: tuple[int, ...], seed: int) -> TrainedModel:
+    """Train on rows that may lack some classes (a fold, the rows a category table misses):
+    the family sees the classes present as 0..k-1, and its winners map back to them."""
+    present = np.unique(y)
+    fam = get_family(family)
+    if len(present) == n_classes or len(present) < 2:
+        return fam.train(params, x, y, n_classes, widths, seed)
+    trained = fam.train(params, x, np.searchsorted(present, y), len(present), widths, seed)
+    inner = trained.winner_to_class or tuple(range(len(present)))
+    return replace(trained, float_model=RemappedClassifier(trained.float_model, present),
+                   winner_to_class=tuple(int(present[c]) for c in inner))
 
 
 def default_folds(n_rows: int) -> int:
@@ -169,22 +239,27 @@ def cpu_lowering(target: Target) -> bool:
 
 def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan,
               winner_to_class: tuple[int, ...] | None,
-              max_lookup_tables: int | None = None) -> Pipeline | CpuProgram:
-    """Lower ``model`` for ``target`` and prepare it: the CPU program for the XDP and C targets,
-    the table pipeline (tables merged to ``max_lookup_tables``) for switches."""
+              max_lookup_tables: int | None = None,
+              table: CategoryTable | None = None) -> Pipeline | CpuProgram:
+    """Lower ``model`` (and the hybrid's category ``table``) for ``target`` and prepare it: the
+    CPU program for the XDP and C targets, the table pipeline (tables merged to
+    ``max_lookup_tables``) for switches."""
+    shortcut = None if table is None else shortcut_of(table.feature, table.values,
+                                                       table.classes, verdict)
     if cpu_lowering(target):
         program = lower_cpu(model, dataset.features, dataset.class_labels, verdict,
                             winner_to_class, flow_program(dataset))
-        return target.prepare(program)
+        return target.prepare(replace(program, shortcut=shortcut))
     pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables)
-    return target.prepare(with_flow(pipeline, dataset))
+    return target.prepare(replace(with_flow(pipeline, dataset), shortcut=shortcut))
 
 
 def build_pipeline(problem: Problem, trained: TrainedModel,
                    merge: bool = False) -> Pipeline | CpuProgram:
     """Lower (optionally merging lookup tables to ``merge_budget``) and prepare for the target."""
     return lower_for(problem.target, trained.quantised, problem.dataset, problem.verdict,
-                     trained.winner_to_class, merge_budget(problem) if merge else None)
+                     trained.winner_to_class, merge_budget(problem) if merge else None,
+                     trained.shortcut)
 
 
 def flow_program(dataset: Dataset) -> FlowProgram | None:
@@ -204,11 +279,9 @@ def cross_validate(problem: Problem, family: str, params: dict[str, Any]
                    ) -> tuple[float, ...]:
     """The quantised model's metric on each fold's validation rows, trained on the rest."""
     ds = problem.dataset
-    fam = get_family(family)
     scores = []
     for fit, val in problem.folds:
-        trained = fam.train(params, ds.x_train[fit], ds.y_train[fit], ds.n_classes, ds.widths,
-                            problem.seed)
+        trained = train_configuration(problem, family, params, fit)
         scores.append(score(problem.metric, ds.y_train[val],
                             trained.predict_quantised(ds.x_train[val]), ds.n_classes,
                             problem.positive))
@@ -224,8 +297,7 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     if len(chosen) < len(problem.dataset.features):
         problem = problem.restricted(chosen)
     ds = problem.dataset
-    trained = get_family(family).train(params, ds.x_train, ds.y_train, ds.n_classes,
-                                       ds.widths, problem.seed)
+    trained = train_configuration(problem, family, params)
     pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)))
     usage = problem.target.estimate(pipeline)
     feasibility = assess(usage, problem.limits)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import jinja2
 
+from homunculus.data.packets import PORT_PAIR_FIELDS
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowOutput, FlowProgram, Register
 from homunculus.ir.names import safe_comment
@@ -37,6 +38,11 @@ TIME_BASE_SHIFT = {"v1model": 0, "tna": 10}
 
 LEN_EXPR, LEN_WIDTH = "hdr.ipv4.total_len", 16
 """The packet length of the flow features (features/library.py): the IPv4 total length."""
+
+PORT_PAIR_META = (("hmn_port_a", 17), ("hmn_port_b", 17), ("hmn_port_d", 17))
+"""Server/client ports (``l4.server_port``: the smaller TCP/UDP port, ``l4.client_port``: the
+larger): both ports widened by a bit, their difference, whose top bit says which is smaller (a
+condition may not compare two fields)."""
 
 KEY_FIELDS = (("hdr.ipv4.src_addr", 32), ("hdr.ipv4.dst_addr", 32), ("meta.hmn_l4_sport", 16),
               ("meta.hmn_l4_dport", 16), ("hdr.ipv4.protocol", 8))
@@ -144,7 +150,7 @@ def _feature_context(pipeline: Pipeline) -> tuple[list[dict[str, Any]], dict[str
             raise ValueError(str(exc)) from None
         if header_key(feat.header_field, feat.field.name, feat.field.width, False) is None:
             copies.append({"dst": dst, "header": hf.header, "field": hf.field,
-                           "width": hf.width})
+                           "width": hf.width, "pair": PORT_PAIR_FIELDS.get(feat.header_field)})
     if not carried:
         return copies, None
     total = sum(f["width"] for f in carried)
@@ -449,6 +455,8 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
     meta_fields = _metadata(pipeline, direct)
     if flow is not None:
         meta_fields = _unique(meta_fields + flow["meta_fields"])
+    if any(c["pair"] for c in copies):
+        meta_fields = _unique(meta_fields + [{"name": n, "width": w} for n, w in PORT_PAIR_META])
     verdict = table_context(pipeline.verdict, key_views(pipeline.verdict, direct, arch))
     kinds = {a["kind"] for a in verdict["actions"]}
     return {
@@ -463,7 +471,8 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
         "feature_header": feature_header,
         "feature_udp_port": feature_udp_port,
         "default_port": pipeline.default_port,
-        "copies": copies,
+        "copies": [c for c in copies if not c["pair"]],
+        "pair_copies": [c for c in copies if c["pair"]],
         "required_headers": _required_headers(pipeline, feature_header),
         "tables": [table_context(t, key_views(t, direct, arch))
                    for t in (*pipeline.encoders, *pipeline.lookups)],

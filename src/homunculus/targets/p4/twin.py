@@ -151,6 +151,11 @@ def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
     for step in pipeline.alu:
         run_alu_step(step, env, n)
     run_table(pipeline.verdict, env, n)
+    if pipeline.shortcut is not None:  # not yet lowered to tables: its hits decide
+        features = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
+        hit, rows = pipeline.shortcut.lookup(features)
+        for i, out in enumerate(pipeline.verdict.outputs):
+            env[out.name] = np.where(hit, rows[:, i], env[out.name])
     return TwinResult(env[pipeline.class_field.name], env)
 
 

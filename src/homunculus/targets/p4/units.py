@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from homunculus.data.packets import PORT_PAIR_FIELDS
 from homunculus.ir.pipeline import MatchKind, Pipeline, Table
 from homunculus.passes.allocate import Unit, pack_narrow
 from homunculus.targets.p4.actions import table_actions
@@ -132,11 +133,17 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
     elif flow is not None:  # bmv2: no stages; the flow block is one unit per register
         units += [Unit(r["name"], "register", writes=frozenset({f["name"] for f in r["fields"]}),
                        salus=1) for r in flow["registers"]]
-    copied = [f.field.name for f in pipeline.features
-              if not f.flow and f.field.name not in direct]
-    for name in copied:
+    copied = [f for f in pipeline.features if not f.flow and f.field.name not in direct]
+    pairs = [f.field.name for f in copied if f.header_field in PORT_PAIR_FIELDS]
+    for name in [f.field.name for f in copied if f.header_field not in PORT_PAIR_FIELDS]:
         units.append(Unit(f"copy_{name}", "action", writes=frozenset({name}), logical=3,
                           gateways=2))
+    if pairs:  # both ports widened, their difference, then a sign-bit select per feature
+        ports = frozenset({"hmn_port_a", "hmn_port_b"})
+        units += [Unit("port_pair_copy", "action", writes=ports, logical=3, gateways=2),
+                  Unit("port_pair_diff", "action", ports, frozenset({"hmn_port_d"}))]
+        units += [Unit(f"copy_{name}", "action", ports | {"hmn_port_d"}, frozenset({name}),
+                       logical=2, gateways=1) for name in pairs]
     narrow = [(name, width, "") for name, width in _written_fields(pipeline)]
     packed = {} if solitary else pack_narrow(narrow)
     for table in (*pipeline.encoders, *pipeline.lookups):

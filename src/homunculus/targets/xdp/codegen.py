@@ -54,6 +54,8 @@ HEADER_EXPR: dict[str, tuple[str, str | None]] = {
     "udp.length": ("bpf_ntohs(udp->len)", "udp"),
     "l4.src_port": ("sport", None),
     "l4.dst_port": ("dport", None),
+    "l4.server_port": ("(sport < dport ? sport : dport)", None),
+    "l4.client_port": ("(sport < dport ? dport : sport)", None),
 }
 
 
@@ -245,6 +247,10 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         "n_classes": max(len(program.class_labels), 1),
         "bias_words": kp,
         "verdict_words": vw,
+        "verdict_rows": cap.verdict_rows,
+        "category": None if not cap.categories else {
+            "size": cap.categories, "feature": cap.cat_feature,
+            "steps": [cap.categories >> k for k in range(1, cap.categories.bit_length())]},
         "model": model_context(program, cap),
         "flow": flow_context(program),
         "crc_table": crc_table_rows(),

@@ -37,8 +37,10 @@ from homunculus.report.summary import (
 from homunculus.search.candidates import allowed_or_raise, known_families, select_candidates
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
+    DECIDE_PARAM,
     Evaluation,
     Problem,
+    decided,
     evaluate,
     make_problem,
     max_table_entries,
@@ -187,6 +189,7 @@ def write_model(out: Path, ev: Evaluation, dataset: Dataset) -> None:
         "winner_to_class": list(ev.trained.winner_to_class or range(dataset.n_classes)),
         "model": to_json(ev.trained.quantised),
         "category_table": None if ev.trained.shortcut is None else ev.trained.shortcut.as_json(),
+        "decide_at": int(ev.params.get(DECIDE_PARAM, 0) or 0),
         "traffic": None if dataset.traffic is None else {
             "features": [asdict(f) for f in dataset.traffic.features],
             "config": asdict(dataset.traffic.config)},
@@ -349,8 +352,11 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
     ds = problem.dataset
     y = ds.y_test
 
+    def applied(pred: np.ndarray) -> np.ndarray:  # with the per-flow decision, if any
+        return decided(problem, ev.params, pred, test=True)
+
     def metric_of(pred: np.ndarray) -> float:
-        return score(problem.metric, y, pred, ds.n_classes, problem.positive)
+        return score(problem.metric, y, applied(pred), ds.n_classes, problem.positive)
 
     rows = trial_rows(result.trials)
     return {
@@ -370,12 +376,13 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "cv_folds": [round(m, 6) for m in ev.fold_metrics],
             "cv": cv_section(problem, ev),
             "test_samples": len(y),
-            "per_class_f1": per_class_f1(y, produced, ds.class_labels),
+            "per_class_f1": per_class_f1(y, applied(produced), ds.class_labels),
+            "decide_at": int(ev.params.get(DECIDE_PARAM, 0) or 0),
         },
         "category_table": category_section(ds, ev),
         "trials": rows,
         "best_trial": result.best_trial.number,
-        "confusion_matrix": confusion(y, produced, ds.class_labels),
+        "confusion_matrix": confusion(y, applied(produced), ds.class_labels),
         "resources": resources_section(ev.usage, problem.limits, ev.feasibility,
                                        problem.target.name),
         "candidates": candidates_section(candidates),

@@ -29,6 +29,17 @@ class FeatureDecl:
 
 
 @dataclass(frozen=True)
+class FlowRows:
+    """Per row of a traffic dataset: its flow's packet count n and an id of the flow's stay in
+    its slot (features/reference.py ``flow_positions``), for the per-flow decision."""
+
+    pos_train: np.ndarray
+    ep_train: np.ndarray
+    pos_test: np.ndarray
+    ep_test: np.ndarray
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Train and test splits with integer features and class indices into ``class_labels``."""
 
@@ -42,6 +53,7 @@ class Dataset:
     traffic: Any = None  # TrafficInfo for datasets built from packets (data/traffic.py)
     groups_train: np.ndarray | None = None  # flow/capture of each training row (no leaks)
     group_name: str | None = None  # what a group is: "capture", "flow" or a column's name
+    flow_rows: FlowRows | None = None  # traffic datasets: each row's place in its flow
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
+from homunculus.data.dataset import Dataset, FeatureDecl, FlowRows, make_dataset
 from homunculus.data.packets import required_header
 from homunculus.errors import DataError
 from homunculus.features.library import PORT_KINDS, FeatureDef, FlowConfig, histogram, validate
-from homunculus.features.reference import reference_features
+from homunculus.features.reference import flow_positions, reference_features
 
 Locate = Callable[[str, str], Exception]
 
@@ -150,8 +150,23 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
     info = TrafficInfo(tuple(features), config, len(table), len(rows),
                        {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table)
     groups = table["file_id"].to_numpy() if split == "file" else flow_groups(table)
+    pos, ep = packet_positions(table, config)
     return Dataset(ds.features, ds.class_labels, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                   ds.source, info, groups[train], "capture" if split == "file" else "flow")
+                   ds.source, info, groups[train], "capture" if split == "file" else "flow",
+                   FlowRows(pos[train], ep[train], pos[test], ep[test]))
+
+
+def packet_positions(table: pd.DataFrame, config: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each packet's flow count n and flow-stay id (unique across captures), each capture
+    replayed with fresh state (features/reference.py ``flow_positions``)."""
+    def run(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        pos, ep = flow_positions(t, config)
+        return np.stack([pos, ep], axis=1), np.ones(len(t), dtype=bool)
+
+    values, _ = per_capture(table, run)
+    files = table["file_id"].to_numpy(np.int64)
+    episodes = np.where(values[:, 1] >= 0, files * (1 << 32) + values[:, 1], -1)
+    return values[:, 0], episodes
 
 
 def load_traffic_packets(traffic: Any, base: Path, locate: Locate

@@ -31,6 +31,13 @@ Kinds (``param`` in brackets):
   len_bin [b] (+ bin_shift)             packets with min(len >> bin_shift, bins - 1) == b
   iat_bin [b] (+ bin_shift)             packets (after the first) with min(iat >> bin_shift,
                                         bins - 1) == b
+
+Per-flow decisions (the ``flow_decide`` knob N >= 1; 0 classifies every packet on its own):
+each eligible packet counts its flow (``n``: the packets of the flow since it took its slot,
+itself included, saturating at 255). A packet with n <= N is classified by the model; the packet
+with n == N also stores its class in the flow's slot; a packet with n > N takes the stored class
+and its verdict, whatever the model says of it. Flow state is directional, so each direction of a
+conversation decides on its own.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ PORT_KINDS = {"server_port": "l4.server_port", "client_port": "l4.client_port"}
 FLOW_KINDS = ("pkt_count", "byte_count", "min_len", "max_len", "ewma_len", "iat", "flow_age",
               "len_bin", "iat_bin")
 LEN_BITS = 16
+DECISION_COUNT_BITS = 8  # the per-flow decision's packet counter (saturating at 255)
+DECIDE_AT = (0, 1, 2, 3, 4, 6, 8)  # the design space of N (0: per packet)
 
 
 @dataclass(frozen=True)

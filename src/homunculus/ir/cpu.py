@@ -142,6 +142,9 @@ class CpuProgram:
     model: CpuModel
     flow: FlowProgram | None = None
     shortcut: Shortcut | None = None  # the hybrid's category table: its hits decide
+    # per class: (class, port, drop, mark, dscp): the verdicts of the category table's hits and
+    # of a per-flow decision's stored class
+    class_rows: tuple[tuple[int, ...], ...] = ()
 
     @property
     def n_winners(self) -> int:

@@ -263,6 +263,11 @@ class Shortcut:
         return hit, np.where(hit[:, None], rows[at], 0)
 
 
+def class_rows_of(verdict: VerdictPlan, n_classes: int) -> tuple[tuple[int, ...], ...]:
+    """Per class: (class, port, drop, mark, dscp)."""
+    return tuple((c, *verdict.params(c)) for c in range(n_classes))
+
+
 def shortcut_of(feature: int, values: tuple[int, ...], classes: tuple[int, ...],
                 verdict: VerdictPlan) -> Shortcut:
     """The shortcut mapping each value to its class's verdict row."""
@@ -293,10 +298,18 @@ class Pipeline:
     # the hybrid's category table before the switch lowering turns it into tables (an exact
     # encoder and high-priority entries of the deciding table: passes/switch.py)
     shortcut: Shortcut | None = None
+    # per class: (class, port, drop, mark, dscp), for verdicts decided after the model
+    class_rows: tuple[tuple[int, ...], ...] = ()
+    # switch targets with a per-flow decision (flow.decision): the model's deciding table,
+    # writing its class only, run after the ALU steps; the decision register and the verdict
+    # table (keyed on the flow's count, the model's class and the flow's stored class) follow
+    decider: Table | None = None
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders
         yield from self.lookups
+        if self.decider is not None:
+            yield self.decider
         yield self.verdict
 
     @property

@@ -40,6 +40,7 @@ from homunculus.ir.pipeline import (
     Ternary,
     bits_for,
 )
+from homunculus.passes.encode import range_to_prefixes
 
 MAX_SIGN_CLASSES = 8
 """Up to this many classes, the arg-max is one table over the pairwise sign bits (28 pairs)."""
@@ -59,6 +60,8 @@ def lower_for_switch(pipeline: Pipeline) -> Pipeline:
         lowered = lower_scores(pipeline)
     if lowered.shortcut is not None:
         lowered = attach_shortcut(lowered)
+    if lowered.flow is not None and lowered.flow.decision is not None:
+        lowered = attach_decision(lowered)
     return replace(lowered, notes={**lowered.notes, "switch_lowered": True})
 
 
@@ -152,6 +155,46 @@ def attach_shortcut(pipeline: Pipeline) -> Pipeline:
                                             "table": table.name, "entries": len(sc.values)}}
     return replace(pipeline, encoders=(*pipeline.encoders, table), verdict=decided,
                    shortcut=None, notes=notes)
+
+
+# ----------------------------------------------------------------------------- per-flow decision
+
+MODEL_CLASS, FLOW_COUNT, FLOW_CLASS = "model_class", "flow_count", "flow_class"
+"""The model's class, the flow's packet count n and the class its decision register gives."""
+
+
+def attach_decision(pipeline: Pipeline) -> Pipeline:
+    """The per-flow decision (features/library.py) as tables: the deciding table becomes the
+    ``decider``, writing the model's class only; after it, the decision register stores that
+    class at n == N and gives back what it holds (the generated code; twin: flow_twin.py);
+    then the verdict table, keyed on (n, the model's class, the stored class), acts: the
+    model's class's verdict while n <= N, the stored class's after. Its entries are ternary
+    prefixes of the two ranges of n, one set per class."""
+    flow = pipeline.flow
+    assert flow is not None and flow.decision is not None
+    d = flow.decision
+    deciding = pipeline.verdict
+    cls = [o.name for o in deciding.outputs].index(pipeline.class_field.name)
+    model_class = Field(MODEL_CLASS, d.width)
+    decider = Table(f"{deciding.name}_class", TableRole.LOOKUP, deciding.keys, deciding.kinds,
+                    (model_class,), tuple(Entry(e.matches, (e.params[cls],))
+                                          for e in deciding.entries),
+                    (deciding.default[cls],), deciding.slices)
+    count, stored = Field(FLOW_COUNT, d.width), Field(FLOW_CLASS, d.width)
+    rows = pipeline.class_rows
+    if len(rows) != len(pipeline.class_labels):
+        raise ValueError("a per-flow decision needs every class's verdict (class_rows)")
+    names = [o.name for o in deciding.outputs]
+    roles = {pipeline.class_field.name: 0, **{f.name: i + 1 for i, f in enumerate(VERDICT_FIELDS)}}
+    params = [tuple(row[roles[n]] for n in names) for row in rows]
+    full = model_class.max_value
+    entries = [Entry((t, Ternary(c, full), Ternary(0, 0)), params[c])
+               for c in range(len(rows)) for t in range_to_prefixes(0, d.at, d.width)]
+    entries += [Entry((t, Ternary(0, 0), Ternary(c, full)), params[c])
+                for c in range(len(rows)) for t in range_to_prefixes(d.at + 1, full, d.width)]
+    verdict = Table("verdict", TableRole.VERDICT, (count, model_class, stored),
+                    (MatchKind.TERNARY,) * 3, deciding.outputs, tuple(entries), params[0])
+    return replace(pipeline, decider=decider, verdict=verdict)
 
 
 # ----------------------------------------------------------------------------- scores

@@ -15,10 +15,12 @@ from sklearn.model_selection import (
 )
 
 from homunculus.data.dataset import Dataset, select_features
+from homunculus.features.library import DECIDE_AT
+from homunculus.features.reference import flow_decisions
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram, lower_flow_features
-from homunculus.ir.pipeline import Pipeline, VerdictPlan, shortcut_of
+from homunculus.ir.pipeline import Pipeline, VerdictPlan, class_rows_of, shortcut_of
 from homunculus.models.base import TrainedModel, get_family
 from homunculus.models.categorical import CategoryTable, learn_table, rest_rows, table_knobs
 from homunculus.passes.lower import lower
@@ -27,6 +29,7 @@ from homunculus.search.metrics import score
 from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
 
 MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
+DECIDE_PARAM = "flow_decide"  # design-space knob: per-flow decision at packet N (0: per packet)
 
 
 Fold = tuple[np.ndarray, np.ndarray]  # (fit rows, validation rows) of the training set
@@ -240,39 +243,71 @@ def cpu_lowering(target: Target) -> bool:
 def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan,
               winner_to_class: tuple[int, ...] | None,
               max_lookup_tables: int | None = None,
-              table: CategoryTable | None = None) -> Pipeline | CpuProgram:
-    """Lower ``model`` (and the hybrid's category ``table``) for ``target`` and prepare it: the
-    CPU program for the XDP and C targets, the table pipeline (tables merged to
-    ``max_lookup_tables``) for switches."""
+              table: CategoryTable | None = None, decide_at: int = 0) -> Pipeline | CpuProgram:
+    """Lower ``model`` (with the hybrid's category ``table`` and the per-flow decision at packet
+    ``decide_at``) for ``target`` and prepare it: the CPU program for the XDP and C targets, the
+    table pipeline (tables merged to ``max_lookup_tables``) for switches."""
     shortcut = None if table is None else shortcut_of(table.feature, table.values,
                                                        table.classes, verdict)
     if cpu_lowering(target):
         program = lower_cpu(model, dataset.features, dataset.class_labels, verdict,
-                            winner_to_class, flow_program(dataset))
+                            winner_to_class, flow_program(dataset, decide_at))
         return target.prepare(replace(program, shortcut=shortcut))
     pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables)
-    return target.prepare(replace(with_flow(pipeline, dataset), shortcut=shortcut))
+    return target.prepare(replace(with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
+                                  class_rows=class_rows_of(verdict, dataset.n_classes)))
 
 
-def build_pipeline(problem: Problem, trained: TrainedModel,
-                   merge: bool = False) -> Pipeline | CpuProgram:
+def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False,
+                   decide_at: int = 0) -> Pipeline | CpuProgram:
     """Lower (optionally merging lookup tables to ``merge_budget``) and prepare for the target."""
     return lower_for(problem.target, trained.quantised, problem.dataset, problem.verdict,
                      trained.winner_to_class, merge_budget(problem) if merge else None,
-                     trained.shortcut)
+                     trained.shortcut, decide_at)
 
 
-def flow_program(dataset: Dataset) -> FlowProgram | None:
-    """The flow-state program when the dataset's features come from packets."""
+def flow_program(dataset: Dataset, decide_at: int = 0) -> FlowProgram | None:
+    """The flow-state program when the dataset's features come from packets (with the
+    per-flow decision's counter when ``decide_at`` > 0)."""
     if dataset.traffic is None:
         return None
-    return lower_flow_features(list(dataset.traffic.features), dataset.traffic.config)
+    return lower_flow_features(list(dataset.traffic.features), dataset.traffic.config,
+                               decide_at)
 
 
-def with_flow(pipeline: Pipeline, dataset: Dataset) -> Pipeline:
+def with_flow(pipeline: Pipeline, dataset: Dataset, decide_at: int = 0) -> Pipeline:
     """Attach the flow-state program when the dataset's features come from packets."""
-    program = flow_program(dataset)
+    program = flow_program(dataset, decide_at)
     return pipeline if program is None else replace(pipeline, flow=program)
+
+
+def decision_choices(problem: Problem) -> tuple[int, ...]:
+    """The per-flow decision's design space: packet N in ``DECIDE_AT`` (0: per packet) when the
+    data comes from packets, the target keeps flow state (not C: it takes feature rows) and
+    every packet that updates flow state is classified (no feature reads a TCP- or UDP-only
+    field), so the packet at n == N always stores its class."""
+    ds = problem.dataset
+    if ds.flow_rows is None or ds.traffic is None or problem.target.name == "c":
+        return ()
+    from homunculus.data.packets import required_header
+
+    if any(f.kind == "header" and required_header(f.field) for f in ds.traffic.features):
+        return ()
+    return DECIDE_AT
+
+
+def decided(problem: Problem, params: dict[str, Any], classes: np.ndarray,
+            rows: np.ndarray | None = None, test: bool = False) -> np.ndarray:
+    """``classes`` of the training ``rows`` (or the test rows) as the per-flow decision of
+    ``params`` applies them (unchanged without one)."""
+    at = int(params.get(DECIDE_PARAM, 0) or 0)
+    fr = problem.dataset.flow_rows
+    if not at or fr is None:
+        return classes
+    pos, ep = (fr.pos_test, fr.ep_test) if test else (fr.pos_train, fr.ep_train)
+    if rows is not None:
+        pos, ep = pos[rows], ep[rows]
+    return flow_decisions(classes, pos, ep, at)
 
 
 def cross_validate(problem: Problem, family: str, params: dict[str, Any]
@@ -282,8 +317,8 @@ def cross_validate(problem: Problem, family: str, params: dict[str, Any]
     scores = []
     for fit, val in problem.folds:
         trained = train_configuration(problem, family, params, fit)
-        scores.append(score(problem.metric, ds.y_train[val],
-                            trained.predict_quantised(ds.x_train[val]), ds.n_classes,
+        pred = decided(problem, params, trained.predict_quantised(ds.x_train[val]), val)
+        scores.append(score(problem.metric, ds.y_train[val], pred, ds.n_classes,
                             problem.positive))
     return tuple(scores)
 
@@ -298,14 +333,16 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
         problem = problem.restricted(chosen)
     ds = problem.dataset
     trained = train_configuration(problem, family, params)
-    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)))
+    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)),
+                              int(params.get(DECIDE_PARAM, 0) or 0))
     usage = problem.target.estimate(pipeline)
     feasibility = assess(usage, problem.limits)
     folds = cross_validate(problem, family, params)
     # The shipped model's fit on its own training data bounds what it can do: when even that is
     # below the folds' mean, the folds' models were luckier than this one (an unstable
     # configuration, e.g. a forest of stumps whose votes tie), so it counts.
-    fit = score(problem.metric, ds.y_train, trained.predict_quantised(ds.x_train), ds.n_classes,
+    fit = score(problem.metric, ds.y_train,
+                decided(problem, params, trained.predict_quantised(ds.x_train)), ds.n_classes,
                 problem.positive)
     return Evaluation(family, params, trained, pipeline, usage, feasibility,
                       min(float(np.mean(folds)), fit), problem, folds)

@@ -32,10 +32,12 @@ from homunculus.models.categorical import (
     size_choices,
 )
 from homunculus.search.problem import (
+    DECIDE_PARAM,
     MERGE_PARAM,
     Evaluation,
     Problem,
     categorical_features,
+    decision_choices,
     evaluate,
     feature_param,
     max_table_entries,
@@ -176,10 +178,10 @@ def table_space(problem: Problem) -> TableSpace:
 
 
 def suggest_configuration(trial: optuna.Trial, families: list[str], can_merge: bool,
-                          n_select: int = 0, tables: TableSpace = TableSpace()
-                          ) -> tuple[str, dict[str, Any]]:
-    """A family, its hyperparameters, the resource knobs, the category table and (optionally)
-    the feature set."""
+                          n_select: int = 0, tables: TableSpace = TableSpace(),
+                          decisions: tuple[int, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """A family, its hyperparameters, the resource knobs, the category table, the per-flow
+    decision and (optionally) the feature set."""
     family = trial.suggest_categorical("family", families)
     params = get_family(family).suggest(trial)
     if can_merge:
@@ -189,6 +191,8 @@ def suggest_configuration(trial: optuna.Trial, families: list[str], can_merge: b
         if params[CAT_TABLE]:
             params[CAT_FEATURE] = trial.suggest_categorical(CAT_FEATURE, list(tables.features))
             params[CAT_SUPPORT] = trial.suggest_categorical(CAT_SUPPORT, list(SUPPORTS))
+    if decisions:
+        params[DECIDE_PARAM] = trial.suggest_categorical(DECIDE_PARAM, list(decisions))
     for i in range(n_select):
         params[feature_param(i)] = trial.suggest_categorical(feature_param(i), [True, False])
     if n_select and not any(params[feature_param(i)] for i in range(n_select)):
@@ -210,14 +214,15 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
 
 
 def warm_start(study: optuna.Study, families: list[str], budget: Budget,
-               tables: TableSpace = TableSpace()) -> None:
+               tables: TableSpace = TableSpace(), decisions: tuple[int, ...] = ()) -> None:
     """Queue each family's hand-tuned default configuration (with the default category table
     when the data has categorical features) as the first trials of a new study (at most half
     the trial budget): strong baselines the sampler then improves on."""
     n = len(families) if budget.trials is None else min(len(families), budget.trials // 2)
     for family in families[:n]:
         study.enqueue_trial({"family": family, **get_family(family).default_params(),
-                             **tables.defaults()}, skip_if_exists=True)
+                             **tables.defaults(), **({DECIDE_PARAM: 0} if decisions else {})},
+                            skip_if_exists=True)
 
 
 def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...],
@@ -232,11 +237,13 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
     can_merge = merge_budget(problem) is not None
     n_select = len(problem.dataset.features) if problem.select_features else 0
     tables = table_space(problem)
+    decisions = decision_choices(problem)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         progress.record(t)
 
     def objective(trial: optuna.Trial) -> list[float]:
-        family, params = suggest_configuration(trial, families, can_merge, n_select, tables)
+        family, params = suggest_configuration(trial, families, can_merge, n_select, tables,
+                                               decisions)
         try:
             ev = evaluate(problem, family, params)
         except CapacityExceeded as exc:  # beyond the target's compiled capacity: skip it
@@ -246,7 +253,7 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         return objective_values(ev, objectives)
 
     if not study.get_trials(deepcopy=False):
-        warm_start(study, families, budget, tables)
+        warm_start(study, families, budget, tables, decisions)
     finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     remaining = None if budget.trials is None else max(budget.trials - finished, 0)
     start = time.monotonic()

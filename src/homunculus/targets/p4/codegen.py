@@ -214,7 +214,8 @@ def _metadata(pipeline: Pipeline, direct: dict[str, str]) -> list[dict[str, Any]
     error). Features matched on their header field and verdict outputs the verdict's actions
     apply directly are not metadata."""
     fields: list[Field] = [f.field for f in pipeline.features if f.field.name not in direct]
-    for table in (*pipeline.encoders, *pipeline.lookups):
+    decider = (pipeline.decider,) if pipeline.decider is not None else ()
+    for table in (*pipeline.encoders, *pipeline.lookups, *decider):
         fields += [k for k in table.keys if k.name not in direct]
         fields += list(table.outputs)
     for step in pipeline.alu:
@@ -373,7 +374,10 @@ def _flow_meta_fields(idx_width: int, regs: dict[str, Any]) -> list[dict[str, An
 def _check_flow_names(pipeline: Pipeline, program: FlowProgram) -> None:
     """Register names (and their ``_update`` actions) must not collide with tables or actions."""
     taken = {t.name for t in pipeline.tables()} | {f"{t.name}_set" for t in pipeline.tables()}
-    names = [r.name for r in program.registers] + [f"{r.name}_update" for r in program.registers]
+    regs = [r.name for r in program.registers]
+    if program.decision is not None:
+        regs.append(program.decision.register)
+    names = regs + [f"{r}_update" for r in regs]
     if len(set(names)) != len(names) or taken & set(names):
         raise ValueError("flow register names collide with each other or with tables/actions")
 
@@ -392,6 +396,8 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
                          f"({UNIT_NS[arch]} ns)")
     if {o.feature for o in program.outputs} != flow_features:
         raise ValueError("flow outputs and the pipeline's flow features differ")
+    if (program.decision is None) != (pipeline.decider is None):
+        raise ValueError("a per-flow decision needs both its register and its decider table")
     _check_flow_names(pipeline, program)
     idx_width = cfg.slots.bit_length() - 1
     regs = _flow_registers(program)
@@ -404,8 +410,17 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
         del values["iat"]
     if regs["first"] is None:
         del values["age"]
+    decision = None
+    if program.decision is not None:
+        d = program.decision
+        check_identifier(d.register, "decision register")
+        if d.count not in values or values[d.count]["width"] != d.width or not 1 <= d.at < 255:
+            raise ValueError("the per-flow decision needs its 8-bit count register")
+        decision = {"at": d.at, "width": d.width, "register": d.register,
+                    "count": values[d.count]["name"]}
     return {
         **regs,
+        "decision": decision,
         "slots": cfg.slots,
         "idx_width": idx_width,
         "time_shift": TIME_BASE_SHIFT[arch] + cfg.time_shift,
@@ -476,6 +491,8 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
         "required_headers": _required_headers(pipeline, feature_header),
         "tables": [table_context(t, key_views(t, direct, arch))
                    for t in (*pipeline.encoders, *pipeline.lookups)],
+        "decider": None if pipeline.decider is None else table_context(
+            pipeline.decider, key_views(pipeline.decider, direct, arch)),
         "verdict": verdict,
         "encoders": [t.name for t in pipeline.encoders],
         "lookups": [t.name for t in pipeline.lookups],

@@ -28,7 +28,13 @@ from homunculus.ir.pipeline import (
     Table,
     Ternary,
 )
-from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
+from homunculus.passes.switch import FLOW_CLASS, FLOW_COUNT, MODEL_CLASS
+from homunculus.targets.p4.flow_twin import (
+    eligible_packets,
+    run_decisions,
+    run_flow_program,
+    trace_flow_program,
+)
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,18 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
     env[argmax.output.name] = contenders[0][0]
 
 
-def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+def simulate(pipeline: Pipeline, x: np.ndarray,
+             decision: tuple[np.ndarray, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
-    execution (tables, or the MLP's arg-max, then the verdict table)."""
+    execution (tables, or the MLP's arg-max, then the verdict table). With a per-flow decision,
+    ``decision`` gives each row's flow count and the class its decision register gave (by
+    default 0 and 0: every row is decided by the model)."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
+    if pipeline.decider is not None:
+        count, stored = decision or (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        env[FLOW_COUNT], env[FLOW_CLASS] = np.asarray(count), np.asarray(stored)
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
     if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max
@@ -150,6 +162,8 @@ def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
         run_argmax(pipeline.argmax, env)
     for step in pipeline.alu:
         run_alu_step(step, env, n)
+    if pipeline.decider is not None:
+        run_table(pipeline.decider, env, n)
     run_table(pipeline.verdict, env, n)
     if pipeline.shortcut is not None:  # not yet lowered to tables: its hits decide
         features = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
@@ -173,6 +187,7 @@ def with_installed_entries(pipeline: Pipeline,
         pipeline,
         encoders=tuple(swap(t) for t in pipeline.encoders),
         lookups=tuple(swap(t) for t in pipeline.lookups),
+        decider=None if pipeline.decider is None else swap(pipeline.decider),
         verdict=swap(pipeline.verdict),
     )
 
@@ -205,10 +220,29 @@ def simulate_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResul
 
     values, carried = header_feature_values(pipeline, table)
     eligible = eligible_packets(table)
-    if pipeline.flow is not None:
-        program, n = pipeline.flow, len(pipeline.features)
-        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
-        flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
-        values[:, flow_cols] = flow_values[:, flow_cols]
     classified = eligible & carried
-    return simulate(pipeline, values[classified]), classified
+    if pipeline.flow is None:
+        return simulate(pipeline, values[classified]), classified
+    program, n = pipeline.flow, len(pipeline.features)
+    flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
+    if pipeline.decider is None:
+        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
+        values[:, flow_cols] = flow_values[:, flow_cols]
+        return simulate(pipeline, values[classified]), classified
+    # the per-flow decision: the model's class of every packet, then the decision register
+    # packet by packet (each capture with fresh state), then the verdict table
+    count = np.zeros(len(table), dtype=np.int64)
+    stored = np.zeros(len(table), dtype=np.int64)
+    ids = table["file_id"].to_numpy()
+    for f in pd.unique(ids):
+        rows = np.nonzero(ids == f)[0]
+        part = table.iloc[rows]
+        flow_values, ok, trace = trace_flow_program(program, part, n)
+        values[np.ix_(rows, flow_cols)] = flow_values[:, flow_cols]
+        model = np.zeros(len(rows), dtype=np.int64)
+        if (classified[rows]).any():
+            picked = classified[rows]
+            model[picked] = simulate(pipeline, values[rows][picked]).fields[MODEL_CLASS]
+        count[rows], stored[rows] = run_decisions(program, trace, ok & classified[rows], model)
+    result = simulate(pipeline, values[classified], (count[classified], stored[classified]))
+    return result, classified

@@ -175,7 +175,14 @@ def flow_context(cpu: CpuProgram) -> dict[str, Any] | None:
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
                    key=lambda r: r["stage"])
-    return {"slots": program.config.slots, "unit_ns": UNIT_NS,
+    decision = None
+    if program.decision is not None:
+        d = program.decision
+        names = [r.name for r in program.registers]
+        if d.count not in names or not 1 <= d.at < 255 or not cpu.class_rows:
+            raise ValueError("the per-flow decision needs its count register and class rows")
+        decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
+    return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,
             "time_shift": program.config.time_shift, "registers": regs,
             "sig": roles["sig"], "last": roles.get("last"), "first": roles.get("first"),
             "state": state, "outputs": outputs}

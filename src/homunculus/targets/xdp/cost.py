@@ -60,7 +60,8 @@ def work(program: CpuProgram) -> Work:
 def model_work(program: CpuProgram) -> Work:
     model = program.model
     flow = program.flow
-    common = {"registers": len(flow.registers) if flow else 0, "flow": flow is not None}
+    common = {"registers": len(flow.registers) + int(flow.decision is not None) if flow else 0,
+              "flow": flow is not None}
     if isinstance(model, TreeModel):
         if model.mode == WINNER:
             return Work(**common, steps=model.depth)

@@ -79,7 +79,7 @@ class Capacity:
     widths: tuple[int, ...] = ()  # MLP hidden layers
     categories: int = 0  # category table entries (a power of two; 0: no table)
     cat_feature: int = -1  # the feature the category table matches
-    n_classes: int = 0  # verdict rows a category table may use (one per class)
+    n_classes: int = 0  # per-class verdict rows (a category table's hits, a flow's decision)
 
     @property
     def n_features(self) -> int:
@@ -131,9 +131,9 @@ class Capacity:
 
     @property
     def verdict_rows(self) -> int:
-        """Verdict rows in ``hmn_meta``: the winners', then (with a category table) one per
-        class for the table's hits."""
-        return self.n_winners + (self.n_classes if self.categories else 0)
+        """Verdict rows in ``hmn_meta``: the winners', then (with a category table or a
+        per-flow decision) one per class."""
+        return self.n_winners + self.n_classes
 
     def meta_words(self) -> tuple[int, int]:
         """(bias words, verdict words): both padded to even counts."""
@@ -184,8 +184,10 @@ class Capacity:
                         override: int | None) -> Capacity:
         """This capacity with room for ``program``'s category table (none without one)."""
         sc = program.shortcut
+        decision = program.flow is not None and program.flow.decision is not None
         if sc is None:
-            return self
+            return Capacity(**{**asdict(self), "n_classes": len(program.class_labels)}
+                            ) if decision else self
         size = pow2(_scaled(max(len(sc.values), 1), headroom, MAX_CATEGORIES, "category values",
                             "max_categories", override))
         return Capacity(**{**asdict(self), "categories": size, "cat_feature": sc.feature,
@@ -327,8 +329,8 @@ def check_fits(program: CpuProgram, cap: Capacity) -> None:
         if len(sc.values) > cap.categories:
             raise CapacityError(f"the category table has {len(sc.values)} values; the compiled "
                                 f"capacity is {cap.categories}")
-        if len(set(sc.rows)) > cap.n_classes:
-            raise CapacityError("the category table has more verdict rows than classes")
+        if len(program.class_rows) != cap.n_classes:
+            raise CapacityError("the category table needs one verdict row per class")
     model = program.model
     if isinstance(model, TreeModel):
         if len(model.trees) > cap.trees:

@@ -180,4 +180,16 @@ def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinRes
         cols = [j for j, f in enumerate(program.features) if f.flow]
         values[:, cols] = flow_values[:, cols]
     classified = eligible_packets(table) & carried
-    return reference(program, values[classified]), classified
+    result = reference(program, values[classified])
+    decision = program.flow.decision if program.flow is not None else None
+    if decision is None:
+        return result, classified
+    from homunculus.data.traffic import packet_positions
+    from homunculus.features.reference import flow_decisions
+
+    positions, episodes = packet_positions(table, program.flow.config)  # type: ignore[union-attr]
+    classes = flow_decisions(result.class_index, positions[classified], episodes[classified],
+                             decision.at)
+    rows = np.asarray(program.class_rows, dtype=np.int64)[classes]
+    fields = {name: rows[:, j] for j, name in enumerate(RESULT_FIELDS)}
+    return TwinResult(classes, fields), classified

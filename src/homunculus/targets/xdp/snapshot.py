@@ -85,13 +85,14 @@ def meta_bytes(program: CpuProgram, cap: Capacity) -> bytes:
     verdict[:5 * program.n_winners] = np.asarray(program.verdict, dtype=np.int64).reshape(-1)
     keys = np.full(cap.categories, 2**32 - 1, dtype="<u4")
     rows = np.zeros(cap.categories, dtype="<u4")
-    sc = program.shortcut
-    if sc is not None:  # the table's verdict rows follow the winners'; a key's row is index + 1
-        distinct, index = sc.distinct_rows()
+    if cap.n_classes:  # each class's verdict row follows the winners'
         start = 5 * program.n_winners
-        verdict[start:start + 5 * len(distinct)] = np.asarray(distinct, dtype=np.int64).reshape(-1)
+        verdict[start:start + 5 * cap.n_classes] = np.asarray(
+            program.class_rows, dtype=np.int64).reshape(-1)
+    sc = program.shortcut
+    if sc is not None:  # a key's row: its class + 1
         keys[:len(sc.values)] = sc.values
-        rows[:len(sc.values)] = [i + 1 for i in index]
+        rows[:len(sc.values)] = [r[0] + 1 for r in sc.rows]
     return (np.asarray([n_trees, depth], dtype="<u4").tobytes() + bias.tobytes()
             + verdict.tobytes() + keys.tobytes() + rows.tobytes())
 

@@ -99,6 +99,9 @@ def compile_command(
         out.print(f"  category table: {table['entries']} values of '{table['feature']}' decide "
                   f"{table['test_rows_decided']:.1%} of the test samples; the model the rest",
                   highlight=False)
+    if m.get("decide_at"):
+        out.print(f"  per-flow decision: packet {m['decide_at']} of each flow decides its "
+                  "later packets (test metrics include it)", highlight=False)
     from homunculus.report.summary import resource_line
 
     line = resource_line(result.report["target"], res["totals"], res["binding"])

@@ -547,6 +547,7 @@ def build_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": {k: metrics.get(k) for k in ("float", "quantised", "pipeline", "agreement")},
         "cv": metrics.get("cv") or {},
         "category_table": report.get("category_table"),
+        "decide_at": metrics.get("decide_at") or 0,
         "per_class_f1": metrics.get("per_class_f1") or {},
         "best_trial": report.get("best_trial"),
         "search": report.get("search") or {},

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import SpecError
-from homunculus.frontend.spec import ModelSpec, PlatformSpec, SearchSpec
+from homunculus.frontend.spec import AdaptSpec, ModelSpec, PlatformSpec, SearchSpec
 
 _PARENT = re.compile(r"(\.[^.\[]+|\[\d+\])$")
 
@@ -26,6 +26,7 @@ class Plan:
     n_models: int = 1
     select_features: bool = False  # traffic specs may put the feature set into the search
     feature_paths: list[str] = field(default_factory=list)  # spec field of each data feature
+    adapt: AdaptSpec | None = None  # telemetry and atomic installs (homunculus adapt)
 
     def feature_path(self, index: int) -> str:
         """The spec field that declared the data's feature ``index``."""

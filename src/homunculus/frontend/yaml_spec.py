@@ -83,6 +83,7 @@ def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
                 source, origins)
+    plan.adapt = spec.adapt
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
         plan.select_features = spec.traffic.select_features

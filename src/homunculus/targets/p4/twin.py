@@ -139,17 +139,22 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
 
 
 def simulate(pipeline: Pipeline, x: np.ndarray,
-             decision: tuple[np.ndarray, np.ndarray] | None = None) -> TwinResult:
+             extra: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
-    execution (tables, or the MLP's arg-max, then the verdict table). With a per-flow decision,
-    ``decision`` gives each row's flow count and the class its decision register gave (by
-    default 0 and 0: every row is decided by the model)."""
+    execution (tables, or the MLP's arg-max, then the verdict table). ``extra``: other fields
+    the tables read (the model version of versioned programs; a per-flow decision's flow count
+    and stored class; 0 when they read them and they are not given: with a decision, every row
+    is then decided by the model)."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
+    if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
+        env["model_version"] = np.zeros(n, dtype=np.int64)
     if pipeline.decider is not None:
-        count, stored = decision or (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-        env[FLOW_COUNT], env[FLOW_CLASS] = np.asarray(count), np.asarray(stored)
+        env[FLOW_COUNT] = np.zeros(n, dtype=np.int64)
+        env[FLOW_CLASS] = np.zeros(n, dtype=np.int64)
+    for name, values in (extra or {}).items():
+        env[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,)).copy()
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
     if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max
@@ -244,5 +249,6 @@ def simulate_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResul
             picked = classified[rows]
             model[picked] = simulate(pipeline, values[rows][picked]).fields[MODEL_CLASS]
         count[rows], stored[rows] = run_decisions(program, trace, ok & classified[rows], model)
-    result = simulate(pipeline, values[classified], (count[classified], stored[classified]))
+    result = simulate(pipeline, values[classified],
+                      {FLOW_COUNT: count[classified], FLOW_CLASS: stored[classified]})
     return result, classified

@@ -51,6 +51,7 @@ from common import (
 )
 
 from homunculus.errors import InfeasibleError
+from homunculus.search.problem import decision_choices
 from homunculus.search.study import (
     Budget,
     directions,
@@ -58,6 +59,7 @@ from homunculus.search.study import (
     make_sampler,
     pick_best,
     run_search,
+    table_space,
     warm_start,
 )
 
@@ -145,10 +147,11 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
                else factory(seed, n_warm))
     study = optuna.create_study(directions=directions(setup.objectives), sampler=sampler)
     budget = Budget(trials=trials)
-    if warm:
-        warm_start(study, setup.families, budget)
-        if factory is None:
-            run_search(setup.problem, setup.families, setup.objectives, budget, study)
+    if warm and factory is None:  # run_search queues the warm start itself
+        run_search(setup.problem, setup.families, setup.objectives, budget, study)
+    elif warm:
+        warm_start(study, setup.families, budget, table_space(setup.problem),
+                   decision_choices(setup.problem))
     if factory is not None or not warm:
         study.optimize(make_objective(setup.problem, setup.families, setup.objectives),
                        n_trials=trials - len(study.get_trials(

@@ -175,9 +175,20 @@ def compile_command(
     res = result.report["resources"]
     say(out, ("compiled", "bold green"), f" {shown(result.report['name'])} -> "
         f"{shown(result.out_dir, 400)}")
-    say(out, f"  family {result.family}; {result.report['metric']}: float {m['float']:.4f}, "
-        f"quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
+    cv = m.get("cv") or {}
+    if cv:
+        say(out, f"  search: {result.report['metric']} {cv['metric']:.4f} cross-validated "
+            f"({cv['scheme']}); the shipped model is refit on all training data")
+    say(out, f"  family {result.family}; test {result.report['metric']}: float "
+        f"{m['float']:.4f}, quantised {m['quantised']:.4f}, pipeline {m['pipeline']:.4f} "
         f"(agreement {m['agreement']:.2%} on {m['test_samples']} test samples)")
+    table = result.report.get("category_table")
+    if table:
+        say(out, f"  category table: {table['entries']} values of '{shown(table['feature'])}' "
+            f"decide {table['test_rows_decided']:.1%} of the test samples; the model the rest")
+    if m.get("decide_at"):
+        say(out, f"  per-flow decision: packet {m['decide_at']} of each flow decides its "
+            "later packets (test metrics include it)")
     from homunculus.report.summary import resource_line
 
     line = resource_line(result.report["target"], res["totals"], res["binding"])
@@ -228,6 +239,59 @@ def toolchain_line(section: dict) -> str:
     return (f"{head}: accepted; real: {real['stages']} stages, {real['tables']} tables, "
             f"{real['sram_blocks']} SRAM and {real['tcam_blocks']} TCAM blocks "
             f"({section['warnings']} warning(s))")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    spec: Annotated[Path, typer.Argument(help="YAML spec")],
+    splits: Annotated[int, typer.Option(help="seeded train/test splits to compile")] = 8,
+    seed: Annotated[int | None, typer.Option(help="first split seed (default: search.seed)")
+                    ] = None,
+    trials: Annotated[int | None, typer.Option(help="trial budget (overrides the spec)")] = None,
+    seconds: Annotated[float | None, typer.Option(help="time budget per split")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results here")
+                        ] = None,
+) -> None:
+    """Compile the spec over several seeded splits: mean, spread and per-class F1."""
+    import json
+
+    from homunculus.evaluate import evaluate_spec, split_line
+
+    if trials is not None and trials < 1:
+        _fail(SpecError("--trials must be at least 1"))
+    if seconds is not None and seconds <= 0:
+        _fail(SpecError("--seconds must be positive"))
+    if json_out is not None and json_out.exists() and not json_out.is_file():
+        _fail(SpecError("--json must name a file", file=str(json_out)))
+    target: list[str] = []
+
+    def show(row) -> None:  # noqa: ANN001
+        out.print("  " + split_line(row, target[0] if target else "tofino"), highlight=False,
+                  soft_wrap=True)
+
+    try:
+        from homunculus.frontend.yaml_spec import load_yaml_spec
+
+        if spec.suffix in (".yaml", ".yml") and spec.exists():
+            target.append(load_yaml_spec(spec)[0].platform.target)
+        result = evaluate_spec(spec, splits, first_seed=seed, trials=trials, seconds=seconds,
+                               on_split=show)
+    except HomunculusError as exc:
+        _fail(exc)
+        return
+    summary = result.summary()
+    p = summary["pipeline"]
+    out.print(f"[bold]{result.name}[/]: {result.metric} of the generated pipeline over "
+              f"{summary['splits']} splits (seeds {summary['seeds'][0]}..{summary['seeds'][-1]}): "
+              f"mean {p['mean']:.4f} ± {p['std']:.4f} (min {p['min']:.4f}, max {p['max']:.4f}); "
+              f"cross-validated {summary['cv']['mean']:.4f}", soft_wrap=True)
+    table_view = Table("class", "F1 mean", "± std", "min", "max")
+    for label, st in summary["per_class_f1"].items():
+        table_view.add_row(label, f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['min']:.4f}",
+                           f"{st['max']:.4f}")
+    out.print(table_view)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.as_json(), indent=1) + "\n")
 
 
 @app.command("simulate")

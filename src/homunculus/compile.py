@@ -54,10 +54,14 @@ from homunculus.search.distributed import (
 )
 from homunculus.search.metrics import NEEDS_POSITIVE, score
 from homunculus.search.problem import (
+    DECIDE_PARAM,
     Evaluation,
     Problem,
+    decided,
+    decision_choices,
     evaluate,
     make_problem,
+    max_table_entries,
     merge_budget,
 )
 from homunculus.search.study import (
@@ -69,6 +73,7 @@ from homunculus.search.study import (
     open_study,
     pick_best,
     run_search,
+    table_space,
     trial_index,
     warm_start,
 )
@@ -204,12 +209,32 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     return target, limits.merged(wanted)
 
 
+def check_categorical(plan: Plan, dataset: Dataset, target: Target, limits: Limits) -> None:
+    """A categorical feature promises values a table can enumerate: one with more distinct
+    training values than the largest table the target holds under the limits is ruled out
+    before the search (declare it numeric, or coarsen it)."""
+    cap = max_table_entries(target, limits)
+    for i, f in enumerate(dataset.features):
+        if not f.categorical:
+            continue
+        distinct = len(np.unique(dataset.x_train[:, i]))
+        if distinct > cap:
+            bound = ("resources.entries" if limits.entries is not None and limits.entries == cap
+                     else f"the {target.name} target")
+            raise plan.error(plan.feature_path(i) + ".categorical",
+                             f"categorical feature '{f.name}' has {distinct:,} distinct values "
+                             f"in the training data, more than any exact-match table can hold "
+                             f"here ({cap:,} entries: {bound}); declare it numeric, or coarsen "
+                             "it")
+
+
 def build_problem(plan: Plan, seed: int) -> tuple[Problem, list[str] | None]:
     """Every check of the spec and the data, then the search problem (before any search)."""
     requested = check_algorithms(plan)
     target, limits = make_target_and_limits(plan)
     dataset = plan.load_data()
     check_header_mix(plan, dataset, target)
+    check_categorical(plan, dataset, target, limits)
     try:
         problem = make_problem(dataset, target, limits, plan.model.metric,
                                positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
@@ -282,11 +307,13 @@ def write_model(out: Path, ev: Evaluation, dataset: Dataset,
     quantised = {
         "family": ev.family,
         "params": ev.params,
-        "features": [{"name": f.name, "width": f.width, "field": f.field}
-                     for f in dataset.features],
+        "features": [{"name": f.name, "width": f.width, "field": f.field,
+                      "categorical": f.categorical} for f in dataset.features],
         "class_labels": list(dataset.class_labels),
         "winner_to_class": list(ev.trained.winner_to_class or range(dataset.n_classes)),
         "model": to_json(ev.trained.quantised),
+        "category_table": None if ev.trained.shortcut is None else ev.trained.shortcut.as_json(),
+        "decide_at": int(ev.params.get(DECIDE_PARAM, 0) or 0),
         "verdict": None if verdict is None else verdict_json(verdict),
         "seed": ev.problem.seed,
         "traffic": None if dataset.traffic is None else {
@@ -416,8 +443,10 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
     counted, and return the study's best trial."""
     assert options.shared is not None
     objectives = tuple(plan.model.objectives)
+    tables, decisions = table_space(problem), decision_choices(problem)
     study = open_coordinated(options.shared, settings, directions(objectives), budget.trials,
-                             budget.seconds, lambda st: warm_start(st, allowed, budget))
+                             budget.seconds,
+                             lambda st: warm_start(st, allowed, budget, tables, decisions))
     sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
                            concurrent=True)
     study = with_sampler(study, options.shared, sampler)
@@ -497,14 +526,45 @@ def traffic_section(dataset: Dataset) -> dict[str, Any] | None:
             "flow": asdict(info.config), "features": [asdict(f) for f in info.features]}
 
 
+def cv_section(problem: Problem, ev: Evaluation) -> dict[str, Any]:
+    """The trial metric of the shipped configuration: the folds' mean and spread, and how the
+    folds were drawn (the model that ships is the refit on the whole training set)."""
+    folds = np.asarray(ev.fold_metrics, dtype=float)
+    return {"metric": ev.metric, "mean": float(folds.mean()) if len(folds) else None,
+            "std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0, "folds": len(folds),
+            "scheme": problem.fold_scheme}
+
+
+def category_section(ds: Dataset, ev: Evaluation) -> dict[str, Any] | None:
+    """The hybrid's exact-match table: its feature, entries, and the test rows it decides."""
+    table = ev.trained.shortcut
+    if table is None:
+        return None
+    hit, _ = table.lookup(ds.x_test)
+    return {"feature": ds.features[table.feature].name, "entries": len(table),
+            "size_knob": ev.params.get("cat_table"), "support": ev.params.get("cat_support"),
+            "test_rows_decided": float(hit.mean()) if len(hit) else 0.0}
+
+
+def per_class_f1(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """F1 of each class (one against the rest) on the test set."""
+    from sklearn.metrics import f1_score
+
+    values = f1_score(y, pred, labels=list(range(len(labels))), average=None, zero_division=0)
+    return {label: float(v) for label, v in zip(labels, values, strict=True)}
+
+
 def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
                  candidates: list[Any], expected: np.ndarray, produced: np.ndarray,
                  seed: int) -> dict[str, Any]:
     ds = problem.dataset
     y = ds.y_test
 
+    def applied(pred: np.ndarray) -> np.ndarray:  # with the per-flow decision, if any
+        return decided(problem, ev.params, pred, test=True)
+
     def metric_of(pred: np.ndarray) -> float:
-        return score(problem.metric, y, pred, ds.n_classes, problem.positive)
+        return score(problem.metric, y, applied(pred), ds.n_classes, problem.positive)
 
     rows = trial_rows(result.trials)
     return {
@@ -522,11 +582,15 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "agreement": float(np.mean(expected == produced)),
             "validation_quantised": ev.metric,
             "cv_folds": [round(m, 6) for m in ev.fold_metrics],
+            "cv": cv_section(problem, ev),
             "test_samples": len(y),
+            "per_class_f1": per_class_f1(y, applied(produced), ds.class_labels),
+            "decide_at": int(ev.params.get(DECIDE_PARAM, 0) or 0),
         },
+        "category_table": category_section(ds, ev),
         "trials": rows,
         "best_trial": trial_index(result.best_trial),
-        "confusion_matrix": confusion(y, produced, ds.class_labels),
+        "confusion_matrix": confusion(y, applied(produced), ds.class_labels),
         "resources": resources_section(ev.usage, problem.limits, ev.feasibility,
                                        problem.target.name),
         "candidates": candidates_section(candidates),

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from homunculus.data.traffic import per_capture
+from homunculus.data.traffic import packet_positions, per_capture
 from homunculus.errors import DataError, VerificationError
 from homunculus.features.library import FeatureDef, FlowConfig
-from homunculus.features.reference import reference_features
+from homunculus.features.reference import flow_decisions, reference_features
 from homunculus.ir.quantised import from_json, predict_index
 from homunculus.ir.serialize import compiled_from_json
+from homunculus.models.categorical import CategoryTable
 from homunculus.targets.p4.entries import read_runtime_entries
 from homunculus.targets.p4.twin import simulate_packets, with_installed_entries
 
@@ -86,8 +87,18 @@ def model_predictions(model: dict[str, Any], table: pd.DataFrame,
     defs = [FeatureDef(**f) for f in traffic["features"]]
     config = FlowConfig(**traffic["config"])
     values, _ = per_capture(table, lambda t: reference_features(t, defs, config))
-    winners = predict_index(from_json(model["model"]), values[classified])
-    return np.asarray(model["winner_to_class"], dtype=np.int64)[winners]
+    x = values[classified]
+    classes = np.asarray(model["winner_to_class"], dtype=np.int64)[
+        predict_index(from_json(model["model"]), x)]
+    category = model.get("category_table")
+    if category is not None:
+        classes = CategoryTable.from_json(category).apply(x, classes)
+    decide_at = int(model.get("decide_at") or 0)
+    if decide_at:  # the per-flow decision, by the reference's own flow bookkeeping
+        positions, episodes = packet_positions(table, config)
+        classes = flow_decisions(classes, positions[classified], episodes[classified],
+                                 decide_at)
+    return classes
 
 
 def simulate_capture(out_dir: Path, table: pd.DataFrame) -> SimulationReport:

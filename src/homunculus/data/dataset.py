@@ -21,10 +21,22 @@ class FeatureDecl:
     width: int
     field: str | None = None
     kind: str | None = None  # a flow-state kind (features/library.py); None: a table column
+    categorical: bool = False  # values are categories (exact-match tables may map them)
 
     @property
     def max_value(self) -> int:
         return (1 << self.width) - 1
+
+
+@dataclass(frozen=True)
+class FlowRows:
+    """Per row of a traffic dataset: its flow's packet count n and an id of the flow's stay in
+    its slot (features/reference.py ``flow_positions``), for the per-flow decision."""
+
+    pos_train: np.ndarray
+    ep_train: np.ndarray
+    pos_test: np.ndarray
+    ep_test: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class Dataset:
     source: str = "<memory>"
     traffic: Any = None  # TrafficInfo for datasets built from packets (data/traffic.py)
     groups_train: np.ndarray | None = None  # flow/capture of each training row (no leaks)
+    group_name: str | None = None  # what a group is: "capture", "flow" or a column's name
+    flow_rows: FlowRows | None = None  # traffic datasets: each row's place in its flow
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -59,8 +59,16 @@ HEADER_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 
 
+# derived port fields: min/max of the TCP or UDP ports, 0 for other protocols (never required)
+PORT_PAIR_FIELDS: dict[str, str] = {"l4.server_port": "min", "l4.client_port": "max"}
+
+
 def header_values(table: pd.DataFrame, field: str) -> np.ndarray:
     """A header field per packet as the data plane reads it: 0 where the header is absent."""
+    if field in PORT_PAIR_FIELDS:
+        pick = np.minimum if PORT_PAIR_FIELDS[field] == "min" else np.maximum
+        values = pick(table["src_port"].to_numpy(np.int64), table["dst_port"].to_numpy(np.int64))
+        return np.where(header_present(table, "has_l4"), values, 0)
     column, flag = HEADER_COLUMNS[field]
     values = table[column].to_numpy(np.int64)
     present = header_present(table, flag)
@@ -77,6 +85,8 @@ def header_present(table: pd.DataFrame, flag: str | None) -> np.ndarray | None:
 
 def required_header(field: str) -> str | None:
     """The validity column a packet needs for this field to be classified on (None: none)."""
+    if field in PORT_PAIR_FIELDS:
+        return None
     flag = HEADER_COLUMNS[field][1]
     return None if flag in (None, "has_ipv4", "has_l4") else flag
 

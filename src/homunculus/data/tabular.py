@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
 from homunculus.errors import DataError
@@ -38,7 +39,8 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _columns(frame: pd.DataFrame, path: Path, features: list[FeatureDecl], label: str,
-             locate: Locate) -> tuple[np.ndarray, np.ndarray]:
+             locate: Locate, group: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if frame.empty:
         raise DataError(f"{path}: the dataset is empty")
     if label not in frame.columns:
@@ -55,20 +57,58 @@ def _columns(frame: pd.DataFrame, path: Path, features: list[FeatureDecl], label
         raise locate("data.label", f"{path}: label column '{label}' is missing (empty or NaN) "
                                    f"in data row {row} (line {row + 2}); every row needs a "
                                    "class label")
-    return frame[[f.name for f in features]].to_numpy(), labels.to_numpy()
+    groups = None
+    if group is not None:
+        if group not in frame.columns:
+            raise locate("data.group", f"group column '{group}' is not in {path} "
+                                       f"(columns: {list(frame.columns)[:12]})")
+        groups = pd.factorize(frame[group].astype(str))[0]
+    return frame[[f.name for f in features]].to_numpy(), labels.to_numpy(), groups
+
+
+def check_categorical_widths(dataset: Dataset, locate: Locate) -> None:
+    """A categorical table column is keyed on its declared width (table key bits, array sizes):
+    it may not be declared wider than its values need (header-bound features have the field's
+    width, which the data plane reads whatever the data holds)."""
+    for i, f in enumerate(dataset.features):
+        if not f.categorical or f.field is not None:
+            continue
+        top = int(max(dataset.x_train[:, i].max(), dataset.x_test[:, i].max()))
+        need = max(1, top.bit_length())
+        if f.width > need:
+            raise locate(f"data.features[{i}].width",
+                         f"categorical feature '{f.name}' is declared {f.width} bits wide but "
+                         f"its values need {need} (the largest is {top}); an exact-match table "
+                         f"is keyed on the declared width: declare width {need}")
 
 
 def load_tabular(path: Path, label: str, features: list[FeatureDecl], *, test_path: Path | None,
-                 test_fraction: float, seed: int, locate: Locate) -> Dataset:
-    """Build a Dataset from one table (split, stratified when possible) or a train/test pair."""
-    x, y = _columns(read_table(path), path, features, label, locate)
+                 test_fraction: float, seed: int, locate: Locate,
+                 group: str | None = None) -> Dataset:
+    """Build a Dataset from one table (split, stratified when possible, by ``group`` when
+    given: no group on both sides) or a train/test pair."""
+    x, y, groups = _columns(read_table(path), path, features, label, locate, group)
     if test_path is not None:
-        x_test, y_test = _columns(read_table(test_path), test_path, features, label, locate)
-        return make_dataset(features, x, y, x_test, y_test, str(path))
+        x_test, y_test, _ = _columns(read_table(test_path), test_path, features, label, locate,
+                                     group)
+        ds = make_dataset(features, x, y, x_test, y_test, str(path))
+        ds = replace(ds, groups_train=groups, group_name=group)
+        check_categorical_widths(ds, locate)
+        return ds
     labels = np.asarray([str(v) for v in y])
     _, counts = np.unique(labels, return_counts=True)
     if len(labels) < 4:
         raise DataError(f"{path}: {len(labels)} rows are too few to split into train and test")
+    if groups is not None:
+        if len(np.unique(groups)) < 2:
+            raise locate("data.group", f"group column '{group}' holds a single group: a split "
+                                       "by group needs at least two")
+        splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        train, test = next(splitter.split(x, labels, groups))
+        ds = make_dataset(features, x[train], labels[train], x[test], labels[test], str(path))
+        ds = replace(ds, groups_train=groups[train], group_name=group)
+        check_categorical_widths(ds, locate)
+        return ds
     stratify = labels if len(counts) > 1 and counts.min() >= 2 else None
     try:
         x_train, x_test, y_train, y_test = train_test_split(
@@ -76,4 +116,6 @@ def load_tabular(path: Path, label: str, features: list[FeatureDecl], *, test_pa
     except ValueError as exc:
         raise locate("data.test_fraction", f"cannot split {len(labels)} rows of {path} with "
                                            f"test_fraction {test_fraction:g}: {exc}") from None
-    return make_dataset(features, x_train, y_train, x_test, y_test, str(path))
+    ds = make_dataset(features, x_train, y_train, x_test, y_test, str(path))
+    check_categorical_widths(ds, locate)
+    return ds

@@ -11,18 +11,18 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from homunculus.data.dataset import Dataset, FeatureDecl, make_dataset
+from homunculus.data.dataset import Dataset, FeatureDecl, FlowRows, make_dataset
 from homunculus.data.packets import required_header
 from homunculus.errors import DataError
-from homunculus.features.library import FeatureDef, FlowConfig, histogram, validate
-from homunculus.features.reference import reference_features
+from homunculus.features.library import PORT_KINDS, FeatureDef, FlowConfig, histogram, validate
+from homunculus.features.reference import flow_positions, reference_features
 
 Locate = Callable[[str, str], Exception]
 
@@ -45,11 +45,24 @@ def feature_defs(specs: list[Any], locate: Locate) -> list[FeatureDef]:
     """FeatureDefs from spec entries; histograms expand into one feature per bin."""
     out: list[FeatureDef] = []
     for i, s in enumerate(specs):
+        categorical = bool(s.categorical) if s.categorical is not None else s.kind in PORT_KINDS
         if s.kind in ("len_hist", "iat_hist"):
             kind = "len_bin" if s.kind == "len_hist" else "iat_bin"
             defs = histogram(s.name, kind, s.bins, s.bin_shift, s.width)
+            defs = [replace(d, categorical=categorical) for d in defs]
+        elif s.kind in PORT_KINDS:
+            if s.field is not None:
+                raise locate(f"traffic.features[{i}].field", f"a {s.kind} feature reads "
+                             f"{PORT_KINDS[s.kind]} itself: give no field")
+            if s.width != 16:
+                raise locate(f"traffic.features[{i}].width",
+                             f"a {s.kind} is a TCP/UDP port: its values need 16 bits, so "
+                             f"declare width 16, not {s.width}")
+            defs = [FeatureDef(s.name, "header", 16, PORT_KINDS[s.kind],
+                               categorical=categorical)]
         else:
-            defs = [FeatureDef(s.name, s.kind, s.width, s.field, s.param, s.bin_shift, s.bins)]
+            defs = [FeatureDef(s.name, s.kind, s.width, s.field, s.param, s.bin_shift, s.bins,
+                               categorical)]
         for d in defs:
             try:
                 validate(d)
@@ -130,15 +143,30 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
                         "headers the features read)")
     train, test = split_rows(table, rows, split, test_fraction, seed)
     labels = table["label"].astype(str).to_numpy()
-    decls = [FeatureDecl(f.name, f.width, f.field, None if f.kind == "header" else f.kind)
-             for f in features]
+    decls = [FeatureDecl(f.name, f.width, f.field, None if f.kind == "header" else f.kind,
+                         f.categorical) for f in features]
     ds = make_dataset(decls, values[train], labels[train], values[test], labels[test], source)
     counts = pd.Series(labels[rows]).value_counts().sort_index()
     info = TrafficInfo(tuple(features), config, len(table), len(rows),
                        {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table)
     groups = table["file_id"].to_numpy() if split == "file" else flow_groups(table)
+    pos, ep = packet_positions(table, config)
     return Dataset(ds.features, ds.class_labels, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                   ds.source, info, groups[train])
+                   ds.source, info, groups[train], "capture" if split == "file" else "flow",
+                   FlowRows(pos[train], ep[train], pos[test], ep[test]))
+
+
+def packet_positions(table: pd.DataFrame, config: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each packet's flow count n and flow-stay id (unique across captures), each capture
+    replayed with fresh state (features/reference.py ``flow_positions``)."""
+    def run(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        pos, ep = flow_positions(t, config)
+        return np.stack([pos, ep], axis=1), np.ones(len(t), dtype=bool)
+
+    values, _ = per_capture(table, run)
+    files = table["file_id"].to_numpy(np.int64)
+    episodes = np.where(values[:, 1] >= 0, files * (1 << 32) + values[:, 1], -1)
+    return values[:, 0], episodes
 
 
 def load_traffic_packets(traffic: Any, base: Path, locate: Locate

@@ -42,6 +42,11 @@ HEADER_FIELDS: dict[str, HeaderField] = {
         HeaderField("udp", "length", 16),
         HeaderField("l4", "src_port", 16),  # TCP or UDP source port, 0 for other protocols
         HeaderField("l4", "dst_port", 16),
+        # The service side of a conversation, whichever direction the packet goes: the smaller
+        # of the two TCP/UDP ports (servers listen on the low, well-known ports; clients use
+        # ephemeral ones), and the larger one; 0 for other protocols.
+        HeaderField("l4", "server_port", 16),
+        HeaderField("l4", "client_port", 16),
     )
 }
 

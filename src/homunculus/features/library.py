@@ -16,6 +16,12 @@ Flow state semantics (identical in the Python reference, the twin and the genera
 - each packet updates its flow's state, then reads the features (a packet sees itself counted).
 - counters saturate at their declared width; non-IPv4 packets touch no state (features 0).
 
+Per-packet kinds besides header fields (read as the header fields ``l4.server_port`` and
+``l4.client_port``, 16 bits, categorical unless declared otherwise):
+  server_port                           the smaller of the TCP/UDP ports (the service's side of
+                                        the conversation in either direction), 0 without TCP/UDP
+  client_port                           the larger of the two ports
+
 Kinds (``param`` in brackets):
   pkt_count, byte_count                 saturating counters
   min_len, max_len                      extremes of the packet length (16 bits)
@@ -25,6 +31,13 @@ Kinds (``param`` in brackets):
   len_bin [b] (+ bin_shift)             packets with min(len >> bin_shift, bins - 1) == b
   iat_bin [b] (+ bin_shift)             packets (after the first) with min(iat >> bin_shift,
                                         bins - 1) == b
+
+Per-flow decisions (the ``flow_decide`` knob N >= 1; 0 classifies every packet on its own):
+each eligible packet counts its flow (``n``: the packets of the flow since it took its slot,
+itself included, saturating at 255). A packet with n <= N is classified by the model; the packet
+with n == N also stores its class in the flow's slot; a packet with n > N takes the stored class
+and its verdict, whatever the model says of it. Flow state is directional, so each direction of a
+conversation decides on its own.
 """
 
 from __future__ import annotations
@@ -32,9 +45,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HEADER = "header"
+PORT_KINDS = {"server_port": "l4.server_port", "client_port": "l4.client_port"}
+"""Per-packet port features (categorical by default): the header field each kind reads."""
 FLOW_KINDS = ("pkt_count", "byte_count", "min_len", "max_len", "ewma_len", "iat", "flow_age",
               "len_bin", "iat_bin")
 LEN_BITS = 16
+DECISION_COUNT_BITS = 8  # the per-flow decision's packet counter (saturating at 255)
+DECIDE_AT = (0, 1, 2, 3, 4, 6, 8)  # the design space of N (0: per packet)
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class FeatureDef:
     param: int = 0  # ewma_len: k; len_bin/iat_bin: the bin index
     bin_shift: int = 0  # len_bin/iat_bin: value >> bin_shift selects the bin
     bins: int = 1  # len_bin/iat_bin: number of bins (the last one takes the rest)
+    categorical: bool = False  # values are categories (exact-match tables may map them)
 
     @property
     def is_flow(self) -> bool:

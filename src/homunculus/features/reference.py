@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from homunculus.data.packets import header_values
-from homunculus.features.library import FeatureDef, FlowConfig
+from homunculus.features.library import DECISION_COUNT_BITS, FeatureDef, FlowConfig
 
 MASK32 = 0xFFFFFFFF
 
@@ -84,6 +84,50 @@ def _read(rec: dict, now: int, f: FeatureDef) -> int:
         return _sat((now - rec["first"]) & MASK32, f.width)
     kind = "len" if f.kind == "len_bin" else "iat"
     return rec["hist"].get((kind, f.bins, f.bin_shift, f.param, f.width), 0)
+
+
+def flow_positions(table: pd.DataFrame, cfg: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per packet: its flow's packet count n (the per-flow decision's counter: packets since the
+    flow took its slot, itself included, saturating at 255; 0 for packets that update no flow
+    state) and an id of that flow's stay in its slot (-1 for those packets)."""
+    top = (1 << DECISION_COUNT_BITS) - 1
+    positions = np.zeros(len(table), dtype=np.int64)
+    episodes = np.full(len(table), -1, dtype=np.int64)
+    classified = table["has_ipv4"].to_numpy(bool) & (table["ip_ihl"].to_numpy() == 5)
+    slots: dict[int, tuple[int, int, int]] = {}  # slot -> (signature, count, stay id)
+    stays = 0
+    for i, row in enumerate(table.itertuples(index=False)):
+        if not classified[i]:
+            continue
+        r = row._asdict()
+        l4 = r["has_tcp"] or r["has_udp"]
+        key = tuple_bytes(r["ip_src"], r["ip_dst"], r["src_port"] if l4 else 0,
+                          r["dst_port"] if l4 else 0, r["ip_proto"])
+        slot, sig = slot_and_signature(key, cfg.slots)
+        held = slots.get(slot)
+        if held is None or held[0] != sig:
+            held = (sig, 0, stays)
+            stays += 1
+        held = (sig, min(held[1] + 1, top), held[2])
+        slots[slot] = held
+        positions[i], episodes[i] = held[1], held[2]
+    return positions, episodes
+
+
+def flow_decisions(classes: np.ndarray, positions: np.ndarray, episodes: np.ndarray,
+                   decide_at: int) -> np.ndarray:
+    """The classes the per-flow decision applies (library docstring): a row at n > N takes the
+    class of its flow's row at n == N when that row is among the given ones, else keeps its
+    own (``decide_at`` 0: every row keeps its own)."""
+    classes = np.asarray(classes, dtype=np.int64)
+    if not decide_at:
+        return classes.copy()
+    deciding = np.nonzero(positions == decide_at)[0]
+    decided = dict(zip(episodes[deciding].tolist(), classes[deciding].tolist(), strict=True))
+    out = classes.copy()
+    for i in np.nonzero(positions > decide_at)[0]:
+        out[i] = decided.get(int(episodes[i]), out[i])
+    return out
 
 
 def reference_features(table: pd.DataFrame, features: list[FeatureDef],

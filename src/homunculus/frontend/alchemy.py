@@ -19,11 +19,12 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import ValidationError
 
 from homunculus.data.dataset import (
@@ -56,11 +57,13 @@ def _spec_error(exc: ValidationError, prefix: str, origin: tuple[str, int | None
 
 @dataclass(frozen=True)
 class Feature:
-    """A feature as the data plane sees it: name, width in bits, optional header field."""
+    """A feature as the data plane sees it: name, width in bits, optional header field, and
+    whether its values are categories (exact-match tables may map them)."""
 
     name: str
     width: int
     field: str | None = None
+    categorical: bool = False
 
 
 @dataclass
@@ -80,11 +83,19 @@ class LoadedData:
                           result["y_test"])
             except KeyError as exc:
                 raise DataError(f"{source}: the loader's dict lacks {exc.args[0]!r}") from None
-        if not isinstance(result, tuple | list) or len(result) != 4:
+        if not isinstance(result, tuple | list) or len(result) not in (4, 5):
             raise DataError(f"{source}: a @DataLoader function must return "
-                            "(x_train, y_train, x_test, y_test)")
-        x_train, y_train, x_test, y_test = (np.asarray(v) for v in result)
-        return make_dataset(self.features, x_train, y_train, x_test, y_test, source)
+                            "(x_train, y_train, x_test, y_test[, groups_train])")
+        x_train, y_train, x_test, y_test = (np.asarray(v) for v in result[:4])
+        ds = make_dataset(self.features, x_train, y_train, x_test, y_test, source)
+        if len(result) == 5:  # each training row's group: the folds keep groups on one side
+            groups = np.asarray(result[4])
+            if groups.shape != (len(ds.y_train),):
+                raise DataError(f"{source}: groups_train holds {groups.size} values for "
+                                f"{len(ds.y_train)} training rows")
+            ds = replace(ds, groups_train=pd.factorize(groups.astype(str))[0],
+                         group_name="group")
+        return ds
 
 
 class DataLoader:
@@ -94,7 +105,8 @@ class DataLoader:
         self.origin = _caller()
         items = ([Feature(k, v) for k, v in features.items()] if isinstance(features, dict)
                  else list(features))
-        self.features = [FeatureDecl(f.name, f.width, f.field) for f in items]
+        self.features = [FeatureDecl(f.name, f.width, f.field, categorical=f.categorical)
+                         for f in items]
         try:
             check_feature_decls(self.features, self.origin[0])
         except FeatureDeclError as exc:

@@ -27,7 +27,14 @@ class Plan:
     n_models: int = 1
     select_features: bool = False  # traffic specs may put the feature set into the search
     inputs: list[Path] = field(default_factory=list)  # files it reads: OUT may not hold them
+    feature_paths: list[str] = field(default_factory=list)  # spec field of each data feature
     adapt: AdaptSpec | None = None  # telemetry and atomic installs (homunculus adapt)
+
+    def feature_path(self, index: int) -> str:
+        """The spec field that declared the data's feature ``index``."""
+        if index < len(self.feature_paths):
+            return self.feature_paths[index]
+        return f"features[{index}]"
 
     def error(self, field_path: str, message: str) -> SpecError:
         """A SpecError located at ``field_path`` (or its nearest located ancestor)."""

@@ -39,6 +39,9 @@ class FeatureSpec(Strict):
     name: str = Field(min_length=1)
     width: int = Field(ge=1, le=32, description="bits, as the data plane sees the field")
     field: str | None = Field(default=None, description="header field, e.g. ipv4.ttl")
+    categorical: bool = Field(
+        default=False, description="values are categories (ports, protocols, codes): models "
+                                   "may map frequent ones through an exact-match table")
 
 
 class DataSpec(Strict):
@@ -47,6 +50,10 @@ class DataSpec(Strict):
     features: list[FeatureSpec] = Field(min_length=1)
     test_path: FilePath | None = None
     test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    group: str | None = Field(
+        default=None, min_length=1,
+        description="a column naming each row's group (capture, flow, device...): the test "
+                    "split and the cross-validation folds keep every group on one side")
 
 
 class VerdictSpec(Strict):
@@ -162,6 +169,9 @@ class TrafficFeature(Strict):
     param: int = 0
     bins: int = Field(default=1, ge=1, le=64)
     bin_shift: int = Field(default=0, ge=0, le=31)
+    categorical: bool | None = Field(
+        default=None, description="values are categories (default: true for server_port and "
+                                   "client_port, false otherwise)")
 
 
 class LabelSpec(Strict):

@@ -186,9 +186,12 @@ def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
                         line=line_of(lines, loc)) from None
 
 
-def plan_from_yaml(path: Path) -> Plan:
-    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines)."""
+def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
+    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines);
+    ``seed`` replaces ``search.seed`` (which also seeds the train/test split)."""
     spec, lines = load_yaml_spec(path)
+    if seed is not None:
+        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"seed": seed})})
     source = str(path)
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
@@ -197,8 +200,12 @@ def plan_from_yaml(path: Path) -> Plan:
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
         plan.select_features = spec.traffic.select_features
+        plan.feature_paths = [f"traffic.features[{i}]" for i, f in enumerate(spec.traffic.features)
+                              for _ in range(f.bins if f.kind in ("len_hist", "iat_hist") else 1)]
         return plan
-    features = [FeatureDecl(f.name, f.width, f.field) for f in spec.data.features]
+    plan.feature_paths = [f"data.features[{i}]" for i in range(len(spec.data.features))]
+    features = [FeatureDecl(f.name, f.width, f.field, categorical=f.categorical)
+                for f in spec.data.features]
     try:
         check_feature_decls(features, source)
     except FeatureDeclError as exc:
@@ -209,7 +216,8 @@ def plan_from_yaml(path: Path) -> Plan:
         return load_tabular(
             base / spec.data.path, spec.data.label, features,
             test_path=base / spec.data.test_path if spec.data.test_path else None,
-            test_fraction=spec.data.test_fraction, seed=spec.search.seed, locate=plan.error)
+            test_fraction=spec.data.test_fraction, seed=spec.search.seed, locate=plan.error,
+            group=spec.data.group)
 
     plan.load_data = load
     return plan

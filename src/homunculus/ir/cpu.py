@@ -28,7 +28,7 @@ import numpy as np
 
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram
-from homunculus.ir.pipeline import FeatureInput, VerdictKind
+from homunculus.ir.pipeline import FeatureInput, Shortcut, VerdictKind
 
 WINNER, SCALAR, VECTOR = "winner", "scalar", "vector"
 TREE_MODES = (WINNER, SCALAR, VECTOR)
@@ -141,6 +141,10 @@ class CpuProgram:
     verdict: tuple[tuple[int, int, int, int, int], ...]  # per winner: class, port, drop, mark, dscp
     model: CpuModel
     flow: FlowProgram | None = None
+    shortcut: Shortcut | None = None  # the hybrid's category table: its hits decide
+    # per class: (class, port, drop, mark, dscp): the verdicts of the category table's hits and
+    # of a per-flow decision's stored class
+    class_rows: tuple[tuple[int, ...], ...] = ()
 
     @property
     def n_winners(self) -> int:
@@ -159,8 +163,13 @@ class CpuProgram:
         return self.model.winners(x)
 
     def results(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per row: the class and the verdict fields (``RESULT_FIELDS``)."""
+        """Per row: the class and the verdict fields (``RESULT_FIELDS``); a category table's
+        hit takes its own verdict row."""
         table = np.asarray(self.verdict, dtype=np.int64)[self.winners(x)]
+        if self.shortcut is not None:
+            masks = np.asarray([f.field.max_value for f in self.features], dtype=np.int64)
+            hit, rows = self.shortcut.lookup(np.asarray(x, dtype=np.int64) & masks)
+            table = np.where(hit[:, None], rows, table)
         return {name: table[:, i] for i, name in enumerate(RESULT_FIELDS)}
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homunculus.features.library import FeatureDef, FlowConfig
+from homunculus.features.library import DECISION_COUNT_BITS, FeatureDef, FlowConfig
 
 REGISTER_OPS = ("sig", "last", "first", "count", "add_len", "min_len", "max_len", "ewma",
                 "len_bin", "iat_bin")
@@ -60,10 +60,23 @@ class FlowOutput:
 
 
 @dataclass(frozen=True)
+class FlowDecision:
+    """The per-flow decision (features/library.py): register ``count`` (an 8-bit ``count``
+    register of the program) gives n; after the model, the decision register stores the class
+    at n == ``at`` and gives it back (the class to apply) at n > ``at``."""
+
+    at: int
+    count: str
+    register: str = "r_decision"
+    width: int = DECISION_COUNT_BITS  # of the stored class, too
+
+
+@dataclass(frozen=True)
 class FlowProgram:
     config: FlowConfig
     registers: tuple[Register, ...]
     outputs: tuple[FlowOutput, ...]
+    decision: FlowDecision | None = None
 
     def register(self, name: str) -> Register:
         return next(r for r in self.registers if r.name == name)
@@ -78,13 +91,17 @@ def _register_for(f: FeatureDef) -> Register:
     return Register(name, f.width, op, f.param, f.bin_shift, f.bins)
 
 
-def lower_flow_features(features: list[FeatureDef], config: FlowConfig) -> FlowProgram | None:
-    """The register program computing every flow feature of ``features`` (None if there are none).
+def lower_flow_features(features: list[FeatureDef], config: FlowConfig,
+                        decide_at: int = 0) -> FlowProgram | None:
+    """The register program computing every flow feature of ``features`` and, with
+    ``decide_at`` N > 0, the per-flow decision's counter (None if there is nothing to keep).
 
     Features with identical semantics share one register.
     """
+    if not 0 <= decide_at < (1 << DECISION_COUNT_BITS) - 1:
+        raise ValueError(f"a per-flow decision at packet {decide_at} is outside 0..254")
     flow = [(i, f) for i, f in enumerate(features) if f.is_flow]
-    if not flow:
+    if not flow and not decide_at:
         return None
     registers: dict[str, Register] = {"r_sig": Register("r_sig", 16, "sig")}
     outputs = []
@@ -101,5 +118,10 @@ def lower_flow_features(features: list[FeatureDef], config: FlowConfig) -> FlowP
         reg = _register_for(f)
         registers.setdefault(reg.name, reg)
         outputs.append(FlowOutput(i, reg.name, f.width))
+    decision = None
+    if decide_at:
+        count = _register_for(FeatureDef("n", "pkt_count", DECISION_COUNT_BITS))
+        registers.setdefault(count.name, count)
+        decision = FlowDecision(decide_at, count.name)
     ordered = tuple(sorted(registers.values(), key=lambda r: (r.stage, r.name)))
-    return FlowProgram(config, ordered, tuple(outputs))
+    return FlowProgram(config, ordered, tuple(outputs), decision)

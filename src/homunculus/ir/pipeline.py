@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram
 
@@ -229,6 +231,51 @@ class FeatureInput:
 
 
 @dataclass(frozen=True)
+class Shortcut:
+    """The hybrid's exact-match table over feature ``feature`` (an index into the features):
+    value ``values[i]`` decides the class and the verdict directly, ``rows[i]`` = (class, port,
+    drop, mark, dscp); every other value goes to the model. Values are sorted and unique."""
+
+    feature: int
+    values: tuple[int, ...]
+    rows: tuple[tuple[int, int, int, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.rows) or list(self.values) != sorted(set(self.values)):
+            raise ValueError("a shortcut needs sorted unique values, one verdict row each")
+
+    def distinct_rows(self) -> tuple[list[tuple[int, ...]], list[int]]:
+        """The distinct verdict rows (sorted) and each value's index among them (the CPU
+        targets store a row once and an index per value)."""
+        rows = sorted(set(self.rows))
+        at = {r: i for i, r in enumerate(rows)}
+        return rows, [at[r] for r in self.rows]
+
+    def lookup(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hit mask, the hit rows' verdict rows (zeros for misses)) of feature rows ``x``."""
+        column = np.asarray(x, dtype=np.int64)[:, self.feature]
+        values = np.asarray(self.values, dtype=np.int64)
+        rows = np.asarray(self.rows, dtype=np.int64).reshape(-1, 5)
+        if not len(values):
+            return np.zeros(len(column), dtype=bool), np.zeros((len(column), 5), dtype=np.int64)
+        at = np.clip(np.searchsorted(values, column), 0, len(values) - 1)
+        hit = values[at] == column
+        return hit, np.where(hit[:, None], rows[at], 0)
+
+
+def class_rows_of(verdict: VerdictPlan, n_classes: int) -> tuple[tuple[int, ...], ...]:
+    """Per class: (class, port, drop, mark, dscp)."""
+    return tuple((c, *verdict.params(c)) for c in range(n_classes))
+
+
+def shortcut_of(feature: int, values: tuple[int, ...], classes: tuple[int, ...],
+                verdict: VerdictPlan) -> Shortcut:
+    """The shortcut mapping each value to its class's verdict row."""
+    return Shortcut(feature, tuple(values),
+                    tuple((c, *verdict.params(c)) for c in classes))  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
 class Pipeline:
     features: tuple[FeatureInput, ...]
     encoders: tuple[Table, ...]
@@ -248,10 +295,21 @@ class Pipeline:
     # (score_sum and argmax are then None and the verdict table decides; passes/switch.py)
     alu: tuple[AluStep, ...] = ()
     default_port: int = 1  # where packets the program does not classify go
+    # the hybrid's category table before the switch lowering turns it into tables (an exact
+    # encoder and high-priority entries of the deciding table: passes/switch.py)
+    shortcut: Shortcut | None = None
+    # per class: (class, port, drop, mark, dscp), for verdicts decided after the model
+    class_rows: tuple[tuple[int, ...], ...] = ()
+    # switch targets with a per-flow decision (flow.decision): the model's deciding table,
+    # writing its class only, run after the ALU steps; the decision register and the verdict
+    # table (keyed on the flow's count, the model's class and the flow's stored class) follow
+    decider: Table | None = None
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders
         yield from self.lookups
+        if self.decider is not None:
+            yield self.decider
         yield self.verdict
 
     @property

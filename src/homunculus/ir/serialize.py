@@ -6,7 +6,7 @@ from typing import Any
 
 from homunculus.features.library import FlowConfig
 from homunculus.ir.cpu import CpuProgram, model_from_json, model_to_json
-from homunculus.ir.flow import FlowOutput, FlowProgram, Register
+from homunculus.ir.flow import FlowDecision, FlowOutput, FlowProgram, Register
 from homunculus.ir.pipeline import (
     AluKind,
     AluOp,
@@ -21,6 +21,7 @@ from homunculus.ir.pipeline import (
     Pipeline,
     Range,
     ScoreSum,
+    Shortcut,
     Table,
     TableRole,
     Ternary,
@@ -98,14 +99,18 @@ def _flow(p: FlowProgram | None) -> dict[str, Any] | None:
     return {"config": {"slots": c.slots, "time_shift": c.time_shift, "unit_ns": c.unit_ns},
             "registers": [[r.name, r.width, r.op, r.param, r.bin_shift, r.bins]
                           for r in p.registers],
-            "outputs": [[o.feature, o.source, o.width] for o in p.outputs]}
+            "outputs": [[o.feature, o.source, o.width] for o in p.outputs],
+            "decision": None if p.decision is None else [p.decision.at, p.decision.count,
+                                                         p.decision.register, p.decision.width]}
 
 
 def _unflow(d: dict[str, Any] | None) -> FlowProgram | None:
     if d is None:
         return None
+    decision = d.get("decision")
     return FlowProgram(FlowConfig(**d["config"]), tuple(Register(*r) for r in d["registers"]),
-                       tuple(FlowOutput(*o) for o in d["outputs"]))
+                       tuple(FlowOutput(*o) for o in d["outputs"]),
+                       None if decision is None else FlowDecision(*decision))
 
 
 def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
@@ -129,7 +134,22 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "alu": [_step(s) for s in p.alu],
         "default_port": p.default_port,
         "switch_lowered": bool(p.notes.get("switch_lowered")),
+        "shortcut": _shortcut(p.shortcut),
+        "class_rows": [list(r) for r in p.class_rows],
+        "decider": None if p.decider is None else _table(p.decider),
     }
+
+
+def _shortcut(s: Shortcut | None) -> dict[str, Any] | None:
+    return None if s is None else {"feature": s.feature, "values": list(s.values),
+                                   "rows": [list(r) for r in s.rows]}
+
+
+def _unshortcut(d: dict[str, Any] | None) -> Shortcut | None:
+    if d is None:
+        return None
+    return Shortcut(int(d["feature"]), tuple(int(v) for v in d["values"]),
+                    tuple(tuple(int(v) for v in r) for r in d["rows"]))  # type: ignore[misc]
 
 
 def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
@@ -153,6 +173,9 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         | ({"switch_lowered": True} if d.get("switch_lowered") else {}),
         alu=tuple(_unstep(s) for s in d.get("alu", [])),
         default_port=int(d.get("default_port", 1)),
+        shortcut=_unshortcut(d.get("shortcut")),
+        class_rows=tuple(tuple(int(v) for v in r) for r in d.get("class_rows", [])),
+        decider=None if d.get("decider") is None else _untable(d["decider"]),
     )
 
 
@@ -166,6 +189,8 @@ def program_to_json(p: CpuProgram) -> dict[str, Any]:
         "verdict": [list(row) for row in p.verdict],
         "model": model_to_json(p.model),
         "flow": _flow(p.flow),
+        "shortcut": _shortcut(p.shortcut),
+        "class_rows": [list(r) for r in p.class_rows],
     }
 
 
@@ -177,6 +202,8 @@ def program_from_json(d: dict[str, Any]) -> CpuProgram:
         verdict=tuple(tuple(int(v) for v in row) for row in d["verdict"]),  # type: ignore[misc]
         model=model_from_json(d["model"]),
         flow=_unflow(d["flow"]),
+        shortcut=_unshortcut(d.get("shortcut")),
+        class_rows=tuple(tuple(int(v) for v in r) for r in d.get("class_rows", [])),
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 
 from homunculus.ir.quantised import QuantisedModel
+from homunculus.models.categorical import CategoryTable
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,21 @@ class TrainedModel:
     quantised: QuantisedModel
     # index of the quantised arg-max -> class index; None = identity (k-means maps clusters)
     winner_to_class: tuple[int, ...] | None = None
+    # the hybrid's exact-match table over a categorical feature: its hits take its class
+    shortcut: CategoryTable | None = None
 
     def predict_float(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.float_model.predict(np.asarray(x, dtype=np.float64)), dtype=np.int64)
+        pred = np.asarray(self.float_model.predict(np.asarray(x, dtype=np.float64)),
+                          dtype=np.int64)
+        return pred if self.shortcut is None else self.shortcut.apply(x, pred)
 
     def predict_quantised(self, x: np.ndarray) -> np.ndarray:
         from homunculus.ir.quantised import predict_index
 
         winners = predict_index(self.quantised, x)
-        if self.winner_to_class is None:
-            return winners
-        return np.asarray(self.winner_to_class, dtype=np.int64)[winners]
+        pred = winners if self.winner_to_class is None else np.asarray(
+            self.winner_to_class, dtype=np.int64)[winners]
+        return pred if self.shortcut is None else self.shortcut.apply(x, pred)
 
 
 class Family(Protocol):

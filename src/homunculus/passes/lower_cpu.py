@@ -30,7 +30,7 @@ from homunculus.ir.cpu import (
 )
 from homunculus.ir.dense import QMLP, check_ranges
 from homunculus.ir.flow import FlowProgram
-from homunculus.ir.pipeline import VerdictPlan
+from homunculus.ir.pipeline import VerdictPlan, class_rows_of
 from homunculus.ir.quantised import FeatureBins, QLookupSum, QTree, QTreeEnsemble, QuantisedModel
 from homunculus.passes.lower import feature_inputs
 
@@ -58,7 +58,7 @@ def lower_cpu(model: QuantisedModel, features: tuple[FeatureDecl, ...],
         cls = winner_to_class[w] if winner_to_class is not None else w
         rows.append((cls, *verdict.params(cls)))
     return CpuProgram(feature_inputs(features), tuple(class_labels), verdict.kind, tuple(rows),
-                      cpu_model, flow)
+                      cpu_model, flow, class_rows=class_rows_of(verdict, len(class_labels)))
 
 
 # ----------------------------------------------------------------------------- trees

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from homunculus.ir.pipeline import (
+    VERDICT_FIELDS,
     AluKind,
     AluOp,
     AluStep,
@@ -33,11 +34,13 @@ from homunculus.ir.pipeline import (
     Field,
     MatchKind,
     Pipeline,
+    Range,
     Table,
     TableRole,
     Ternary,
     bits_for,
 )
+from homunculus.passes.encode import range_to_prefixes
 
 MAX_SIGN_CLASSES = 8
 """Up to this many classes, the arg-max is one table over the pairwise sign bits (28 pairs)."""
@@ -55,6 +58,10 @@ def lower_for_switch(pipeline: Pipeline) -> Pipeline:
         lowered = fold_verdict(pipeline)
     else:
         lowered = lower_scores(pipeline)
+    if lowered.shortcut is not None:
+        lowered = attach_shortcut(lowered)
+    if lowered.flow is not None and lowered.flow.decision is not None:
+        lowered = attach_decision(lowered)
     return replace(lowered, notes={**lowered.notes, "switch_lowered": True})
 
 
@@ -94,6 +101,100 @@ def fold_verdict(pipeline: Pipeline) -> Pipeline:
         _params_of(table.default[0], by_winner, pipeline.verdict), table.slices)
     lookups = tuple(t for t in pipeline.lookups if t is not table)
     return replace(pipeline, lookups=lookups, verdict=folded)
+
+
+# ----------------------------------------------------------------------------- category table
+
+
+SHORTCUT_CODE = "cat_code"
+"""The category table's output: 0 on a miss, class + 1 on a hit."""
+
+
+def _wildcard(kind: MatchKind, key: Field) -> Ternary | Range:
+    return Range(0, key.max_value) if kind is MatchKind.RANGE else Ternary(0, 0)
+
+
+def _as_wildcardable(match: object, kind: MatchKind, key: Field) -> object:
+    """An exact match as the equivalent ternary one (the key becomes ternary)."""
+    if kind is MatchKind.EXACT:
+        assert isinstance(match, Exact)
+        return Ternary(match.value, key.max_value)
+    return match
+
+
+def attach_shortcut(pipeline: Pipeline) -> Pipeline:
+    """The hybrid's category table as tables: an exact-match encoder on the feature (SRAM)
+    writes ``cat_code`` (class + 1 on a hit, 0 on a miss), and the deciding table gains that key
+    and, ahead of its own entries, one entry per class the table decides, carrying that class's
+    verdict. So the verdict is still acted on in the deciding table, and a hit overrides the
+    model (first match wins)."""
+    sc = pipeline.shortcut
+    assert sc is not None
+    feature = pipeline.features[sc.feature].field
+    code = Field(SHORTCUT_CODE, bits_for(len(pipeline.class_labels)))
+    table = Table("cat" + feature.name[1:], TableRole.ENCODER, (feature,), (MatchKind.EXACT,),
+                  (code,), tuple(Entry((Exact(v),), (row[0] + 1,))
+                                 for v, row in zip(sc.values, sc.rows, strict=True)), (0,))
+    deciding = pipeline.verdict
+    by_class = {row[0]: row for row in sc.rows}
+    names = [o.name for o in deciding.outputs]
+    roles = {pipeline.class_field.name: 0, **{f.name: i + 1 for i, f in enumerate(VERDICT_FIELDS)}}
+    if any(n not in roles for n in names):
+        raise ValueError(f"deciding table {deciding.name}: unexpected outputs {names}")
+    kinds = tuple(MatchKind.TERNARY if k is MatchKind.EXACT else k for k in deciding.kinds)
+    wild = tuple(_wildcard(k, key) for k, key in zip(kinds, deciding.keys, strict=True))
+    ahead = tuple(Entry((*wild, Ternary(c + 1, code.max_value)),
+                        tuple(by_class[c][roles[n]] for n in names)) for c in sorted(by_class))
+    kept = tuple(Entry((*(_as_wildcardable(m, k, key) for m, k, key in
+                          zip(e.matches, deciding.kinds, deciding.keys, strict=True)),
+                        Ternary(0, 0)), e.params) for e in deciding.entries)
+    slices = (*deciding.slices, None) if deciding.slices else ()
+    decided = replace(deciding, keys=(*deciding.keys, code), kinds=(*kinds, MatchKind.TERNARY),
+                      entries=ahead + kept, slices=slices)  # type: ignore[arg-type]
+    notes = {**pipeline.notes, "shortcut": {"feature": pipeline.features[sc.feature].name,
+                                            "table": table.name, "entries": len(sc.values)}}
+    return replace(pipeline, encoders=(*pipeline.encoders, table), verdict=decided,
+                   shortcut=None, notes=notes)
+
+
+# ----------------------------------------------------------------------------- per-flow decision
+
+MODEL_CLASS, FLOW_COUNT, FLOW_CLASS = "model_class", "flow_count", "flow_class"
+"""The model's class, the flow's packet count n and the class its decision register gives."""
+
+
+def attach_decision(pipeline: Pipeline) -> Pipeline:
+    """The per-flow decision (features/library.py) as tables: the deciding table becomes the
+    ``decider``, writing the model's class only; after it, the decision register stores that
+    class at n == N and gives back what it holds (the generated code; twin: flow_twin.py);
+    then the verdict table, keyed on (n, the model's class, the stored class), acts: the
+    model's class's verdict while n <= N, the stored class's after. Its entries are ternary
+    prefixes of the two ranges of n, one set per class."""
+    flow = pipeline.flow
+    assert flow is not None and flow.decision is not None
+    d = flow.decision
+    deciding = pipeline.verdict
+    cls = [o.name for o in deciding.outputs].index(pipeline.class_field.name)
+    model_class = Field(MODEL_CLASS, d.width)
+    decider = Table(f"{deciding.name}_class", TableRole.LOOKUP, deciding.keys, deciding.kinds,
+                    (model_class,), tuple(Entry(e.matches, (e.params[cls],))
+                                          for e in deciding.entries),
+                    (deciding.default[cls],), deciding.slices)
+    count, stored = Field(FLOW_COUNT, d.width), Field(FLOW_CLASS, d.width)
+    rows = pipeline.class_rows
+    if len(rows) != len(pipeline.class_labels):
+        raise ValueError("a per-flow decision needs every class's verdict (class_rows)")
+    names = [o.name for o in deciding.outputs]
+    roles = {pipeline.class_field.name: 0, **{f.name: i + 1 for i, f in enumerate(VERDICT_FIELDS)}}
+    params = [tuple(row[roles[n]] for n in names) for row in rows]
+    full = model_class.max_value
+    entries = [Entry((t, Ternary(c, full), Ternary(0, 0)), params[c])
+               for c in range(len(rows)) for t in range_to_prefixes(0, d.at, d.width)]
+    entries += [Entry((t, Ternary(0, 0), Ternary(c, full)), params[c])
+                for c in range(len(rows)) for t in range_to_prefixes(d.at + 1, full, d.width)]
+    verdict = Table("verdict", TableRole.VERDICT, (count, model_class, stored),
+                    (MatchKind.TERNARY,) * 3, deciding.outputs, tuple(entries), params[0])
+    return replace(pipeline, decider=decider, verdict=verdict)
 
 
 # ----------------------------------------------------------------------------- scores

@@ -15,17 +15,21 @@ from sklearn.model_selection import (
 )
 
 from homunculus.data.dataset import Dataset, select_features
+from homunculus.features.library import DECIDE_AT
+from homunculus.features.reference import flow_decisions
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram, lower_flow_features
-from homunculus.ir.pipeline import Pipeline, VerdictPlan
+from homunculus.ir.pipeline import Pipeline, VerdictPlan, class_rows_of, shortcut_of
 from homunculus.models.base import TrainedModel, get_family
+from homunculus.models.categorical import CategoryTable, learn_table, rest_rows, table_knobs
 from homunculus.passes.lower import lower
 from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.search.metrics import score
 from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
 
 MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
+DECIDE_PARAM = "flow_decide"  # design-space knob: per-flow decision at packet N (0: per packet)
 
 
 Fold = tuple[np.ndarray, np.ndarray]  # (fit rows, validation rows) of the training set
@@ -46,6 +50,7 @@ class Problem:
     verdict: VerdictPlan
     seed: int
     select_features: bool = False  # the feature set is part of the design space
+    fold_scheme: str = ""  # how the folds were drawn (for the report)
 
     def restricted(self, indices: list[int]) -> Problem:
         """This problem on a subset of the features."""
@@ -57,11 +62,80 @@ def feature_param(i: int) -> str:
 
 
 def chosen_features(problem: Problem, params: dict[str, Any]) -> list[int]:
-    """Indices of the features a configuration uses (all unless the search selects them)."""
+    """Indices of the features a configuration uses (all unless the search selects them; the
+    category table's feature always, since the table reads it)."""
     n = len(problem.dataset.features)
     if not problem.select_features:
         return list(range(n))
-    return [i for i in range(n) if params.get(feature_param(i), True)]
+    size, name, _ = table_knobs(params)
+    names = [f.name for f in problem.dataset.features]
+    return [i for i in range(n)
+            if params.get(feature_param(i), True) or (size and names[i] == name)]
+
+
+DEFAULT_TABLE_ENTRIES = 1 << 16
+"""The largest exact-match table a target holds unless it says otherwise (``max_table_entries``
+of the target)."""
+
+
+def max_table_entries(target: Target, limits: Limits) -> int:
+    """Entries the largest category table may have on ``target`` under ``limits``."""
+    cap = int(getattr(target, "max_table_entries", DEFAULT_TABLE_ENTRIES))
+    return cap if limits.entries is None else min(cap, int(limits.entries))
+
+
+def categorical_features(dataset: Dataset) -> list[str]:
+    """Names of the features declared categorical, in order."""
+    return [f.name for f in dataset.features if f.categorical]
+
+
+def train_configuration(problem: Problem, family: str, params: dict[str, Any],
+                        rows: np.ndarray | None = None) -> TrainedModel:
+    """Train ``family`` on the training ``rows`` (all by default): with a category table
+    (``cat_table`` > 0), the table is learned first and the model trains on what it misses."""
+    ds = problem.dataset
+    x = ds.x_train if rows is None else ds.x_train[rows]
+    y = ds.y_train if rows is None else ds.y_train[rows]
+    size, name, support = table_knobs(params)
+    if not size:
+        return train_present(family, params, x, y, ds.n_classes, ds.widths, problem.seed)
+    names = [f.name for f in ds.features]
+    if name not in names or not ds.features[names.index(name)].categorical:
+        raise ValueError(f"'{name}' is not a categorical feature of the data")
+    feature = names.index(name)
+    groups = ds.groups_train
+    if groups is not None and rows is not None:
+        groups = groups[rows]
+    table = learn_table(x[:, feature], y, groups, feature, ds.n_classes, size, support)
+    hit, _ = table.lookup(x)
+    rest = rest_rows(hit, y)
+    trained = train_present(family, params, x[rest], y[rest], ds.n_classes, ds.widths,
+                            problem.seed)
+    return replace(trained, shortcut=table if len(table) else None)
+
+
+class RemappedClassifier:
+    """A float model trained on the classes present, predicting indices of all classes."""
+
+    def __init__(self, model: Any, classes: np.ndarray) -> None:
+        self.model, self.classes = model, classes
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes[np.asarray(self.model.predict(x), dtype=np.int64)]
+
+
+def train_present(family: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray,
+                  n_classes: int, widths: tuple[int, ...], seed: int) -> TrainedModel:
+    """Train on rows that may lack some classes (a fold, the rows a category table misses):
+    the family sees the classes present as 0..k-1, and its winners map back to them."""
+    present = np.unique(y)
+    fam = get_family(family)
+    if len(present) == n_classes or len(present) < 2:
+        return fam.train(params, x, y, n_classes, widths, seed)
+    trained = fam.train(params, x, np.searchsorted(present, y), len(present), widths, seed)
+    inner = trained.winner_to_class or tuple(range(len(present)))
+    return replace(trained, float_model=RemappedClassifier(trained.float_model, present),
+                   winner_to_class=tuple(int(present[c]) for c in inner))
 
 
 def default_folds(n_rows: int) -> int:
@@ -80,28 +154,37 @@ def make_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
     """Seeded folds of the training set: by group (flow or capture) when the rows carry groups,
     so no flow is on both sides; stratified when every class has enough rows. ``n_folds`` = 1
     is one validation split of ``validation_fraction``."""
+    return plan_folds(dataset, seed, n_folds, validation_fraction)[1]
+
+
+def plan_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
+               validation_fraction: float = 0.25) -> tuple[str, tuple[Fold, ...]]:
+    """:func:`make_folds` with a description of the scheme (for the report)."""
     y = dataset.y_train
     n = len(y)
     k = default_folds(n) if n_folds is None else n_folds
     groups = dataset.groups_train
     grouped = groups is not None and len(np.unique(groups)) >= 2
+    by = f" grouped by {dataset.group_name or 'group'}" if grouped else ""
     counts = np.bincount(y, minlength=dataset.n_classes)
     if k == 1 or (grouped and len(np.unique(groups)) < k) or (not grouped and n < 2 * k):
         if grouped:
             splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
                                          random_state=seed)
-            return (next(splitter.split(dataset.x_train, y, groups)),)
+            return (f"one validation split of {validation_fraction:g}{by}",
+                    (next(splitter.split(dataset.x_train, y, groups)),))
         stratify = y if counts[counts > 0].min() >= 2 else None
         fit, val = train_test_split(np.arange(n), test_size=validation_fraction,
                                     random_state=seed, stratify=stratify)
-        return ((np.sort(fit), np.sort(val)),)
+        return (f"one {'stratified ' if stratify is not None else ''}validation split of "
+                f"{validation_fraction:g}", ((np.sort(fit), np.sort(val)),))
     if grouped:
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return tuple(splitter.split(dataset.x_train, y, groups))
+        return f"{k} folds{by} (stratified)", tuple(splitter.split(dataset.x_train, y, groups))
     if counts[counts > 0].min() >= k:
-        return tuple(StratifiedKFold(k, shuffle=True, random_state=seed).split(
-            dataset.x_train, y))
-    return tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
+        return f"{k} stratified folds", tuple(StratifiedKFold(k, shuffle=True, random_state=seed
+                                                               ).split(dataset.x_train, y))
+    return f"{k} folds", tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
 
 
 def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
@@ -109,8 +192,9 @@ def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
                  validation_fraction: float = 0.25, select: bool = False,
                  n_folds: int | None = None) -> Problem:
     """The compile problem; the test set stays unseen (see :func:`make_folds`)."""
-    folds = make_folds(dataset, seed, n_folds, validation_fraction)
-    return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select)
+    scheme, folds = plan_folds(dataset, seed, n_folds, validation_fraction)
+    return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select,
+                   scheme)
 
 
 @dataclass(frozen=True)
@@ -158,48 +242,83 @@ def cpu_lowering(target: Target) -> bool:
 
 def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan,
               winner_to_class: tuple[int, ...] | None,
-              max_lookup_tables: int | None = None) -> Pipeline | CpuProgram:
-    """Lower ``model`` for ``target`` and prepare it: the CPU program for the XDP and C targets,
-    the table pipeline (tables merged to ``max_lookup_tables``) for switches."""
+              max_lookup_tables: int | None = None,
+              table: CategoryTable | None = None, decide_at: int = 0) -> Pipeline | CpuProgram:
+    """Lower ``model`` (with the hybrid's category ``table`` and the per-flow decision at packet
+    ``decide_at``) for ``target`` and prepare it: the CPU program for the XDP and C targets, the
+    table pipeline (tables merged to ``max_lookup_tables``) for switches."""
+    shortcut = None if table is None else shortcut_of(table.feature, table.values,
+                                                       table.classes, verdict)
     if cpu_lowering(target):
         program = lower_cpu(model, dataset.features, dataset.class_labels, verdict,
-                            winner_to_class, flow_program(dataset))
-        return target.prepare(program)
+                            winner_to_class, flow_program(dataset, decide_at))
+        return target.prepare(replace(program, shortcut=shortcut))
     pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables)
-    return target.prepare(with_flow(pipeline, dataset))
+    return target.prepare(replace(with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
+                                  class_rows=class_rows_of(verdict, dataset.n_classes)))
 
 
-def build_pipeline(problem: Problem, trained: TrainedModel,
-                   merge: bool = False) -> Pipeline | CpuProgram:
+def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False,
+                   decide_at: int = 0) -> Pipeline | CpuProgram:
     """Lower (optionally merging lookup tables to ``merge_budget``) and prepare for the target."""
     return lower_for(problem.target, trained.quantised, problem.dataset, problem.verdict,
-                     trained.winner_to_class, merge_budget(problem) if merge else None)
+                     trained.winner_to_class, merge_budget(problem) if merge else None,
+                     trained.shortcut, decide_at)
 
 
-def flow_program(dataset: Dataset) -> FlowProgram | None:
-    """The flow-state program when the dataset's features come from packets."""
+def flow_program(dataset: Dataset, decide_at: int = 0) -> FlowProgram | None:
+    """The flow-state program when the dataset's features come from packets (with the
+    per-flow decision's counter when ``decide_at`` > 0)."""
     if dataset.traffic is None:
         return None
-    return lower_flow_features(list(dataset.traffic.features), dataset.traffic.config)
+    return lower_flow_features(list(dataset.traffic.features), dataset.traffic.config,
+                               decide_at)
 
 
-def with_flow(pipeline: Pipeline, dataset: Dataset) -> Pipeline:
+def with_flow(pipeline: Pipeline, dataset: Dataset, decide_at: int = 0) -> Pipeline:
     """Attach the flow-state program when the dataset's features come from packets."""
-    program = flow_program(dataset)
+    program = flow_program(dataset, decide_at)
     return pipeline if program is None else replace(pipeline, flow=program)
+
+
+def decision_choices(problem: Problem) -> tuple[int, ...]:
+    """The per-flow decision's design space: packet N in ``DECIDE_AT`` (0: per packet) when the
+    data comes from packets, the target keeps flow state (not C: it takes feature rows) and
+    every packet that updates flow state is classified (no feature reads a TCP- or UDP-only
+    field), so the packet at n == N always stores its class."""
+    ds = problem.dataset
+    if ds.flow_rows is None or ds.traffic is None or problem.target.name == "c":
+        return ()
+    from homunculus.data.packets import required_header
+
+    if any(f.kind == "header" and required_header(f.field) for f in ds.traffic.features):
+        return ()
+    return DECIDE_AT
+
+
+def decided(problem: Problem, params: dict[str, Any], classes: np.ndarray,
+            rows: np.ndarray | None = None, test: bool = False) -> np.ndarray:
+    """``classes`` of the training ``rows`` (or the test rows) as the per-flow decision of
+    ``params`` applies them (unchanged without one)."""
+    at = int(params.get(DECIDE_PARAM, 0) or 0)
+    fr = problem.dataset.flow_rows
+    if not at or fr is None:
+        return classes
+    pos, ep = (fr.pos_test, fr.ep_test) if test else (fr.pos_train, fr.ep_train)
+    if rows is not None:
+        pos, ep = pos[rows], ep[rows]
+    return flow_decisions(classes, pos, ep, at)
 
 
 def cross_validate(problem: Problem, family: str, params: dict[str, Any]
                    ) -> tuple[float, ...]:
     """The quantised model's metric on each fold's validation rows, trained on the rest."""
     ds = problem.dataset
-    fam = get_family(family)
     scores = []
     for fit, val in problem.folds:
-        trained = fam.train(params, ds.x_train[fit], ds.y_train[fit], ds.n_classes, ds.widths,
-                            problem.seed)
-        scores.append(score(problem.metric, ds.y_train[val],
-                            trained.predict_quantised(ds.x_train[val]), ds.n_classes,
+        trained = train_configuration(problem, family, params, fit)
+        pred = decided(problem, params, trained.predict_quantised(ds.x_train[val]), val)
+        scores.append(score(problem.metric, ds.y_train[val], pred, ds.n_classes,
                             problem.positive))
     return tuple(scores)
 
@@ -213,16 +332,17 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     if len(chosen) < len(problem.dataset.features):
         problem = problem.restricted(chosen)
     ds = problem.dataset
-    trained = get_family(family).train(params, ds.x_train, ds.y_train, ds.n_classes,
-                                       ds.widths, problem.seed)
-    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)))
+    trained = train_configuration(problem, family, params)
+    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)),
+                              int(params.get(DECIDE_PARAM, 0) or 0))
     usage = problem.target.estimate(pipeline)
     feasibility = assess(usage, problem.limits)
     folds = cross_validate(problem, family, params)
     # The shipped model's fit on its own training data bounds what it can do: when even that is
     # below the folds' mean, the folds' models were luckier than this one (an unstable
     # configuration, e.g. a forest of stumps whose votes tie), so it counts.
-    fit = score(problem.metric, ds.y_train, trained.predict_quantised(ds.x_train), ds.n_classes,
+    fit = score(problem.metric, ds.y_train,
+                decided(problem, params, trained.predict_quantised(ds.x_train)), ds.n_classes,
                 problem.positive)
     return Evaluation(family, params, trained, pipeline, usage, feasibility,
                       min(float(np.mean(folds)), fit), problem, folds)

@@ -28,12 +28,25 @@ import optuna
 from homunculus.errors import InfeasibleError, ResumeError
 from homunculus.faults import checkpoint
 from homunculus.models.base import get_family
+from homunculus.models.categorical import (
+    CAT_FEATURE,
+    CAT_SUPPORT,
+    CAT_TABLE,
+    DEFAULT_SIZE,
+    DEFAULT_SUPPORT,
+    SUPPORTS,
+    size_choices,
+)
 from homunculus.search.problem import (
+    DECIDE_PARAM,
     MERGE_PARAM,
     Evaluation,
     Problem,
+    categorical_features,
+    decision_choices,
     evaluate,
     feature_param,
+    max_table_entries,
     merge_budget,
 )
 from homunculus.targets.base import LIMIT_KEYS, UNITS, CapacityExceeded
@@ -334,13 +347,58 @@ def directions(objectives: tuple[str, ...]) -> list[str]:
     return ["maximize" if o == "metric" else "minimize" for o in objectives]
 
 
+@dataclass(frozen=True)
+class TableSpace:
+    """The category table's knobs: sizes (0: none), categorical features, supports."""
+
+    sizes: tuple[int, ...] = ()
+    features: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return len(self.sizes) > 1 and bool(self.features)
+
+    def defaults(self) -> dict[str, Any]:
+        """The warm start's table: the default size (or the largest that fits), the first
+        feature, the default support."""
+        if not self.active:
+            return {}
+        size = max(s for s in self.sizes if s <= max(DEFAULT_SIZE, min(self.sizes[1:])))
+        return {CAT_TABLE: size, CAT_FEATURE: self.features[0], CAT_SUPPORT: DEFAULT_SUPPORT}
+
+
+def table_space(problem: Problem) -> TableSpace:
+    """The category table's design space for ``problem`` (empty without categorical features):
+    sizes up to what the target holds under the limits, and no larger than the first size that
+    covers every distinct value seen in training."""
+    names = categorical_features(problem.dataset)
+    if not names:
+        return TableSpace()
+    ds = problem.dataset
+    distinct = max(len(np.unique(ds.x_train[:, [f.name for f in ds.features].index(n)]))
+                   for n in names)
+    sizes = size_choices(max_table_entries(problem.target, problem.limits))
+    covering = [s for s in sizes if s >= distinct]
+    sizes = [s for s in sizes if s < distinct] + covering[:1]
+    return TableSpace(tuple(sizes), tuple(names))
+
+
 def suggest_configuration(trial: optuna.Trial, families: list[str], can_merge: bool,
-                          n_select: int = 0) -> tuple[str, dict[str, Any]]:
-    """A family, its hyperparameters, the resource knobs and (optionally) the feature set."""
+                          n_select: int = 0, tables: TableSpace = TableSpace(),
+                          decisions: tuple[int, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """A family, its hyperparameters, the resource knobs, the category table, the per-flow
+    decision and (optionally) the feature set."""
     family = trial.suggest_categorical("family", families)
     params = get_family(family).suggest(trial)
     if can_merge:
         params[MERGE_PARAM] = trial.suggest_categorical(MERGE_PARAM, [False, True])
+    if tables.active:
+        params[CAT_TABLE] = trial.suggest_categorical(CAT_TABLE, list(tables.sizes))
+        if params[CAT_TABLE]:
+            params[CAT_FEATURE] = trial.suggest_categorical(CAT_FEATURE, list(tables.features))
+            params[CAT_SUPPORT] = trial.suggest_categorical(CAT_SUPPORT, list(SUPPORTS))
+    if decisions:
+        params[DECIDE_PARAM] = trial.suggest_categorical(DECIDE_PARAM, list(decisions))
     for i in range(n_select):
         params[feature_param(i)] = trial.suggest_categorical(feature_param(i), [True, False])
     if n_select and not any(params[feature_param(i)] for i in range(n_select)):
@@ -427,12 +485,15 @@ def open_study(storage_path: Path, name: str, objectives: tuple[str, ...], sampl
     return study
 
 
-def warm_start(study: optuna.Study, families: list[str], budget: Budget) -> None:
-    """Queue each family's hand-tuned default configuration as the first trials of a new study
-    (at most half the trial budget): strong baselines the sampler then improves on."""
+def warm_start(study: optuna.Study, families: list[str], budget: Budget,
+               tables: TableSpace = TableSpace(), decisions: tuple[int, ...] = ()) -> None:
+    """Queue each family's hand-tuned default configuration (with the default category table
+    when the data has categorical features) as the first trials of a new study (at most half
+    the trial budget): strong baselines the sampler then improves on."""
     n = len(families) if budget.trials is None else min(len(families), budget.trials // 2)
     for family in families[:n]:
-        study.enqueue_trial({"family": family, **get_family(family).default_params()},
+        study.enqueue_trial({"family": family, **get_family(family).default_params(),
+                             **tables.defaults(), **({DECIDE_PARAM: 0} if decisions else {})},
                             skip_if_exists=True)
 
 
@@ -441,11 +502,14 @@ def make_objective(problem: Problem, families: list[str], objectives: tuple[str,
     """The function a trial runs: draw a configuration, evaluate it, record it."""
     can_merge = merge_budget(problem) is not None
     n_select = len(problem.dataset.features) if problem.select_features else 0
+    tables = table_space(problem)
+    decisions = decision_choices(problem)
 
     def objective(trial: optuna.Trial) -> list[float]:
         trial.set_user_attr("index", len(counted_trials(trial.study)))
         try:
-            family, params = suggest_configuration(trial, families, can_merge, n_select)
+            family, params = suggest_configuration(trial, families, can_merge, n_select, tables,
+                                                   decisions)
         finally:
             save_sampler_state(trial.study, trial.number)
         checkpoint("mid-trial")
@@ -480,7 +544,8 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
         progress.record(trial)
         checkpoint("after-trial")
 
-    warm_start(study, families, budget)  # queues only what is not queued or run yet
+    # queues only what is not queued or run yet
+    warm_start(study, families, budget, table_space(problem), decision_choices(problem))
     remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
                                                        0)
     start = time.monotonic()

@@ -149,6 +149,34 @@ def encoder_context(e: Encoder) -> dict[str, Any]:
     return ctx
 
 
+# ----------------------------------------------------------------------------- category table
+
+
+def shortcut_context(program: CpuProgram) -> dict[str, Any] | None:
+    """The hybrid's category table: its distinct verdict rows follow the winners' rows in
+    ``hmn_verdict`` (a hit's winner is ``n_winners + row``); a feature of at most 16 bits
+    indexes an array of every value (row + 1, 0: miss), a wider one binary-searches its sorted
+    values."""
+    sc = program.shortcut
+    if sc is None:
+        return None
+    width = program.features[sc.feature].field.width
+    rows, index = sc.distinct_rows()
+    ctx: dict[str, Any] = {"feature": sc.feature, "direct": width <= 16, "n": len(sc.values),
+                           "rows": [[i32(v) for v in r] for r in rows]}
+    if width <= 16:
+        table = [0] * (1 << width)
+        for v, i in zip(sc.values, index, strict=True):
+            table[v] = i + 1
+        ctx |= {"type": "uint8_t" if len(rows) < 256 else "uint16_t", "table": table}
+    else:
+        size = 1 << max(len(sc.values) - 1, 0).bit_length()
+        ctx |= {"keys": [u32(v) for v in sc.values] + [u32(2**32 - 1)] * (size - len(sc.values)),
+                "index": [i + 1 for i in index] + [0] * (size - len(sc.values)),
+                "steps": [size >> k for k in range(1, size.bit_length())]}
+    return ctx
+
+
 # ----------------------------------------------------------------------------- MLP
 
 
@@ -208,6 +236,7 @@ def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> di
     stem = c_name(name)
     model = program.model
     n = len(program.features)
+    shortcut = shortcut_context(program)
     return {
         "stem": f"hmn_{stem}",
         "guard": f"HMN_{stem.upper()}_H",
@@ -220,7 +249,9 @@ def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> di
         "features": [{"mask": u32((1 << f.field.width) - 1), "width": f.field.width,
                       "comment": safe_comment(f.name)} for f in program.features],
         "classes": [safe_comment(label) for label in program.class_labels],
-        "verdict": [[i32(v) for v in row] for row in program.verdict],
+        "verdict": [[i32(v) for v in row] for row in program.verdict]
+                   + (shortcut["rows"] if shortcut else []),
+        "shortcut": shortcut,
         "n_scores": n_scores(model),
         "bias": [] if isinstance(model, QMLP) or not n_scores(model) else [
             i32(b) for b in model.bias],

@@ -9,7 +9,7 @@ multiply-accumulates and outputs, and the arg-max. The per-operation costs are a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
@@ -43,6 +43,17 @@ class OpCounts:
 
 
 def op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
+    """The model's operations plus the category table's lookup (an index or a search)."""
+    counts = model_op_counts(program, tree_code)
+    sc = program.shortcut
+    if sc is None:
+        return counts
+    if program.features[sc.feature].field.width <= 16:
+        return replace(counts, direct=counts.direct + 1)
+    return replace(counts, searches=counts.searches + max(len(sc.values) - 1, 0).bit_length() + 1)
+
+
+def model_op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
     model, nf = program.model, len(program.features)
     if isinstance(model, TreeModel):
         code = resolve_tree_code(model, tree_code)
@@ -70,7 +81,7 @@ def op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
 def parameter_bytes(program: CpuProgram) -> int:
     """Bytes of the static const data: nodes, leaf rows, encoder tables, weights, verdicts."""
     model = program.model
-    total = 4 * 5 * program.n_winners + 4 * len(program.features)
+    total = 4 * 5 * program.n_winners + 4 * len(program.features) + shortcut_bytes(program)
     if isinstance(model, TreeModel):
         total += 4 * model.n_scores
         for t in model.trees:
@@ -89,8 +100,27 @@ def parameter_bytes(program: CpuProgram) -> int:
     return total
 
 
+def shortcut_bytes(program: CpuProgram) -> int:
+    """The category table: a direct array (features up to 16 bits) or sorted keys and rows,
+    and its verdict rows."""
+    sc = program.shortcut
+    if sc is None:
+        return 0
+    rows = len(set(sc.rows))
+    width = program.features[sc.feature].field.width
+    if width <= 16:
+        return (1 << width) * (1 if rows < 256 else 2) + 20 * rows
+    size = 1 << max(len(sc.values) - 1, 0).bit_length()
+    return 6 * size + 20 * rows
+
+
 def entries_of(program: CpuProgram) -> int:
-    """What the report counts as entries on a CPU: tree nodes, encoder bins, dense weights."""
+    """What the report counts as entries on a CPU: tree nodes, encoder bins, dense weights, the
+    category table's values."""
+    return model_entries(program) + (len(program.shortcut.values) if program.shortcut else 0)
+
+
+def model_entries(program: CpuProgram) -> int:
     model = program.model
     if isinstance(model, TreeModel):
         return sum(t.n_nodes for t in model.trees)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from homunculus.ir.flow import FlowProgram
+from homunculus.ir.flow import FlowProgram, Register
 from homunculus.targets.p4.codegen import INGRESS_CONTROL
 from homunculus.targets.p4.entries import parse_int
 from homunculus.targets.p4.flow_tna import tofino_register_width
@@ -272,11 +272,15 @@ def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
 
 
 def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
-    """Raise ValueError unless the program declares exactly the IR's registers, once each."""
+    """Raise ValueError unless the program declares exactly the IR's registers, once each (and
+    the per-flow decision's register, when there is one)."""
     body = _control_body(_strip_comments(p4_text), INGRESS_CONTROL)
     every = _registers(body)
     decls = {n: d for n, d in every.items() if not n.startswith("hmn_")}  # ours: version, tel
     expected = {r.name: r for r in flow.registers}
+    if flow.decision is not None:  # stores a class: a plain register of the decision's width
+        d = flow.decision
+        expected[d.register] = Register(d.register, d.width, "count")
     if sorted(decls) != sorted(expected):
         raise ValueError(f"registers {sorted(decls)} != flow program {sorted(expected)}")
     index_width = flow.config.slots.bit_length() - 1

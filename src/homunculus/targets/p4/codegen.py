@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import jinja2
 
+from homunculus.data.packets import PORT_PAIR_FIELDS
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.flow import REGISTER_OPS, FlowOutput, FlowProgram, Register
 from homunculus.ir.names import safe_comment
@@ -37,6 +38,11 @@ TIME_BASE_SHIFT = {"v1model": 0, "tna": 10}
 
 LEN_EXPR, LEN_WIDTH = "hdr.ipv4.total_len", 16
 """The packet length of the flow features (features/library.py): the IPv4 total length."""
+
+PORT_PAIR_META = (("hmn_port_a", 17), ("hmn_port_b", 17), ("hmn_port_d", 17))
+"""Server/client ports (``l4.server_port``: the smaller TCP/UDP port, ``l4.client_port``: the
+larger): both ports widened by a bit, their difference, whose top bit says which is smaller (a
+condition may not compare two fields)."""
 
 KEY_FIELDS = (("hdr.ipv4.src_addr", 32), ("hdr.ipv4.dst_addr", 32), ("meta.hmn_l4_sport", 16),
               ("meta.hmn_l4_dport", 16), ("hdr.ipv4.protocol", 8))
@@ -144,7 +150,7 @@ def _feature_context(pipeline: Pipeline) -> tuple[list[dict[str, Any]], dict[str
             raise ValueError(str(exc)) from None
         if header_key(feat.header_field, feat.field.name, feat.field.width, False) is None:
             copies.append({"dst": dst, "header": hf.header, "field": hf.field,
-                           "width": hf.width})
+                           "width": hf.width, "pair": PORT_PAIR_FIELDS.get(feat.header_field)})
     if not carried:
         return copies, None
     total = sum(f["width"] for f in carried)
@@ -208,7 +214,8 @@ def _metadata(pipeline: Pipeline, direct: dict[str, str]) -> list[dict[str, Any]
     error). Features matched on their header field and verdict outputs the verdict's actions
     apply directly are not metadata."""
     fields: list[Field] = [f.field for f in pipeline.features if f.field.name not in direct]
-    for table in (*pipeline.encoders, *pipeline.lookups):
+    decider = (pipeline.decider,) if pipeline.decider is not None else ()
+    for table in (*pipeline.encoders, *pipeline.lookups, *decider):
         fields += [k for k in table.keys if k.name not in direct]
         fields += list(table.outputs)
     for step in pipeline.alu:
@@ -367,7 +374,10 @@ def _flow_meta_fields(idx_width: int, regs: dict[str, Any]) -> list[dict[str, An
 def _check_flow_names(pipeline: Pipeline, program: FlowProgram) -> None:
     """Register names (and their ``_update`` actions) must not collide with tables or actions."""
     taken = {t.name for t in pipeline.tables()} | {f"{t.name}_set" for t in pipeline.tables()}
-    names = [r.name for r in program.registers] + [f"{r.name}_update" for r in program.registers]
+    regs = [r.name for r in program.registers]
+    if program.decision is not None:
+        regs.append(program.decision.register)
+    names = regs + [f"{r}_update" for r in regs]
     if len(set(names)) != len(names) or taken & set(names):
         raise ValueError("flow register names collide with each other or with tables/actions")
 
@@ -386,6 +396,8 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
                          f"({UNIT_NS[arch]} ns)")
     if {o.feature for o in program.outputs} != flow_features:
         raise ValueError("flow outputs and the pipeline's flow features differ")
+    if (program.decision is None) != (pipeline.decider is None):
+        raise ValueError("a per-flow decision needs both its register and its decider table")
     _check_flow_names(pipeline, program)
     idx_width = cfg.slots.bit_length() - 1
     regs = _flow_registers(program)
@@ -398,8 +410,17 @@ def flow_context(pipeline: Pipeline, arch: str) -> dict[str, Any] | None:
         del values["iat"]
     if regs["first"] is None:
         del values["age"]
+    decision = None
+    if program.decision is not None:
+        d = program.decision
+        check_identifier(d.register, "decision register")
+        if d.count not in values or values[d.count]["width"] != d.width or not 1 <= d.at < 255:
+            raise ValueError("the per-flow decision needs its 8-bit count register")
+        decision = {"at": d.at, "width": d.width, "register": d.register,
+                    "count": values[d.count]["name"]}
     return {
         **regs,
+        "decision": decision,
         "slots": cfg.slots,
         "idx_width": idx_width,
         "time_shift": TIME_BASE_SHIFT[arch] + cfg.time_shift,
@@ -449,6 +470,8 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
     meta_fields = _metadata(pipeline, direct)
     if flow is not None:
         meta_fields = _unique(meta_fields + flow["meta_fields"])
+    if any(c["pair"] for c in copies):
+        meta_fields = _unique(meta_fields + [{"name": n, "width": w} for n, w in PORT_PAIR_META])
     verdict = table_context(pipeline.verdict, key_views(pipeline.verdict, direct, arch))
     kinds = {a["kind"] for a in verdict["actions"]}
     return {
@@ -463,10 +486,13 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
         "feature_header": feature_header,
         "feature_udp_port": feature_udp_port,
         "default_port": pipeline.default_port,
-        "copies": copies,
+        "copies": [c for c in copies if not c["pair"]],
+        "pair_copies": [c for c in copies if c["pair"]],
         "required_headers": _required_headers(pipeline, feature_header),
         "tables": [table_context(t, key_views(t, direct, arch))
                    for t in (*pipeline.encoders, *pipeline.lookups)],
+        "decider": None if pipeline.decider is None else table_context(
+            pipeline.decider, key_views(pipeline.decider, direct, arch)),
         "verdict": verdict,
         "encoders": [t.name for t in pipeline.encoders],
         "lookups": [t.name for t in pipeline.lookups],

@@ -44,6 +44,13 @@ def _step(r: Register, v: int, new: bool, length: int, iat: int) -> int:
 def run_flow_program(program: FlowProgram, table: pd.DataFrame,
                      n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Per packet: the flow features (other columns 0) and the eligibility mask."""
+    out, eligible, _ = trace_flow_program(program, table, n_features)
+    return out, eligible
+
+
+def trace_flow_program(program: FlowProgram, table: pd.DataFrame, n_features: int
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """:func:`run_flow_program` with, per packet, its slot and the value each register gave."""
     cfg = program.config
     regs = {r.name: [0] * cfg.slots for r in program.registers}
     state = [r for r in program.registers if r.op not in ("sig", "last", "first")]
@@ -53,6 +60,8 @@ def run_flow_program(program: FlowProgram, table: pd.DataFrame,
     has_first = "r_first" in regs
     out = np.zeros((len(table), n_features), dtype=np.int64)
     eligible = eligible_packets(table)
+    trace = {"slot": np.zeros(len(table), dtype=np.int64),
+             **{r.name: np.zeros(len(table), dtype=np.int64) for r in state}}
     cols = {c: table[c].to_numpy() for c in ("ip_src", "ip_dst", "src_port", "dst_port",
                                               "ip_proto", "has_tcp", "has_udp", "ts_us",
                                               "ip_total_len")}
@@ -80,6 +89,26 @@ def run_flow_program(program: FlowProgram, table: pd.DataFrame,
             value = _step(r, regs[r.name][slot], new, length, iat)
             regs[r.name][slot] = value
             read[r.name] = value
+            trace[r.name][i] = value
+        trace["slot"][i] = slot
         for o in program.outputs:
             out[i, o.feature] = min(read[o.source], (1 << o.width) - 1)
-    return out, eligible
+    return out, eligible, trace
+
+
+def run_decisions(program: FlowProgram, trace: dict[str, np.ndarray], eligible: np.ndarray,
+                  classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The decision register packet by packet, as the generated code runs it after the model:
+    (n, the register's output) per packet, given the model's class of every eligible packet.
+    At n == N the register stores the class; it always gives back what it holds."""
+    d = program.decision
+    assert d is not None
+    stored = [0] * program.config.slots
+    counts = trace[d.count]
+    given = np.zeros(len(counts), dtype=np.int64)
+    for i in np.nonzero(eligible)[0]:
+        slot = int(trace["slot"][i])
+        if counts[i] == d.at:
+            stored[slot] = int(classes[i]) & ((1 << d.width) - 1)
+        given[i] = stored[slot]
+    return counts.copy(), given

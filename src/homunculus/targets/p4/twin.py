@@ -28,7 +28,13 @@ from homunculus.ir.pipeline import (
     Table,
     Ternary,
 )
-from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
+from homunculus.passes.switch import FLOW_CLASS, FLOW_COUNT, MODEL_CLASS
+from homunculus.targets.p4.flow_twin import (
+    eligible_packets,
+    run_decisions,
+    run_flow_program,
+    trace_flow_program,
+)
 
 
 @dataclass(frozen=True)
@@ -136,13 +142,17 @@ def simulate(pipeline: Pipeline, x: np.ndarray,
              extra: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
     execution (tables, or the MLP's arg-max, then the verdict table). ``extra``: other fields
-    the tables read (the model version of versioned programs; 0 when they read it and it is
-    not given)."""
+    the tables read (the model version of versioned programs; a per-flow decision's flow count
+    and stored class; 0 when they read them and they are not given: with a decision, every row
+    is then decided by the model)."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
     if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
         env["model_version"] = np.zeros(n, dtype=np.int64)
+    if pipeline.decider is not None:
+        env[FLOW_COUNT] = np.zeros(n, dtype=np.int64)
+        env[FLOW_CLASS] = np.zeros(n, dtype=np.int64)
     for name, values in (extra or {}).items():
         env[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,)).copy()
     for j, feature in enumerate(pipeline.features):
@@ -157,7 +167,14 @@ def simulate(pipeline: Pipeline, x: np.ndarray,
         run_argmax(pipeline.argmax, env)
     for step in pipeline.alu:
         run_alu_step(step, env, n)
+    if pipeline.decider is not None:
+        run_table(pipeline.decider, env, n)
     run_table(pipeline.verdict, env, n)
+    if pipeline.shortcut is not None:  # not yet lowered to tables: its hits decide
+        features = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
+        hit, rows = pipeline.shortcut.lookup(features)
+        for i, out in enumerate(pipeline.verdict.outputs):
+            env[out.name] = np.where(hit, rows[:, i], env[out.name])
     return TwinResult(env[pipeline.class_field.name], env)
 
 
@@ -175,6 +192,7 @@ def with_installed_entries(pipeline: Pipeline,
         pipeline,
         encoders=tuple(swap(t) for t in pipeline.encoders),
         lookups=tuple(swap(t) for t in pipeline.lookups),
+        decider=None if pipeline.decider is None else swap(pipeline.decider),
         verdict=swap(pipeline.verdict),
     )
 
@@ -207,10 +225,30 @@ def simulate_packets(pipeline: Pipeline, table: pd.DataFrame) -> tuple[TwinResul
 
     values, carried = header_feature_values(pipeline, table)
     eligible = eligible_packets(table)
-    if pipeline.flow is not None:
-        program, n = pipeline.flow, len(pipeline.features)
-        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
-        flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
-        values[:, flow_cols] = flow_values[:, flow_cols]
     classified = eligible & carried
-    return simulate(pipeline, values[classified]), classified
+    if pipeline.flow is None:
+        return simulate(pipeline, values[classified]), classified
+    program, n = pipeline.flow, len(pipeline.features)
+    flow_cols = [j for j, f in enumerate(pipeline.features) if f.flow]
+    if pipeline.decider is None:
+        flow_values, _ = per_capture(table, lambda t: run_flow_program(program, t, n))
+        values[:, flow_cols] = flow_values[:, flow_cols]
+        return simulate(pipeline, values[classified]), classified
+    # the per-flow decision: the model's class of every packet, then the decision register
+    # packet by packet (each capture with fresh state), then the verdict table
+    count = np.zeros(len(table), dtype=np.int64)
+    stored = np.zeros(len(table), dtype=np.int64)
+    ids = table["file_id"].to_numpy()
+    for f in pd.unique(ids):
+        rows = np.nonzero(ids == f)[0]
+        part = table.iloc[rows]
+        flow_values, ok, trace = trace_flow_program(program, part, n)
+        values[np.ix_(rows, flow_cols)] = flow_values[:, flow_cols]
+        model = np.zeros(len(rows), dtype=np.int64)
+        if (classified[rows]).any():
+            picked = classified[rows]
+            model[picked] = simulate(pipeline, values[rows][picked]).fields[MODEL_CLASS]
+        count[rows], stored[rows] = run_decisions(program, trace, ok & classified[rows], model)
+    result = simulate(pipeline, values[classified],
+                      {FLOW_COUNT: count[classified], FLOW_CLASS: stored[classified]})
+    return result, classified

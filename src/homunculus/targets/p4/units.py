@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from homunculus.data.packets import PORT_PAIR_FIELDS
 from homunculus.ir.pipeline import MatchKind, Pipeline, Table
 from homunculus.passes.allocate import Unit, pack_narrow
+from homunculus.passes.switch import FLOW_CLASS, FLOW_COUNT, MODEL_CLASS
 from homunculus.targets.p4.actions import table_actions
 from homunculus.targets.p4.codegen import CSUM_FLAG, flow_context
 from homunculus.targets.p4.keys import feature_keys
@@ -102,7 +104,28 @@ def _flow_units(flow: dict[str, Any], profile: SwitchProfile) -> list[Unit]:
         units.append(Unit(f"flow_out_{o['dst']['name']}", "action",
                           frozenset({o["src"]["name"]}), frozenset({o["dst"]["name"]}),
                           logical=2 if clamp else 1, gateways=int(clamp)))
+    if flow["decision"] is not None:
+        units.append(decision_count_unit(flow["decision"]))
     return units
+
+
+def decision_count_unit(decision: dict[str, Any]) -> Unit:
+    """The per-flow decision's count, copied where the verdict table reads it."""
+    return Unit("flow_count_copy", "action", frozenset({decision["count"]}),
+                frozenset({FLOW_COUNT}))
+
+
+def decision_units(pipeline: Pipeline, flow: dict[str, Any], profile: SwitchProfile,
+                   direct: dict[str, str]) -> list[Unit]:
+    """The model's class (the decider table), then the decision register (one stateful ALU
+    on TNA: it stores the class at n == N and gives back what it holds)."""
+    assert pipeline.decider is not None
+    d = flow["decision"]
+    blocks = math.ceil(flow["slots"] * d["width"] / profile.sram_block_bits) + 1
+    return [table_unit(pipeline.decider, profile, _reads_of_keys(pipeline.decider, direct),
+                       frozenset({MODEL_CLASS})),
+            Unit(d["register"], "register", frozenset({"hmn_flow_slot", MODEL_CLASS, FLOW_COUNT}),
+                 frozenset({FLOW_CLASS}), salus=1, sram_blocks=blocks)]
 
 
 def _bin_unit(t: dict[str, Any], profile: SwitchProfile, reads: frozenset[str]) -> Unit:
@@ -132,15 +155,23 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
     elif flow is not None:  # bmv2: no stages; the flow block is one unit per register
         units += [Unit(r["name"], "register", writes=frozenset({f["name"] for f in r["fields"]}),
                        salus=1) for r in flow["registers"]]
+        if flow["decision"] is not None:
+            units.append(decision_count_unit(flow["decision"]))
     if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
         # the version register, read once; every model table keys on what it read
         units.append(Unit("hmn_version", "register", writes=frozenset({"model_version"}),
                           salus=1, sram_blocks=2))
-    copied = [f.field.name for f in pipeline.features
-              if not f.flow and f.field.name not in direct]
-    for name in copied:
+    copied = [f for f in pipeline.features if not f.flow and f.field.name not in direct]
+    pairs = [f.field.name for f in copied if f.header_field in PORT_PAIR_FIELDS]
+    for name in [f.field.name for f in copied if f.header_field not in PORT_PAIR_FIELDS]:
         units.append(Unit(f"copy_{name}", "action", writes=frozenset({name}), logical=3,
                           gateways=2))
+    if pairs:  # both ports widened, their difference, then a sign-bit select per feature
+        ports = frozenset({"hmn_port_a", "hmn_port_b"})
+        units += [Unit("port_pair_copy", "action", writes=ports, logical=3, gateways=2),
+                  Unit("port_pair_diff", "action", ports, frozenset({"hmn_port_d"}))]
+        units += [Unit(f"copy_{name}", "action", ports | {"hmn_port_d"}, frozenset({name}),
+                       logical=2, gateways=1) for name in pairs]
     narrow = [(name, width, "") for name, width in _written_fields(pipeline)]
     packed = {} if solitary else pack_narrow(narrow)
     for table in (*pipeline.encoders, *pipeline.lookups):
@@ -152,6 +183,8 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
         units.append(Unit(step.name, "action", frozenset(f.name for f in step.reads),
                           frozenset(f.name for f in step.writes), logical=2 if guarded else 1,
                           gateways=int(guarded)))
+    if pipeline.decider is not None and flow is not None:
+        units += decision_units(pipeline, flow, profile, direct)
     verdict_writes = {pipeline.class_field.name, PORT}
     kinds = {a.kind for a in table_actions(pipeline.verdict)}
     if "verdict_mark" in kinds:
@@ -183,6 +216,6 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
 def _written_fields(pipeline: Pipeline) -> list[tuple[str, int]]:
     """Fields written by tables, in declaration order."""
     out: list[tuple[str, int]] = []
-    for t in (*pipeline.encoders, *pipeline.lookups, pipeline.verdict):
+    for t in pipeline.tables():
         out += [(o.name, o.width) for o in t.outputs]
     return out

@@ -58,6 +58,8 @@ HEADER_EXPR: dict[str, tuple[str, str | None]] = {
     "udp.length": ("bpf_ntohs(udp->len)", "udp"),
     "l4.src_port": ("sport", None),
     "l4.dst_port": ("dport", None),
+    "l4.server_port": ("(sport < dport ? sport : dport)", None),
+    "l4.client_port": ("(sport < dport ? dport : sport)", None),
 }
 
 
@@ -177,7 +179,14 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
                    key=lambda r: r["stage"])
-    return {"slots": program.config.slots, "unit_ns": UNIT_NS,
+    decision = None
+    if program.decision is not None:
+        d = program.decision
+        names = [r.name for r in program.registers]
+        if d.count not in names or not 1 <= d.at < 255 or not cpu.class_rows:
+            raise ValueError("the per-flow decision needs its count register and class rows")
+        decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
+    return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,
             "time_shift": program.config.time_shift, "registers": regs,
             "sig": roles["sig"], "last": roles.get("last"), "first": roles.get("first"),
             "state": state, "outputs": outputs}
@@ -249,6 +258,10 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         "n_classes": max(len(program.class_labels), 1),
         "bias_words": kp,
         "verdict_words": vw,
+        "verdict_rows": cap.verdict_rows,
+        "category": None if not cap.categories else {
+            "size": cap.categories, "feature": cap.cat_feature,
+            "steps": [cap.categories >> k for k in range(1, cap.categories.bit_length())]},
         "model": model_context(program, cap),
         "flow": flow_context(program, TELEMETRY_MAPS if telemetry else 0),
         "crc_table": crc_table_rows(),

@@ -15,7 +15,7 @@ JIT on); the bench prints each configuration's estimate next to its measurement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
@@ -48,9 +48,20 @@ COSTS = {"base": 8.9, "flow": 25.0, "registers": 8.0, "steps": 5.9, "group_steps
 
 
 def work(program: CpuProgram) -> Work:
+    """The model's operations, plus the category table's binary search (charged as encoder
+    search steps: not calibrated on its own)."""
+    w = model_work(program)
+    sc = program.shortcut
+    if sc is None:
+        return w
+    return replace(w, searches=w.searches + max(len(sc.values) - 1, 0).bit_length() + 1)
+
+
+def model_work(program: CpuProgram) -> Work:
     model = program.model
     flow = program.flow
-    common = {"registers": len(flow.registers) if flow else 0, "flow": flow is not None}
+    common = {"registers": len(flow.registers) + int(flow.decision is not None) if flow else 0,
+              "flow": flow is not None}
     if isinstance(model, TreeModel):
         if model.mode == WINNER:
             return Work(**common, steps=model.depth)
@@ -87,7 +98,8 @@ def latency_ns(program: CpuProgram) -> float:
 VERIFIER = {"base": 0, "flow": 600, "registers": 60, "features": 0, "depth": 53.2,
             "lane_depth": 112.6, "tree_groups": 0, "group_adds": 21.5, "scores": 180.5,
             "direct": 0, "search_steps": 0, "lookup_adds": 78.5, "mac_slots": 0,
-            "pair_slots": 281.0, "layers": 0}
+            "pair_slots": 281.0, "layers": 0, "category_steps": 12}
+"""(``category_steps``, the category table's unrolled search, is a guess: not fitted.)"""
 
 
 def structure(program: CpuProgram, cap: Capacity) -> dict[str, int]:
@@ -97,7 +109,8 @@ def structure(program: CpuProgram, cap: Capacity) -> dict[str, int]:
     flow = program.flow
     out = {"base": 1, "flow": int(flow is not None),
            "registers": len(flow.registers) if flow else 0,
-           "features": cap.n_features, "scores": cap.n_scores}
+           "features": cap.n_features, "scores": cap.n_scores,
+           "category_steps": cap.categories.bit_length()}
     kind = cap.kind.split("-")[0]
     if cap.kind.endswith(WINNER):
         out["depth"] = cap.depth
@@ -125,7 +138,7 @@ def verifier_insns(program: CpuProgram, cap: Capacity) -> int:
 def map_bytes(program: CpuProgram, cap: Capacity) -> int:
     """Model maps (both slots), scratch, counters and flow state (per-CPU maps counted once)."""
     per_slot = cap.trees if cap.kind.startswith("trees") else 1
-    n = 2 * per_slot * cap.value_bytes() + 2 * (8 + 4 * sum(cap.meta_words()))
+    n = 2 * per_slot * cap.value_bytes() + 2 * cap.meta_bytes()
     n += 8 * (cap.x_slots + even(cap.n_scores) + 6) + 8 * (len(program.class_labels) + 1) + 40
     if cap.kind == "mlp":
         n += 8 * (cap.n_features + sum(cap.widths))

@@ -42,13 +42,15 @@ MAX_TREES = 128
 MAX_NODES = 1 << 14  # per tree (u16 child indices)
 MAX_DEPTH = 32
 MAX_BINS = 1024
+MAX_CATEGORIES = 1 << 16  # category table entries (sorted keys, binary search)
 MAX_VALUE_BYTES = 4 << 20  # an array map's largest value (KMALLOC_MAX_SIZE)
 MAX_MODEL_BYTES = 64 << 20  # both slots of the model's maps
 MLP_MAX_HIDDEN = 3
 MLP_MAX_WIDTH = 64
 MLP_MAX_INPUTS = 256
 ACTIVATION_CODES = {"none": 0, "relu": 1, "lut": 2}
-CAPACITY_KNOBS = ("max_trees", "max_nodes", "max_depth", "max_bins", "max_width")
+CAPACITY_KNOBS = ("max_trees", "max_nodes", "max_depth", "max_bins", "max_width",
+                  "max_categories")
 
 
 class CapacityError(ValueError):
@@ -75,6 +77,9 @@ class Capacity:
     depth: int = 0
     bins: int = 0
     widths: tuple[int, ...] = ()  # MLP hidden layers
+    categories: int = 0  # category table entries (a power of two; 0: no table)
+    cat_feature: int = -1  # the feature the category table matches
+    n_classes: int = 0  # per-class verdict rows (a category table's hits, a flow's decision)
 
     @property
     def n_features(self) -> int:
@@ -124,9 +129,19 @@ class Capacity:
     def n_wide(self) -> int:
         return max(1, sum(w > 16 for w in self.feature_widths))
 
+    @property
+    def verdict_rows(self) -> int:
+        """Verdict rows in ``hmn_meta``: the winners', then (with a category table or a
+        per-flow decision) one per class."""
+        return self.n_winners + self.n_classes
+
     def meta_words(self) -> tuple[int, int]:
         """(bias words, verdict words): both padded to even counts."""
-        return even(self.n_scores), even(5 * self.n_winners)
+        return even(self.n_scores), even(5 * self.verdict_rows)
+
+    def meta_bytes(self) -> int:
+        """One ``hmn_meta`` value: counts, bias, verdicts, the category table's keys and rows."""
+        return 8 + 4 * sum(self.meta_words()) + 8 * self.categories
 
     def tree_bytes(self) -> int:
         rows = 0 if self.kind == f"trees-{WINNER}" else self.leaves * self.leaf_width
@@ -164,6 +179,19 @@ class Capacity:
     def from_json(data: dict[str, Any]) -> Capacity:
         return Capacity(**{**data, "feature_widths": tuple(data["feature_widths"]),
                            "widths": tuple(data["widths"])})
+
+    def with_categories(self, program: CpuProgram, headroom: float,
+                        override: int | None) -> Capacity:
+        """This capacity with room for ``program``'s category table (none without one)."""
+        sc = program.shortcut
+        decision = program.flow is not None and program.flow.decision is not None
+        if sc is None:
+            return Capacity(**{**asdict(self), "n_classes": len(program.class_labels)}
+                            ) if decision else self
+        size = pow2(_scaled(max(len(sc.values), 1), headroom, MAX_CATEGORIES, "category values",
+                            "max_categories", override))
+        return Capacity(**{**asdict(self), "categories": size, "cat_feature": sc.feature,
+                           "n_classes": len(program.class_labels)})
 
 
 def interface_of(program: CpuProgram) -> dict[str, Any]:
@@ -236,6 +264,7 @@ def capacity_for(program: CpuProgram, headroom: float = DEFAULT_HEADROOM,
                        o.get("max_width")) // 8) * 8 for w in hidden)})
         cap = Capacity(**{**asdict(cap), "widths": tuple(min(w, MLP_MAX_WIDTH)
                                                          for w in cap.widths)})
+    cap = cap.with_categories(program, headroom, o.get("max_categories"))
     if cap.value_bytes() > MAX_VALUE_BYTES:
         raise CapacityExceeded(f"the parameters of one slot need {cap.value_bytes()} bytes; "
                                 f"an XDP map value holds at most {MAX_VALUE_BYTES} (lower the "
@@ -289,6 +318,19 @@ def check_fits(program: CpuProgram, cap: Capacity) -> None:
     if n_scores(program) != cap.n_scores or program.n_winners != cap.n_winners:
         raise CapacityError(f"the program computes {cap.n_scores} scores for {cap.n_winners} "
                             f"outcomes; this model {n_scores(program)} for {program.n_winners}")
+    sc = program.shortcut
+    if sc is not None:
+        if not cap.categories:
+            raise CapacityError("the program has no category table; this model has one "
+                                f"({len(sc.values)} values)")
+        if sc.feature != cap.cat_feature:
+            raise CapacityError(f"the program's category table matches feature "
+                                f"{cap.cat_feature}; this model's matches feature {sc.feature}")
+        if len(sc.values) > cap.categories:
+            raise CapacityError(f"the category table has {len(sc.values)} values; the compiled "
+                                f"capacity is {cap.categories}")
+        if len(program.class_rows) != cap.n_classes:
+            raise CapacityError("the category table needs one verdict row per class")
     model = program.model
     if isinstance(model, TreeModel):
         if len(model.trees) > cap.trees:

@@ -184,6 +184,19 @@ def packet_features(program: CpuProgram, table: pd.DataFrame) -> tuple[np.ndarra
 
 def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
     """The expected result for the classified packets and the classified mask (see
-    :func:`packet_features`)."""
+    :func:`packet_features`), with the per-flow decision applied by the reference's own flow
+    bookkeeping when the program has one."""
     values, classified = packet_features(program, table)
-    return reference(program, values[classified]), classified
+    result = reference(program, values[classified])
+    decision = program.flow.decision if program.flow is not None else None
+    if decision is None:
+        return result, classified
+    from homunculus.data.traffic import packet_positions
+    from homunculus.features.reference import flow_decisions
+
+    positions, episodes = packet_positions(table, program.flow.config)  # type: ignore[union-attr]
+    classes = flow_decisions(result.class_index, positions[classified], episodes[classified],
+                             decision.at)
+    rows = np.asarray(program.class_rows, dtype=np.int64)[classes]
+    fields = {name: rows[:, j] for j, name in enumerate(RESULT_FIELDS)}
+    return TwinResult(classes, fields), classified

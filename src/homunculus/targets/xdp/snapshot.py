@@ -83,8 +83,18 @@ def meta_bytes(program: CpuProgram, cap: Capacity) -> bytes:
         bias[:len(model.bias)] = model.bias
     verdict = np.zeros(vw, dtype="<u4")
     verdict[:5 * program.n_winners] = np.asarray(program.verdict, dtype=np.int64).reshape(-1)
+    keys = np.full(cap.categories, 2**32 - 1, dtype="<u4")
+    rows = np.zeros(cap.categories, dtype="<u4")
+    if cap.n_classes:  # each class's verdict row follows the winners'
+        start = 5 * program.n_winners
+        verdict[start:start + 5 * cap.n_classes] = np.asarray(
+            program.class_rows, dtype=np.int64).reshape(-1)
+    sc = program.shortcut
+    if sc is not None:  # a key's row: its class + 1
+        keys[:len(sc.values)] = sc.values
+        rows[:len(sc.values)] = [r[0] + 1 for r in sc.rows]
     return (np.asarray([n_trees, depth], dtype="<u4").tobytes() + bias.tobytes()
-            + verdict.tobytes())
+            + verdict.tobytes() + keys.tobytes() + rows.tobytes())
 
 
 NODE = np.dtype([("thr", "<u4"), ("feat", "<u2"), ("left", "<u2")])
@@ -182,7 +192,7 @@ def check_program_maps(maps: MapSource, cap: Capacity) -> None:
     per_slot = cap.trees if name == "hmn_trees" else 1
     if model_map.value_size != cap.value_bytes() or model_map.max_entries != 2 * per_slot:
         raise SnapshotError("the program's parameter maps differ from its recorded capacity")
-    if meta.value_size != 8 + 4 * sum(cap.meta_words()):
+    if meta.value_size != cap.meta_bytes():
         raise SnapshotError("the program's score and verdict map differs from its recorded "
                             "capacity")
 

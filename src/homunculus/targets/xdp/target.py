@@ -47,6 +47,7 @@ class XdpProfile:
     max_depth: int | None = None
     max_bins: int | None = None  # per feature
     max_width: int | None = None  # hidden-layer outputs
+    max_categories: int | None = None  # category table entries
 
     def capacity_overrides(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in CAPACITY_KNOBS if getattr(self, k) is not None}
@@ -64,6 +65,7 @@ class XdpTarget:
     arch: str = "xdp"
     supports_dense: bool = True  # packed multiply-accumulates: MLPs run here
     lowering: str = "cpu"  # runs the CPU program (passes/lower_cpu.py), not table pipelines
+    max_table_entries: int = 1 << 16  # category table values (layout.MAX_CATEGORIES)
     telemetry: TelemetryConfig | None = None  # sample packets into a ring buffer (adapt)
 
     @classmethod

@@ -129,6 +129,10 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "alu": [_step(s) for s in p.alu],
         "default_port": p.default_port,
         "switch_lowered": bool(p.notes.get("switch_lowered")),
+        "order": list(p.order),
+        "carry_in": [_field(f) for f in p.carry_in],
+        "carry_out": [_field(f) for f in p.carry_out],
+        "requires": list(p.requires),
     }
 
 
@@ -153,6 +157,10 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         | ({"switch_lowered": True} if d.get("switch_lowered") else {}),
         alu=tuple(_unstep(s) for s in d.get("alu", [])),
         default_port=int(d.get("default_port", 1)),
+        order=tuple(d.get("order", ())),
+        carry_in=tuple(_unfield(f) for f in d.get("carry_in", ())),
+        carry_out=tuple(_unfield(f) for f in d.get("carry_out", ())),
+        requires=tuple(d.get("requires", ())),
     )
 
 

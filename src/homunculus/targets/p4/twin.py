@@ -132,24 +132,32 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
     env[argmax.output.name] = contenders[0][0]
 
 
-def simulate(pipeline: Pipeline, x: np.ndarray) -> TwinResult:
+def simulate(pipeline: Pipeline, x: np.ndarray,
+             carried: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
-    execution (tables, or the MLP's arg-max, then the verdict table)."""
+    execution (tables and ALU steps in their order, or the MLP's arg-max, then the verdict
+    table). ``carried``: the values of the carry-in fields (a split model's partial results
+    from the previous device), by field name."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
+    for field in pipeline.carry_in:
+        if carried is None or field.name not in carried:
+            raise ValueError(f"no carried value for {field.name}")
+        env[field.name] = np.asarray(carried[field.name], dtype=np.int64) & field.max_value
     if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max
         masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
         env[pipeline.winner_field().name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
-    for table in (*pipeline.encoders, *pipeline.lookups):
-        run_table(table, env, n)
-    if pipeline.score_sum is not None and pipeline.argmax is not None:
+    for item in pipeline.sequence():
+        if isinstance(item, Table):
+            run_table(item, env, n)
+        else:
+            run_alu_step(item, env, n)
+    if pipeline.score_sum is not None and pipeline.argmax is not None:  # not switch-lowered
         run_score_sum(pipeline.score_sum, env, n)
         run_argmax(pipeline.argmax, env)
-    for step in pipeline.alu:
-        run_alu_step(step, env, n)
     run_table(pipeline.verdict, env, n)
     return TwinResult(env[pipeline.class_field.name], env)
 

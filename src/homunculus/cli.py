@@ -29,16 +29,17 @@ def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float |
                  p4c_timeout: float | None = None,
                  toolchain_feasibility: bool = False):  # noqa: ANN201
     """Compile a YAML spec or run a Python (Alchemy) script with these options."""
-    from homunculus.compile import CompileOptions, compile_plan
+    from homunculus.compile import CompileOptions
     from homunculus.frontend.alchemy import cli_overrides
     from homunculus.frontend.yaml_spec import plan_from_yaml
+    from homunculus.schedule.driver import compile_any
 
     if not spec.exists():
         raise SpecError("no such spec file", file=str(spec))
     if spec.suffix in (".yaml", ".yml"):
         options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, p4c,
                                  p4c_timeout, toolchain_feasibility)
-        return compile_plan(plan_from_yaml(spec), options)
+        return compile_any(plan_from_yaml(spec), options)
     if spec.suffix == ".py":
         with cli_overrides(out_dir, trials, seconds, resume, seed, progress, p4c, p4c_timeout,
                            toolchain_feasibility) as calls:
@@ -83,6 +84,11 @@ def compile_command(
                               p4c_timeout, toolchain_feasibility)
     except HomunculusError as exc:
         _fail(exc)
+        return
+    if hasattr(result, "summary"):  # a schedule or a chain
+        out.print(f"[bold green]compiled[/] {result.report['name']} -> {result.out_dir}")
+        for line in result.summary():
+            out.print(line, highlight=False, markup=False)
         return
     m = result.metrics
     res = result.report["resources"]

@@ -110,20 +110,18 @@ class ScheduleResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _labels_check(plan: SchedulePlan, datasets: dict[str, Dataset]) -> Any:
-    """Bind the gates' class labels to indices (errors name the schedule field)."""
+def check_gate(plan: SchedulePlan, name: str, labels: tuple[str, ...]) -> None:
+    """The gate on model ``name`` names labels of its data (errors name the schedule)."""
     from homunculus.schedule.expr import refs
 
     for r in refs(plan.node):
-        if r.gate is None:
+        if r.name != name or r.gate is None:
             continue
-        labels = datasets[r.name].class_labels
         for g in r.gate:
             if g not in labels:
                 raise plan.error("schedule", f"the gate on '{r.name}' names class '{g}', which "
                                              f"is not a label of its data (labels: "
                                              f"{list(labels)})")
-    return bind_gates(plan.node, {}, {m: ds.class_labels for m, ds in datasets.items()})
 
 
 def make_policy(plan: SchedulePlan, first: ModelPlan) -> Policy:
@@ -186,7 +184,6 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
     out_dir = options.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     storage = out_dir / "study.db"
     by_name = {m.model.name: m for m in plan.models}
     order = names(plan.node)
@@ -194,9 +191,13 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
     searched: dict[str, Searched] = {}
     upstream_models: dict[str, tuple[Dataset, TrainedModel]] = {}
     upstream_rows: dict[str, UpstreamRows] = {}
+    loaded = {name: by_name[name].load_data() for name in order}  # every data error first
+    for name in order:
+        check_gate(plan, name, loaded[name].class_labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order):
         mp = by_name[name]
-        dataset, up_rows = with_class_features(mp, mp.load_data(), upstream_models)
+        dataset, up_rows = with_class_features(mp, loaded[name], upstream_models)
         datasets[name] = dataset
         upstream_rows[name] = up_rows
         with search_progress(budget.trials, f"{name} {mp.model.metric}",
@@ -205,7 +206,7 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
                              options.resume, plan.joint.variants, progress)
         searched[name] = s
         upstream_models[name] = (s.best.problem.dataset, s.best.trained)
-    node = _labels_check(plan, datasets)
+    node = bind_gates(plan.node, {}, {m: ds.class_labels for m, ds in datasets.items()})
     policy = make_policy(plan, first)
     uses = {m.model.name: {c.name: c.model for c in m.class_features} for m in plan.models}
     variants = {m: [_variant(m, b, target) for b in searched[m].front] for m in order}

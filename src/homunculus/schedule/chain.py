@@ -110,6 +110,9 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> ChainResult:
     devices = chain_devices(plan)
     requested = check_algorithms(base)
     dataset = base.load_data()
+    if dataset.traffic is not None and len({spec.target for spec in plan.platforms}) > 1:
+        raise base.error("platforms", "a model with flow features runs on one kind of switch "
+                                      "along the chain (their clocks tick in different units)")
     target = ChainTarget(tuple(devices))
     problem = make_problem(dataset, target, target.limits(), base.model.metric,
                            positive_class(base, dataset), verdict_plan(base, dataset), seed,

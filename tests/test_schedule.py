@@ -447,3 +447,44 @@ def test_a_class_feature_cycle_and_unknown_models_are_rejected(tmp_path) -> None
     spec.write_text(twice)
     with pytest.raises(SpecError, match="declared more than once"):
         plan_from_yaml(spec)
+
+
+def test_a_schedule_on_the_c_target_runs_only_the_models_it_must(tmp_path) -> None:
+    """On a host the models run one after the other and only when the schedule runs them."""
+    import ctypes
+
+    data = _two_tables(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind[media] > dev", target="c"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["agreement"] == 1.0 and report["fusion"] is None
+    lib = ctypes.CDLL(str(next((out / "c").glob("libhmn_*.so"))))
+
+    class Result(ctypes.Structure):
+        _fields_ = [("classes", ctypes.c_int32 * 2), ("port", ctypes.c_uint32),
+                    ("drop", ctypes.c_uint32), ("mark", ctypes.c_uint32),
+                    ("dscp", ctypes.c_uint32)]
+
+    kinds = report["models"][0]["class_labels"]
+    r = Result()
+    seen = set()
+    assert lib.hmn_sched_n_features() == 3  # ttl, port (shared), len
+    for ttl in range(0, 256, 8):
+        row = (ctypes.c_uint32 * 3)(ttl, 100, 900)
+        lib.hmn_sched_classify(row, ctypes.byref(r))
+        kind = kinds[r.classes[0]]
+        seen.add(kind)
+        assert (r.classes[1] == -1) == (kind != "media")  # dev runs on media only
+        assert r.drop == (kind == "other")  # kind drops "other"
+    assert seen == {"media", "other"}
+
+
+def test_schedules_on_xdp_are_refused_with_a_reason(tmp_path) -> None:
+    data = _two_tables(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind > dev", target="xdp"))
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not on xdp" in result.output

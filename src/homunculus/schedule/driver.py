@@ -38,7 +38,7 @@ from homunculus.compile import (
     replace_dir,
 )
 from homunculus.data.dataset import Dataset
-from homunculus.errors import InfeasibleError
+from homunculus.errors import InfeasibleError, NotSupportedError
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.quantised import to_json
@@ -161,10 +161,10 @@ def compose(target: Target, limits: Any, chosen: dict[str, Built], order: list[s
             uses: dict[str, dict[str, str]], node: Any, policy: Policy) -> Composition:
     """Fuse (switch) or chain (host) the chosen variants; estimate and assess the program."""
     if getattr(target, "lowering", "tables") == "cpu":
-        from homunculus.schedule.cpu import compose_cpu
+        from homunculus.schedule import cpu
 
-        program = compose_cpu([(m, chosen[m]) for m in order], uses, node, policy)
-        usage = target.estimate_schedule(program)  # type: ignore[attr-defined]
+        program = cpu.compose_cpu([(m, chosen[m]) for m in order], uses, node, policy)
+        usage = cpu.estimate(program, target)
         return Composition(program, usage, assess(usage, limits))
     parts = [_part(chosen[m], m, uses.get(m, {})) for m in order]
     fused = fuse(parts, node, policy)
@@ -180,6 +180,10 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
     seed = plan.search.seed if options.seed is None else options.seed
     first = plan.models[0]
     target, limits = make_target_and_limits(first)
+    if target.name == "xdp":
+        raise NotSupportedError(
+            f"{plan.source}: schedules run on switches (tofino, bmv2) and on the C target, not "
+            "on xdp: its program holds one model in two-slot maps that push swaps as a unit")
     hook = resolve_hook(first, target, options.p4c, options.p4c_timeout)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
@@ -334,8 +338,10 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
         run = run_switch(target, final.program, out, final.fused)
         n_inputs = len(final.program.features)
     else:
-        target.emit_schedule(final.program, out, program_name)  # type: ignore[attr-defined]
-        run = target.schedule_twin(final.program, out)  # type: ignore[attr-defined]
+        from homunculus.schedule import cpu
+
+        cpu.emit(final.program, target, out, program_name)
+        run = cpu.twin(final.program, out)
         n_inputs = len(final.program.features)
     check = check_features(members, node, policy, run, n_inputs, seed)
     packets = None

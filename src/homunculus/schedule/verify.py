@@ -98,13 +98,22 @@ def compare(members: list[Member], outcome: Outcome, preds: dict[str, np.ndarray
             produced: dict[str, np.ndarray], fields: dict[str, np.ndarray], what: str) -> None:
     """Raise VerificationError unless every class and verdict field agrees."""
     for m in members:
-        bad = np.nonzero(preds[m.name] != produced[m.name])[0]
+        got = produced[m.name]
+        if (got < 0).any():  # a host runs a model only where the schedule does
+            skipped = np.nonzero((got < 0) != ~outcome.ran[m.name])[0]
+            if len(skipped):
+                i = int(skipped[0])
+                raise VerificationError(
+                    f"{what}: model '{m.name}' ran where the schedule says it does not, or the "
+                    f"other way round, on {len(skipped)} rows (first: row {i})")
+            got = np.where(got < 0, preds[m.name], got)
+        bad = np.nonzero(preds[m.name] != got)[0]
         if len(bad):
             i = int(bad[0])
             raise VerificationError(
                 f"{what}: model '{m.name}' disagrees with its quantised model on {len(bad)} of "
                 f"{len(preds[m.name])} rows (first: row {i}, model class {preds[m.name][i]}, "
-                f"program class {produced[m.name][i]})")
+                f"program class {got[i]})")
     for key, want in outcome.verdict_fields().items():
         got = np.asarray(fields[key], dtype=np.int64)
         bad = np.nonzero(want != got)[0]
@@ -135,11 +144,20 @@ def check_features(members: list[Member], node: Node, policy: Policy, run: Any, 
     per_model = {}
     for m, (_, rows) in zip(members, spans, strict=True):
         y = m.dataset.y_test
-        per_model[m.name] = {
-            "pipeline": score(m.metric, y, produced[m.name][rows], m.dataset.n_classes,
-                              m.positive),
-            "ran": float(np.mean(outcome.ran[m.name][rows])),
-        }
+        got = produced[m.name][rows]
+        ran = outcome.ran[m.name][rows]
+        entry = {"ran": float(np.mean(ran)),
+                 "pipeline_when_run": (score(m.metric, y[ran], got[ran], m.dataset.n_classes,
+                                             m.positive) if ran.any() else None)}
+        if hasattr(run, "alone"):  # a host: each model's own function on its own test set
+            got = run.alone(m.name, m.dataset.x_test)
+            want = m.trained.predict_quantised(m.dataset.x_test)
+            if (got != want).any():
+                raise VerificationError(f"model '{m.name}': its compiled function disagrees with "
+                                        f"its quantised model on {(got != want).sum()} test rows")
+        # a switch computes every model on every packet: its metric on the whole test set
+        entry["pipeline"] = score(m.metric, y, got, m.dataset.n_classes, m.positive)
+        per_model[m.name] = entry
     return FeatureCheck(len(x), per_model)
 
 

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: Python, gcc (C target), clang/llvm/libbpf/bpftool (XDP target), iproute2
-# (network namespaces for the live XDP tests). Installed only when something is missing.
-APT_PACKAGES="gcc make clang llvm libbpf-dev bpftool iproute2"
+# (network namespaces for the live XDP tests), libndpi-bin (ndpiReader: the DPI labelling agent
+# of homunculus adapt). Installed only when something is missing.
+APT_PACKAGES="gcc make clang llvm libbpf-dev bpftool iproute2 libndpi-bin"
 missing=""
 for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"

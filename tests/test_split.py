@@ -97,7 +97,7 @@ def test_a_model_split_over_a_chain_agrees_with_the_model(family, params, stages
     assert split.feasible and 2 <= split.devices <= devices
     assert all(u.stages <= stages for u in split.usages)
     check_devices(split)
-    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, c))
+    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
     assert (result.class_index == model.predict_quantised(ds.x_test)).all()
     first, last = split.programs[0], split.programs[-1]
     assert first.carry_out and not first.carry_in and last.carry_in and not last.carry_out
@@ -158,7 +158,7 @@ def test_bmv2_chain_splits_on_entries() -> None:
     split = partition(pipeline, devices)
     assert split.feasible and split.devices >= 2
     assert all(u.entries <= cap for u in split.usages)
-    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, c))
+    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
     assert (result.class_index == model.predict_quantised(ds.x_test)).all()
 
 

@@ -160,19 +160,37 @@ def simulate_command(
 
 @app.command("scenario")
 def scenario_command(
-    name: Annotated[str, typer.Argument(help="anomaly or botnet")],
+    name: Annotated[str, typer.Argument(help="anomaly, botnet or drift")],
     pcap: Annotated[Path, typer.Option("--pcap", help="capture to write")],
     labels: Annotated[Path, typer.Option("--labels", help="label CSV to write")],
-    flows: Annotated[int, typer.Option(help="background flows")] = 300,
-    seconds: Annotated[float, typer.Option(help="duration of the background")] = 60.0,
+    flows: Annotated[int, typer.Option(help="background flows (anomaly, botnet)")] = 300,
+    seconds: Annotated[float, typer.Option(
+        help="duration of the background (drift: of each phase)")] = 60.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    phases: Annotated[int, typer.Option(help="drift: phases (1-3)")] = 3,
+    benign_packets: Annotated[int, typer.Option(
+        help="drift: benign packets per phase (from nDPI captures)")] = 12_000,
+    attack_scale: Annotated[float, typer.Option(help="drift: attack rates times this")] = 1.0,
+    attack_label: Annotated[str | None, typer.Option(
+        help="drift: label every attack with this (a binary task) instead of its kind")] = None,
+    train: Annotated[bool, typer.Option(
+        "--train", help="drift: phase 0 only, from another seed (to compile from)")] = False,
 ) -> None:
-    """Write a seeded attack scenario (injected into synthetic background) with its labels."""
-    from homunculus.data.scenarios import scenario_table, write_scenario
-
+    """Write a seeded scenario with its labels: attacks in synthetic background (anomaly,
+    botnet), or the drifting scenario over real nDPI captures (drift)."""
     try:
-        table = scenario_table(name, flows, seconds, seed)
-        write_scenario(table, pcap, labels)
+        if name == "drift":
+            from homunculus.data.drift import drift_scenario, write_drift
+
+            scenario = drift_scenario(seed, phases=phases, phase_s=seconds,
+                                      benign_packets=benign_packets, attack_scale=attack_scale,
+                                      train=train)
+            table = write_drift(scenario, pcap, labels, attack_label)
+        else:
+            from homunculus.data.scenarios import scenario_table, write_scenario
+
+            table = scenario_table(name, flows, seconds, seed)
+            write_scenario(table, pcap, labels)
     except HomunculusError as exc:
         _fail(exc)
         return
@@ -312,3 +330,53 @@ def undeploy_command(
     for warning in warnings:
         err.print(f"warning: {warning}")
     out.print(f"[bold green]undeployed[/] {dep.name} from {dep.iface}")
+
+
+@app.command("adapt")
+def adapt_command(
+    out_dir: Annotated[Path, typer.Argument(help="the compiled OUT (with an 'adapt:' section)")],
+    replay: Annotated[Path | None, typer.Option(
+        "--replay", help="run over this capture in simulated time (else live)")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="ground-truth label CSV: F1 per window and each agent's precision")] = None,
+    iface: Annotated[str | None, typer.Option(
+        "--iface", help="live: the interface of the XDP deployment")] = None,
+    netns: Annotated[str | None, typer.Option("--netns", help="live: its namespace")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="live: the deployment")] = None,
+    agents: Annotated[str, typer.Option(
+        help="comma-separated: syn_flood, port_scan, dns_amplification, beacon, rules, dpi, "
+             "oracle (evaluation only)")] = "syn_flood,port_scan,dns_amplification,beacon,dpi",
+    rules: Annotated[Path | None, typer.Option(help="the rules agent's label CSV")] = None,
+    combine: Annotated[str, typer.Option(help="priority or vote")] = "priority",
+    window: Annotated[float, typer.Option(help="window length in seconds")] = 5.0,
+    policy: Annotated[str, typer.Option(help="proxy, every or never")] = "proxy",
+    threshold: Annotated[float, typer.Option(help="retrain when the proxy is below")] = 0.8,
+    cooldown: Annotated[int, typer.Option(help="windows between retrains")] = 3,
+    min_per_class: Annotated[int, typer.Option(help="labelled samples per class needed")] = 20,
+    margin: Annotated[float, typer.Option(help="gate: allowed held-out F1 loss")] = 0.02,
+    min_fidelity: Annotated[float, typer.Option(
+        help="gate: verdicts must differ on more than this share of recent samples")] = 0.01,
+    detector: Annotated[str, typer.Option(help="adwin or page_hinkley")] = "adwin",
+    duration: Annotated[float | None, typer.Option(help="live: seconds to run")] = None,
+    windows: Annotated[int | None, typer.Option(help="live: windows to run")] = None,
+    max_installs: Annotated[int | None, typer.Option(help="install at most this many")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="where the log and report go (default OUT/adapt)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
+    retraining, the gate decides, installs are atomic; every decision is logged."""
+    from homunculus.adapt.run import AdaptOptions, run_adapt
+
+    options = AdaptOptions(out_dir, replay, labels, iface, netns, name, agents, rules, combine,
+                           window, policy, threshold, cooldown, min_per_class, margin,
+                           min_fidelity, detector, duration, windows, max_installs, report,
+                           seed)
+    try:
+        summary, html_path = run_adapt(options, echo=lambda m: out.print(m, highlight=False))
+    except (HomunculusError, ValueError) as exc:
+        _fail(exc)
+        return
+    out.print(f"[bold green]adapted[/] {summary['windows']} windows: {summary['retrains']} "
+              f"retrains, {summary['installs']} installs, {summary['cpu_seconds']:.2f} CPU s "
+              f"retraining; report {html_path}")

@@ -45,7 +45,7 @@ from homunculus.search.problem import (
 )
 from homunculus.search.study import Budget, open_study, run_search
 from homunculus.targets.base import Limits, Target
-from homunculus.targets.registry import make_target
+from homunculus.targets.registry import make_target, with_adapt
 from homunculus.toolchain_hook import check_final_program, make_oracle, resolve_hook
 
 
@@ -124,6 +124,10 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
         target, limits = make_target(plan.platform.target, plan.platform.profile)
     except KeyError as exc:
         raise plan.error("platform.profile", str(exc.args[0])) from None
+    try:
+        target = with_adapt(target, plan.adapt)
+    except KeyError as exc:
+        raise plan.error("adapt", str(exc.args[0])) from None
     c = plan.platform.constraints
     wanted = {**c.resources.model_dump(exclude_none=True),
               **c.performance.model_dump(exclude_none=True)}
@@ -153,7 +157,22 @@ def choose_candidates(problem: Problem, requested: list[str] | None
 # ----------------------------------------------------------------------------- artefacts
 
 
-def write_model(out: Path, ev: Evaluation, dataset: Dataset) -> None:
+def verdict_json(plan: VerdictPlan) -> dict[str, Any]:
+    """The verdict plan by class index (what a retrained model must act the same way on)."""
+    return {"kind": plan.kind.value, "default_port": plan.default_port,
+            "ports": {str(k): v for k, v in plan.ports.items()}, "drop": sorted(plan.drop),
+            "dscp": {str(k): v for k, v in plan.dscp.items()}}
+
+
+def verdict_from_json(data: dict[str, Any]) -> VerdictPlan:
+    return VerdictPlan(VerdictKind(data["kind"]), int(data["default_port"]),
+                       {int(k): int(v) for k, v in data["ports"].items()},
+                       frozenset(int(c) for c in data["drop"]),
+                       {int(k): int(v) for k, v in data["dscp"].items()})
+
+
+def write_model(out: Path, ev: Evaluation, dataset: Dataset,
+                verdict: VerdictPlan | None = None) -> None:
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(ev.trained.float_model, model_dir / "float_model.joblib")
@@ -165,6 +184,8 @@ def write_model(out: Path, ev: Evaluation, dataset: Dataset) -> None:
         "class_labels": list(dataset.class_labels),
         "winner_to_class": list(ev.trained.winner_to_class or range(dataset.n_classes)),
         "model": to_json(ev.trained.quantised),
+        "verdict": None if verdict is None else verdict_json(verdict),
+        "seed": ev.problem.seed,
         "traffic": None if dataset.traffic is None else {
             "features": [asdict(f) for f in dataset.traffic.features],
             "config": asdict(dataset.traffic.config)},
@@ -246,7 +267,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
         expected, produced = verify(problem, ev, staging)
         toolchain = check_final_program(hook, staging, program, ev.usage, problem.limits,
                                         getattr(problem.target, "profile", None))
-        write_model(staging, ev, problem.dataset)
+        write_model(staging, ev, problem.dataset, problem.verdict)
         packet_check = verify_packets(staging, problem.dataset, problem.target)
         report = build_report(plan, problem, ev, result, candidates, expected, produced, seed)
         report["packet_simulation"] = packet_check

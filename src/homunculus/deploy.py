@@ -68,6 +68,7 @@ class Deployment:
     prog_id: int
     pushes: int = 0
     deployed_at: float = field(default_factory=time.time)
+    version: int = 0  # the model version active (adapt installs count up from the compile's 0)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -305,6 +306,29 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
     dep.out_dir = str(Path(out_dir).resolve())
     dep.labels = list(snapshot.get("labels", dep.labels))
     dep.pushes += 1
+    write_state(dep, state_dir)
+    return dep
+
+
+def push_program(program: Any, name: str | None = None, *, version: int,
+                 state_dir: Path = STATE_DIR, grace_s: float = snap.GRACE_S,
+                 source: str = "adapt") -> Deployment:
+    """Install a CPU program (a retrain of the deployed model, ``homunculus adapt``) into the
+    standby slot with its model ``version`` and flip to it; refused (nothing written) unless it
+    has the deployed interface and fits the deployed capacity."""
+    require_root()
+    dep = load_state(name, state_dir)
+    capacity = Capacity.from_json(dep.capacity)
+    check_pushable(Path(source), dep, program, capacity)
+    pinned = open_pins(dep.name)
+    try:
+        snap.push(pinned, program, capacity, grace_s=grace_s, version=version)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{source}: {exc}") from None
+    finally:
+        pinned.close()
+    dep.pushes += 1
+    dep.version = version
     write_state(dep, state_dir)
     return dep
 

@@ -49,6 +49,11 @@ def load_compiled(out_dir: Path) -> tuple[Any, dict[str, Any]]:
         raise DataError(f"{out_dir}: not a compiled output directory ({exc.filename} missing)"
                         ) from None
     entries = out_dir / "runtime" / "entries.json"
+    adapt = out_dir / "runtime" / "adapt.json"
+    if adapt.is_file() and json.loads(adapt.read_text()).get("versioned"):
+        from homunculus.targets.p4.versioned import versioned
+
+        pipeline = versioned(pipeline, int(json.loads(adapt.read_text()).get("version", 0)))
     if entries.is_file():
         installed = read_runtime_entries(json.loads(entries.read_text()), pipeline)
         pipeline = with_installed_entries(pipeline, installed)

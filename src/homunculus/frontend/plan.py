@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from homunculus.data.dataset import Dataset
 from homunculus.errors import SpecError
-from homunculus.frontend.spec import ModelSpec, PlatformSpec, SearchSpec
+from homunculus.frontend.spec import AdaptSpec, ModelSpec, PlatformSpec, SearchSpec
 
 _PARENT = re.compile(r"(\.[^.\[]+|\[\d+\])$")
 
@@ -25,6 +25,7 @@ class Plan:
     origins: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     n_models: int = 1
     select_features: bool = False  # traffic specs may put the feature set into the search
+    adapt: AdaptSpec | None = None  # telemetry and atomic installs (homunculus adapt)
 
     def error(self, field_path: str, message: str) -> SpecError:
         """A SpecError located at ``field_path`` (or its nearest located ancestor)."""

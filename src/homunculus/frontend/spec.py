@@ -177,6 +177,18 @@ class TrafficSpec(Strict):
     select_features: bool = Field(default=False, description="search the feature set too")
 
 
+class AdaptSpec(Strict):
+    """Life after deployment (``homunculus adapt``): telemetry out of the data plane and, on
+    switches, model tables keyed on a version register so installs are atomic."""
+
+    sampling: Literal["rate", "first_k"] = Field(
+        default="first_k", description="rate: every one_in-th classified packet; first_k: the "
+                                       "first first_k packets of each flow")
+    one_in: int = Field(default=16, ge=1, le=1 << 20)
+    first_k: int = Field(default=4, ge=1, le=1 << 16)
+    versioned: bool = Field(default=True, description="switches: version-keyed model tables")
+
+
 class Spec(Strict):
     """A whole YAML spec: one model on one platform (schedules of several come later)."""
 
@@ -186,6 +198,8 @@ class Spec(Strict):
     model: ModelSpec
     platform: PlatformSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
+    adapt: AdaptSpec | None = Field(
+        default=None, description="compile for adaptation: telemetry and atomic installs")
 
     @model_validator(mode="after")
     def _one_source(self) -> Spec:

@@ -102,6 +102,7 @@ def plan_from_spec(spec: Spec, lines: dict[tuple[Any, ...], int], path: Path) ->
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
                 source, origins)
+    plan.adapt = getattr(spec, "adapt", None)
     for where, feats in (("data", spec.data.features if spec.data else []),
                          ("traffic", spec.traffic.features if spec.traffic else [])):
         for i, f in enumerate(feats):

@@ -171,7 +171,7 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
     installed = installed_programs(out, split, names)
     ds = best.problem.dataset
     expected = best.trained.predict_quantised(ds.x_test)
-    twin = run_split(split, ds.x_test, lambda p, d, x, c: simulate(installed[d], x, c))
+    twin = run_split(split, ds.x_test, lambda p, d, x, c: simulate(installed[d], x, carried=c))
     produced = twin.class_index
     bad = np.nonzero(expected != produced)[0]
     if len(bad):

@@ -551,7 +551,7 @@ def run_split_packets(split: Split, table: Any, installed: list[Pipeline] | None
             values[:, cols] = flow_values[:, cols]
         if classified is None:
             classified = eligible_packets(table) & carries
-        result = simulate(program, values[classified], carried)
+        result = simulate(program, values[classified], carried=carried)
         if program.carry_out:
             carried = {f"{CARRY_PREFIX}{c}": result.fields[f.name]
                        for c, f in zip(carried_out_columns(program), program.carry_out,

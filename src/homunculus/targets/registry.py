@@ -34,3 +34,21 @@ def make_target(name: str, overrides: dict[str, Any]) -> tuple[Target, Limits]:
         target = XdpTarget.with_overrides(overrides)
         return target, target.default_limits()
     raise KeyError(f"unknown target '{name}'; known: {list(TARGETS)}")
+
+
+def with_adapt(target: Target, adapt: Any) -> Target:
+    """``target`` compiled for adaptation (the spec's ``adapt`` section): telemetry sampling
+    and, on switches, version-keyed model tables. KeyError for the C target (no data plane)."""
+    from dataclasses import replace
+
+    from homunculus.ir.telemetry import TelemetryConfig
+
+    if adapt is None:
+        return target
+    if target.name == "c":
+        raise KeyError("the C target classifies feature vectors for its caller: it has no "
+                       "data plane to sample or install into (use xdp, tofino or bmv2)")
+    telemetry = TelemetryConfig(adapt.sampling, adapt.one_in, adapt.first_k)
+    if target.name in SWITCHES:
+        return replace(target, telemetry=telemetry, versioned=adapt.versioned)  # type: ignore
+    return replace(target, telemetry=telemetry)  # type: ignore[type-var]

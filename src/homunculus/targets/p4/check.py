@@ -262,7 +262,8 @@ def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
         if reg in seen:
             raise ValueError(f"register {reg} has more than one RegisterAction")
         seen.add(reg)
-        expected_out = 1 if reg == "r_sig" else decl.width  # the signature's: the new-flow flag
+        # the signature's output is the new-flow flag, the telemetry counter's the sample flag
+        expected_out = 1 if reg in ("r_sig", "hmn_tel_ctr") else decl.width
         if (int(width), int(index), int(out)) != (decl.width, decl.index_width, expected_out):
             raise ValueError(f"RegisterAction {name}: types do not match register {reg}")
     missing = sorted(n for n, d in decls.items() if d.index_width is not None and n not in seen)
@@ -273,7 +274,8 @@ def _check_register_actions(body: str, decls: dict[str, RegisterDecl]) -> None:
 def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
     """Raise ValueError unless the program declares exactly the IR's registers, once each."""
     body = _control_body(_strip_comments(p4_text), INGRESS_CONTROL)
-    decls = _registers(body)
+    every = _registers(body)
+    decls = {n: d for n, d in every.items() if not n.startswith("hmn_")}  # ours: version, tel
     expected = {r.name: r for r in flow.registers}
     if sorted(decls) != sorted(expected):
         raise ValueError(f"registers {sorted(decls)} != flow program {sorted(expected)}")
@@ -287,7 +289,7 @@ def check_flow_registers(p4_text: str, flow: FlowProgram) -> None:
         if decl.index_width not in (None, index_width):
             raise ValueError(f"register {name}: index bit<{decl.index_width}>, "
                              f"needs bit<{index_width}>")
-    _check_register_actions(body, decls)
+    _check_register_actions(body, every)
 
 
 def check_program(p4_text: str, runtime: dict[str, Any], *,

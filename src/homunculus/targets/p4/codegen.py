@@ -519,12 +519,55 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
     }
 
 
+VERSION_TABLE_HEADROOM = 2
+"""Versioned tables hold two versions of up to this many times the compiled model's entries."""
+
+
+def adapt_context(context: dict[str, Any], pipeline: Pipeline, *, versioned: bool,
+                  telemetry: Any) -> None:
+    """Add the version register (atomic installs) and the telemetry digest to ``context``."""
+    from homunculus.targets.p4.keys import feature_keys
+
+    context["version"] = None
+    context["digest"] = None
+    if versioned:
+        context["version"] = {"register": "hmn_version", "field": "model_version"}
+        for t in [*context["tables"], context["verdict"]]:
+            t["size"] = 2 * VERSION_TABLE_HEADROOM * t["size"]
+    if telemetry is None:
+        return
+    if telemetry.sampling != "rate":
+        raise ValueError("switches sample at a rate (adapt.sampling: rate); first_k needs "
+                         "per-flow counters that only the XDP target keeps")
+    direct = feature_keys(pipeline)
+    features = [{"name": f"x{j}", "width": f.field.width,
+                 "expr": direct.get(f.field.name, f"meta.{f.field.name}")}
+                for j, f in enumerate(pipeline.features)]
+    context["meta_fields"] = context["meta_fields"] + [
+        {"name": "hmn_tel_sport", "width": 16}, {"name": "hmn_tel_dport", "width": 16},
+        {"name": "hmn_tel_flags", "width": 8}, {"name": "hmn_tel_n", "width": 32},
+        {"name": "hmn_sampled", "width": 1}]
+    context["digest"] = {"every": telemetry.one_in, "features": features,
+                         "class": pipeline.class_field.name,
+                         "class_width": pipeline.class_field.width,
+                         "version": "meta.model_version" if versioned else "8w0"}
+
+
 def emit_p4(pipeline: Pipeline, arch: Literal["v1model", "tna"], *,
-            program_name: str = "homunculus", feature_udp_port: int = 0x4D4C) -> str:
+            program_name: str = "homunculus", feature_udp_port: int = 0x4D4C,
+            versioned: bool = False, telemetry: Any = None) -> str:
     """Return the P4_16 source of ``pipeline`` for ``arch`` ("v1model" or "tna"); the pipeline
-    is lowered for a switch first (passes/switch.py) if it is not already."""
+    is lowered for a switch first (passes/switch.py) if it is not already. ``versioned``: model
+    tables keyed on a version register (targets/p4/versioned.py); ``telemetry``: sampled
+    packets sent to the control plane as a digest (ir/telemetry.py)."""
     if arch not in ("v1model", "tna"):
         raise ValueError(f"unknown P4 architecture '{safe_comment(str(arch))}'")
-    context = build_context(lower_for_switch(pipeline), arch, program_name=program_name,
+    lowered = lower_for_switch(pipeline)
+    if versioned:
+        from homunculus.targets.p4.versioned import versioned as keyed
+
+        lowered = keyed(lowered, 0)
+    context = build_context(lowered, arch, program_name=program_name,
                             feature_udp_port=feature_udp_port)
+    adapt_context(context, lowered, versioned=versioned, telemetry=telemetry)
     return render(f"{arch}.p4.j2", context)

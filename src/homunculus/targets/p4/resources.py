@@ -54,10 +54,10 @@ def phv_bits(pipeline: Pipeline, arch: str) -> int:
     return headers + sum(container_bits(f["width"]) for f in context["meta_fields"])
 
 
-def estimate(pipeline: Pipeline, profile: SwitchProfile) -> Usage:
+def estimate(pipeline: Pipeline, profile: SwitchProfile, *, telemetry: bool = False) -> Usage:
     pipeline = lower_for_switch(pipeline)
     caps = stage_caps(profile)
-    units = program_units(pipeline, profile)
+    units = program_units(pipeline, profile, telemetry=telemetry)
     stages = place(units, caps)
     per_stage = stage_usage(stages, caps)
     n_stages = len(per_stage)

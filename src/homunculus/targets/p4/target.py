@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from homunculus.ir.pipeline import Pipeline
+from homunculus.ir.telemetry import TelemetryConfig
 from homunculus.passes.encode import encode_for_target
 from homunculus.passes.switch import lower_for_switch
 from homunculus.targets.base import Usage
@@ -24,12 +25,15 @@ from homunculus.targets.p4.entries import (
 from homunculus.targets.p4.profiles import SwitchProfile
 from homunculus.targets.p4.rules import check_rules
 from homunculus.targets.p4.twin import TwinResult, simulate, with_installed_entries
+from homunculus.targets.p4.versioned import versioned
 
 
 @dataclass(frozen=True)
 class SwitchTarget:
     profile: SwitchProfile
     supports_dense: bool = False  # match-action tables cannot multiply-accumulate
+    telemetry: TelemetryConfig | None = None  # sample packets into a digest (adapt)
+    versioned: bool = False  # model tables keyed on a version register (atomic installs)
 
     @property
     def name(self) -> str:
@@ -45,12 +49,15 @@ class SwitchTarget:
         return lower_for_switch(encode_for_target(pipeline, self.profile.supports_range))
 
     def estimate(self, pipeline: Pipeline) -> Usage:
-        return resources.estimate(pipeline, self.profile)
+        keyed = versioned(pipeline, 0) if self.versioned else pipeline
+        return resources.estimate(keyed, self.profile, telemetry=self.telemetry is not None)
 
     def emit(self, pipeline: Pipeline, out_dir: Path, program_name: str) -> dict[str, Path]:
         """Write the P4 program and its control-plane entries; check them against each other."""
-        p4_text = emit_p4(pipeline, self.arch, program_name=program_name)
-        runtime = runtime_entries(pipeline, program_name=program_name, arch=self.arch)
+        p4_text = emit_p4(pipeline, self.arch, program_name=program_name,
+                          versioned=self.versioned, telemetry=self.telemetry)
+        installed = versioned(pipeline, 0) if self.versioned else pipeline
+        runtime = runtime_entries(installed, program_name=program_name, arch=self.arch)
         check_program(p4_text, runtime, flow=pipeline.flow)
         check_rules(p4_text, self.arch)
         files = {
@@ -66,13 +73,21 @@ class SwitchTarget:
         files["p4"].write_text(p4_text)
         files["entries"].write_text(json.dumps(runtime, indent=1) + "\n")
         if "cli" in files:
-            files["cli"].write_text(simple_switch_commands(pipeline))
+            files["cli"].write_text(simple_switch_commands(installed))
         if "bfrt" in files:
-            files["bfrt"].write_text(bfrt_loader(pipeline, program_name=program_name))
+            files["bfrt"].write_text(bfrt_loader(installed, program_name=program_name))
+        if self.versioned or self.telemetry is not None:
+            files["adapt"] = out_dir / "runtime" / "adapt.json"
+            files["adapt"].write_text(json.dumps({
+                "target": self.name, "versioned": self.versioned, "version": 0,
+                "telemetry": None if self.telemetry is None else self.telemetry.as_json(),
+                "digest": "hmn_sample_t" if self.telemetry is not None else None}, indent=1)
+                + "\n")
         return files
 
     def run_twin(self, pipeline: Pipeline, out_dir: Path, x: np.ndarray) -> TwinResult:
         """Execute the entries written in ``out_dir`` on feature rows ``x``."""
         runtime = json.loads((out_dir / "runtime" / "entries.json").read_text())
-        installed = read_runtime_entries(runtime, pipeline)
-        return simulate(with_installed_entries(pipeline, installed), x)
+        keyed = versioned(pipeline, 0) if self.versioned else pipeline
+        installed = read_runtime_entries(runtime, keyed)
+        return simulate(with_installed_entries(keyed, installed), x)

@@ -133,14 +133,20 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
 
 
 def simulate(pipeline: Pipeline, x: np.ndarray,
+             extra: dict[str, np.ndarray] | None = None, *,
              carried: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
     execution (tables and ALU steps in their order, or the MLP's arg-max, then the verdict
-    table). ``carried``: the values of the carry-in fields (a split model's partial results
-    from the previous device), by field name."""
+    table). ``extra``: other fields the tables read (the model version of versioned programs;
+    0 when they read it and it is not given). ``carried``: the values of the carry-in fields (a
+    split model's partial results from the previous device), by field name."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
+    if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
+        env["model_version"] = np.zeros(n, dtype=np.int64)
+    for name, values in (extra or {}).items():
+        env[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,)).copy()
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
     for field in pipeline.carry_in:

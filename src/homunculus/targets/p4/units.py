@@ -117,7 +117,7 @@ def _bin_unit(t: dict[str, Any], profile: SwitchProfile, reads: frozenset[str]) 
 
 
 def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool = True,
-                  verdict_in_actions: bool = True) -> list[Unit]:
+                  verdict_in_actions: bool = True, telemetry: bool = False) -> list[Unit]:
     """Every unit of the program generated for ``pipeline`` (switch-lowered), in program order.
 
     ``solitary=False`` and ``verdict_in_actions=False`` describe the programs of earlier
@@ -133,6 +133,10 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
     elif flow is not None:  # bmv2: no stages; the flow block is one unit per register
         units += [Unit(r["name"], "register", writes=frozenset({f["name"] for f in r["fields"]}),
                        salus=1) for r in flow["registers"]]
+    if any(k.name == "model_version" for t in pipeline.tables() for k in t.keys):
+        # the version register, read once; every model table keys on what it read
+        units.append(Unit("hmn_version", "register", writes=frozenset({"model_version"}),
+                          salus=1, sram_blocks=2))
     copied = [f.field.name for f in pipeline.features
               if not f.flow and f.field.name not in direct]
     for name in copied:
@@ -171,6 +175,14 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
         units.append(table_unit(pipeline.verdict, profile,
                                 _reads_of_keys(pipeline.verdict, direct),
                                 frozenset(verdict_writes)))
+    if telemetry:  # the record's ports and flags, the sampling counter, the digest flag
+        units.append(Unit("telemetry_fields", "action",
+                          writes=frozenset({"hmn_tel_sport", "hmn_tel_dport", "hmn_tel_flags"}),
+                          logical=3, gateways=2))
+        units.append(Unit("hmn_tel_ctr", "register", frozenset({pipeline.class_field.name}),
+                          frozenset({"hmn_sampled"}), salus=1, sram_blocks=2))
+        units.append(Unit("telemetry_digest", "condition", frozenset({"hmn_sampled"}),
+                          frozenset({"ig_dprsr_md.digest_type"}), gateways=1))
     if arch == "tna" and "verdict_mark" in kinds:
         units.append(Unit("ipv4_checksum_condition", "condition", frozenset({CSUM_FLAG}),
                           frozenset({"hmn_deparser_csum"}), exact_xbar_bytes=1))

@@ -17,6 +17,7 @@ from homunculus.features.headers import lookup_header_field
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
+from homunculus.ir.telemetry import FLOW_TABLE, RING_BYTES, TelemetryConfig
 from homunculus.targets.templating import code_env
 from homunculus.targets.xdp.layout import Capacity, even
 
@@ -32,6 +33,9 @@ MAX_MAPS = 64
 FIXED_MAPS = 10
 """Maps besides the flow registers, at most: active slot, clock, counters, stats, scratch, meta,
 the model's parameters (and the MLP's activations), the debug trace, .rodata."""
+
+TELEMETRY_MAPS = 5
+"""Maps telemetry adds: the ring buffer, its configuration, counters, sampled flows, versions."""
 
 TRACE_MAX = 1 << 16
 """Entries of the debug trace map (keyed by the 16-bit IPv4 identification)."""
@@ -127,7 +131,7 @@ def _check_register(r: Register) -> None:
         raise ValueError("bad histogram bin")
 
 
-def flow_context(cpu: CpuProgram) -> dict[str, Any] | None:
+def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     program: FlowProgram | None = cpu.flow
     flow_features = {i for i, f in enumerate(cpu.features) if f.flow}
     if program is None:
@@ -151,9 +155,9 @@ def flow_context(cpu: CpuProgram) -> dict[str, Any] | None:
                      "bin_spec": r.bin_shift | (r.param << 8) | ((r.bins - 1) << 32),
                      "stage": r.stage,
                      "comment": safe_comment(f"register {r.name} ({r.op}, {r.width} bits)")})
-    if FIXED_MAPS + len(regs) > MAX_MAPS:
+    if FIXED_MAPS + extra_maps + len(regs) > MAX_MAPS:
         raise ValueError(f"{len(regs)} flow registers: a BPF program may use at most "
-                         f"{MAX_MAPS} maps ({FIXED_MAPS} are taken)")
+                         f"{MAX_MAPS} maps ({FIXED_MAPS + extra_maps} are taken)")
     if "sig" not in roles:
         raise ValueError("flow program needs a signature register")
     sources = {r.name: f"hmn_rv{i}" for i, r in enumerate(program.registers)
@@ -217,9 +221,9 @@ def _check_trace(trace: int) -> None:
 
 
 def build_context(program: CpuProgram, cap: Capacity, *, name: str,
-                  trace: int = 0) -> dict[str, Any]:
+                  trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
-    0 for none)."""
+    0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
     _check_trace(trace)
     copies, required = _header_copies(program)
     carried, feature_header = _feature_header(program)
@@ -246,7 +250,7 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         "bias_words": kp,
         "verdict_words": vw,
         "model": model_context(program, cap),
-        "flow": flow_context(program),
+        "flow": flow_context(program, TELEMETRY_MAPS if telemetry else 0),
         "crc_table": crc_table_rows(),
         "feature_header": feature_header,
         "feature_udp_port": FEATURE_UDP_PORT,
@@ -255,12 +259,15 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
         "trace": trace,
+        "telemetry": None if telemetry is None else {"ring_bytes": RING_BYTES,
+                                                      "flow_table": FLOW_TABLE},
     }
 
 
 def emit_xdp(program: CpuProgram, cap: Capacity, *, name: str = "homunculus",
-             trace: int = 0) -> str:
+             trace: int = 0, telemetry: TelemetryConfig | None = None) -> str:
     """The eBPF C source of ``program``'s XDP program for ``cap`` (and its ``hmn_xdp_vec`` test
-    entry); ``trace`` > 0 adds the per-packet debug map ``hmn_trace`` (test builds)."""
+    entry); ``trace`` > 0 adds the per-packet debug map ``hmn_trace`` (test builds);
+    ``telemetry`` adds packet sampling into the ring buffer ``hmn_samples``."""
     return template_env().get_template("hmn_xdp.bpf.c.j2").render(
-        **build_context(program, cap, name=name, trace=trace))
+        **build_context(program, cap, name=name, trace=trace, telemetry=telemetry))

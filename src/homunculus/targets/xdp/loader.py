@@ -87,6 +87,7 @@ PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})  # PERCPU_HASH, PERCPU_ARRAY, LRU_P
 
 
 _lib: ctypes.CDLL | None = None
+RING_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def libbpf() -> ctypes.CDLL:
@@ -128,6 +129,10 @@ def libbpf() -> ctypes.CDLL:
         "bpf_xdp_detach": (i, [i, u32, vp]),
         "bpf_xdp_query_id": (i, [i, i, ctypes.POINTER(u32)]),
         "libbpf_num_possible_cpus": (i, []),
+        "ring_buffer__new": (vp, [i, RING_CALLBACK, vp, vp]),
+        "ring_buffer__poll": (i, [vp, i]),
+        "ring_buffer__consume": (i, [vp]),
+        "ring_buffer__free": (None, [vp]),
     }
     for fn, (res, args) in protos.items():
         f = getattr(lib, fn)
@@ -534,3 +539,53 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     if failure:
         raise failure[0]
     return result[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# ring buffers
+
+
+class RingBuffer:
+    """A BPF ring buffer map read through libbpf (``ring_buffer__new``/``__poll``): every
+    record is copied out as bytes and kept until :meth:`drain` hands it over."""
+
+    def __init__(self, map_fd: int) -> None:
+        self._records: list[bytes] = []
+
+        def on_record(_ctx: int | None, data: int | None, size: int) -> int:
+            self._records.append(ctypes.string_at(data, size))
+            return 0
+
+        self._callback = RING_CALLBACK(on_record)  # kept alive as long as the ring buffer
+        self._ptr = _check_ptr(libbpf().ring_buffer__new(map_fd, self._callback, None, None),
+                               "ring_buffer__new")
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Wait up to ``timeout_ms`` for records and collect them; how many were collected."""
+        before = len(self._records)
+        rc = libbpf().ring_buffer__poll(self._ptr, timeout_ms)
+        if rc < 0 and -rc != errno.EINTR:
+            _check(rc, "ring_buffer__poll")
+        return len(self._records) - before
+
+    def consume(self) -> int:
+        """Collect whatever is there without waiting."""
+        before = len(self._records)
+        _check(libbpf().ring_buffer__consume(self._ptr), "ring_buffer__consume")
+        return len(self._records) - before
+
+    def drain(self) -> list[bytes]:
+        """The records collected so far (and forget them)."""
+        out, self._records = self._records, []
+        return out
+
+    def close(self) -> None:
+        if self._ptr:
+            libbpf().ring_buffer__free(self._ptr)
+            self._ptr = 0
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -167,10 +167,10 @@ def reference(program: CpuProgram, x: np.ndarray) -> TwinResult:
     return TwinResult(fields["class_id"], fields)
 
 
-def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
-    """The expected result for the classified packets and the classified mask: header features
-    as the parser reads them, flow features from the flow twin (each capture (file_id) starts
-    with fresh flow state)."""
+def packet_features(program: CpuProgram, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per packet, the features the program computes (header fields as the parser reads them,
+    flow features from the flow twin; each capture (file_id) starts with fresh flow state), and
+    the mask of packets it classifies."""
     from homunculus.data.traffic import per_capture
 
     values, carried = header_feature_values(program, table)  # type: ignore[arg-type]
@@ -179,5 +179,11 @@ def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinRes
         flow_values, _ = per_capture(table, lambda t: run_flow_program(flow, t, n))
         cols = [j for j, f in enumerate(program.features) if f.flow]
         values[:, cols] = flow_values[:, cols]
-    classified = eligible_packets(table) & carried
+    return values, eligible_packets(table) & carried
+
+
+def reference_packets(program: CpuProgram, table: pd.DataFrame) -> tuple[TwinResult, np.ndarray]:
+    """The expected result for the classified packets and the classified mask (see
+    :func:`packet_features`)."""
+    values, classified = packet_features(program, table)
     return reference(program, values[classified]), classified

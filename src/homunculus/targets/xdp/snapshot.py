@@ -214,11 +214,34 @@ def install(maps: MapSource, snapshot: dict[str, Any]) -> None:
     maps.map("hmn_active").update_u32(0, 0)
 
 
+def has_map(maps: MapSource, name: str) -> bool:
+    try:
+        maps.map(name)
+    except BpfError:
+        return False
+    return True
+
+
+def set_telemetry(maps: MapSource, mode: int, param: int) -> None:
+    """Turn sampling on (mode 1: every param-th packet, 2: first param per flow) or off (0)."""
+    maps.map("hmn_tel_cfg").update(0, mode.to_bytes(4, "little") + param.to_bytes(4, "little"))
+
+
+def slot_versions(maps: MapSource) -> tuple[int, int]:
+    """The model version each slot holds (telemetry builds; (0, 0) otherwise)."""
+    if not has_map(maps, "hmn_version"):
+        return 0, 0
+    version = maps.map("hmn_version")
+    return tuple(int.from_bytes(version.lookup(s)[:4], "little")  # type: ignore[index,return-value]
+                 for s in (0, 1))
+
+
 def push(maps: MapSource, program: CpuProgram, cap: Capacity, *,
-         grace_s: float = GRACE_S) -> int:
+         grace_s: float = GRACE_S, version: int | None = None) -> int:
     """Install ``program`` into a program built with ``cap`` without mixing: check that it
-    fits, wait ``grace_s``, write the standby slot completely, then flip ``hmn_active``.
-    Returns the new active slot; on any error the active slot is untouched."""
+    fits, wait ``grace_s``, write the standby slot completely (and, in telemetry builds, its
+    model ``version``), then flip ``hmn_active``. Returns the new active slot; on any error the
+    active slot is untouched."""
     try:
         check_fits(program, cap)
     except CapacityError as exc:
@@ -228,5 +251,7 @@ def push(maps: MapSource, program: CpuProgram, cap: Capacity, *,
     if grace_s > 0:
         time.sleep(grace_s)  # packets that read the old active slot before the last flip
     write_slot(maps, program, cap, standby)
+    if version is not None and has_map(maps, "hmn_version"):
+        maps.map("hmn_version").update_u32(standby, version)
     maps.map("hmn_active").update_u32(0, standby)
     return standby

@@ -12,6 +12,7 @@ import pandas as pd
 
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.names import sanitise_identifier
+from homunculus.ir.telemetry import TelemetryConfig
 from homunculus.targets.base import Limits, Usage
 from homunculus.targets.p4.twin import TwinResult
 from homunculus.targets.xdp import cost
@@ -63,6 +64,7 @@ class XdpTarget:
     arch: str = "xdp"
     supports_dense: bool = True  # packed multiply-accumulates: MLPs run here
     lowering: str = "cpu"  # runs the CPU program (passes/lower_cpu.py), not table pipelines
+    telemetry: TelemetryConfig | None = None  # sample packets into a ring buffer (adapt)
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, object]) -> XdpTarget:
@@ -101,10 +103,11 @@ class XdpTarget:
         stem = object_stem(program_name)
         xdp_dir = out_dir / "xdp"
         cap = self.capacity(program)
-        text = emit_xdp(program, cap, name=program_name, trace=trace)
+        text = emit_xdp(program, cap, name=program_name, trace=trace, telemetry=self.telemetry)
         source, obj = build_source(text, xdp_dir, stem)
-        snapshot = snapshot_of(program, cap) | {"object": obj.name, "program": stem,
-                                               "labels": list(program.class_labels)}
+        snapshot = snapshot_of(program, cap) | {
+            "object": obj.name, "program": stem, "labels": list(program.class_labels),
+            "telemetry": None if self.telemetry is None else self.telemetry.as_json()}
         snap = xdp_dir / "snapshot.json"
         snap.write_text(json.dumps(snapshot, indent=1) + "\n")
         return {"bpf_c": source, "bpf_o": obj, "snapshot": snap}

@@ -1,0 +1,2 @@
+"""Life after deployment: telemetry -> labelling agents -> accuracy proxy -> retraining ->
+install gate -> atomic install (``homunculus adapt``)."""

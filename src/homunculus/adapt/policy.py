@@ -1,0 +1,210 @@
+"""The accuracy proxy, drift detection, the retraining trigger, the replay buffer and the
+install gate.
+
+- Proxy: per window, the macro-F1 of the model's classes against the agents' combined labels,
+  over the samples some agent labelled (Caravan's accuracy proxy).
+- Drift: river's ADWIN (default) or Page-Hinkley over the per-sample agreement (1: the model's
+  class is the agents' label), in time order.
+- Trigger (:class:`TriggerPolicy`): ``proxy`` retrains when the proxy falls below a threshold
+  or drift is detected, at most once per cool-down and only with enough labelled samples of
+  every class in the buffer; ``every`` retrains every window; ``never`` never does.
+- Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
+  (Algorithm R) of older ones; training sets are class-balanced draws, with a held-out part.
+- Gate (LiteFlow): a verified snapshot is installed only if it is correct (its macro-F1 on the
+  held-out labelled samples is not below the active model's by more than a margin) and
+  necessary (its verdicts differ from the active model's on recent samples by more than the
+  fidelity-loss threshold).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+DETECTORS = ("adwin", "page_hinkley")
+POLICIES = ("proxy", "every", "never")
+
+
+def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
+    """Macro-F1 over the classes present in either (None for no samples)."""
+    if len(truth) == 0:
+        return None
+    labels = sorted(set(np.asarray(truth).tolist()) | set(np.asarray(pred).tolist()))
+    return float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
+
+
+def make_detector(kind: str) -> Any:
+    from river import drift
+
+    if kind == "adwin":
+        return drift.ADWIN(delta=0.002)
+    if kind == "page_hinkley":
+        return drift.PageHinkley(min_instances=30, delta=0.005, threshold=20.0, mode="down")
+    raise ValueError(f"drift detector must be one of {list(DETECTORS)}, not {kind!r}")
+
+
+@dataclass
+class DriftMonitor:
+    """Feeds per-sample agreement to a river detector; reports drift per window."""
+
+    kind: str = "adwin"
+    detector: Any = None
+    detections: int = 0
+
+    def __post_init__(self) -> None:
+        self.detector = make_detector(self.kind)
+
+    def update(self, agreement: np.ndarray) -> bool:
+        drifted = False
+        for value in np.asarray(agreement, dtype=float).tolist():
+            self.detector.update(value)
+            drifted |= bool(self.detector.drift_detected)
+        self.detections += drifted
+        return drifted
+
+    def reset(self) -> None:
+        self.detector = make_detector(self.kind)
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    mode: str = "proxy"
+    threshold: float = 0.8  # retrain when the proxy falls below this
+    cooldown: int = 3  # windows between two retrains (proxy mode)
+    min_per_class: int = 20  # labelled samples of every class the buffer must hold
+    on_drift: bool = True  # a detected drift triggers too
+
+    def __post_init__(self) -> None:
+        if self.mode not in POLICIES:
+            raise ValueError(f"trigger policy must be one of {list(POLICIES)}, not {self.mode!r}")
+        if not 0 <= self.threshold <= 1 or self.cooldown < 0 or self.min_per_class < 1:
+            raise ValueError("threshold in 0..1, cooldown >= 0, min_per_class >= 1")
+
+    def decide(self, proxy: float | None, drifted: bool, windows_since: int | None,
+               class_counts: dict[str, int], classes: tuple[str, ...]) -> tuple[bool, str]:
+        """(retrain now?, why)."""
+        if self.mode == "never":
+            return False, "policy never retrains"
+        short = [c for c in classes if class_counts.get(c, 0) < self.min_per_class]
+        if short:
+            return False, f"too few labelled samples of {short} (< {self.min_per_class})"
+        if self.mode == "every":
+            return True, "policy retrains every window"
+        low = proxy is not None and proxy < self.threshold
+        if not low and not (drifted and self.on_drift):
+            return False, ("proxy unknown (no labelled samples)" if proxy is None else
+                           f"proxy {proxy:.3f} >= {self.threshold:g}, no drift")
+        if windows_since is not None and windows_since < self.cooldown:
+            return False, f"cool-down ({windows_since} of {self.cooldown} windows)"
+        why = f"proxy {proxy:.3f} < {self.threshold:g}" if low else "drift detected"
+        return True, why
+
+
+@dataclass
+class ReplayBuffer:
+    """Labelled samples: the last ``recent_windows`` windows whole, older ones in a reservoir
+    of ``reservoir_size`` (uniform over everything evicted so far)."""
+
+    recent_windows: int = 3
+    reservoir_size: int = 4000
+    seed: int = 0
+    recent: deque = field(default_factory=deque)  # (x, y) per window
+    reservoir_x: list[np.ndarray] = field(default_factory=list)
+    reservoir_y: list[str] = field(default_factory=list)
+    evicted: int = 0
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.recent.append((np.asarray(x, dtype=np.int64), np.asarray(y, dtype=object)))
+        while len(self.recent) > self.recent_windows:
+            old_x, old_y = self.recent.popleft()
+            for row, label in zip(old_x, old_y, strict=True):
+                self._reservoir(row, str(label))
+
+    def _reservoir(self, row: np.ndarray, label: str) -> None:
+        self.evicted += 1
+        if len(self.reservoir_y) < self.reservoir_size:
+            self.reservoir_x.append(row)
+            self.reservoir_y.append(label)
+            return
+        j = int(self.rng.integers(0, self.evicted))
+        if j < self.reservoir_size:
+            self.reservoir_x[j], self.reservoir_y[j] = row, label
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        xs = [x for x, _ in self.recent]
+        ys = [y for _, y in self.recent]
+        if self.reservoir_y:
+            xs.append(np.stack(self.reservoir_x))
+            ys.append(np.asarray(self.reservoir_y, dtype=object))
+        if not xs or not sum(len(y) for y in ys):
+            return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=object)
+        return np.concatenate([x for x in xs if len(x)]), np.concatenate(ys)
+
+    def class_counts(self) -> dict[str, int]:
+        _, y = self.all()
+        labels, counts = np.unique(y.astype(str), return_counts=True) if len(y) else ([], [])
+        return {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
+
+    def balanced(self, per_class: int, holdout: float = 0.25
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A class-balanced draw (at most ``per_class`` of each class), split into training and
+        held-out parts per class: (x_train, y_train, x_held, y_held)."""
+        x, y = self.all()
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for label in sorted(set(y.astype(str).tolist())):
+            idx = np.flatnonzero(y.astype(str) == label)
+            idx = self.rng.permutation(idx)[:per_class]
+            cut = max(1, int(round(len(idx) * holdout))) if len(idx) > 1 else 0
+            parts.append((x[idx[cut:]], y[idx[cut:]], x[idx[:cut]], y[idx[:cut]]))
+        if not parts:
+            empty = np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.int64)
+            return empty, np.zeros(0, object), empty, np.zeros(0, object)
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))  # type: ignore
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    margin: float = 0.02  # correct: held-out macro-F1 >= active's - margin
+    min_fidelity_loss: float = 0.01  # necessary: verdicts differ on more than this share
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    install: bool
+    reason: str
+    new_metric: float | None = None
+    active_metric: float | None = None
+    fidelity_loss: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"install": self.install, "reason": self.reason, "new_metric": self.new_metric,
+                "active_metric": self.active_metric, "fidelity_loss": self.fidelity_loss}
+
+
+def gate(verified: bool, verify_note: str, y_held: np.ndarray, new_held: np.ndarray,
+         active_held: np.ndarray, new_recent: np.ndarray, active_recent: np.ndarray,
+         config: GateConfig) -> GateVerdict:
+    """LiteFlow's install gate: verified, correct, necessary (in that order)."""
+    if not verified:
+        return GateVerdict(False, f"not verified: {verify_note}")
+    new = macro_f1(y_held, new_held)
+    old = macro_f1(y_held, active_held)
+    loss = float(np.mean(new_recent != active_recent)) if len(new_recent) else 0.0
+    if new is None or old is None:
+        return GateVerdict(False, "no held-out labelled samples to judge it on", new, old, loss)
+    if new < old - config.margin:
+        return GateVerdict(False, f"incorrect: held-out macro-F1 {new:.3f} < active {old:.3f} "
+                                  f"- margin {config.margin:g}", new, old, loss)
+    if loss <= config.min_fidelity_loss:
+        return GateVerdict(False, f"unnecessary: verdicts differ on {loss:.2%} of recent "
+                                  f"samples (<= {config.min_fidelity_loss:.2%})", new, old, loss)
+    return GateVerdict(True, f"correct (held-out macro-F1 {new:.3f} vs active {old:.3f}) and "
+                             f"necessary (verdicts differ on {loss:.2%})", new, old, loss)

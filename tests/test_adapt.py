@@ -1,0 +1,487 @@
+"""Adaptation: each labelling agent on crafted traffic, agent isolation, combination, the trigger
+policy, the replay buffer, the install gate (refusing an incorrect and an unnecessary snapshot),
+a retrain that fails verification, bad input, and a replay run end to end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from homunculus.adapt.agents import (
+    AgentPool,
+    BeaconAgent,
+    DnsAmplificationAgent,
+    LabelMap,
+    OracleAgent,
+    PortScanAgent,
+    RuleAgent,
+    SynFloodAgent,
+    Votes,
+    Window,
+    combine,
+)
+from homunculus.adapt.dpi import DpiAgent, PacketStore
+from homunculus.adapt.policy import (
+    DriftMonitor,
+    GateConfig,
+    ReplayBuffer,
+    TriggerPolicy,
+    gate,
+)
+from homunculus.cli import app
+from homunculus.data import attacks
+from homunculus.data.labels import flow_key
+from homunculus.errors import DataError
+from homunculus.ir.telemetry import TelemetryConfig, sample_mask, twin_samples
+
+T0 = attacks.DEFAULT_START_US
+
+
+def samples_of(table: pd.DataFrame, config: TelemetryConfig | None = None) -> pd.DataFrame:
+    """Telemetry records of a packet table (every packet, or sampled as ``config`` says), with
+    features = (length, ttl) and class 0."""
+    n = len(table)
+    mask = np.ones(n, dtype=bool) if config is None else sample_mask(table, np.ones(n, bool),
+                                                                     config)
+    x = table[["ip_total_len", "ip_ttl"]].to_numpy(np.int64)[mask]
+    out = twin_samples(table, mask, x, np.zeros(int(mask.sum()), dtype=np.int64), 0)
+    out["_row"] = np.flatnonzero(mask)
+    return out
+
+
+def window(samples: pd.DataFrame, index: int = 0, **context: object) -> Window:
+    ts = samples["ts_us"].to_numpy() if len(samples) else np.array([T0])
+    return Window(index, int(ts.min()), int(ts.max()) + 1, samples, dict(context))
+
+
+def background(seed: int = 0, flows: int = 60, seconds: float = 10.0) -> pd.DataFrame:
+    return attacks.synthetic_background(seed, flows, int(seconds * 1e6), T0)
+
+
+def mixed(*parts: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    return attacks.inject(background(seed), list(parts), seed)
+
+
+# ----------------------------------------------------------------------------- heuristics
+
+
+def precision_recall(votes: Votes, truth: np.ndarray, kind: str) -> tuple[float, float]:
+    hit = votes.covered
+    precision = float((truth[hit] == kind).mean()) if hit.any() else 0.0
+    recall = float(hit[truth == kind].mean())
+    return precision, recall
+
+
+@pytest.mark.parametrize(("agent", "attack"), [
+    (SynFloodAgent(), lambda rng: attacks.syn_flood(rng, T0 + 2_000_000, 3_000_000, 100,
+                                                    "10.0.1.10", dst_port=443)),
+    (PortScanAgent(), lambda rng: attacks.port_scan(rng, T0 + 1_000_000, "203.0.113.9",
+                                                    "10.0.1.11", range(1, 200), 100)),
+    (DnsAmplificationAgent(), lambda rng: attacks.dns_amplification(
+        rng, T0 + 1_000_000, 4_000_000, 40, "10.0.1.12", ["198.51.100.1", "198.51.100.2"])),
+], ids=["syn_flood", "port_scan", "dns_amplification"])
+def test_heuristic_finds_its_attack_and_spares_benign(agent, attack) -> None:  # noqa: ANN001
+    table = mixed(attack(np.random.default_rng(1)))
+    truth = table["label"].to_numpy(object)
+    samples = samples_of(table, TelemetryConfig("first_k", first_k=4))
+    votes = agent.label(window(samples))
+    precision, recall = precision_recall(votes, truth[samples["_row"]], agent.name)
+    assert precision >= 0.95 and recall >= 0.8, (precision, recall)
+    benign_only = samples_of(background(3), TelemetryConfig("first_k", first_k=4))
+    assert not agent.label(window(benign_only)).covered.any(), "no attack, no label"
+
+
+def test_beacon_agent_needs_history_and_finds_periodic_flows() -> None:
+    rng = np.random.default_rng(2)
+    beacon = attacks.c2_beacon(rng, T0, 60_000_000, "10.0.1.13", "198.51.100.7", 2_000_000,
+                               200_000, 64, label="beacon")
+    table = attacks.inject(background(4, flows=200, seconds=60), [beacon], 4)
+    samples = samples_of(table, TelemetryConfig("first_k", first_k=4))
+    agent = BeaconAgent()
+    ts = samples["ts_us"].to_numpy()
+    truth = table["label"].to_numpy(object)[samples["_row"]]
+    found = []
+    for k in range(12):  # 5-second windows: the agent remembers flow starts across them
+        part = samples[(ts >= T0 + k * 5_000_000) & (ts < T0 + (k + 1) * 5_000_000)]
+        v = agent.label(Window(k, T0 + k * 5_000_000, T0 + (k + 1) * 5_000_000, part))
+        found.append((v.covered, truth[part.index.to_numpy()]))
+    first_hit = next(k for k, (hit, _) in enumerate(found) if hit.any())
+    assert first_hit >= 1, "one window of history is not enough to call something periodic"
+    hits = np.concatenate([h for h, _ in found])
+    labels = np.concatenate([t for _, t in found])
+    assert (labels[hits] == "beacon").all()
+    assert hits[labels == "beacon"].mean() > 0.6
+
+
+def test_rule_agent_reuses_label_files_and_abstains_elsewhere(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.csv"
+    rules.write_text("label,src,dst,sport,dport,proto,start_us,end_us,bidirectional\n"
+                     "# the resolver answers are fine\n"
+                     "benign,10.0.0.53,,53,,udp,,,false\n"
+                     "scanner,203.0.113.0/24,,,,,,,true\n")
+    scan = attacks.port_scan(1, T0 + 1_000_000, "203.0.113.9", "10.0.1.11", range(1, 50), 100)
+    table = mixed(scan)
+    samples = samples_of(table)
+    votes = RuleAgent(rules).label(window(samples))
+    labels = votes.labels
+    src = samples["ip_src"].to_numpy()
+    dns = (src == attacks.ip("10.0.0.53")) & (samples["src_port"].to_numpy() == 53)
+    assert dns.any() and (labels[dns] == "benign").all()
+    scanned = table["label"].to_numpy()[samples["_row"]] == "port_scan"
+    assert (labels[scanned] == "scanner").all()
+    rest = ~dns & ~scanned
+    assert all(v is None for v in labels[rest])
+
+
+def test_malformed_rule_list_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,src\nattack,10.0.0.300\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: column 'src'"):
+        RuleAgent(bad)
+
+
+def test_dpi_agent_labels_what_ndpi_recognises(tmp_path: Path) -> None:
+    """A crafted DNS query and answer (real payloads) is recognised; a payload-less SYN is not."""
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    query = Ether() / IP(src="10.0.1.20", dst="10.0.0.53") / UDP(sport=40000, dport=53) / DNS(
+        rd=1, qd=DNSQR(qname="example.com"))
+    answer = Ether() / IP(src="10.0.0.53", dst="10.0.1.20") / UDP(sport=53, dport=40000) / DNS(
+        id=query[DNS].id, qr=1, qd=DNSQR(qname="example.com"),
+        an=DNSRR(rrname="example.com", rdata="93.184.216.34"))
+    syn = Ether() / IP(src="10.0.1.21", dst="198.51.100.3") / TCP(sport=41000, dport=8081,
+                                                                   flags="S")
+    store = PacketStore()
+    rows = []
+    for i, pkt in enumerate((query, answer, syn)):
+        ip = pkt[IP]
+        l4 = pkt[UDP] if UDP in pkt else pkt[TCP]
+        key = flow_key(attacks.ip(ip.src), attacks.ip(ip.dst), l4.sport, l4.dport, ip.proto)
+        store.add(key, T0 + i * 1000, bytes(pkt))
+        rows.append({"ts_us": T0 + i * 1000, "ip_src": attacks.ip(ip.src),
+                     "ip_dst": attacks.ip(ip.dst), "src_port": l4.sport, "dst_port": l4.dport,
+                     "ip_proto": ip.proto, "ip_total_len": ip.len, "ip_ttl": ip.ttl,
+                     "tcp_flags": 2 if TCP in pkt else 0, "cls": 0, "version": 0, "x0": 0})
+    votes = DpiAgent(store).label(window(pd.DataFrame(rows)))
+    assert list(votes.labels) == ["benign", "benign", None]
+    assert votes.confidence[0] > 0.5
+
+
+def test_oracle_reads_ground_truth_only_in_replay() -> None:
+    table = mixed()
+    samples = samples_of(table)
+    truth = table["label"].to_numpy(object)
+    votes = OracleAgent().label(window(samples, truth=truth))
+    assert (votes.labels == truth[samples["_row"]]).all()
+    assert not OracleAgent().label(window(samples)).covered.any()
+
+
+# ----------------------------------------------------------------------------- isolation
+
+
+class Crashes:
+    name = "crashes"
+
+    def label(self, window: Window) -> Votes:
+        raise RuntimeError("boom")
+
+
+class Hangs:
+    name = "hangs"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def label(self, window: Window) -> Votes:
+        self.calls += 1
+        time.sleep(1.5)
+        return Votes.abstain(len(window.samples))
+
+
+class Fixed:
+    def __init__(self, name: str, label: str | None, confidence: float) -> None:
+        self.name, self.value, self.confidence = name, label, confidence
+
+    def label(self, window: Window) -> Votes:
+        n = len(window.samples)
+        return Votes(np.full(n, self.value, dtype=object), np.full(n, self.confidence))
+
+
+def test_crashing_and_hanging_agents_are_isolated_and_reported() -> None:
+    hangs = Hangs()
+    pool = AgentPool([Crashes(), hangs, Fixed("ok", "benign", 1.0)], timeout_s=0.3)
+    samples = samples_of(mixed().head(20))
+    started = time.monotonic()
+    first = pool.run(window(samples))
+    assert time.monotonic() - started < 1.2, "the loop does not wait for a hung agent"
+    assert (first["ok"].labels == "benign").all()
+    assert not first["crashes"].covered.any() and not first["hangs"].covered.any()
+    pool.run(window(samples, 1))  # the hung call still runs: skipped, not called again
+    reports = pool.reports
+    crashed = reports["crashes"]
+    assert crashed.failures == 2 and "RuntimeError: boom" in str(crashed.last_error)
+    assert reports["hangs"].timeouts == 1 and reports["hangs"].skipped == 1 and hangs.calls == 1
+    assert reports["ok"].coverage == 1.0
+
+
+def test_combination_by_priority_and_by_vote() -> None:
+    mapper = LabelMap.for_classes(("benign", "attack"))
+    n = 3
+    votes = {"a": Votes(np.array(["syn_flood", None, None], dtype=object), np.array([.6, 0, 0])),
+             "b": Votes(np.array(["benign", "benign", None], dtype=object), np.array([.5, .9, 0])),
+             "c": Votes(np.array(["benign", "port_scan", "unmapped?"], dtype=object),
+                        np.array([.5, .2, .7]))}
+    labels, _ = combine(votes, ["a", "b", "c"], mapper, "priority")
+    assert list(labels) == ["attack", "benign", "attack"]  # any non-benign label is the attack
+    labels, conf = combine(votes, ["a", "b", "c"], mapper, "vote")
+    assert list(labels[:2]) == ["benign", "benign"]  # 0.5 + 0.5 beats 0.6
+    assert conf[1] == pytest.approx(0.9 / 1.1)
+    strict = LabelMap(("benign", "web"))
+    assert strict("syn_flood") is None and strict("web") == "web"
+    assert n == len(labels)
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def test_trigger_policy() -> None:
+    classes = ("benign", "attack")
+    enough = {"benign": 50, "attack": 50}
+    policy = TriggerPolicy("proxy", threshold=0.8, cooldown=3, min_per_class=20)
+    assert policy.decide(0.9, False, None, enough, classes) == (False, "proxy 0.900 >= 0.8, "
+                                                                       "no drift")
+    fire, why = policy.decide(0.5, False, None, enough, classes)
+    assert fire and "proxy 0.500 < 0.8" in why
+    fire, why = policy.decide(0.5, False, 2, enough, classes)
+    assert not fire and "cool-down" in why
+    assert policy.decide(0.5, False, 3, enough, classes)[0]
+    fire, why = policy.decide(0.5, False, None, {"benign": 50, "attack": 3}, classes)
+    assert not fire and "too few labelled samples of ['attack']" in why
+    assert policy.decide(0.95, True, None, enough, classes) == (True, "drift detected")
+    assert not TriggerPolicy("proxy", on_drift=False).decide(0.95, True, None, enough,
+                                                             classes)[0]
+    assert TriggerPolicy("every").decide(1.0, False, 0, enough, classes)[0]
+    assert not TriggerPolicy("never").decide(0.0, True, None, enough, classes)[0]
+    with pytest.raises(ValueError, match="trigger policy"):
+        TriggerPolicy("sometimes")
+
+
+def test_drift_monitor_detects_a_drop_in_agreement() -> None:
+    monitor = DriftMonitor("adwin")
+    assert not monitor.update(np.ones(300))
+    assert monitor.update(np.r_[np.zeros(200)])
+    ph = DriftMonitor("page_hinkley")
+    assert not ph.update(np.ones(200)) and ph.update(np.zeros(200))
+
+
+def test_replay_buffer_keeps_recent_windows_and_a_seeded_reservoir() -> None:
+    a, b = ReplayBuffer(2, 50, seed=3), ReplayBuffer(2, 50, seed=3)
+    for k in range(10):
+        x = np.full((40, 2), k)
+        y = np.array(["attack" if k % 2 else "benign"] * 40, dtype=object)
+        a.add(x, y)
+        b.add(x, y)
+    xa, ya = a.all()
+    assert len(ya) == 2 * 40 + 50 and a.evicted == 8 * 40
+    assert set(xa[:80, 0].tolist()) == {8, 9}, "the two most recent windows whole"
+    np.testing.assert_array_equal(xa, b.all()[0])
+    x_train, y_train, x_held, y_held = a.balanced(30)
+    assert sorted(np.unique(y_train, return_counts=True)[1].tolist()) == [22, 22]
+    assert len(y_held) == 16
+
+
+def test_gate_refuses_unverified_incorrect_and_unnecessary_snapshots() -> None:
+    cfg = GateConfig(margin=0.02, min_fidelity_loss=0.01)
+    y = np.array(["benign"] * 50 + ["attack"] * 50, dtype=object)
+    perfect, wrong = y.copy(), y[::-1].copy()
+    recent_old = np.zeros(200, dtype=np.int64)
+    recent_new = recent_old.copy()
+    recent_new[:40] = 1
+    refused = gate(False, "the data plane disagrees on 3 of 100 rows", y, perfect, perfect,
+                   recent_new, recent_old, cfg)
+    assert not refused.install and "not verified" in refused.reason
+    incorrect = gate(True, "", y, wrong, perfect, recent_new, recent_old, cfg)
+    assert not incorrect.install and incorrect.reason.startswith("incorrect")
+    unnecessary = gate(True, "", y, perfect, perfect, recent_old, recent_old, cfg)
+    assert not unnecessary.install and unnecessary.reason.startswith("unnecessary")
+    assert unnecessary.fidelity_loss == 0.0
+    ok = gate(True, "", y, perfect, wrong, recent_new, recent_old, cfg)
+    assert ok.install and ok.fidelity_loss == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+DRIFT_SPEC = """\
+name: drift-test
+traffic:
+  pcaps: [train.pcap]
+  labels: {{kind: file, path: train.csv, default: benign}}
+  features:
+    - {{name: ip_len, kind: header, field: ipv4.total_len, width: 16}}
+    - {{name: ttl, kind: header, field: ipv4.ttl, width: 8}}
+    - {{name: proto, kind: header, field: ipv4.protocol, width: 8}}
+    - {{name: sport, kind: header, field: l4.src_port, width: 16}}
+    - {{name: dport, kind: header, field: l4.dst_port, width: 16}}
+    - {{name: pkts, kind: pkt_count, width: 8}}
+  flow: {{slots: 1024}}
+model:
+  name: anomaly
+  algorithms: [dt]
+  verdict: {{kind: drop, drop: [attack]}}
+platform:
+  target: {target}
+  profile: {profile}
+search: {{trials: 3, seed: 0}}
+adapt: {{sampling: first_k, first_k: 4}}
+"""
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def drift_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small drifting scenario (real nDPI captures), its training capture and an XDP compile
+    of it with telemetry."""
+    base = tmp_path_factory.mktemp("drift")
+    for args in (("--train", "--pcap", "train.pcap", "--labels", "train.csv"),
+                 ("--pcap", "eval.pcap", "--labels", "eval.csv")):
+        code, text = cli("scenario", "drift", *[str(base / a) if a.endswith((".pcap", ".csv"))
+                                                else a for a in args], "--seconds", "20",
+                         "--benign-packets", "1500", "--attack-label", "attack", "--seed", "0")
+        assert code == 0, text
+    (base / "spec.yaml").write_text(DRIFT_SPEC.format(target="xdp",
+                                                      profile="{max_depth: 8, max_nodes: 256}"))
+    code, text = cli("compile", str(base / "spec.yaml"), "-o", str(base / "out"),
+                     "--no-progress")
+    assert code == 0, text
+    return base
+
+
+def test_replay_adapts_and_reports(drift_dir: Path) -> None:
+    report = drift_dir / "report"
+    code, text = cli("adapt", str(drift_dir / "out"), "--replay", str(drift_dir / "eval.pcap"),
+                     "--labels", str(drift_dir / "eval.csv"), "--window", "5", "--report",
+                     str(report), "--agents", "syn_flood,port_scan,dns_amplification,beacon,dpi")
+    assert code == 0, text
+    import json
+
+    decisions = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+                 .splitlines()]
+    windows = [d for d in decisions if d["event"] == "window"]
+    retrains = [d for d in decisions if d["event"] == "retrain"]
+    assert len(windows) >= 10 and retrains, "the drift triggers at least one retrain"
+    assert all(r["verified"] for r in retrains if "does not fit" not in r["verification"])
+    installed = [r for r in retrains if r["installed"]]
+    assert installed, "a retrained model passes the gate"
+    assert all(r["gate"]["install"] for r in installed)
+    after = [w["f1"] for w in windows if w["version"] > 0 and w["f1"] is not None]
+    before_drift = [w["f1"] for w in windows[:3]]
+    assert min(before_drift) > 0.9 and np.mean(after) > 0.6
+    summary = json.loads((report / "summary.json").read_text())
+    agents = {a["name"]: a for a in summary["agents"]}
+    assert agents["syn_flood"]["precision"] > 0.95 and agents["dpi"]["coverage"] > 0.1
+    page = (report / "report.html").read_text()
+    assert "data:image/png;base64," in page and "install" in page
+
+
+def test_retrain_that_fails_verification_is_never_installed(drift_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A data plane that disagrees with the retrained model: every retrain is refused."""
+    from homunculus.adapt import loop as loop_mod
+    from homunculus.adapt.loop import LoopConfig, run_replay
+    from homunculus.adapt.model import RetrainResult, load_deployed
+    from homunculus.data.labels import label_from_file
+    from homunculus.data.pcap import ingest
+
+    class BrokenWorker(loop_mod.RetrainWorker):
+        def result(self, wait: bool) -> RetrainResult | None:
+            got = super().result(wait)
+            if got is None:
+                return None
+            return RetrainResult(False, "the data plane disagrees with the quantised model on "
+                                        "5 of 100 rows", got.program, got.cpu_seconds)
+
+    monkeypatch.setattr(loop_mod, "RetrainWorker", BrokenWorker)
+    deployed = load_deployed(drift_dir / "out")
+    table, _ = ingest([drift_dir / "eval.pcap"])
+    truth = label_from_file(table, drift_dir / "eval.csv", default="benign")["label"]
+    events: list[dict] = []
+    loop = run_replay(deployed, table, [OracleAgent()],
+                      LoopConfig(window_s=5.0, policy=TriggerPolicy(cooldown=1)), events.append,
+                      truth=truth.to_numpy(object))
+    retrains = [e for e in events if e["event"] == "retrain"]
+    assert retrains and not any(e["installed"] for e in retrains)
+    assert all("not verified" in e["gate"]["reason"] for e in retrains)
+    assert loop.version == 0 and loop.active is deployed.program
+
+
+def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"this is not a capture at all")
+    bad_rules = tmp_path / "rules.csv"
+    bad_rules.write_text("label,dport\nattack,99999\n")
+    out = str(drift_dir / "out")
+    checks = [
+        (("adapt", out, "--replay", str(junk)), "junk.pcap: not a pcap or pcapng capture"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--agents", "rules",
+          "--rules", str(bad_rules)), "rules.csv:2: column 'dport'"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--agents", "psychic"),
+         "unknown agent(s) ['psychic']"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--agents", "rules"),
+         "needs --rules"),
+        (("adapt", out), "give --replay PCAP"),
+        (("adapt", str(tmp_path), "--replay", str(drift_dir / "eval.pcap")),
+         "not a compiled output directory"),
+    ]
+    for args, message in checks:
+        code, text = cli(*args)
+        assert code == 2 and message in text, (args, text)
+
+
+def test_replay_on_a_switch_writes_versioned_updates(drift_dir: Path) -> None:
+    """A bmv2 compile with versioned tables and digest sampling: replay samples every n-th
+    classified packet as the program's counter does, and each install is written as the three
+    control planes' versioned update."""
+    import json
+
+    spec = DRIFT_SPEC.format(target="bmv2", profile="{}").replace(
+        "algorithms: [dt]", "algorithms: [gnb]").replace(
+        "{sampling: first_k, first_k: 4}", "{sampling: rate, one_in: 2}")
+    (drift_dir / "switch.yaml").write_text(spec)
+    out = drift_dir / "out_bmv2"
+    code, text = cli("compile", str(drift_dir / "switch.yaml"), "-o", str(out), "--no-progress")
+    assert code == 0, text
+    p4 = next((out / "p4").glob("*.p4")).read_text()
+    assert "register<bit<8>>(1) hmn_version;" in p4 and "digest<hmn_sample_t>" in p4
+    assert "meta.model_version: exact;" in p4
+    report = drift_dir / "report_bmv2"
+    code, text = cli("adapt", str(out), "--replay", str(drift_dir / "eval.pcap"), "--labels",
+                     str(drift_dir / "eval.csv"), "--agents", "oracle", "--report", str(report),
+                     "--cooldown", "1")
+    assert code == 0, text
+    windows = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+               .splitlines() if '"window"' in line and '"event": "window"' in line]
+    classified = sum(w["classified"] for w in windows)
+    assert sum(w["samples"] for w in windows) == classified // 2
+    retrains = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+                .splitlines() if '"event": "retrain"' in line]
+    assert retrains
+    for r in retrains:
+        if r["installed"]:
+            stem = report / "updates" / f"update-v{r['version']}"
+            assert (stem.with_suffix(".p4runtime.json")).is_file()
+            assert (stem.with_suffix(".simple_switch_cli.txt")).is_file()
+        else:
+            assert r["gate"]["install"] is False or "failed" in r.get("install", "")

@@ -1,0 +1,109 @@
+"""Atomic model installs on switches: versioned tables, the update as P4Runtime JSON,
+simple_switch_CLI commands and a bfrt script, and the twin showing that during the update no
+packet is classified by a mix of the two models (while an unversioned in-place update does mix
+them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from homunculus.ir.pipeline import VerdictKind, VerdictPlan
+from homunculus.models.base import get_family
+from homunculus.passes.lower import lower
+from homunculus.targets.p4.twin import simulate
+from homunculus.targets.p4.versioned import (
+    Update,
+    bfrt_updates,
+    check_compatible,
+    cli_updates,
+    p4runtime_updates,
+    run_updates,
+    update_plan,
+    versioned,
+)
+from homunculus.targets.registry import make_target
+
+from conftest import synthetic_dataset
+
+
+def trained_pipeline(family: str, params: dict, seed: int, target: str = "bmv2"):  # noqa: ANN201
+    ds = synthetic_dataset(600, seed=seed)
+    fam = get_family(family)
+    model = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, seed)
+    plan = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
+    pipeline = lower(model.quantised, ds.features, ds.class_labels, plan, model.winner_to_class)
+    switch, _ = make_target(target, {})
+    return switch.prepare(pipeline), ds
+
+
+@pytest.mark.parametrize("family", ["gnb", "cnb"])
+def test_version_flip_never_mixes_models(family: str) -> None:
+    old, ds = trained_pipeline(family, get_family(family).default_params() | {}, 0)
+    new, _ = trained_pipeline(family, get_family(family).default_params() | {}, 7)
+    x = np.concatenate([ds.x_test] * 3)
+    a, b = simulate(old, x).class_index, simulate(new, x).class_index
+    assert (a != b).any(), "the two models must differ for the test to mean anything"
+    # The versioned program computes what the unversioned one does, for either version.
+    for v, p in ((0, old), (1, new)):
+        got = simulate(versioned(p, v), x, extra={"model_version": np.full(len(x), v)})
+        np.testing.assert_array_equal(got.class_index, simulate(p, x).class_index)
+    plan = update_plan(old, new, 0, 1)
+    assert [u.op for u in plan].count("flip") == 1
+    classes, seen = run_updates(old, plan, x, 0)
+    assert set(seen.tolist()) == {0, 1}, "packets flowed before and after the flip"
+    want = np.where(seen == 0, a, b)
+    np.testing.assert_array_equal(classes, want)
+    assert (np.diff(seen) >= 0).all()
+
+
+def test_unversioned_in_place_update_mixes_models() -> None:
+    """The same models replaced table by table in place, no version: some packets get a class
+    neither model gives (what the versioned update prevents)."""
+    old, ds = trained_pipeline("gnb", get_family("gnb").default_params(), 0)
+    new, _ = trained_pipeline("gnb", get_family("gnb").default_params(), 7)
+    vo, vn = versioned(old, 0), versioned(new, 0)  # one version for both: in-place
+    plan: list[Update] = []
+    for to, tn in zip(vo.tables(), vn.tables(), strict=True):
+        plan += [Update("delete", to.name, e) for e in to.entries]
+        plan += [Update("insert", tn.name, e) for e in tn.entries]
+    x = np.concatenate([ds.x_test] * 6)
+    classes, _ = run_updates(old, plan, x, 0)
+    a, b = simulate(old, x).class_index, simulate(new, x).class_index
+    mixed = (classes != a) & (classes != b)
+    assert mixed.any()
+
+
+def test_update_writers() -> None:
+    old, _ = trained_pipeline("gnb", get_family("gnb").default_params(), 0)
+    new, _ = trained_pipeline("gnb", get_family("gnb").default_params(), 7)
+    plan = update_plan(old, new, 0, 1)
+    data = p4runtime_updates(plan, old, "v1model")
+    kinds = [u["type"] for u in data["updates"]]
+    flip = kinds.index("MODIFY")
+    assert set(kinds[:flip]) == {"INSERT"} and set(kinds[flip + 1:]) == {"DELETE"}
+    assert data["updates"][flip]["entity"]["register_entry"]["data"] == "0x1"
+    inserted = data["updates"][0]["entity"]["table_entry"]
+    assert inserted["match"]["meta.model_version"] == {"exact": {"value": "0x1"}}
+    text = cli_updates(plan, old)
+    assert "register_write MyIngress.hmn_version 0 1" in text
+    assert text.count("table_add") == kinds.count("INSERT")
+    assert text.count("table_delete_by_key") == kinds.count("DELETE")
+    bfrt = bfrt_updates(plan, old, "prog")
+    assert "ingress.hmn_version.mod(REGISTER_INDEX=0, f1=1)" in bfrt
+    assert bfrt.count(".add_with_") == kinds.count("INSERT")
+    compile(bfrt, "bfrt_update.py", "exec")  # valid Python
+
+
+def test_incompatible_models_are_refused() -> None:
+    """A retrained tree has other thresholds, hence other code widths: its tables do not fit
+    the deployed program (switches have no spare capacity yet), and the update says so."""
+    old, _ = trained_pipeline("dt", get_family("dt").default_params(), 0)
+    tree, _ = trained_pipeline("dt", get_family("dt").default_params(), 7)
+    other, _ = trained_pipeline("gnb", get_family("gnb").default_params(), 0)
+    with pytest.raises(ValueError, match="other tables|differ"):
+        check_compatible(old, other)
+    with pytest.raises(ValueError, match="keys or outputs differ from the deployed program"):
+        update_plan(old, tree, 0, 1)
+    with pytest.raises(ValueError, match="versions must differ"):
+        update_plan(old, old, 1, 1)

@@ -182,7 +182,7 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
     packets = None
     if ds.traffic is not None and ds.traffic.table is not None:
         packets = verify_chain_packets(split, installed, best, ds.traffic.table)
-    write_model(out, _evaluation_view(best), ds)
+    write_model(out, _evaluation_view(best), ds, best.problem.verdict)
     metric = best.problem.metric
 
     def metric_of(pred: np.ndarray) -> float:
@@ -238,7 +238,8 @@ def _evaluation_view(best: Built) -> Any:
     """What compile.write_model reads of an Evaluation."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(trained=best.trained, family=best.family, params=best.params)
+    return SimpleNamespace(trained=best.trained, family=best.family, params=best.params,
+                           problem=best.problem)
 
 
 def verify_chain_packets(split: Split, installed: list[Any], best: Built,

@@ -175,20 +175,49 @@ def compose(target: Target, limits: Any, chosen: dict[str, Built], order: list[s
 # ----------------------------------------------------------------------------- driver
 
 
-def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleResult:
-    """Compile ``plan`` into ``options.out_dir`` (see the module docstring)."""
-    seed = plan.search.seed if options.seed is None else options.seed
+@dataclass
+class Searches:
+    """A schedule's models after their searches: what the joint allocation chooses from."""
+
+    target: Target
+    limits: Any
+    order: list[str]  # schedule order (upstream first)
+    searched: dict[str, Searched]
+    upstream_rows: dict[str, UpstreamRows]
+    node: Any  # the schedule with its gates bound to class indices
+    policy: Policy
+    uses: dict[str, dict[str, str]]  # model -> class feature -> upstream model
+    variants: dict[str, list[Variant]]
+    weights: dict[str, float]
+    capacity: dict[str, float]
+    cache: dict[tuple[int, ...], Composition] = field(default_factory=dict)
+
+    def composition(self, choice: dict[str, int]) -> Composition:
+        """The chosen variants as one program (fused on a switch), estimated and assessed."""
+        key = tuple(choice[m] for m in self.order)
+        if key not in self.cache:
+            chosen = {m: self.searched[m].front[choice[m]] for m in self.order}
+            self.cache[key] = compose(self.target, self.limits, chosen, self.order, self.uses,
+                                      self.node, self.policy)
+        return self.cache[key]
+
+    def fits(self, choice: dict[str, int]) -> tuple[bool, str | None]:
+        c = self.composition(choice)
+        reason = None if c.feasibility.feasible else "; ".join(c.feasibility.violations)
+        return c.feasibility.feasible, reason
+
+
+def search_schedule(plan: SchedulePlan, options: CompileOptions, seed: int,
+                    storage: Path) -> Searches:
+    """Load every model's data (errors first), then search the models in schedule order."""
     first = plan.models[0]
     target, limits = make_target_and_limits(first)
     if target.name == "xdp":
         raise NotSupportedError(
             f"{plan.source}: schedules run on switches (tofino, bmv2) and on the C target, not "
             "on xdp: its program holds one model in two-slot maps that push swaps as a unit")
-    hook = resolve_hook(first, target, options.p4c, options.p4c_timeout)
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
-    out_dir = options.out_dir.resolve()
-    storage = out_dir / "study.db"
     by_name = {m.model.name: m for m in plan.models}
     order = names(plan.node)
     datasets: dict[str, Dataset] = {}
@@ -198,7 +227,7 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
     loaded = {name: by_name[name].load_data() for name in order}  # every data error first
     for name in order:
         check_gate(plan, name, loaded[name].class_labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order):
         mp = by_name[name]
         dataset, up_rows = with_class_features(mp, loaded[name], upstream_models)
@@ -211,40 +240,38 @@ def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleRes
         searched[name] = s
         upstream_models[name] = (s.best.problem.dataset, s.best.trained)
     node = bind_gates(plan.node, {}, {m: ds.class_labels for m, ds in datasets.items()})
-    policy = make_policy(plan, first)
     uses = {m.model.name: {c.name: c.model for c in m.class_features} for m in plan.models}
-    variants = {m: [_variant(m, b, target) for b in searched[m].front] for m in order}
-    weights = {m: by_name[m].weight for m in order}
-    cache: dict[tuple[int, ...], Composition] = {}
+    out = Searches(target, limits, order, searched, upstream_rows, node,
+                   make_policy(plan, first), uses,
+                   {m: [_variant(m, b, target) for b in searched[m].front] for m in order},
+                   {m: by_name[m].weight for m in order}, {})
+    out.capacity = joint_capacity(target, limits, out.composition({m: 0 for m in order}), order)
+    return out
 
-    def composition(choice: dict[str, int]) -> Composition:
-        key = tuple(choice[m] for m in order)
-        if key not in cache:
-            cache[key] = compose(target, limits, {m: searched[m].front[choice[m]]
-                                                  for m in order}, order, uses, node, policy)
-        return cache[key]
 
-    def fits(choice: dict[str, int]) -> tuple[bool, str | None]:
-        c = composition(choice)
-        reason = None if c.feasibility.feasible else "; ".join(c.feasibility.violations)
-        return c.feasibility.feasible, reason
-
-    cap = joint_capacity(target, limits, composition({m: 0 for m in order}), order)
+def compile_schedule(plan: SchedulePlan, options: CompileOptions) -> ScheduleResult:
+    """Compile ``plan`` into ``options.out_dir`` (see the module docstring)."""
+    seed = plan.search.seed if options.seed is None else options.seed
+    out_dir = options.out_dir.resolve()
+    storage = out_dir / "study.db"
+    probe, _ = make_target_and_limits(plan.models[0])
+    hook = resolve_hook(plan.models[0], probe, options.p4c, options.p4c_timeout)
+    s = search_schedule(plan, options, seed, storage)
     try:
-        selection = select(variants, weights, cap, fits, plan.joint.max_rounds)
+        selection = select(s.variants, s.weights, s.capacity, s.fits, plan.joint.max_rounds)
     except JointInfeasible as exc:
         raise InfeasibleError(f"{plan.source}: {exc}") from None
-    chosen = {m: searched[m].front[selection.chosen[m]] for m in order}
-    final = composition(selection.chosen)
-    others = alternatives(variants, weights, cap,
+    chosen = {m: s.searched[m].front[selection.chosen[m]] for m in s.order}
+    final = s.composition(selection.chosen)
+    others = alternatives(s.variants, s.weights, s.capacity,
                           [r.choice for r in selection.rounds if not r.fits])
     program_name = sanitise_identifier(plan.name, "hmn")
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging."))
     try:
-        members = members_of(final, chosen, order, uses, upstream_rows)
-        report = write_schedule(staging, plan, target, limits, final, chosen, searched, order,
-                                members, node, policy, selection, variants, others, cap,
-                                program_name, seed, hook)
+        members = members_of(final, chosen, s.order, s.uses, s.upstream_rows)
+        report = write_schedule(staging, plan, s.target, s.limits, final, chosen, s.searched,
+                                s.order, members, s.node, s.policy, selection, s.variants,
+                                others, s.capacity, program_name, seed, hook)
         shutil.copy2(storage, staging / "study.db")
         replace_dir(staging, out_dir)
     except BaseException:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from homunculus.alchemy import DataLoader, Feature, Model, Platforms, Schedule, Verdict, generate
 from homunculus.cli import app
-from homunculus.errors import DataError, NotSupportedError, SpecError
+from homunculus.errors import DataError, SpecError
 
 from conftest import EXAMPLE_DIR, ROOT
 
@@ -44,7 +44,7 @@ def test_generate_compiles_a_python_spec(tmp_path) -> None:
     assert "table_add" in cli and "MyIngress.verdict" in cli
 
 
-def test_schedule_operators_build_schedules_and_multi_model_is_not_yet_supported(tmp_path):
+def test_schedule_operators_build_schedules_and_reject_a_model_used_twice(tmp_path):
     load = make_loader(*toy())
     m1, m2, m3 = (Model(n, data=load) for n in ("m1", "m2", "m3"))
     seq = m1 > m2
@@ -53,9 +53,11 @@ def test_schedule_operators_build_schedules_and_multi_model_is_not_yet_supported
     assert isinstance(seq, Schedule) and seq.op == ">" and par.op == "|"
     assert [m.spec.name for m in nested.models()] == ["m1", "m2", "m3"]
     tofino = Platforms.Tofino()
-    tofino.schedule(seq)
-    with pytest.raises(NotSupportedError, match="not supported yet"):
+    tofino.schedule(m1 > m2 | m1)
+    with pytest.raises(SpecError, match="used twice") as exc:
         generate(tofino, tmp_path / "out", trials=2, progress=False)
+    assert exc.value.field == "schedule" and exc.value.line is not None
+    assert not (tmp_path / "out").exists()
 
 
 def test_errors_point_at_the_script_line() -> None:

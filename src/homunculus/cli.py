@@ -102,9 +102,10 @@ def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float |
                  toolchain_feasibility: bool = False, shared=None, worker=None):  # noqa: ANN001,ANN201
     """Compile a YAML spec or run a Python (Alchemy) script with these options (with
     ``worker``: run trials of a shared study instead)."""
-    from homunculus.compile import CompileOptions, compile_plan, work_plan
+    from homunculus.compile import CompileOptions, work_plan
     from homunculus.frontend.alchemy import cli_overrides
     from homunculus.frontend.yaml_spec import plan_from_yaml
+    from homunculus.schedule.driver import compile_any
 
     if not spec.exists():
         raise SpecError("no such spec file", file=str(spec))
@@ -113,7 +114,7 @@ def compile_spec(spec: Path, out_dir: Path, trials: int | None, seconds: float |
             return work_plan(plan_from_yaml(spec), worker)
         options = CompileOptions(out_dir, trials, seconds, resume, seed, progress, p4c,
                                  p4c_timeout, toolchain_feasibility, (spec,), shared)
-        return compile_plan(plan_from_yaml(spec), options)
+        return compile_any(plan_from_yaml(spec), options)
     if spec.suffix == ".py":
         if not spec.is_file():
             raise SpecError("the spec is not a regular file", file=str(spec))
@@ -171,6 +172,12 @@ def compile_command(
         say(err, ("interrupted: ", "bold red"), f"{shown(out_dir)} is unchanged; "
             "compile again with --resume to continue the search")
         raise typer.Exit(130) from None
+    if hasattr(result, "summary"):  # a schedule or a chain
+        say(out, ("compiled", "bold green"), f" {shown(result.report['name'])} -> "
+            f"{shown(result.out_dir, 400)}")
+        for line in result.summary():
+            say(out, line)
+        return
     m = result.metrics
     res = result.report["resources"]
     say(out, ("compiled", "bold green"), f" {shown(result.report['name'])} -> "

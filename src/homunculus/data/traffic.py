@@ -39,6 +39,7 @@ class TrafficInfo:
     split: str
     ingest: dict[str, Any] = field(default_factory=dict)
     table: pd.DataFrame | None = field(default=None, repr=False)  # the labelled packets
+    rows: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # train, test
 
 
 def feature_defs(specs: list[Any], locate: Locate) -> list[FeatureDef]:
@@ -148,7 +149,8 @@ def build_traffic_dataset(table: pd.DataFrame, features: list[FeatureDef], confi
     ds = make_dataset(decls, values[train], labels[train], values[test], labels[test], source)
     counts = pd.Series(labels[rows]).value_counts().sort_index()
     info = TrafficInfo(tuple(features), config, len(table), len(rows),
-                       {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table)
+                       {str(k): int(v) for k, v in counts.items()}, split, ingest or {}, table,
+                       (train, test))
     groups = table["file_id"].to_numpy() if split == "file" else flow_groups(table)
     pos, ep = packet_positions(table, config)
     return Dataset(ds.features, ds.class_labels, ds.x_train, ds.y_train, ds.x_test, ds.y_test,

@@ -34,7 +34,7 @@ from homunculus.data.dataset import (
     check_feature_decls,
     make_dataset,
 )
-from homunculus.errors import DataError, NotSupportedError, SpecError
+from homunculus.errors import DataError, SpecError
 from homunculus.frontend.plan import Plan
 from homunculus.frontend.spec import Constraints, ModelSpec, PlatformSpec, SearchSpec, VerdictSpec
 
@@ -58,12 +58,17 @@ def _spec_error(exc: ValidationError, prefix: str, origin: tuple[str, int | None
 @dataclass(frozen=True)
 class Feature:
     """A feature as the data plane sees it: name, width in bits, optional header field, and
-    whether its values are categories (exact-match tables may map them)."""
+    whether its values are categories (exact-match tables may map them).
+
+    ``model``: in a schedule, the class of that upstream model (computed by the compiler, so the
+    loader returns no column for it; the model's loader must return the upstream model's
+    features, by the same names, among its own)."""
 
     name: str
     width: int
     field: str | None = None
     categorical: bool = False
+    model: str | None = None
 
 
 @dataclass
@@ -73,6 +78,7 @@ class LoadedData:
     fn: Callable[[], Any]
     features: list[FeatureDecl]
     origin: tuple[str, int | None]
+    class_features: list[Feature] = field(default_factory=list)  # upstream models' classes
 
     def dataset(self) -> Dataset:
         result = self.fn()
@@ -105,8 +111,9 @@ class DataLoader:
         self.origin = _caller()
         items = ([Feature(k, v) for k, v in features.items()] if isinstance(features, dict)
                  else list(features))
+        self.class_features = [f for f in items if f.model is not None]
         self.features = [FeatureDecl(f.name, f.width, f.field, categorical=f.categorical)
-                         for f in items]
+                         for f in items if f.model is None]
         try:
             check_feature_decls(self.features, self.origin[0])
         except FeatureDeclError as exc:
@@ -114,7 +121,7 @@ class DataLoader:
                             line=self.origin[1]) from None
 
     def __call__(self, fn: Callable[[], Any]) -> LoadedData:
-        return LoadedData(fn, self.features, self.origin)
+        return LoadedData(fn, self.features, self.origin, self.class_features)
 
 
 class Verdict:
@@ -138,23 +145,57 @@ class Verdict:
 
 
 class _Schedulable:
-    def __gt__(self, other: _Schedulable) -> Schedule:
+    def __gt__(self, other: Any) -> Schedule:
+        if not isinstance(other, _Schedulable):
+            return NotImplemented
         return Schedule(">", [self, other])
 
-    def __or__(self, other: _Schedulable) -> Schedule:
+    def __or__(self, other: Any) -> Schedule:
+        if not isinstance(other, _Schedulable):
+            return NotImplemented
         return Schedule("|", [self, other])
+
+    def __bool__(self) -> bool:
+        origin = _caller()
+        raise SpecError("a schedule has no truth value: 'a > b > c' is Python's chained "
+                        "comparison ('a > b and b > c'); write (a > b) > c",
+                        file=origin[0], field="schedule", line=origin[1])
 
 
 @dataclass(eq=False)
 class Schedule(_Schedulable):
-    """``m1 > m2`` runs m2 after m1 (sequential); ``m1 | m2`` runs them side by side."""
+    """``m1 > m2`` runs m2 on the packets m1 passes (sequential); ``m1 | m2`` runs them side by
+    side. ``m1["benign"] > m2``: m2 runs on the packets m1 puts in class ``benign``."""
 
     op: str
     parts: list[Any]
 
     def models(self) -> Iterator[Model]:
         for part in self.parts:
-            yield from part.models() if isinstance(part, Schedule) else [part]
+            yield from part.models()
+
+    def node(self) -> Any:
+        """The schedule expression (schedule/expr.py)."""
+        from homunculus.schedule.expr import Seq, par_of
+
+        nodes = [part.node() for part in self.parts]
+        return Seq(nodes[0], nodes[1]) if self.op == ">" else par_of(nodes)
+
+
+@dataclass(eq=False)
+class Gated(_Schedulable):
+    """A model whose listed classes let the packet on to the right side of ``>``."""
+
+    model: Model
+    classes: tuple[str, ...]
+
+    def models(self) -> Iterator[Model]:
+        yield self.model
+
+    def node(self) -> Any:
+        from homunculus.schedule.expr import Ref
+
+        return Ref(self.model.spec.name, self.classes)
 
 
 class Model(_Schedulable):
@@ -163,8 +204,12 @@ class Model(_Schedulable):
     def __init__(self, name: str, *, data: LoadedData, metric: str = "f1_macro",
                  algorithms: list[str] | None = None, class_of_interest: str | None = None,
                  objectives: list[str] | tuple[str, ...] = ("metric",),
-                 verdict: VerdictSpec | None = None) -> None:
+                 verdict: VerdictSpec | None = None, weight: float = 1.0) -> None:
         self.origin = _caller()
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise SpecError("weight must be a positive number", file=self.origin[0],
+                            field="weight", line=self.origin[1])
+        self.weight = float(weight)
         if not isinstance(data, LoadedData):
             raise SpecError("data must be a function decorated with @DataLoader(...)",
                             file=self.origin[0], field="data", line=self.origin[1])
@@ -179,6 +224,22 @@ class Model(_Schedulable):
     def models(self) -> Iterator[Model]:
         yield self
 
+    def node(self) -> Any:
+        from homunculus.schedule.expr import Ref
+
+        return Ref(self.spec.name)
+
+    def __getitem__(self, classes: str | tuple[str, ...]) -> Gated:
+        """``model["benign", "web"] > other``: other runs on the packets put in these
+        classes."""
+        chosen = (classes,) if isinstance(classes, str) else tuple(classes)
+        if not chosen or not all(isinstance(c, str) for c in chosen):
+            origin = _caller()
+            raise SpecError("a gate lists class labels: model['benign'] or "
+                            "model['benign', 'web']", file=origin[0], field="schedule",
+                            line=origin[1])
+        return Gated(self, chosen)
+
 
 @dataclass
 class Platform:
@@ -190,6 +251,8 @@ class Platform:
     scheduled: Model | Schedule | None = None
     origin: tuple[str, int | None] = ("<python>", None)
     toolchain: str | None = None  # P4 compiler (path relative to the script, or name on PATH)
+    policy: dict[str, Any] = field(default_factory=dict)  # how the models' verdicts combine
+    schedule_origin: tuple[str, int | None] = ("<python>", None)
 
     def constrain(self, performance: dict[str, float] | None = None,
                   resources: dict[str, float] | None = None) -> Platform:
@@ -201,12 +264,24 @@ class Platform:
             raise _spec_error(exc, "constrain", origin) from None
         return self
 
-    def schedule(self, what: Model | Schedule) -> Platform:
+    def schedule(self, what: Model | Schedule, *, policy: str | dict[str, Any] | None = None
+                 ) -> Platform:
+        """What runs here: a Model, or a schedule of several built with ``>``, ``|`` and gates
+        (``ad["benign"] > tc | bd``). ``policy``: ``"severity"`` (default), ``"priority"`` or
+        ``{"kind": ..., "order": [...], "default_port": n}`` (schedule/policy.py)."""
+        origin = _caller()
+        if isinstance(what, Gated):
+            raise SpecError("a gate (model[...]) only acts on the left of '>'",
+                            file=origin[0], field="schedule", line=origin[1])
         if not isinstance(what, Model | Schedule):
-            origin = _caller()
             raise SpecError("schedule() takes a Model or a schedule built with > or |",
                             file=origin[0], field="schedule", line=origin[1])
+        if policy is not None and not isinstance(policy, str | dict):
+            raise SpecError("policy is a name ('severity', 'priority') or a dict",
+                            file=origin[0], field="policy", line=origin[1])
+        self.policy = {"kind": policy} if isinstance(policy, str) else dict(policy or {})
         self.scheduled = what
+        self.schedule_origin = origin
         return self
 
 
@@ -232,6 +307,45 @@ class Platforms:
     def C(**profile: Any) -> Platform:  # noqa: N802
         """A C shared library (SmartNIC, DPDK or host use)."""
         return Platform("c", dict(profile), origin=_caller())
+
+    @staticmethod
+    def chain(*platforms: Platform) -> Chain:
+        """Devices in packet order, over which one model too large for one device is split
+        (NetNN-style: partial results travel in a header between them)."""
+        origin = _caller()
+        if not platforms:
+            raise SpecError("a chain needs at least one platform", file=origin[0],
+                            field="chain", line=origin[1])
+        for i, p in enumerate(platforms):
+            if not isinstance(p, Platform):
+                raise SpecError(f"chain argument {i + 1} is not a platform (got "
+                                f"{type(p).__name__}); use Platforms.Tofino() and friends",
+                                file=origin[0], field=f"chain[{i}]", line=origin[1])
+            if p.target in ("xdp", "c") and i != len(platforms) - 1:
+                raise SpecError(f"a {p.target} host can only end a chain", file=origin[0],
+                                field=f"chain[{i}]", line=origin[1])
+        if len({id(p) for p in platforms}) != len(platforms):
+            raise SpecError("a platform is twice in the chain", file=origin[0], field="chain",
+                            line=origin[1])
+        return Chain(list(platforms), origin)
+
+
+@dataclass
+class Chain:
+    """Devices in packet order running one model split over them."""
+
+    platforms: list[Platform]
+    origin: tuple[str, int | None]
+    scheduled: Model | None = None
+
+    def schedule(self, model: Model) -> Chain:
+        if not isinstance(model, Model):
+            origin = _caller()
+            raise SpecError("a chain runs one model split over its devices; schedules of "
+                            "several models run on one device", file=origin[0],
+                            field="schedule", line=origin[1])
+        self.scheduled = model
+        return self
 
 
 @dataclass(frozen=True)
@@ -272,19 +386,33 @@ def cli_overrides(out_dir: Path, trials: int | None, seconds: float | None, resu
         _CALLS.reset(t2)
 
 
-def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, seed: int,
-            sampler: str, toolchain_feasibility: bool = False) -> Plan:
+def plan_of(platform: Platform | Chain, *, trials: int | None, seconds: float | None,
+            seed: int, sampler: str, toolchain_feasibility: bool = False) -> Any:
+    """The Plan of one model on one platform; a SchedulePlan for several models, a ChainPlan
+    for a chain (frontend/schedule_plan.py)."""
     origin = _caller()
     if platform.scheduled is None:
         raise SpecError("nothing is scheduled: call platform.schedule(model) before generate()",
                         file=origin[0], field="schedule", line=origin[1])
+    if isinstance(platform, Chain):
+        from homunculus.frontend.schedule_plan import ChainPlan
+
+        plans = [plan_of(_single(p, platform.scheduled), trials=trials, seconds=seconds,
+                         seed=seed, sampler=sampler,
+                         toolchain_feasibility=toolchain_feasibility)
+                 for p in platform.platforms]
+        return ChainPlan(plans[0], [p.platform for p in plans],
+                         [f"device{i}" for i in range(len(plans))], platform.origin[0])
     models = list(platform.scheduled.models())
-    if len(models) > 1:
-        raise NotSupportedError(
-            f"{origin[0]}:{origin[1]}: scheduling {len(models)} models "
-            f"({' '.join(m.spec.name for m in models)}) with > or | is not supported yet; "
-            "schedule one model")
+    if isinstance(platform.scheduled, Schedule):
+        return schedule_plan_of(platform, models, trials=trials, seconds=seconds, seed=seed,
+                                sampler=sampler, toolchain_feasibility=toolchain_feasibility)
     model = models[0]
+    if model.data.class_features:
+        f = model.data.class_features[0]
+        raise SpecError(f"feature '{f.name}' is the class of '{f.model}': a model's class is "
+                        "a feature only in a schedule of several models",
+                        file=model.data.origin[0], field="features", line=model.data.origin[1])
     try:
         search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
                             toolchain_feasibility=toolchain_feasibility)
@@ -303,6 +431,78 @@ def plan_of(platform: Platform, *, trials: int | None, seconds: float | None, se
                 model.origin[0], origins, n_models=len(models), inputs=scripts)
 
 
+def _single(platform: Platform, model: Model) -> Platform:
+    """A copy of ``platform`` running ``model`` alone."""
+    from dataclasses import replace
+
+    return replace(platform, scheduled=model)
+
+
+def schedule_plan_of(platform: Platform, models: list[Model], *, trials: int | None,
+                     seconds: float | None, seed: int, sampler: str,
+                     toolchain_feasibility: bool) -> Any:
+    """The SchedulePlan of several models on ``platform`` (errors at the script's lines)."""
+    from homunculus.frontend.schedule_plan import (
+        ClassFeature,
+        ModelPlan,
+        SchedulePlan,
+        check_schedule_plan,
+    )
+    from homunculus.frontend.spec import JointSpec, PolicySpec
+
+    origin = platform.schedule_origin
+    try:
+        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
+                            toolchain_feasibility=toolchain_feasibility)
+    except ValidationError as exc:
+        raise _spec_error(exc, "", _caller()) from None
+    try:
+        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
+                                     constraints=platform.constraints,
+                                     toolchain=platform.toolchain)
+    except ValidationError as exc:
+        raise _spec_error(exc, "platform", platform.origin) from None
+    try:
+        policy = PolicySpec(**platform.policy)
+    except ValidationError as exc:
+        raise _spec_error(exc, "policy", origin) from None
+    plans = []
+    models = list({id(m): m for m in models}.values())  # a model used twice: the schedule says
+    for m in models:
+        origins = {"model": m.origin, "platform": platform.origin, "data": m.data.origin,
+                   "search": origin}
+        mp = ModelPlan(m.spec.name, m.spec, platform_spec, search, m.data.dataset,
+                       m.origin[0], origins, weight=m.weight)
+        mp.inputs = sorted({Path(f) for f, _ in origins.values() if Path(f).is_file()})
+        mp.class_features = [ClassFeature(f.name, f.width, f.model, "data.features")
+                             for f in m.data.class_features]
+        mp.upstream_values = _columns_by_name(mp)
+        plans.append(mp)
+    name = "-".join(m.spec.name for m in models)
+    plan = SchedulePlan(name, plans, platform.scheduled.node(), policy, platform_spec, search,
+                        JointSpec(), origin[0], {"schedule": origin, "policy": origin,
+                                                 "platform": platform.origin,
+                                                 "search": origin})
+    check_schedule_plan(plan)
+    return plan
+
+
+def _columns_by_name(plan: Any) -> Callable[[Dataset, Dataset], tuple[np.ndarray, np.ndarray]]:
+    """Python models find an upstream model's features among their own, by name."""
+
+    def upstream(own: Dataset, up: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        names = [f.name for f in own.features]
+        missing = [f.name for f in up.features if f.name not in names]
+        if missing:
+            raise plan.error("data", f"it reads an upstream model's class, computed from that "
+                                     f"model's features; its @DataLoader must return them too "
+                                     f"(missing: {missing})")
+        cols = [names.index(f.name) for f in up.features]
+        return own.x_train[:, cols], own.x_test[:, cols]
+
+    return upstream
+
+
 def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | None = 30,
              seconds: float | None = None, seed: int = 0, sampler: str = "tpe",
              resume: bool = False, progress: bool = True,
@@ -313,7 +513,7 @@ def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | N
     each trial's feasibility. Under ``homunculus compile SCRIPT -o OUT`` the command line's
     options win.
     """
-    from homunculus.compile import CompileOptions, compile_plan, work_plan
+    from homunculus.compile import CompileOptions, work_plan
 
     cli = _CLI.get()
     wanted = toolchain_feasibility or (cli is not None and cli.toolchain_feasibility)
@@ -325,8 +525,10 @@ def generate(platform: Platform, out_dir: str | Path = "out", *, trials: int | N
         options = CompileOptions(out_dir=cli.out_dir, trials=cli.trials, seconds=cli.seconds,
                                  resume=cli.resume, seed=cli.seed, progress=cli.progress,
                                  p4c=cli.p4c, p4c_timeout=cli.p4c_timeout, shared=cli.shared)
+    from homunculus.schedule.driver import compile_any
+
     result = work_plan(plan, cli.worker) if cli is not None and cli.worker is not None else \
-        compile_plan(plan, options)
+        compile_any(plan, options)
     calls = _CALLS.get()
     if calls is not None:
         calls.append(result)

@@ -40,6 +40,7 @@ class Plan:
         """A SpecError located at ``field_path`` (or its nearest located ancestor)."""
         probe = field_path
         while probe and probe not in self.origins:
-            probe = _PARENT.sub("", probe)
+            parent = _PARENT.sub("", probe)
+            probe = "" if parent == probe else parent  # a top-level field: no located ancestor
         file, line = self.origins.get(probe, (self.source, None))
         return SpecError(message, file=file, field=field_path, line=line)

@@ -42,6 +42,8 @@ class FeatureSpec(Strict):
     categorical: bool = Field(
         default=False, description="values are categories (ports, protocols, codes): models "
                                    "may map frequent ones through an exact-match table")
+    model: str | None = Field(default=None, min_length=1,
+                              description="schedules: the class of this upstream model")
 
 
 class DataSpec(Strict):
@@ -172,6 +174,8 @@ class TrafficFeature(Strict):
     categorical: bool | None = Field(
         default=None, description="values are categories (default: true for server_port and "
                                    "client_port, false otherwise)")
+    model: str | None = Field(default=None, min_length=1,
+                              description="schedules: the class of this upstream model")
 
 
 class LabelSpec(Strict):
@@ -240,6 +244,79 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> Spec:
+        if (self.data is None) == (self.traffic is None):
+            raise ValueError("give exactly one of 'data' (a feature table) or 'traffic' "
+                             "(packet captures)")
+        return self
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+class ScheduledModelSpec(ModelSpec):
+    """One model of a schedule: the model with its own data (or traffic) and weight."""
+
+    data: DataSpec | None = None
+    traffic: TrafficSpec | None = None
+    weight: float = Field(default=1.0, gt=0, description="its metric's weight in the joint "
+                                                          "objective")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScheduledModelSpec:
+        if (self.data is None) == (self.traffic is None):
+            raise ValueError(f"model '{self.name}': give exactly one of 'data' (a feature "
+                             "table) or 'traffic' (packet captures)")
+        return self
+
+
+class PolicySpec(Strict):
+    """How the verdicts of the models that ran combine (schedule/policy.py)."""
+
+    kind: Literal["severity", "priority"] = "severity"
+    order: list[str] = Field(default_factory=list, description="models, highest priority "
+                                                               "first (default: downstream "
+                                                               "first, parallel left to right)")
+    default_port: int | None = Field(default=None, ge=0, le=511)
+
+
+class JointSpec(Strict):
+    """The joint allocation of a schedule's models on one device (schedule/joint.py)."""
+
+    variants: int = Field(default=8, ge=1, le=64, description="Pareto variants per model")
+    max_rounds: int = Field(default=40, ge=1, le=1000,
+                            description="integer-program solves (cut and re-solve) at most")
+
+
+class ScheduleSpec(Strict):
+    """Several models on one platform: ``models`` and a ``schedule`` expression."""
+
+    name: str = Field(min_length=1)
+    models: list[ScheduledModelSpec] = Field(min_length=1)
+    schedule: str | None = Field(default=None, description='e.g. "ad[benign] > (tc | bd)"')
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    platform: PlatformSpec
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    joint: JointSpec = Field(default_factory=JointSpec)
+
+
+class NamedPlatformSpec(PlatformSpec):
+    name: str | None = Field(default=None, min_length=1)
+
+
+class ChainSpec(Strict):
+    """One model split over a chain of devices (``platforms``, in order or as ``chain``)."""
+
+    name: str = Field(min_length=1)
+    data: DataSpec | None = None
+    traffic: TrafficSpec | None = None
+    model: ModelSpec
+    platforms: list[NamedPlatformSpec] = Field(min_length=1)
+    chain: list[str] | None = Field(default=None, min_length=1,
+                                    description="platform names in chain order")
+    search: SearchSpec = Field(default_factory=SearchSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ChainSpec:
         if (self.data is None) == (self.traffic is None):
             raise ValueError("give exactly one of 'data' (a feature table) or 'traffic' "
                              "(packet captures)")

@@ -17,7 +17,7 @@ from homunculus.data.dataset import Dataset, FeatureDecl, FeatureDeclError, chec
 from homunculus.data.tabular import load_tabular
 from homunculus.errors import SpecError
 from homunculus.frontend.plan import Plan
-from homunculus.frontend.spec import Spec
+from homunculus.frontend.spec import ChainSpec, ScheduleSpec, Spec
 from homunculus.inputs import MAX_SPEC_BYTES, read_text
 
 
@@ -158,6 +158,14 @@ def compose_spec(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         loader.dispose()
 
 
+def spec_class(data: dict[str, Any]) -> type[Spec] | type[ScheduleSpec] | type[ChainSpec]:
+    """Several models (``models:``), one model over several devices (``platforms:``), or one
+    model on one device."""
+    if "models" in data:
+        return ScheduleSpec
+    return ChainSpec if "platforms" in data else Spec
+
+
 def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
     """Read and validate a YAML spec; return it with its line index (for later data errors)."""
     source = str(path)
@@ -177,7 +185,7 @@ def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
     lines: dict[tuple[Any, ...], int] = {}
     _line_index(root, (), lines)
     try:
-        return Spec.model_validate(data), lines
+        return spec_class(data).model_validate(data), lines  # type: ignore[return-value]
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -187,16 +195,37 @@ def load_yaml_spec(path: Path) -> tuple[Spec, dict[tuple[Any, ...], int]]:
 
 
 def plan_from_yaml(path: Path, seed: int | None = None) -> Plan:
-    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines);
+    """Parse a YAML spec into a Plan whose data loads lazily (errors keep their lines); a
+    SchedulePlan or ChainPlan for several models or devices (frontend/schedule_plan.py).
     ``seed`` replaces ``search.seed`` (which also seeds the train/test split)."""
     spec, lines = load_yaml_spec(path)
     if seed is not None:
         spec = spec.model_copy(update={"search": spec.search.model_copy(update={"seed": seed})})
+    if isinstance(spec, ScheduleSpec):
+        from homunculus.frontend.schedule_plan import schedule_plan_from_yaml
+
+        return schedule_plan_from_yaml(spec, lines, path)  # type: ignore[return-value]
+    if isinstance(spec, ChainSpec):
+        from homunculus.frontend.schedule_plan import chain_plan_from_yaml
+
+        return chain_plan_from_yaml(spec, lines, path)  # type: ignore[return-value]
+    return plan_from_spec(spec, lines, path)
+
+
+def plan_from_spec(spec: Spec, lines: dict[tuple[Any, ...], int], path: Path) -> Plan:
+    """The Plan of one model on one platform (``spec``: a Spec, or anything with its fields)."""
     source = str(path)
     origins = {dotted(k): (source, v) for k, v in lines.items()}
     plan = Plan(spec.name, spec.model, spec.platform, spec.search, lambda: None,  # type: ignore
                 source, origins, inputs=spec_inputs(spec, path))
-    plan.adapt = spec.adapt
+    plan.adapt = getattr(spec, "adapt", None)
+    for where, feats in (("data", spec.data.features if spec.data else []),
+                         ("traffic", spec.traffic.features if spec.traffic else [])):
+        for i, f in enumerate(feats):
+            if f.model is not None:
+                raise plan.error(f"{where}.features[{i}].model",
+                                 "a model's class is a feature only in a schedule of several "
+                                 "models ('models:' and 'schedule:')")
     if spec.traffic is not None:
         plan.load_data = traffic_loader(spec, path.parent, plan)
         plan.select_features = spec.traffic.select_features

@@ -304,6 +304,14 @@ class Pipeline:
     # writing its class only, run after the ALU steps; the decision register and the verdict
     # table (keyed on the flow's count, the model's class and the flow's stored class) follow
     decider: Table | None = None
+    # execution order of the encoder/lookup tables and ALU steps by name (empty: encoders, then
+    # lookups, then steps); fused schedules interleave several models' tables and steps
+    order: tuple[str, ...] = ()
+    # split models (schedule/split.py): fields the parser loads from the Homunculus carry header
+    # (partial results of the previous device) and fields written into it for the next device
+    carry_in: tuple[Field, ...] = ()
+    carry_out: tuple[Field, ...] = ()
+    requires: tuple[str, ...] = ()  # headers a packet must carry besides those features read
 
     def tables(self) -> Iterator[Table]:
         yield from self.encoders
@@ -311,6 +319,16 @@ class Pipeline:
         if self.decider is not None:
             yield self.decider
         yield self.verdict
+
+    def sequence(self) -> tuple[Table | AluStep, ...]:
+        """The encoder/lookup tables and ALU steps in execution order (the verdict comes last)."""
+        items: tuple[Table | AluStep, ...] = (*self.encoders, *self.lookups, *self.alu)
+        if not self.order:
+            return items
+        by_name = {item.name: item for item in items}
+        if sorted(by_name) != sorted(self.order) or len(by_name) != len(items):
+            raise ValueError("the pipeline's order must name every table and step exactly once")
+        return tuple(by_name[name] for name in self.order)
 
     @property
     def n_entries(self) -> int:

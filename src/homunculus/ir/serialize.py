@@ -137,6 +137,10 @@ def pipeline_to_json(p: Pipeline) -> dict[str, Any]:
         "shortcut": _shortcut(p.shortcut),
         "class_rows": [list(r) for r in p.class_rows],
         "decider": None if p.decider is None else _table(p.decider),
+        "order": list(p.order),
+        "carry_in": [_field(f) for f in p.carry_in],
+        "carry_out": [_field(f) for f in p.carry_out],
+        "requires": list(p.requires),
     }
 
 
@@ -176,6 +180,10 @@ def pipeline_from_json(d: dict[str, Any]) -> Pipeline:
         shortcut=_unshortcut(d.get("shortcut")),
         class_rows=tuple(tuple(int(v) for v in r) for r in d.get("class_rows", [])),
         decider=None if d.get("decider") is None else _untable(d["decider"]),
+        order=tuple(d.get("order", ())),
+        carry_in=tuple(_unfield(f) for f in d.get("carry_in", ())),
+        carry_out=tuple(_unfield(f) for f in d.get("carry_out", ())),
+        requires=tuple(d.get("requires", ())),
     )
 
 

@@ -157,9 +157,21 @@ def _feature_context(pipeline: Pipeline) -> tuple[list[dict[str, Any]], dict[str
     return copies, {"fields": carried, "pad": -total % 8}
 
 
+CARRY_ETHER_TYPE = 0x88B5
+"""EtherType of the Homunculus carry header (IEEE 802 local experimental EtherType 1): a split
+model's partial results between devices, inserted right after the Ethernet header."""
+
+CARRY_HEADERS = {"tcp", "udp", "hmn_cin"}
+"""Header groups a pipeline's ``requires`` may name."""
+
+
 def _required_headers(pipeline: Pipeline, feature_header: dict[str, Any] | None) -> list[str]:
     """Headers a packet must carry to be classified (besides IPv4)."""
-    needed = set()
+    needed = set(pipeline.requires)
+    if not needed <= CARRY_HEADERS:
+        raise ValueError(f"unknown required headers {sorted(needed - CARRY_HEADERS)}")
+    if pipeline.carry_in:
+        needed.add("hmn_cin")
     for feat in pipeline.features:
         if feat.flow or feat.header_field is None:
             continue
@@ -222,6 +234,7 @@ def _metadata(pipeline: Pipeline, direct: dict[str, str]) -> list[dict[str, Any]
         fields += [*step.reads, *step.writes]
     fields += [k for k in pipeline.verdict.keys if k.name not in direct]
     fields.append(pipeline.class_field)
+    fields += [*pipeline.carry_in, *pipeline.carry_out]
     seen: dict[str, int] = {}
     result: list[dict[str, Any]] = []
     for f in fields:
@@ -244,6 +257,36 @@ def _check_structure(pipeline: Pipeline) -> None:
         raise ValueError(f"table and action names collide: {sorted(names)}")
     if pipeline.score_sum is not None or pipeline.argmax is not None:
         raise ValueError("the pipeline is not lowered for a switch (passes/switch.py)")
+    pipeline.sequence()  # the order names every table and step once
+
+
+def _sequence_context(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """The classification body in execution order: table applications and ALU steps."""
+    out: list[dict[str, Any]] = []
+    for item in pipeline.sequence():
+        if isinstance(item, Table):
+            out.append({"kind": "table", "name": item.name})
+        else:
+            out.append({"kind": "step", "step": _step_context(item)})
+    return out
+
+
+def carry_layout(fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The carry header's fields (checked), their padding to whole bytes, and its size."""
+    checked = [_field(f, "carried field") for f in fields]
+    total = sum(f["width"] for f in checked)
+    pad = -total % 8
+    return {"fields": checked, "pad": pad, "bytes": (total + pad) // 8 + 2}
+
+
+def _carry_context(pipeline: Pipeline) -> dict[str, Any] | None:
+    """The Homunculus carry header of a split model's device: what it reads from the previous
+    device (``in``) and writes for the next (``out``); None on a device of its own."""
+    if not pipeline.carry_in and not pipeline.carry_out:
+        return None
+    return {"ether_type": CARRY_ETHER_TYPE,
+            "in": carry_layout(pipeline.carry_in) if pipeline.carry_in else None,
+            "out": carry_layout(pipeline.carry_out) if pipeline.carry_out else None}
 
 
 # --- flow state (ir/flow.py) --------------------------------------------------------------------
@@ -497,6 +540,8 @@ def build_context(pipeline: Pipeline, arch: str, *, program_name: str, feature_u
         "encoders": [t.name for t in pipeline.encoders],
         "lookups": [t.name for t in pipeline.lookups],
         "steps": [_step_context(s) for s in pipeline.alu],
+        "sequence": _sequence_context(pipeline),
+        "carry": _carry_context(pipeline),
     }
 
 

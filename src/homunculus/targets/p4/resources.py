@@ -48,6 +48,9 @@ def phv_bits(pipeline: Pipeline, arch: str) -> int:
     if context["feature_header"] is not None:
         fh = context["feature_header"]
         headers += sum(f["width"] for f in fh["fields"]) + fh["pad"]
+    carry = context["carry"]
+    if carry is not None:
+        headers += sum(8 * carry[side]["bytes"] for side in ("in", "out") if carry[side])
     return headers + sum(container_bits(f["width"]) for f in context["meta_fields"])
 
 

@@ -139,12 +139,15 @@ def run_argmax(argmax: Argmax, env: dict[str, np.ndarray]) -> None:
 
 
 def simulate(pipeline: Pipeline, x: np.ndarray,
-             extra: dict[str, np.ndarray] | None = None) -> TwinResult:
+             extra: dict[str, np.ndarray] | None = None, *,
+             carried: dict[str, np.ndarray] | None = None) -> TwinResult:
     """Run ``pipeline`` on integer feature rows ``x`` (n, n_features): the IR's reference
-    execution (tables, or the MLP's arg-max, then the verdict table). ``extra``: other fields
-    the tables read (the model version of versioned programs; a per-flow decision's flow count
-    and stored class; 0 when they read them and they are not given: with a decision, every row
-    is then decided by the model)."""
+    execution (tables and ALU steps in their order, or the MLP's arg-max, then the verdict
+    table). ``extra``: other fields the tables read (the model version of versioned programs;
+    a per-flow decision's flow count and stored class; 0 when they read them and they are not
+    given: with a decision, every row is then decided by the model). ``carried``: the values of
+    the carry-in fields (a split model's partial results from the previous device), by field
+    name."""
     x = np.asarray(x, dtype=np.int64)
     n = len(x)
     env: dict[str, np.ndarray] = {}
@@ -157,16 +160,21 @@ def simulate(pipeline: Pipeline, x: np.ndarray,
         env[name] = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,)).copy()
     for j, feature in enumerate(pipeline.features):
         env[feature.field.name] = x[:, j] & feature.field.max_value
+    for field in pipeline.carry_in:
+        if carried is None or field.name not in carried:
+            raise ValueError(f"no carried value for {field.name}")
+        env[field.name] = np.asarray(carried[field.name], dtype=np.int64) & field.max_value
     if pipeline.mlp is not None:  # the dense stage of kernel/C pipelines: QMLP.scores arg-max
         masked = np.stack([env[f.field.name] for f in pipeline.features], axis=1)
         env[pipeline.winner_field().name] = np.argmax(pipeline.mlp.scores(masked), axis=1)
-    for table in (*pipeline.encoders, *pipeline.lookups):
-        run_table(table, env, n)
-    if pipeline.score_sum is not None and pipeline.argmax is not None:
+    for item in pipeline.sequence():
+        if isinstance(item, Table):
+            run_table(item, env, n)
+        else:
+            run_alu_step(item, env, n)
+    if pipeline.score_sum is not None and pipeline.argmax is not None:  # not switch-lowered
         run_score_sum(pipeline.score_sum, env, n)
         run_argmax(pipeline.argmax, env)
-    for step in pipeline.alu:
-        run_alu_step(step, env, n)
     if pipeline.decider is not None:
         run_table(pipeline.decider, env, n)
     run_table(pipeline.verdict, env, n)

@@ -23,6 +23,7 @@ from homunculus.targets.p4.keys import feature_keys
 from homunculus.targets.p4.profiles import SwitchProfile
 
 PORT = "ig_tm_md.ucast_egress_port"
+CARRY_HEADER = "hdr.hmn_cin"
 
 
 def tcams_per_row(key_bits: int) -> int:
@@ -174,17 +175,25 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
                        logical=2, gateways=1) for name in pairs]
     narrow = [(name, width, "") for name, width in _written_fields(pipeline)]
     packed = {} if solitary else pack_narrow(narrow)
-    for table in (*pipeline.encoders, *pipeline.lookups):
-        writes = frozenset(o.name for o in table.outputs)
-        units.append(table_unit(table, profile, _reads_of_keys(table, direct), writes,
-                                frozenset(packed[w] for w in writes if w in packed)))
-    for step in pipeline.alu:
-        guarded = step.guard is not None
-        units.append(Unit(step.name, "action", frozenset(f.name for f in step.reads),
-                          frozenset(f.name for f in step.writes), logical=2 if guarded else 1,
+    if pipeline.carry_in and not pipeline.carry_out:  # the last device strips the carry header
+        units.append(Unit("hmn_carry_strip", "action",
+                          writes=frozenset({"hdr.ethernet.ether_type", CARRY_HEADER})))
+    for item in pipeline.sequence():
+        if isinstance(item, Table):
+            writes = frozenset(o.name for o in item.outputs)
+            units.append(table_unit(item, profile, _reads_of_keys(item, direct), writes,
+                                    frozenset(packed[w] for w in writes if w in packed)))
+            continue
+        guarded = item.guard is not None
+        units.append(Unit(item.name, "action", frozenset(f.name for f in item.reads),
+                          frozenset(f.name for f in item.writes), logical=2 if guarded else 1,
                           gateways=int(guarded)))
     if pipeline.decider is not None and flow is not None:
         units += decision_units(pipeline, flow, profile, direct)
+    if pipeline.carry_out:  # one action copies the partial results into the carry header
+        units.append(Unit("hmn_carry_out", "action",
+                          frozenset(f.name for f in pipeline.carry_out),
+                          frozenset({"hdr.ethernet.ether_type", CARRY_HEADER, "hdr.hmn_cout"})))
     verdict_writes = {pipeline.class_field.name, PORT}
     kinds = {a.kind for a in table_actions(pipeline.verdict)}
     if "verdict_mark" in kinds:
@@ -216,6 +225,8 @@ def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool 
 def _written_fields(pipeline: Pipeline) -> list[tuple[str, int]]:
     """Fields written by tables, in declaration order."""
     out: list[tuple[str, int]] = []
-    for t in pipeline.tables():
+    decider = (pipeline.decider,) if pipeline.decider is not None else ()
+    for t in (*[i for i in pipeline.sequence() if isinstance(i, Table)], *decider,
+              pipeline.verdict):
         out += [(o.name, o.width) for o in t.outputs]
     return out

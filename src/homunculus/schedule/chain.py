@@ -1,0 +1,270 @@
+"""Compile one model split over a chain of switches (schedule/split.py).
+
+The search runs over the chain as one target (split.ChainTarget): a configuration is feasible
+when its model splits over the chain's devices, each within its own limits; the search's
+objectives are the metric and the stages along the chain (fewer devices). The best
+configuration is split, each device's program and entries are emitted into
+``OUT/devices/<i>_<name>/``, and the chain of twins (each device's entries, fed the previous
+device's carry header) must agree 100% with the quantised model on the test set and, for traffic
+specs, on every packet of the capture.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from homunculus.compile import (
+    CompileOptions,
+    check_algorithms,
+    choose_candidates,
+    positive_class,
+    traffic_section,
+    verdict_plan,
+    write_model,
+)
+from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.frontend.schedule_plan import ChainPlan
+from homunculus.ir.names import sanitise_identifier
+from homunculus.ir.serialize import compiled_to_json
+from homunculus.outputs import check_out_dir, open_output
+from homunculus.progress import search_progress
+from homunculus.report.summary import candidates_section, confusion, trial_rows
+from homunculus.schedule.search import Built, build
+from homunculus.schedule.split import (
+    ChainTarget,
+    Device,
+    Split,
+    run_split,
+    run_split_packets,
+)
+from homunculus.search.metrics import score
+from homunculus.search.problem import make_problem
+from homunculus.search.study import Budget, open_study, run_search
+from homunculus.targets.p4.codegen import carry_layout
+from homunculus.targets.p4.entries import read_runtime_entries
+from homunculus.targets.p4.twin import simulate, with_installed_entries
+from homunculus.targets.registry import make_target
+
+OBJECTIVES = ("metric", "stages")
+
+
+@dataclass
+class ChainResult:
+    out_dir: Path
+    report: dict[str, Any] = field(repr=False)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.report["metrics"]
+
+    def summary(self) -> list[str]:
+        r = self.report
+        m = r["metrics"]
+        lines = [f"{r['family']} split over {r['devices_used']} of {len(r['chain'])} "
+                 f"device(s) ({', '.join(d['name'] for d in r['devices'])}); carry header "
+                 f"{r['header_bytes']} bytes over {max(r['devices_used'] - 1, 0)} link(s)",
+                 f"  {r['metric']}: float {m['float']:.4f}, quantised {m['quantised']:.4f}, "
+                 f"chain {m['pipeline']:.4f} (agreement {m['agreement']:.2%} on "
+                 f"{m['test_samples']} test samples)"]
+        for d in r["devices"]:
+            t = d["usage"]
+            lines.append(f"  {d['name']} ({d['target']}): {len(d['tables'])} score tables, "
+                         f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries")
+        one = r["one_device"]
+        if one["metric"] is not None:
+            lines.append(f"  the best configuration that fits {r['chain'][0]} alone: "
+                         f"{one['family']} at {one['metric']:.4f} (cross-validated; the chain's "
+                         f"model: {r['metrics']['validation_quantised']:.4f})")
+        return lines
+
+
+def chain_devices(plan: ChainPlan) -> list[Device]:
+    devices = []
+    for i, (spec, name) in enumerate(zip(plan.platforms, plan.names, strict=True)):
+        if spec.target in ("xdp", "c"):
+            raise NotSupportedError(
+                f"{plan.source}: platform '{name}' is a {spec.target} host: a chain splits a "
+                "model over switches (tofino, bmv2); a host ending the chain is not "
+                "supported yet")
+        try:
+            target, limits = make_target(spec.target, spec.profile)
+        except KeyError as exc:
+            raise plan.plan.error(f"platforms[{i}].profile", str(exc.args[0])) from None
+        c = spec.constraints
+        wanted = {**c.resources.model_dump(exclude_none=True),
+                  **c.performance.model_dump(exclude_none=True)}
+        devices.append(Device(name, target, limits.merged(wanted)))
+    return devices
+
+
+def compile_chain(plan: ChainPlan, options: CompileOptions) -> ChainResult:
+    base = plan.plan
+    seed = base.search.seed if options.seed is None else options.seed
+    devices = chain_devices(plan)
+    requested = check_algorithms(base)
+    dataset = base.load_data()
+    if dataset.traffic is not None and len({spec.target for spec in plan.platforms}) > 1:
+        raise base.error("platforms", "a model with flow features runs on one kind of switch "
+                                      "along the chain (their clocks tick in different units)")
+    target = ChainTarget(tuple(devices))
+    problem = make_problem(dataset, target, target.limits(), base.model.metric,
+                           positive_class(base, dataset), verdict_plan(base, dataset), seed,
+                           base.search.validation_fraction, base.select_features,
+                           base.search.cv_folds)
+    candidates, allowed = choose_candidates(problem, requested)
+    budget = Budget(options.trials if options.trials is not None else base.search.trials,
+                    options.seconds if options.seconds is not None else base.search.seconds)
+    out_dir = check_out_dir(options.out_dir, [*base.inputs, *options.inputs])
+    objectives = tuple(base.model.objectives) if len(base.model.objectives) > 1 else OBJECTIVES
+    with open_output(out_dir) as output:
+        output.start(options.resume)
+        study = open_study(output.study_path, sanitise_identifier(base.name, "study"),
+                           objectives, base.search.sampler, seed, budget,
+                           output.resumed is not None,
+                           missing_ok=output.resumed == "partial")
+        with search_progress(budget.trials, base.model.metric, options.progress) as progress:
+            result = run_search(problem, allowed, objectives, budget, study, progress)
+        best_trial = result.best_trial
+        family = best_trial.params["family"]
+        params = {k: v for k, v in best_trial.params.items() if k != "family"}
+        best = build(problem, family, params, best_trial.user_attrs["metric"],
+                     best_trial.number)
+        split = target.split(best.pipeline)
+        program = sanitise_identifier(base.name, "hmn")
+        report = write_chain(output.work, plan, devices, best, split, result, candidates,
+                             program, seed)
+        output.commit()
+    return ChainResult(out_dir, report)
+
+
+def device_dir(out: Path, d: int, name: str) -> Path:
+    return out / "devices" / f"{d}_{sanitise_identifier(name, 'dev')[4:]}"
+
+
+def installed_programs(out: Path, split: Split, names: list[str]) -> list[Any]:
+    """Each device's program with the entries written for its control plane."""
+    programs = []
+    for d, program in enumerate(split.programs):
+        runtime = json.loads((device_dir(out, d, names[d]) / "runtime" /
+                              "entries.json").read_text())
+        programs.append(with_installed_entries(program, read_runtime_entries(runtime, program)))
+    return programs
+
+
+def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, split: Split,
+                result: Any, candidates: list[Any], program: str, seed: int) -> dict[str, Any]:
+    """Emit every device's program, verify the chain, write the model and the report."""
+    names = [d.name for d in devices]
+    for d, prog in enumerate(split.programs):
+        where = device_dir(out, d, names[d])
+        devices[d].target.emit(prog, where, f"{program}_{d}")
+        (where / "pipeline.json").write_text(json.dumps(compiled_to_json(prog)) + "\n")
+    installed = installed_programs(out, split, names)
+    ds = best.problem.dataset
+    expected = best.trained.predict_quantised(ds.x_test)
+    twin = run_split(split, ds.x_test, lambda p, d, x, c: simulate(installed[d], x, carried=c))
+    produced = twin.class_index
+    bad = np.nonzero(expected != produced)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise VerificationError(
+            f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
+            f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+    packets = None
+    if ds.traffic is not None and ds.traffic.table is not None:
+        packets = verify_chain_packets(split, installed, best, ds.traffic.table)
+    write_model(out, _evaluation_view(best), ds, best.problem.verdict)
+    metric = best.problem.metric
+
+    def metric_of(pred: np.ndarray) -> float:
+        return score(metric, ds.y_test, pred, ds.n_classes, best.problem.positive)
+
+    device_rows = []
+    for d, (prog, usage) in enumerate(zip(split.programs, split.usages, strict=True)):
+        device_rows.append({
+            "name": names[d], "target": devices[d].target.name,
+            "directory": str(device_dir(out, d, names[d]).relative_to(out)),
+            "tables": list(split.tables[d]),
+            "carry_in": carry_layout(prog.carry_in) if prog.carry_in else None,
+            "carry_out": carry_layout(prog.carry_out) if prog.carry_out else None,
+            "usage": {k: getattr(usage, k) for k in ("stages", "tables", "sram_kbit",
+                                                     "tcam_kbit", "entries", "phv_bits",
+                                                     "latency_ns")},
+            "per_stage": [{"stage": s.stage, "tables": list(s.tables), "ops": list(s.ops)}
+                          for s in usage.per_stage],
+            "limits": devices[d].limits.as_dict(),
+        })
+    rows = trial_rows(result.trials)
+    report = {
+        "kind": "chain", "name": plan.name, "target": "chain",
+        "chain": names, "family": best.family, "params": best.params,
+        "metric": metric, "class_labels": list(ds.class_labels),
+        "devices_used": split.devices, "header_bytes": split.header_bytes,
+        "carry_bytes": list(split.carry_bytes), "table_order": split.order,
+        "devices": device_rows,
+        "metrics": {"float": metric_of(best.trained.predict_float(ds.x_test)),
+                    "quantised": metric_of(expected), "pipeline": metric_of(produced),
+                    "agreement": float(np.mean(expected == produced)),
+                    "validation_quantised": best.metric, "test_samples": len(ds.y_test)},
+        "packet_simulation": packets, "traffic": traffic_section(ds),
+        "confusion_matrix": confusion(ds.y_test, produced, ds.class_labels),
+        "one_device": best_on_one_device(result.trials, devices[0]),
+        "trials": rows, "candidates": candidates_section(candidates),
+        "search": {"trials": len(rows), "infeasible": sum(not r["feasible"] for r in rows),
+                   "seconds": result.seconds, "seed": seed,
+                   "objectives": [d.name.lower() for d in result.study.directions]},
+    }
+    (out / "chain.json").write_text(json.dumps(
+        {"chain": names, "devices": [{k: r[k] for k in ("name", "target", "directory",
+                                                        "tables", "carry_in", "carry_out")}
+                                     for r in device_rows],
+         "carry_ether_type": "0x88B5"}, indent=1) + "\n")
+    from homunculus.schedule.report import write_schedule_report
+
+    write_schedule_report(out, report, "chain.html.j2")
+    return report
+
+
+def _evaluation_view(best: Built) -> Any:
+    """What compile.write_model reads of an Evaluation."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trained=best.trained, family=best.family, params=best.params,
+                           problem=best.problem)
+
+
+def verify_chain_packets(split: Split, installed: list[Any], best: Built,
+                         table: Any) -> dict[str, Any]:
+    """Every packet of the capture through the chain of twins against the quantised model on
+    the reference features of the same packets."""
+    from homunculus.data.traffic import per_capture
+    from homunculus.features.reference import reference_features
+
+    info = best.problem.dataset.traffic
+    result, classified = run_split_packets(split, table, installed)
+    values, _ = per_capture(table, lambda t: reference_features(t, list(info.features),
+                                                                info.config))
+    expected = best.trained.predict_quantised(values[classified])
+    bad = np.nonzero(expected != result.class_index)[0]
+    if len(bad):
+        raise VerificationError(f"the chain disagrees with the model on {len(bad)} of "
+                                f"{len(expected)} classified packets")
+    return {"packets": len(table), "classified": int(classified.sum()), "agreement": 1.0}
+
+
+def best_on_one_device(trials: list[Any], first: Device) -> dict[str, Any]:
+    """Among the search's feasible trials, the best whose model fits the first device alone
+    (the same trials: what the chain bought over one device)."""
+    budget = first.stage_budget
+    fits = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible")
+            and (budget is None or t.user_attrs["usage"]["stages"] <= budget)]
+    if not fits:
+        return {"metric": None, "family": None, "trial": None}
+    best = max(fits, key=lambda t: t.user_attrs["metric"])
+    return {"metric": best.user_attrs["metric"], "family": best.user_attrs["family"],
+            "trial": best.number}

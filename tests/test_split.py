@@ -1,0 +1,309 @@
+"""One model split over a chain of switches: partition, carry header, chained twins, frontends."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from homunculus.alchemy import DataLoader, Feature, Model, Platforms, generate
+from homunculus.cli import app
+from homunculus.data.attacks import scenario_anomaly, synthetic_background
+from homunculus.data.dataset import FeatureDecl, make_dataset
+from homunculus.data.traffic import build_traffic_dataset
+from homunculus.errors import SpecError
+from homunculus.features.library import FeatureDef, FlowConfig
+from homunculus.features.reference import reference_features
+from homunculus.frontend.yaml_spec import plan_from_yaml
+from homunculus.ir.flow import lower_flow_features
+from homunculus.ir.pipeline import VerdictKind, VerdictPlan
+from homunculus.models.base import get_family
+from homunculus.passes.lower import lower
+from homunculus.schedule.split import (
+    ChainTarget,
+    Device,
+    compact_codes,
+    partition,
+    run_split,
+    run_split_packets,
+)
+from homunculus.targets.p4 import emit_p4, runtime_entries
+from homunculus.targets.p4.check import check_program
+from homunculus.targets.p4.codegen import carry_layout
+from homunculus.targets.p4.profiles import BMV2, TOFINO
+from homunculus.targets.p4.rules import check_rules
+from homunculus.targets.p4.target import SwitchTarget
+from homunculus.targets.p4.twin import simulate
+
+runner = CliRunner()
+VERDICT = VerdictPlan(VerdictKind.DSCP, dscp={1: 10, 2: 46})
+
+
+def dataset(n: int = 1500, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    feats = [FeatureDecl("ttl", 8, "ipv4.ttl"), FeatureDecl("len", 16, "ipv4.total_len"),
+             FeatureDecl("proto", 8, "ipv4.protocol"), FeatureDecl("x", 5)]
+    x = np.stack([rng.integers(0, 256, n), rng.integers(0, 1 << 16, n),
+                  rng.integers(0, 256, n), rng.integers(0, 32, n)], axis=1)
+    y = (x[:, 0] // 40 + x[:, 3] + (x[:, 1] > 30000)) % 4
+    labels = [f"c{v}" for v in y]
+    cut = 2 * n // 3
+    return make_dataset(feats, x[:cut], labels[:cut], x[cut:], labels[cut:], "t")
+
+
+def trained(family: str, params: dict | None = None, ds=None):
+    ds = ds or dataset()
+    fam = get_family(family)
+    model = fam.train(params or fam.default_params(), ds.x_train, ds.y_train, ds.n_classes,
+                      ds.widths, 0)
+    return ds, model, lower(model.quantised, ds.features, ds.class_labels, VERDICT,
+                            model.winner_to_class)
+
+
+def chain(n: int, stages: int, profile=TOFINO) -> list[Device]:
+    limits = profile.default_limits().merged({"stages": stages} if stages else {})
+    return [Device(f"sw{i}", SwitchTarget(profile), limits) for i in range(n)]
+
+
+FOREST = {"rf_n_estimators": 16, "rf_max_depth": 7, "rf_min_samples_leaf": 1,
+          "rf_max_features": 0.7, "rf_leaf_bits": 4}
+
+
+def check_devices(split, archs=("tna", "v1model")) -> None:
+    """Every device's program: both architectures, the Tofino rules, entries that fit; and
+    each link's carry header laid out the same on both sides."""
+    for prog in split.programs:
+        for arch in archs:
+            text = emit_p4(prog, arch, program_name="dev")
+            check_rules(text, arch)
+            check_program(text, runtime_entries(prog, program_name="dev", arch=arch),
+                          flow=prog.flow)
+    for a, b in zip(split.programs, split.programs[1:], strict=False):
+        out, into = carry_layout(a.carry_out), carry_layout(b.carry_in)
+        assert [f["width"] for f in out["fields"]] == [f["width"] for f in into["fields"]]
+        assert out["bytes"] == into["bytes"]
+
+
+@pytest.mark.parametrize(("family", "params", "stages", "devices"), [
+    ("rf", FOREST, 12, 3), ("xgb", None, 12, 3), ("gnb", None, 5, 2), ("svm", None, 5, 2)])
+def test_a_model_split_over_a_chain_agrees_with_the_model(family, params, stages,
+                                                          devices) -> None:
+    ds, model, pipeline = trained(family, params)
+    whole = SwitchTarget(TOFINO).estimate(SwitchTarget(TOFINO).prepare(pipeline))
+    assert whole.stages > stages  # too large for one device
+    split = partition(pipeline, chain(devices, stages))
+    assert split.feasible and 2 <= split.devices <= devices
+    assert all(u.stages <= stages for u in split.usages)
+    check_devices(split)
+    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
+    assert (result.class_index == model.predict_quantised(ds.x_test)).all()
+    first, last = split.programs[0], split.programs[-1]
+    assert first.carry_out and not first.carry_in and last.carry_in and not last.carry_out
+    text = emit_p4(first, "tna", program_name="d")
+    assert "hmn_carry_out();" in text and "16w0x88B5" in text
+    text = emit_p4(last, "tna", program_name="d")
+    assert "state parse_hmn_cin" in text and "hmn_carry_strip();" in text
+    assert "hdr.hmn_cin.isValid()" in text
+
+
+def test_a_chain_too_short_is_infeasible_and_says_how_many_devices_it_needs() -> None:
+    _, _, pipeline = trained("rf", FOREST)
+    split = partition(pipeline, chain(1, 12), spare=4)
+    assert not split.feasible and split.needed >= 2
+    target = ChainTarget(tuple(chain(1, 12)))
+    assert target.estimate(pipeline).stages > target.limits().stages
+
+
+def test_boosted_trees_carry_only_the_columns_summed_so_far() -> None:
+    _, _, pipeline = trained("xgb")
+    split = partition(pipeline, chain(3, 12))
+    assert split.order in ("lowered", "by column")
+    again = {o: partition(pipeline, chain(3, 12)) for o in ("x",)}["x"]
+    assert again.header_bytes == split.header_bytes
+    for prog in split.programs[:-1]:
+        assert len(prog.carry_out) <= 4
+
+
+def test_code_compaction_keeps_a_trees_decisions() -> None:
+    ds, model, pipeline = trained("rf", FOREST)
+    tree = pipeline.lookups[3]
+    encoders, (narrow,) = compact_codes(list(pipeline.encoders), [tree])
+    assert narrow.key_width < tree.key_width
+    assert sum(len(e.entries) for e in encoders) < sum(len(e.entries)
+                                                      for e in pipeline.encoders)
+    from dataclasses import replace
+
+    from homunculus.targets.p4.twin import run_table
+
+    def outputs(encs, table):
+        env = {f.field.name: ds.x_test[:, j] for j, f in enumerate(pipeline.features)}
+        for e in encs:
+            run_table(e, env, len(ds.x_test))
+        run_table(replace(table, role=table.role), env, len(ds.x_test))
+        return [env[o.name] for o in table.outputs]
+
+    for a, b in zip(outputs(pipeline.encoders, tree), outputs(encoders, narrow), strict=True):
+        assert (a == b).all()
+
+
+def test_bmv2_chain_splits_on_entries() -> None:
+    ds, model, pipeline = trained("rf", FOREST)
+    alone = partition(pipeline, [Device("bm", SwitchTarget(BMV2), BMV2.default_limits())])
+    assert alone.devices == 1
+    cap = int(alone.usages[0].entries * 0.6)
+    limits = BMV2.default_limits().merged({"entries": cap})
+    devices = [Device(f"bm{i}", SwitchTarget(BMV2), limits) for i in range(4)]
+    split = partition(pipeline, devices)
+    assert split.feasible and split.devices >= 2
+    assert all(u.entries <= cap for u in split.usages)
+    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
+    assert (result.class_index == model.predict_quantised(ds.x_test)).all()
+
+
+def test_flow_features_split_and_agree_on_packets() -> None:
+    rng = np.random.default_rng(0)
+    table = scenario_anomaly(synthetic_background(rng, 60, 20_000_000), 0)
+    defs = [FeatureDef("len", "header", 16, field="ipv4.total_len"),
+            FeatureDef("ttl", "header", 8, field="ipv4.ttl"),
+            FeatureDef("pkts", "pkt_count", 8), FeatureDef("bytes", "byte_count", 16),
+            FeatureDef("iat", "iat", 16), FeatureDef("max", "max_len", 16)]
+    config = FlowConfig(1024, 0, 1024)
+    ds = build_traffic_dataset(table, defs, config, split="flow", test_fraction=0.3, seed=0,
+                               source="synthetic")
+    fam = get_family("rf")
+    model = fam.train(FOREST, ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
+    pipeline = lower(model.quantised, ds.features, ds.class_labels, VERDICT,
+                     model.winner_to_class)
+    from dataclasses import replace
+
+    pipeline = replace(pipeline, flow=lower_flow_features(defs, config))
+    # the flow block alone takes about seven stages: devices of 16 (a Tofino 2 has 20)
+    split = partition(pipeline, chain(3, 16, TOFINO.with_overrides({"stages": 16})))
+    assert split.feasible and split.devices >= 2
+    check_devices(split, ("tna",))
+    registers = [{r.name for r in p.flow.registers} for p in split.programs if p.flow]
+    assert registers and all("r_sig" in r for r in registers)
+    result, classified = run_split_packets(split, table)
+    values, _ = reference_features(table, defs, config)
+    assert (result.class_index == model.predict_quantised(values[classified])).all()
+    assert classified.sum() > 100
+
+
+# ----------------------------------------------------------------------------- frontends
+
+
+CHAIN_SPEC = """\
+name: split-test
+data:
+  path: {data}
+  label: device
+  features:
+    - {{name: ip_len, width: 16, field: ipv4.total_len}}
+    - {{name: ttl, width: 8, field: ipv4.ttl}}
+    - {{name: proto, width: 8, field: ipv4.protocol}}
+model:
+  name: m
+  algorithms: [gnb]
+platforms:
+  - {{name: sw1, target: tofino, constraints: {{resources: {{stages: 4}}}}}}
+  - {{name: sw2, target: tofino, constraints: {{resources: {{stages: 4}}}}}}
+{chain}search: {{trials: 3, seed: 0, cv_folds: 2}}
+"""
+
+
+def test_a_yaml_chain_compiles(tmp_path, example_csv) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(CHAIN_SPEC.format(data=example_csv, chain="chain: [sw2, sw1]\n"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "chain" and report["chain"] == ["sw2", "sw1"]
+    assert report["metrics"]["agreement"] == 1.0 and report["devices_used"] == 2
+    assert report["header_bytes"] > 0 and "split over 2 of 2" in result.output
+    doc = json.loads((out / "chain.json").read_text())
+    assert len(doc["devices"]) == report["devices_used"] >= 1
+    for d in doc["devices"]:
+        assert (out / d["directory"] / "runtime" / "entries.json").is_file()
+        text = next((out / d["directory"] / "p4").glob("*.p4")).read_text()
+        check_rules(text, "tna")
+    assert (out / "model" / "quantised.json").is_file() and (out / "report.html").is_file()
+
+
+def test_a_chain_refuses_the_users_directory(tmp_path, example_csv, monkeypatch) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(CHAIN_SPEC.format(data=example_csv, chain=""))
+    (tmp_path / "notes.txt").write_text("mine\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["compile", "s.yaml", "-o", ".", "--no-progress"])
+    assert result.exit_code == 2 and "error:" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_python_chain_compiles(tmp_path) -> None:
+    ds = dataset(600)
+
+    @DataLoader(features=[Feature("ttl", 8, field="ipv4.ttl"),
+                          Feature("len", 16, field="ipv4.total_len"),
+                          Feature("proto", 8, field="ipv4.protocol"), Feature("x", 5)])
+    def load():
+        labels = [ds.class_labels[i] for i in ds.y_train], [ds.class_labels[i]
+                                                              for i in ds.y_test]
+        return ds.x_train, labels[0], ds.x_test, labels[1]
+
+    model = Model("m", data=load, algorithms=["gnb"])
+    a, b = Platforms.BMv2(), Platforms.BMv2()
+    a.constrain(resources={"entries": 150})
+    b.constrain(resources={"entries": 150})
+    chained = Platforms.chain(a, b).schedule(model)
+    result = generate(chained, tmp_path / "out", trials=2, progress=False)
+    assert result.report["kind"] == "chain" and result.metrics["agreement"] == 1.0
+    assert result.report["devices_used"] == 2
+    with pytest.raises(SpecError, match="not a platform") as exc:
+        Platforms.chain(a, "tofino")
+    assert exc.value.field == "chain[1]" and exc.value.line is not None
+    with pytest.raises(SpecError, match="can only end a chain"):
+        Platforms.chain(Platforms.C(), a)
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(("chain_line", "field", "message"), [
+    ("chain: [sw1, sw9]\n", "chain[1]", "'sw9' is not a platform"),
+    ("chain: [sw1, sw1]\n", "chain[1]", "twice in the chain"),
+])
+def test_a_chain_with_an_unknown_platform_is_rejected(tmp_path, example_csv, chain_line,
+                                                      field, message) -> None:
+    text = CHAIN_SPEC.format(data=example_csv, chain=chain_line)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    with pytest.raises(SpecError) as exc:
+        plan_from_yaml(spec)
+    assert exc.value.field == field and message in str(exc.value)
+    assert exc.value.line == line_of(text, "chain:") and exc.value.file == str(spec)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_host_inside_a_chain_and_an_unknown_target_are_rejected(tmp_path,
+                                                                  example_csv) -> None:
+    text = CHAIN_SPEC.format(data=example_csv, chain="").replace(
+        "{name: sw1, target: tofino", "{name: sw1, target: c")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    with pytest.raises(SpecError, match="can only end a chain") as exc:
+        plan_from_yaml(spec)
+    assert exc.value.field == "platforms[0].target"
+    text = CHAIN_SPEC.format(data=example_csv, chain="").replace("target: tofino}}}}",
+                                                                 "target: tofinoo}}}}", 1)
+    text = text.replace("{name: sw2, target: tofino", "{name: sw2, target: tofinoo")
+    spec.write_text(text)
+    with pytest.raises(SpecError) as exc:
+        plan_from_yaml(spec)
+    assert exc.value.field == "platforms[1].target"
+    assert exc.value.line == line_of(text, "tofinoo")

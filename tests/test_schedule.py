@@ -502,9 +502,38 @@ def test_a_schedule_on_the_c_target_runs_only_the_models_it_must(tmp_path) -> No
     assert seen == {"media", "other"}
 
 
-def test_schedules_on_xdp_are_refused_with_a_reason(tmp_path) -> None:
+def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_path) -> None:
+    """One XDP program runs both models (BPF_PROG_TEST_RUN): the gated model only on the
+    packets its gate passes, every class and the combined verdict as the schedule's
+    reference says."""
+    from homunculus.schedule import xdp
+
     data = _two_tables(tmp_path)
     spec = tmp_path / "s.yaml"
-    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind > dev", target="xdp"))
-    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "not on xdp" in result.output
+    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind[media] > dev", target="xdp"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "xdp" and report["verification"]["agreement"] == 1.0
+    assert report["verification"]["rows"] > 0 and report["fusion"] is None
+    source = next((out / "xdp").glob("*.bpf.c")).read_text()
+    assert source.count("hmn_read_slot();") == 2  # one slot read per packet, for every model
+    assert "hmn0_meta" in source and "hmn1_meta" in source
+    kinds, devices = (report["models"][k]["class_labels"] for k in (0, 1))
+    obj, doc = xdp.load_built(out)
+    with obj:
+        assert [m["name"] for m in doc["models"]] == ["kind", "dev"]
+        rows = np.array([(ttl, 600, 900) for ttl in range(0, 256, 8)])  # ttl, port, len
+        classes, verdict = xdp.run_vectors(obj, 2, rows)
+    seen = set()
+    for (kind, dev), (_, drop, mark, dscp) in zip(classes, verdict, strict=True):
+        seen.add(kinds[kind])
+        assert (dev == -1) == (kinds[kind] != "media")  # dev runs on media only
+        assert drop == (kinds[kind] == "other")  # kind drops "other"
+        if dev >= 0:
+            expected = {"cam": 34, "tv": 26}.get(devices[dev])
+            assert (mark, dscp) == ((1, expected) if expected else (0, 0))
+    assert seen == {"media", "other"}
+
+

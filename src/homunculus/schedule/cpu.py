@@ -135,7 +135,7 @@ def estimate(schedule: CpuSchedule, target: Any) -> Usage:
 # ----------------------------------------------------------------------------- C
 
 
-def _context(schedule: CpuSchedule, stem: str, title: str) -> dict[str, Any]:
+def schedule_context(schedule: CpuSchedule, stem: str, title: str) -> dict[str, Any]:
     order = [name for name, _ in schedule.models]
     models = []
     for k, (name, program) in enumerate(schedule.models):
@@ -178,7 +178,7 @@ def emit(schedule: CpuSchedule, target: Any, out_dir: Path, program_name: str) -
         wrapper.write_text(env.get_template("model_unit.c.j2").render(
             ident=ident, comment=safe_comment(name), include=f"models/{ident}/{model_stem}.c"))
         sources.append(wrapper)
-    ctx = _context(schedule, stem, program_name)
+    ctx = schedule_context(schedule, stem, program_name)
     header = c_dir / f"{stem}.h"
     source = c_dir / f"{stem}.c"
     header.write_text(env.get_template("schedule.h.j2").render(**ctx))

@@ -5,14 +5,14 @@
    (schedule/search.py); its front of variants is rebuilt.
 2. The integer program (schedule/joint.py) picks one variant per model; on a switch the chosen
    pipelines are fused (schedule/fuse.py) and placed by the real allocation pass: a choice that
-   does not fit is cut and the program solved again. On a host (C) the models run one after the
-   other (schedule/cpu.py).
+   does not fit is cut and the program solved again. On a host (C, XDP) the models run one after
+   the other (schedule/cpu.py, schedule/xdp.py).
 3. The program is emitted, verified against the quantised models composed by the schedule (on
    feature vectors, and on packets when every model learns from traffic: schedule/verify.py),
    and moved into OUT with a report of the choice, the alternatives and the fusion.
 
-OUT holds the program (``p4/``, ``runtime/``; or ``c/``), ``pipeline.json`` (the fused pipeline),
-``schedule.json`` (the schedule's semantics), ``models/<name>/`` (each model, float and
+OUT holds the program (``p4/``, ``runtime/``; ``c/``; or ``xdp/``), ``pipeline.json`` (the fused
+pipeline), ``schedule.json`` (the schedule's semantics), ``models/<name>/`` (each model, float and
 quantised), ``resources.json``, ``report.json``, ``report.html`` and ``study.db`` (one study per
 model).
 """
@@ -35,7 +35,7 @@ from homunculus.compile import (
     profile_of,
 )
 from homunculus.data.dataset import Dataset
-from homunculus.errors import InfeasibleError, NotSupportedError
+from homunculus.errors import InfeasibleError
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.quantised import to_json
@@ -210,10 +210,6 @@ def search_schedule(plan: SchedulePlan, options: CompileOptions, seed: int,
     """Load every model's data (errors first), then search the models in schedule order."""
     first = plan.models[0]
     target, limits = make_target_and_limits(first)
-    if target.name == "xdp":
-        raise NotSupportedError(
-            f"{plan.source}: schedules run on switches (tofino, bmv2) and on the C target, not "
-            "on xdp: its program holds one model in two-slot maps that push swaps as a unit")
     budget = Budget(options.trials if options.trials is not None else plan.search.trials,
                     options.seconds if options.seconds is not None else plan.search.seconds)
     by_name = {m.model.name: m for m in plan.models}
@@ -362,10 +358,11 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
         run = run_switch(target, final.program, out, final.fused)
         n_inputs = len(final.program.features)
     else:
-        from homunculus.schedule import cpu
+        from homunculus.schedule import cpu, xdp
 
-        cpu.emit(final.program, target, out, program_name)
-        run = cpu.twin(final.program, out)
+        host = xdp if target.name == "xdp" else cpu
+        host.emit(final.program, target, out, program_name)
+        run = host.twin(final.program, out)
         n_inputs = len(final.program.features)
     check = check_features(members, node, policy, run, n_inputs, seed)
     packets = None

@@ -9,6 +9,7 @@ on the program's interface and capacity only; the model itself lives in the maps
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
@@ -17,6 +18,7 @@ from homunculus.features.headers import lookup_header_field
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
+from homunculus.ir.pipeline import FeatureInput
 from homunculus.ir.telemetry import FLOW_TABLE, RING_BYTES, TelemetryConfig
 from homunculus.targets.templating import code_env
 from homunculus.targets.xdp.layout import Capacity, even
@@ -83,12 +85,13 @@ def mask_of(width: int) -> int:
     return (1 << width) - 1
 
 
-def _feature_header(program: CpuProgram) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+def _feature_header(features: Sequence[FeatureInput]
+                    ) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
     """Copies of the features carried in the feature header (bit-packed, most significant bit
     first, in feature order, padded to a byte: the P4 feature header's layout)."""
     copies: list[dict[str, Any]] = []
     bit = 0
-    for j, feat in enumerate(program.features):
+    for j, feat in enumerate(features):
         if feat.flow or feat.header_field is not None:
             continue
         width = feat.field.width
@@ -103,10 +106,10 @@ def _feature_header(program: CpuProgram) -> tuple[list[dict[str, Any]], dict[str
     return copies, {"length": -(-bit // 8)}
 
 
-def _header_copies(program: CpuProgram) -> tuple[list[dict[str, Any]], set[str]]:
+def _header_copies(features: Sequence[FeatureInput]) -> tuple[list[dict[str, Any]], set[str]]:
     copies: list[dict[str, Any]] = []
     required: set[str] = set()
-    for j, feat in enumerate(program.features):
+    for j, feat in enumerate(features):
         if feat.flow or feat.header_field is None:
             continue
         try:
@@ -119,6 +122,20 @@ def _header_copies(program: CpuProgram) -> tuple[list[dict[str, Any]], set[str]]
             required.add(header)
         copies.append({"idx": j, "expr": expr, "mask": feat.field.max_value})
     return copies, required
+
+
+def packet_features_context(features: Sequence[FeatureInput]) -> dict[str, Any]:
+    """What features.c.j2 renders from: the feature header (if features are carried in one),
+    the headers a packet must carry, and every header or carried feature's copy."""
+    copies, required = _header_copies(features)
+    carried, feature_header = _feature_header(features)
+    if feature_header is not None:
+        required.add("fh")
+    if "tcp" in required and ("udp" in required or "fh" in required):
+        raise ValueError("features need both TCP and UDP (or feature-header) fields; "
+                         "no packet carries both")
+    return {"feature_header": feature_header, "feature_udp_port": FEATURE_UDP_PORT,
+            "required": sorted(required), "copies": copies + carried}
 
 
 def _check_register(r: Register) -> None:
@@ -224,34 +241,10 @@ def model_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
     return ctx
 
 
-def _check_trace(trace: int) -> None:
-    if trace and (trace & (trace - 1) or not 1 <= trace <= TRACE_MAX):
-        raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
-
-
-def build_context(program: CpuProgram, cap: Capacity, *, name: str,
-                  trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
-    """The plain dict the template renders from (``trace``: entries of the debug trace map,
-    0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
-    _check_trace(trace)
-    copies, required = _header_copies(program)
-    carried, feature_header = _feature_header(program)
-    if feature_header is not None:
-        required.add("fh")
-    if "tcp" in required and ("udp" in required or "fh" in required):
-        raise ValueError("features need both TCP and UDP (or feature-header) fields; "
-                         "no packet carries both")
+def model_section_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
+    """What model.c.j2 renders one model from: its dimensions and its model's."""
     kp, vw = cap.meta_words()
     return {
-        "comment": {
-            "program": safe_comment(name),
-            "verdict_kind": safe_comment(str(program.verdict_kind)),
-            "labels": [safe_comment(label) for label in program.class_labels],
-            "features": [safe_comment(f"{f.name} ({f.field.width} bits)")
-                         for f in program.features],
-            "capacity": safe_comment(", ".join(f"{k} {v}" for k, v in cap.as_json().items()
-                                               if k not in ("feature_widths",) and v)),
-        },
         "n_features": cap.n_features,
         "x_slots": cap.x_slots,
         "score_slots": cap.score_slots,
@@ -263,12 +256,32 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
             "size": cap.categories, "feature": cap.cat_feature,
             "steps": [cap.categories >> k for k in range(1, cap.categories.bit_length())]},
         "model": model_context(program, cap),
+    }
+
+
+def _check_trace(trace: int) -> None:
+    if trace and (trace & (trace - 1) or not 1 <= trace <= TRACE_MAX):
+        raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
+
+
+def build_context(program: CpuProgram, cap: Capacity, *, name: str,
+                  trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
+    """The plain dict the template renders from (``trace``: entries of the debug trace map,
+    0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
+    _check_trace(trace)
+    return model_section_context(program, cap) | {
+        "comment": {
+            "program": safe_comment(name),
+            "verdict_kind": safe_comment(str(program.verdict_kind)),
+            "labels": [safe_comment(label) for label in program.class_labels],
+            "features": [safe_comment(f"{f.name} ({f.field.width} bits)")
+                         for f in program.features],
+            "capacity": safe_comment(", ".join(f"{k} {v}" for k, v in cap.as_json().items()
+                                               if k not in ("feature_widths",) and v)),
+        },
         "flow": flow_context(program, TELEMETRY_MAPS if telemetry else 0),
         "crc_table": crc_table_rows(),
-        "feature_header": feature_header,
-        "feature_udp_port": FEATURE_UDP_PORT,
-        "required": sorted(required),
-        "copies": copies + carried,
+        **packet_features_context(program.features),
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
         "trace": trace,

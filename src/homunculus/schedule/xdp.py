@@ -1,0 +1,172 @@
+"""Schedules on XDP: one eBPF program running several models by the schedule's semantics.
+
+The composition is the C target's (schedule/cpu.py: the union of the models' inputs, each
+model's ``ran`` table indexed by the classes before it, one verdict table indexed by every
+model's class or "not run"). Here each model is the XDP target's own section (model.c.j2: its
+scratch, its two-slot parameter maps and its classification) with every identifier under the
+prefix ``hmn<k>_``; the program parses the packet once (parse.c.j2), copies the union of the
+features once (features.c.j2) and runs the models in schedule order, each only where the
+schedule runs it.
+
+**One snapshot per packet.** The program has one ``hmn_active`` selector for every model's maps.
+A packet reads it once and uses that slot for every model, so a flip changes all models
+together: no packet ever sees one model's old parameters with another's new ones. At load every
+model's slot 0 is written before ``hmn_active`` is set. (``homunculus push`` takes one model's
+compile: it refuses a schedule's, see deploy.py.)
+
+Flow state is not shared across models here: a model keeping flow state is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from homunculus.errors import NotSupportedError
+from homunculus.ir.cpu import CpuProgram
+from homunculus.ir.dense import QMLP
+from homunculus.ir.names import safe_comment
+from homunculus.schedule.cpu import CpuSchedule, schedule_context
+from homunculus.targets.xdp.build import build_source
+from homunculus.targets.xdp.codegen import (
+    FIXED_MAPS,
+    MAX_MAPS,
+    model_section_context,
+    packet_features_context,
+    template_env,
+)
+from homunculus.targets.xdp.loader import BpfError, BpfMap, BpfObject, load_object, prog_test_run
+from homunculus.targets.xdp.runner import VEC_OFFSET, VEC_PROG, vector_frame
+from homunculus.targets.xdp.snapshot import read_snapshot, snapshot_of, write_slot
+from homunculus.targets.xdp.target import object_stem
+
+FORMAT = "homunculus-xdp-schedule/1"
+VERDICT_FIELDS = ("verdict_port", "verdict_drop", "verdict_mark", "verdict_dscp")
+SHARED_MAPS = 4
+"""The schedule's own maps: the active slot, the counters, the statistics, the scratch."""
+
+
+def prefix(k: int) -> str:
+    """The identifier prefix of model ``k``'s section (its maps are ``hmn<k>_meta``, ...)."""
+    return f"hmn{k}_"
+
+
+def model_maps(program: CpuProgram) -> int:
+    """Maps one model's section uses: scratch, meta and parameters (and an MLP's activations)."""
+    return 4 if isinstance(program.model, QMLP) else 3
+
+
+def check_schedule(schedule: CpuSchedule) -> None:
+    """NotSupportedError for what one XDP program cannot run: flow state, too many maps."""
+    for name, program in schedule.models:
+        if program.flow is not None or any(f.flow for f in program.features):
+            raise NotSupportedError(
+                f"model '{safe_comment(name)}' keeps flow state: schedules on xdp run models "
+                "on header and carried features only (flow registers are not shared between "
+                "models there; use the c, bmv2 or tofino target)")
+    used = FIXED_MAPS - 1 + SHARED_MAPS + sum(model_maps(p) for _, p in schedule.models)
+    if used > MAX_MAPS:
+        raise NotSupportedError(f"the schedule's {len(schedule.models)} models need {used} maps; "
+                                f"a BPF program may use at most {MAX_MAPS}")
+
+
+@dataclass(frozen=True)
+class Prefixed:
+    """One model's maps of a schedule's program under the names a single model's program uses
+    (``hmn_meta`` is ``hmn<k>_meta``), so snapshot.py writes them unchanged."""
+
+    maps: Any  # a BpfObject or Pinned
+    prefix: str
+
+    def map(self, name: str) -> BpfMap:
+        if name.startswith("hmn_") and name != "hmn_active":
+            name = self.prefix + name[len("hmn_"):]
+        return self.maps.map(name)
+
+
+def context(schedule: CpuSchedule, target: Any, title: str) -> dict[str, Any]:
+    """What hmn_sched.bpf.c.j2 renders from: the C schedule's tables and, per model, its
+    section rendered under its prefix."""
+    ctx = schedule_context(schedule, "hmn_sched", title)
+    section = template_env().get_template("model.c.j2")
+    for k, (_, program) in enumerate(schedule.models):
+        cap = target.capacity(program)
+        ctx["models"][k]["code"] = section.render(
+            **model_section_context(program, cap), px=prefix(k), PX=prefix(k).upper())
+    ctx |= packet_features_context(schedule.features)
+    ctx["u_slots"] = max(len(schedule.features), 1)
+    ctx["masks"] = [f.field.max_value for f in schedule.features]
+    return ctx
+
+
+def emit(schedule: CpuSchedule, target: Any, out_dir: Path, program_name: str) -> dict[str, Path]:
+    """``xdp/<stem>.bpf.c`` and its object, and ``xdp/schedule.json``: every model's snapshot
+    (its CPU program and capacity) in schedule order with the object's name."""
+    check_schedule(schedule)
+    stem = object_stem(program_name)
+    text = template_env().get_template("hmn_sched.bpf.c.j2").render(
+        **context(schedule, target, program_name))
+    source, obj = build_source(text, out_dir / "xdp", stem)
+    doc = {"format": FORMAT, "object": obj.name, "program": stem,
+           "models": [{"name": name, "prefix": prefix(k), "labels": list(p.class_labels),
+                       "snapshot": snapshot_of(p, target.capacity(p))}
+                      for k, (name, p) in enumerate(schedule.models)]}
+    path = out_dir / "xdp" / "schedule.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return {"bpf_c": source, "bpf_o": obj, "schedule": path}
+
+
+def install(obj: Any, doc: dict[str, Any]) -> None:
+    """First load, before any packet runs: every model's slot 0, then the one active slot."""
+    for entry in doc["models"]:
+        program, cap = read_snapshot(entry["snapshot"])
+        write_slot(Prefixed(obj, entry["prefix"]), program, cap, 0)
+    obj.map("hmn_active").update_u32(0, 0)
+
+
+def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:
+    """Load ``out_dir/xdp``'s schedule object with every model installed (slot 0)."""
+    doc = json.loads((out_dir / "xdp" / "schedule.json").read_text())
+    if doc.get("format") != FORMAT:
+        raise BpfError(f"{out_dir / 'xdp' / 'schedule.json'}: not a schedule of this version", 0)
+    obj = load_object(out_dir / "xdp" / doc["object"])
+    try:
+        install(obj, doc)
+    except BaseException:
+        obj.close()
+        raise
+    return obj, doc
+
+
+def run_vectors(obj: BpfObject, n_models: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of union features (BPF_PROG_TEST_RUN on ``hmn_xdp_vec``): every model's class
+    (-1: not run) and the combined verdict (port, drop, mark, dscp)."""
+    x = np.asarray(x, dtype=np.int64)
+    fd = obj.prog_fd(VEC_PROG)
+    n_out = n_models + len(VERDICT_FIELDS)
+    start = VEC_OFFSET + 8 * x.shape[1]
+    out = np.zeros((len(x), n_out), dtype=np.int64)
+    for i, row in enumerate(x):
+        run = prog_test_run(fd, vector_frame(row, n_out))
+        out[i] = struct.unpack_from(f"<{n_out}q", run.data, start)
+    return out[:, :n_models], out[:, n_models:]
+
+
+def twin(schedule: CpuSchedule, out_dir: Path):  # noqa: ANN201  (rows -> classes, fields)
+    """The built program in the kernel: rows of the schedule's inputs -> classes per model
+    (-1 where it did not run) and the verdict fields."""
+    order = [name for name, _ in schedule.models]
+
+    def run(x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        obj, _ = load_built(out_dir)
+        with obj:
+            classes, verdict = run_vectors(obj, len(order), x)
+        return ({m: classes[:, k] for k, m in enumerate(order)},
+                {f: verdict[:, j] for j, f in enumerate(VERDICT_FIELDS)})
+
+    return run

@@ -518,7 +518,8 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
     assert report["target"] == "xdp" and report["verification"]["agreement"] == 1.0
     assert report["verification"]["rows"] > 0 and report["fusion"] is None
     source = next((out / "xdp").glob("*.bpf.c")).read_text()
-    assert source.count("hmn_read_slot();") == 2  # one slot read per packet, for every model
+    # one active-slot selector, read once per packet and passed to every model's maps
+    assert source.count("&hmn_active") == 1 and "hmn0_active" not in source
     assert "hmn0_meta" in source and "hmn1_meta" in source
     kinds, devices = (report["models"][k]["class_labels"] for k in (0, 1))
     obj, doc = xdp.load_built(out)

@@ -98,6 +98,7 @@ def context(schedule: CpuSchedule, target: Any, title: str) -> dict[str, Any]:
         cap = target.capacity(program)
         ctx["models"][k]["code"] = section.render(
             **model_section_context(program, cap), px=prefix(k), PX=prefix(k).upper())
+        ctx["models"][k]["masks"] = [f.field.max_value for f in program.features]
     ctx |= packet_features_context(schedule.features)
     ctx["u_slots"] = max(len(schedule.features), 1)
     ctx["masks"] = [f.field.max_value for f in schedule.features]
@@ -157,9 +158,21 @@ def run_vectors(obj: BpfObject, n_models: int, x: np.ndarray) -> tuple[np.ndarra
     return out[:, :n_models], out[:, n_models:]
 
 
+def run_alone(obj: BpfObject, k: int, x: np.ndarray) -> np.ndarray:
+    """Model ``k``'s section alone (``hmn_xdp_vec<k>``) on rows of its own features: its class."""
+    x = np.asarray(x, dtype=np.int64)
+    fd = obj.prog_fd(f"{VEC_PROG}{k}")
+    out = np.zeros(len(x), dtype=np.int64)
+    for i, row in enumerate(x):
+        run = prog_test_run(fd, vector_frame(row, 1))
+        out[i] = struct.unpack_from("<q", run.data, VEC_OFFSET + 8 * x.shape[1])[0]
+    return out
+
+
 def twin(schedule: CpuSchedule, out_dir: Path):  # noqa: ANN201  (rows -> classes, fields)
     """The built program in the kernel: rows of the schedule's inputs -> classes per model
-    (-1 where it did not run) and the verdict fields."""
+    (-1 where it did not run) and the verdict fields; ``run.alone(model, rows)``: one model's
+    section on its own feature rows."""
     order = [name for name, _ in schedule.models]
 
     def run(x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -169,4 +182,10 @@ def twin(schedule: CpuSchedule, out_dir: Path):  # noqa: ANN201  (rows -> classe
         return ({m: classes[:, k] for k, m in enumerate(order)},
                 {f: verdict[:, j] for j, f in enumerate(VERDICT_FIELDS)})
 
+    def alone(name: str, x: np.ndarray) -> np.ndarray:
+        obj, _ = load_built(out_dir)
+        with obj:
+            return run_alone(obj, order.index(name), x)
+
+    run.alone = alone  # type: ignore[attr-defined]
     return run

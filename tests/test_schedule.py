@@ -506,6 +506,7 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
     """One XDP program runs both models (BPF_PROG_TEST_RUN): the gated model only on the
     packets its gate passes, every class and the combined verdict as the schedule's
     reference says."""
+    from homunculus.deploy import DeployError, compiled_snapshot
     from homunculus.schedule import xdp
 
     data = _two_tables(tmp_path)
@@ -536,5 +537,45 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
             expected = {"cam": 34, "tv": 26}.get(devices[dev])
             assert (mark, dscp) == ((1, expected) if expected else (0, 0))
     assert seen == {"media", "other"}
+    with pytest.raises(DeployError, match="a schedule's XDP program"):
+        compiled_snapshot(out)  # deploy and push refuse it with a reason
+
+
+FLOW_SCHEDULE_SPEC = """\
+name: flows
+models:
+  - name: ad
+    algorithms: [dt]
+    verdict: {{kind: drop, drop: [syn_flood]}}
+    traffic:
+      background: {{flows: 40, seconds: 5, seed: 1}}
+      labels: {{kind: attacks, scenario: anomaly, seed: 0}}
+      features:
+        - {{name: ip_len, kind: header, field: ipv4.total_len, width: 16}}
+        - {{name: pkts, kind: pkt_count, width: 8}}
+      flow: {{slots: 256}}
+  - name: dev
+    algorithms: [dt]
+    data:
+      path: {data}
+      label: device
+      features:
+        - {{name: len, width: 16, field: ipv4.total_len}}
+schedule: "ad | dev"
+platform: {{target: xdp}}
+search: {{trials: 2, seed: 0}}
+"""
+
+
+def test_a_schedule_on_xdp_refuses_flow_state_before_searching(tmp_path) -> None:
+    spec = tmp_path / "f.yaml"
+    spec.write_text(FLOW_SCHEDULE_SPEC.format(data=_two_tables(tmp_path)))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", "")
+    assert str(spec) in text and "models[0] ('ad')" in text and "'pkts'" in text
+    assert "schedules on xdp" in text
+    assert not out.exists() or not any(out.iterdir())
 
 

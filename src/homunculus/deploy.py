@@ -112,6 +112,10 @@ def check_name(name: str) -> str:
 def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
     """OUT/xdp/snapshot.json, checked: a clear DeployError for anything missing or corrupt."""
     path = Path(out_dir) / "xdp" / "snapshot.json"
+    if (Path(out_dir) / "xdp" / "schedule.json").is_file():
+        raise DeployError(f"{out_dir}: a schedule's XDP program (xdp/schedule.json): deploy and "
+                          "push take one model's compile; schedules are verified in the kernel "
+                          "at compile time but not deployed by this command yet")
     if not path.is_file():
         raise DeployError(f"{out_dir}: not compiled for xdp (no {path}); compile with "
                           "'target: xdp'")

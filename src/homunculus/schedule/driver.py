@@ -35,7 +35,8 @@ from homunculus.compile import (
     profile_of,
 )
 from homunculus.data.dataset import Dataset
-from homunculus.errors import InfeasibleError
+from homunculus.errors import InfeasibleError, NotSupportedError
+from homunculus.features.library import FLOW_KINDS
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.quantised import to_json
@@ -120,6 +121,18 @@ def check_gate(plan: SchedulePlan, name: str, labels: tuple[str, ...]) -> None:
                 raise plan.error("schedule", f"the gate on '{r.name}' names class '{g}', which "
                                              f"is not a label of its data (labels: "
                                              f"{list(labels)})")
+
+
+def check_no_flow_state(plan: SchedulePlan, name: str, dataset: Dataset) -> None:
+    """Schedules on xdp share no flow registers between models (schedule/xdp.py): a model with
+    flow features is refused before any search."""
+    flow = [f.name for f in dataset.features if f.kind in FLOW_KINDS]
+    if flow:
+        index = [m.model.name for m in plan.models].index(name)
+        raise NotSupportedError(
+            f"{plan.source}: models[{index}] ('{name}') reads the flow feature(s) "
+            f"{', '.join(repr(f) for f in flow[:4])}: schedules on xdp run models on header and "
+            "carried features only (use the c, bmv2 or tofino target, or drop those features)")
 
 
 def make_policy(plan: SchedulePlan, first: ModelPlan) -> Policy:
@@ -221,6 +234,8 @@ def search_schedule(plan: SchedulePlan, options: CompileOptions, seed: int,
     loaded = {name: by_name[name].load_data() for name in order}  # every data error first
     for name in order:
         check_gate(plan, name, loaded[name].class_labels)
+        if target.name == "xdp":
+            check_no_flow_state(plan, name, loaded[name])
     storage.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order):
         mp = by_name[name]

@@ -506,8 +506,14 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
     """One XDP program runs both models (BPF_PROG_TEST_RUN): the gated model only on the
     packets its gate passes, every class and the combined verdict as the schedule's
     reference says."""
+    import struct
+
     from homunculus.deploy import DeployError, compiled_snapshot
     from homunculus.schedule import xdp
+    from homunculus.targets.xdp.loader import prog_test_run
+    from homunculus.targets.xdp.runner import pinned_to_one_cpu
+
+    XDP_DROP, XDP_PASS = 1, 2
 
     data = _two_tables(tmp_path)
     spec = tmp_path / "s.yaml"
@@ -537,8 +543,33 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
             expected = {"cam": 34, "tv": 26}.get(devices[dev])
             assert (mark, dscp) == ((1, expected) if expected else (0, 0))
     assert seen == {"media", "other"}
+    # packets through the parser (hmn_xdp): the same classes, action and DSCP as the vectors
+    with xdp.load_built(out)[0] as obj, pinned_to_one_cpu() as cpu:
+        fd = obj.prog_fd("hmn_xdp")
+        for (ttl, port, length), want, (_, drop, mark, dscp) in zip(rows, classes, verdict,
+                                                                     strict=True):
+            run = prog_test_run(fd, _schedule_frame(ttl, port, length))
+            scratch = obj.map("hmn_sched").lookup(0)[cpu]
+            got = struct.unpack_from("<2q", scratch, 8 * 3)  # after u[3]: cls[2]
+            assert list(got) == list(want)
+            assert run.retval == (XDP_DROP if drop else XDP_PASS)
+            if not drop:
+                assert run.data[15] >> 2 == (dscp if mark else 0)
     with pytest.raises(DeployError, match="a schedule's XDP program"):
         compiled_snapshot(out)  # deploy and push refuse it with a reason
+
+
+def _schedule_frame(ttl: int, port: int, length: int) -> bytes:
+    """An IPv4/UDP frame with ``ttl`` and total length ``length``, carrying ``port`` in the
+    feature header (UDP port 0x4D4C: the features bound to no header field, bit-packed)."""
+    from homunculus.targets.xdp.runner import packet_frame
+
+    row = {"ip_src": 0x0A000001, "ip_dst": 0x0A000002, "eth_type": 0x0800, "has_ipv4": True,
+           "ip_ihl": 5, "ip_proto": 17, "ip_total_len": length, "ip_diffserv": 0, "ip_id": 1,
+           "ip_frag_offset": 0, "ip_ttl": ttl, "has_tcp": False, "has_udp": True,
+           "src_port": 1234, "dst_port": 0x4D4C, "udp_len": 10, "wire_len": 0}
+    frame = packet_frame(row)
+    return frame[:42] + int(port).to_bytes(2, "big") + frame[44:]
 
 
 FLOW_SCHEDULE_SPEC = """\

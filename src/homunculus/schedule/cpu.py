@@ -11,8 +11,7 @@ the models' inputs (the same header field, flow quantity or carried name is one 
 model reading an upstream class gets it from that model's result.
 
 The estimate adds up the models' latencies (every model running: the worst case) and memory.
-XDP does not run schedules: its program holds one model in two-slot maps that ``push`` swaps as
-a unit; several models would need several such slots swapped together.
+XDP runs the same composition in one eBPF program (schedule/xdp.py).
 """
 
 from __future__ import annotations

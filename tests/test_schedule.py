@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -557,6 +558,48 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
                 assert run.data[15] >> 2 == (dscp if mark else 0)
     with pytest.raises(DeployError, match="a schedule's XDP program"):
         compiled_snapshot(out)  # deploy and push refuse it with a reason
+
+
+def _class_swapped(program, classes: int):
+    """``program`` with its classes' order reversed (its winners' verdict rows' class column)."""
+    verdict = tuple((classes - 1 - row[0], *row[1:]) for row in program.verdict)
+    return dataclasses.replace(program, verdict=verdict)
+
+
+def test_a_push_to_an_xdp_schedule_flips_every_model_at_once(tmp_path) -> None:
+    """Every model's standby slot is written first (packets still see the old models, all of
+    them), then one flip of the shared selector changes every model together."""
+    from homunculus.schedule import xdp
+    from homunculus.targets.xdp.layout import Capacity
+    from homunculus.targets.xdp.snapshot import read_snapshot, write_slot
+
+    data = _two_tables(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind | dev", target="xdp")
+                    .replace("        - {name: kind_class, width: 1, model: kind}\n", ""))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = np.array([(ttl, 600, length) for ttl in range(0, 256, 16)
+                     for length in (100, 900)])
+    obj, doc = xdp.load_built(out)
+    with obj:
+        before = xdp.run_vectors(obj, 2, rows)[0]
+        old = [read_snapshot(m["snapshot"]) for m in doc["models"]]
+        sizes = [len(m["labels"]) for m in doc["models"]]
+        new = [_class_swapped(p, n) for (p, _), n in zip(old, sizes, strict=True)]
+        write_slot(xdp.Prefixed(obj, "hmn0_"), new[0], old[0][1], 1)  # one standby slot only
+        assert (xdp.run_vectors(obj, 2, rows)[0] == before).all()  # no packet sees a mix
+        assert xdp.push(obj, new, [c for _, c in old], grace_s=0) == 1
+        after = xdp.run_vectors(obj, 2, rows)[0]
+        assert (after == np.array(sizes) - 1 - before).all()  # both models, together
+        assert len(set(before[:, 0])) == 2 and len(set(before[:, 1])) > 1
+        assert xdp.push(obj, [p for p, _ in old], [c for _, c in old], grace_s=0) == 0
+        assert (xdp.run_vectors(obj, 2, rows)[0] == before).all()
+        small = Capacity.from_json(old[0][1].as_json() | {"trees": 0})
+        with pytest.raises(xdp.SnapshotError):  # does not fit: nothing written, no flip
+            xdp.push(obj, new, [small, old[1][1]], grace_s=0)
+        assert (xdp.run_vectors(obj, 2, rows)[0] == before).all()
 
 
 def _schedule_frame(ttl: int, port: int, length: int) -> bytes:

@@ -11,8 +11,10 @@ schedule runs it.
 **One snapshot per packet.** The program has one ``hmn_active`` selector for every model's maps.
 A packet reads it once and uses that slot for every model, so a flip changes all models
 together: no packet ever sees one model's old parameters with another's new ones. At load every
-model's slot 0 is written before ``hmn_active`` is set. (``homunculus push`` takes one model's
-compile: it refuses a schedule's, see deploy.py.)
+model's slot 0 is written before ``hmn_active`` is set; :func:`push` writes every model's standby
+slot, then flips ``hmn_active`` once. (The ``homunculus deploy``/``push`` commands take one
+model's compile and refuse a schedule's, see deploy.py.) The combined verdict table is the
+compile's: a push changes the models' parameters, with the same classes and verdicts.
 
 Flow state is not shared across models here: a model keeping flow state is refused.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,18 @@ from homunculus.targets.xdp.codegen import (
     packet_features_context,
     template_env,
 )
+from homunculus.targets.xdp.layout import Capacity, CapacityError, check_fits
 from homunculus.targets.xdp.loader import BpfError, BpfMap, BpfObject, load_object, prog_test_run
 from homunculus.targets.xdp.runner import VEC_OFFSET, VEC_PROG, vector_frame
-from homunculus.targets.xdp.snapshot import read_snapshot, snapshot_of, write_slot
+from homunculus.targets.xdp.snapshot import (
+    GRACE_S,
+    SnapshotError,
+    active_slot,
+    check_program_maps,
+    read_snapshot,
+    snapshot_of,
+    write_slot,
+)
 from homunculus.targets.xdp.target import object_stem
 
 FORMAT = "homunculus-xdp-schedule/1"
@@ -128,6 +140,31 @@ def install(obj: Any, doc: dict[str, Any]) -> None:
         program, cap = read_snapshot(entry["snapshot"])
         write_slot(Prefixed(obj, entry["prefix"]), program, cap, 0)
     obj.map("hmn_active").update_u32(0, 0)
+
+
+def push(maps: Any, programs: list[CpuProgram], capacities: list[Capacity], *,
+         grace_s: float = GRACE_S) -> int:
+    """Install new models (one per model of the schedule, in schedule order) without mixing:
+    check that every one fits its section, wait ``grace_s`` (packets that read the old active
+    slot before the last flip), write every model's standby slot, then flip ``hmn_active``
+    once. Returns the new active slot; on an error before the flip the active slot (every
+    model's parameters in it) is untouched."""
+    if len(programs) != len(capacities):
+        raise SnapshotError("one model and one capacity per model of the schedule")
+    views = [Prefixed(maps, prefix(k)) for k in range(len(programs))]
+    for view, program, cap in zip(views, programs, capacities, strict=True):
+        try:
+            check_fits(program, cap)
+        except CapacityError as exc:
+            raise SnapshotError(str(exc)) from None
+        check_program_maps(view, cap)
+    standby = 1 - active_slot(maps)
+    if grace_s > 0:
+        time.sleep(grace_s)
+    for view, program, cap in zip(views, programs, capacities, strict=True):
+        write_slot(view, program, cap, standby)
+    maps.map("hmn_active").update_u32(0, standby)
+    return standby
 
 
 def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:

@@ -470,17 +470,24 @@ def test_a_class_feature_cycle_and_unknown_models_are_rejected(tmp_path) -> None
         plan_from_yaml(spec)
 
 
+def _compiled(tmp_path: Path, schedule: str, target: str, edit=lambda text: text
+              ) -> tuple[Path, dict]:
+    """The two-table schedule compiled for ``target`` (``edit``: a change to the spec's text):
+    OUT and its report."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(edit(SCHEDULE_SPEC.format(data=_two_tables(tmp_path), schedule=schedule,
+                                              target=target)))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "report.json").read_text())
+
+
 def test_a_schedule_on_the_c_target_runs_only_the_models_it_must(tmp_path) -> None:
     """On a host the models run one after the other and only when the schedule runs them."""
     import ctypes
 
-    data = _two_tables(tmp_path)
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind[media] > dev", target="c"))
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    out, report = _compiled(tmp_path, "kind[media] > dev", "c")
     assert report["verification"]["agreement"] == 1.0 and report["fusion"] is None
     lib = ctypes.CDLL(str(next((out / "c").glob("libhmn_*.so"))))
 
@@ -516,13 +523,7 @@ def test_a_schedule_on_xdp_runs_in_the_kernel_only_where_the_schedule_runs(tmp_p
 
     XDP_DROP, XDP_PASS = 1, 2
 
-    data = _two_tables(tmp_path)
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind[media] > dev", target="xdp"))
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    out, report = _compiled(tmp_path, "kind[media] > dev", "xdp")
     assert report["target"] == "xdp" and report["verification"]["agreement"] == 1.0
     assert report["verification"]["rows"] > 0 and report["fusion"] is None
     source = next((out / "xdp").glob("*.bpf.c")).read_text()
@@ -573,13 +574,8 @@ def test_a_push_to_an_xdp_schedule_flips_every_model_at_once(tmp_path) -> None:
     from homunculus.targets.xdp.layout import Capacity
     from homunculus.targets.xdp.snapshot import read_snapshot, write_slot
 
-    data = _two_tables(tmp_path)
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind | dev", target="xdp")
-                    .replace("        - {name: kind_class, width: 1, model: kind}\n", ""))
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
+    out, _ = _compiled(tmp_path, "kind | dev", "xdp", lambda text: text.replace(
+        "        - {name: kind_class, width: 1, model: kind}\n", ""))
     rows = np.array([(ttl, 600, length) for ttl in range(0, 256, 16)
                      for length in (100, 900)])
     obj, doc = xdp.load_built(out)

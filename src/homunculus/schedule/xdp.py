@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,13 @@ from homunculus.targets.xdp.codegen import (
     packet_features_context,
     template_env,
 )
-from homunculus.targets.xdp.layout import Capacity, CapacityError, check_fits
-from homunculus.targets.xdp.loader import BpfError, BpfMap, BpfObject, load_object, prog_test_run
-from homunculus.targets.xdp.runner import VEC_OFFSET, VEC_PROG, vector_frame
+from homunculus.targets.xdp.layout import Capacity
+from homunculus.targets.xdp.loader import BpfError, BpfMap, BpfObject, prog_test_run
+from homunculus.targets.xdp.runner import VEC_OFFSET, VEC_PROG, load_installed, vector_frame
 from homunculus.targets.xdp.snapshot import (
     GRACE_S,
     SnapshotError,
-    active_slot,
-    check_program_maps,
+    push_all,
     read_snapshot,
     snapshot_of,
     write_slot,
@@ -151,20 +149,9 @@ def push(maps: Any, programs: list[CpuProgram], capacities: list[Capacity], *,
     model's parameters in it) is untouched."""
     if len(programs) != len(capacities):
         raise SnapshotError("one model and one capacity per model of the schedule")
-    views = [Prefixed(maps, prefix(k)) for k in range(len(programs))]
-    for view, program, cap in zip(views, programs, capacities, strict=True):
-        try:
-            check_fits(program, cap)
-        except CapacityError as exc:
-            raise SnapshotError(str(exc)) from None
-        check_program_maps(view, cap)
-    standby = 1 - active_slot(maps)
-    if grace_s > 0:
-        time.sleep(grace_s)
-    for view, program, cap in zip(views, programs, capacities, strict=True):
-        write_slot(view, program, cap, standby)
-    maps.map("hmn_active").update_u32(0, standby)
-    return standby
+    parts = [(Prefixed(maps, prefix(k)), program, cap)
+             for k, (program, cap) in enumerate(zip(programs, capacities, strict=True))]
+    return push_all(maps, parts, grace_s=grace_s)
 
 
 def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:
@@ -172,13 +159,7 @@ def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:
     doc = json.loads((out_dir / "xdp" / "schedule.json").read_text())
     if doc.get("format") != FORMAT:
         raise BpfError(f"{out_dir / 'xdp' / 'schedule.json'}: not a schedule of this version", 0)
-    obj = load_object(out_dir / "xdp" / doc["object"])
-    try:
-        install(obj, doc)
-    except BaseException:
-        obj.close()
-        raise
-    return obj, doc
+    return load_installed(out_dir / "xdp" / doc["object"], doc, install), doc
 
 
 def run_vectors(obj: BpfObject, n_models: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,19 @@ def load_built(out_dir: Path) -> tuple[BpfObject, dict[str, Any]]:
     """Load ``out_dir/xdp/<name>.bpf.o`` and install ``out_dir/xdp/snapshot.json`` (slot 0)."""
     snapshot = json.loads((out_dir / "xdp" / "snapshot.json").read_text())
     read_snapshot(snapshot)
-    obj = load_object(out_dir / "xdp" / snapshot["object"])
+    return load_installed(out_dir / "xdp" / snapshot["object"], snapshot, install), snapshot
+
+
+def load_installed(path: Path, data: dict[str, Any],
+                   install_into: Callable[[BpfObject, dict[str, Any]], None]) -> BpfObject:
+    """Load the object at ``path`` and ``install_into(obj, data)`` (closed again on error)."""
+    obj = load_object(path)
     try:
-        install(obj, snapshot)
+        install_into(obj, data)
     except BaseException:
         obj.close()
         raise
-    return obj, snapshot
+    return obj
 
 
 @contextlib.contextmanager

@@ -252,15 +252,25 @@ def push(maps: MapSource, program: CpuProgram, cap: Capacity, *,
     fits, wait ``grace_s``, write the standby slot completely (and, in telemetry builds, its
     model ``version``), then flip ``hmn_active``. Returns the new active slot; on any error the
     active slot is untouched."""
-    try:
-        check_fits(program, cap)
-    except CapacityError as exc:
-        raise SnapshotError(str(exc)) from None
-    check_program_maps(maps, cap)
+    return push_all(maps, [(maps, program, cap)], grace_s=grace_s, version=version)
+
+
+def push_all(maps: MapSource, parts: list[tuple[MapSource, CpuProgram, Capacity]], *,
+             grace_s: float = GRACE_S, version: int | None = None) -> int:
+    """:func:`push` of several models at once (a schedule's: each part is one model's maps,
+    its program and its capacity): every part is checked, then every standby slot written,
+    then ``hmn_active`` (one for all of them) flipped once."""
+    for view, program, cap in parts:
+        try:
+            check_fits(program, cap)
+        except CapacityError as exc:
+            raise SnapshotError(str(exc)) from None
+        check_program_maps(view, cap)
     standby = 1 - active_slot(maps)
     if grace_s > 0:
         time.sleep(grace_s)  # packets that read the old active slot before the last flip
-    write_slot(maps, program, cap, standby)
+    for view, program, cap in parts:
+        write_slot(view, program, cap, standby)
     if version is not None and has_map(maps, "hmn_version"):
         maps.map("hmn_version").update_u32(standby, version)
     maps.map("hmn_active").update_u32(0, standby)

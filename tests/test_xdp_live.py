@@ -572,3 +572,49 @@ def test_cli_errors_exit_2(packets: pd.DataFrame, tmp_path: Path,
     finally:
         with contextlib.suppress(Exception):
             deploy_mod.undeploy(name)
+
+
+def test_a_schedule_deploys_counts_pushes_and_undeploys(tmp_path: Path) -> None:
+    """A schedule's program on a live interface: counters per verdict-table index (every
+    model's class or not run) as the kernel test entry predicts, a push of the same schedule
+    flips every model at once, a push of one model's compile is refused."""
+    from test_schedule import _compiled, _schedule_frame
+
+    from homunculus.schedule import xdp
+
+    name = f"hmn_test_s{os.getpid()}"
+    out, _ = _compiled(tmp_path, "kind[media] > dev", "xdp")
+    rows = np.array([(ttl, port, length) for ttl in range(0, 256, 16) for port in (100, 600)
+                     for length in (100, 900)])
+    obj, doc = xdp.load_built(out)
+    with obj:
+        classes, verdict = xdp.run_vectors(obj, 2, rows)
+    sizes = [len(m["labels"]) for m in doc["models"]]
+    key = classes[:, 0] * (sizes[1] + 1) + np.where(classes[:, 1] < 0, sizes[1], classes[:, 1])
+    want = np.bincount(key, minlength=(sizes[0] + 1) * (sizes[1] + 1)).tolist()
+    single = compile_out(table_pipeline(), tmp_path / "single")
+    try:
+        with veth_link("s") as link:
+            code, text = cli("deploy", str(out), "--iface", link.receiver, "--netns", link.rx,
+                             "--name", name)
+            assert code == 0, text
+            head = link.mac(link.rx, link.receiver) + link.mac(link.tx, link.sender)
+            send(link, [head + _schedule_frame(*row)[12:] for row in rows])
+            stats = wait_stats(name, len(rows))
+            assert list(stats["counts"].values()) == want
+            assert list(stats["counts"])[0] == f"kind={doc['models'][0]['labels'][0]} " \
+                                                f"dev={doc['models'][1]['labels'][0]}"
+            assert stats["stats"]["dropped"] == int(verdict[:, 1].sum()) > 0
+            assert stats["stats"]["marked"] == int(((verdict[:, 1] == 0)
+                                                    & (verdict[:, 2] == 1)).sum())
+            code, text = cli("push", str(out), "--name", name)  # the same schedule: allowed
+            assert code == 0, text
+            assert json.loads(cli("stats", name, "--json")[1])["active_slot"] == 1
+            code, text = cli("push", str(single), "--name", name)
+            assert code == 2 and "runs a schedule of kind, dev" in " ".join(text.split()), text
+            assert json.loads(cli("stats", name, "--json")[1])["active_slot"] == 1
+            assert cli("undeploy", name)[0] == 0
+            assert not link.xdp_attached() and not (PIN_ROOT / name).exists()
+    finally:
+        with contextlib.suppress(Exception):
+            deploy_mod.undeploy(name)

@@ -17,6 +17,7 @@ Every failure is a :class:`DeployError` (a HomunculusError: the CLI prints it an
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import time
@@ -69,6 +70,10 @@ class Deployment:
     pushes: int = 0
     deployed_at: float = field(default_factory=time.time)
     version: int = 0  # the model version active (adapt installs count up from the compile's 0)
+    # a schedule's program (schedule/xdp.py): per model, in schedule order, its name, prefix,
+    # interface, capacity and labels; and the compiled verdict table (labels: its indices)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    verdict: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -112,10 +117,6 @@ def check_name(name: str) -> str:
 def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
     """OUT/xdp/snapshot.json, checked: a clear DeployError for anything missing or corrupt."""
     path = Path(out_dir) / "xdp" / "snapshot.json"
-    if (Path(out_dir) / "xdp" / "schedule.json").is_file():
-        raise DeployError(f"{out_dir}: a schedule's XDP program (xdp/schedule.json): deploy and "
-                          "push take one model's compile; schedules are verified in the kernel "
-                          "at compile time but not deployed by this command yet")
     if not path.is_file():
         raise DeployError(f"{out_dir}: not compiled for xdp (no {path}); compile with "
                           "'target: xdp'")
@@ -141,6 +142,54 @@ def compiled_snapshot(out_dir: Path) -> dict[str, Any]:
     if not obj.is_file():
         raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
     return data
+
+
+def compiled_schedule(out_dir: Path) -> dict[str, Any] | None:
+    """OUT/xdp/schedule.json (a schedule's program), checked; None when OUT has none."""
+    from homunculus.schedule import xdp as sched
+
+    path = Path(out_dir) / "xdp" / "schedule.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != sched.FORMAT:
+        raise DeployError(f"{path}: not a schedule's XDP program of this version: recompile")
+    try:
+        for entry in data["models"]:
+            program, capacity = snap.read_snapshot(entry["snapshot"])
+            snap.slot_values(program, capacity)
+            if list(entry["labels"]) != list(program.class_labels):
+                raise ValueError(f"model '{entry['name']}': its labels differ from its model's")
+        verdict = [[int(v) for v in row] for row in data["verdict"]]
+        if len(verdict) != len(verdict_labels(data["models"])):
+            raise ValueError("the verdict table does not match the models' classes")
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError, AssertionError) as exc:
+        raise DeployError(f"{path}: not a valid schedule ({type(exc).__name__}: {exc})") from None
+    obj = path.parent / str(data.get("object"))
+    if not obj.is_file():
+        raise DeployError(f"{out_dir}: the compiled program {obj} is missing")
+    return data
+
+
+def verdict_labels(models: list[dict[str, Any]]) -> list[str]:
+    """A schedule's ``hmn_counts`` labels: per verdict-table index, every model's class or
+    "-" (not run), in the table's order (the last model varies fastest)."""
+    choices = [[*entry["labels"], "-"] for entry in models]
+    names = [entry["name"] for entry in models]
+    return [" ".join(f"{n}={c}" for n, c in zip(names, combo, strict=True))
+            for combo in itertools.product(*choices)]
+
+
+def schedule_models(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a deployment records of a schedule's models."""
+    return [{"name": e["name"], "prefix": e["prefix"], "labels": list(e["labels"]),
+             "interface": e["snapshot"]["interface"], "capacity": e["snapshot"]["capacity"]}
+            for e in data["models"]]
 
 
 def state_path(name: str, state_dir: Path = STATE_DIR) -> Path:
@@ -227,7 +276,8 @@ def deploy(out_dir: Path, iface: str, *, netns: str | None = None, mode: str = "
     require_root()
     if mode not in MODES:
         raise DeployError(f"--mode must be one of {', '.join(MODES)} (got '{mode}')")
-    snapshot = compiled_snapshot(out_dir)
+    schedule = compiled_schedule(out_dir)
+    snapshot = schedule if schedule is not None else compiled_snapshot(out_dir)
     name = check_name(name or snapshot["program"])
     if state_path(name, state_dir).exists():
         raise DeployError(f"'{name}' is already deployed: undeploy it first (or pass --name)")
@@ -235,9 +285,15 @@ def deploy(out_dir: Path, iface: str, *, netns: str | None = None, mode: str = "
         raise DeployError(f"{pin_dir(name)} exists but no deployment records it (a stale pin?): "
                           "remove that directory or pass another --name")
     ifindex = resolve_ifindex(iface, netns)
-    dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()), snapshot["object"],
-                     snapshot["interface"], snapshot["capacity"],
-                     list(snapshot.get("labels", [])), ifindex, 0)
+    if schedule is None:
+        dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()),
+                         snapshot["object"], snapshot["interface"], snapshot["capacity"],
+                         list(snapshot.get("labels", [])), ifindex, 0)
+    else:
+        dep = Deployment(name, iface, netns, mode, str(Path(out_dir).resolve()),
+                         snapshot["object"], {}, {}, verdict_labels(schedule["models"]),
+                         ifindex, 0, models=schedule_models(schedule),
+                         verdict=schedule["verdict"])
     pinned = pin_program(Path(out_dir) / "xdp" / snapshot["object"], snapshot, name)
     try:
         dep.prog_id = attach(dep, pinned.prog_fd(MAIN_PROG))
@@ -257,7 +313,12 @@ def pin_program(path: Path, snapshot: dict[str, Any], name: str) -> Pinned:
     except BpfError as exc:
         raise DeployError(f"cannot load {path}: {exc}") from None
     try:
-        snap.install(obj, snapshot)
+        if "models" in snapshot:  # a schedule's: every model's slot 0, then the one selector
+            from homunculus.schedule import xdp as sched
+
+            sched.install(obj, snapshot)
+        else:
+            snap.install(obj, snapshot)
         return obj.pin(name)
     except snap.SnapshotError as exc:
         raise DeployError(f"{path}: {exc}") from None
@@ -303,6 +364,9 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
     program's or it does not fit the program's compiled capacity."""
     require_root()
     dep = load_state(name, state_dir)
+    schedule = compiled_schedule(out_dir)
+    if schedule is not None or dep.models:
+        return push_schedule(out_dir, dep, schedule, state_dir=state_dir, grace_s=grace_s)
     snapshot = compiled_snapshot(out_dir)
     program, _ = snap.read_snapshot(snapshot)
     try:
@@ -331,6 +395,54 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
     return dep
 
 
+def push_schedule(out_dir: Path, dep: Deployment, schedule: dict[str, Any] | None, *,
+                  state_dir: Path, grace_s: float) -> Deployment:
+    """A schedule's push: every model of a newer compile of the same schedule (the same
+    models, classes and verdict table) into its standby slot, then one flip for all
+    (schedule/xdp.py). Refused, nothing written, when anything differs or does not fit."""
+    from homunculus.schedule import xdp as sched
+
+    if schedule is None:
+        raise DeployError(f"{out_dir}: one model's compile; '{dep.name}' runs a schedule of "
+                          f"{', '.join(m['name'] for m in dep.models)}: push a compile of that "
+                          "schedule, or undeploy and deploy this one")
+    if not dep.models:
+        raise DeployError(f"{out_dir}: a schedule's compile; '{dep.name}' runs one model: "
+                          "undeploy it and deploy the schedule instead")
+    names = [e["name"] for e in schedule["models"]]
+    if names != [m["name"] for m in dep.models]:
+        raise DeployError(f"{out_dir}: its models {names} differ from those deployed as "
+                          f"'{dep.name}' {[m['name'] for m in dep.models]}: undeploy and deploy "
+                          "it instead")
+    if schedule["verdict"] != dep.verdict:
+        raise DeployError(f"{out_dir}: its schedule's verdicts (gates, policy or the models' "
+                          f"verdicts) differ from those deployed as '{dep.name}', which are "
+                          "compiled into the program: undeploy and deploy it instead")
+    programs, capacities = [], []
+    for entry, deployed in zip(schedule["models"], dep.models, strict=True):
+        program, _ = snap.read_snapshot(entry["snapshot"])
+        capacity = Capacity.from_json(deployed["capacity"])
+        if list(entry["labels"]) != deployed["labels"]:
+            raise DeployError(f"{out_dir}: model '{entry['name']}': its classes differ from "
+                              f"those deployed as '{dep.name}': undeploy and deploy it instead")
+        check_pushable(out_dir, dep, program, capacity, deployed["interface"])
+        programs.append(program)
+        capacities.append(capacity)
+    check_attached(dep, "nothing was pushed")
+    pinned = open_pins(dep.name)
+    try:
+        sched.push(pinned, programs, capacities, grace_s=grace_s)
+    except snap.SnapshotError as exc:
+        raise DeployError(f"{out_dir}: {exc}") from None
+    finally:
+        pinned.close()
+    check_attached(dep, "the new parameters were written, but no packet is classified")
+    dep.out_dir = str(Path(out_dir).resolve())
+    dep.pushes += 1
+    write_state(dep, state_dir)
+    return dep
+
+
 def check_attached(dep: Deployment, consequence: str) -> None:
     """DeployError unless the deployment's program is still attached to its interface."""
     now = attached(dep)
@@ -351,6 +463,10 @@ def push_program(program: Any, name: str | None = None, *, version: int,
     has the deployed interface and fits the deployed capacity."""
     require_root()
     dep = load_state(name, state_dir)
+    if dep.models:
+        raise DeployError(f"'{dep.name}' runs a schedule of "
+                          f"{', '.join(m['name'] for m in dep.models)}; {source} installs one "
+                          "model: push a compile of the whole schedule instead")
     capacity = Capacity.from_json(dep.capacity)
     check_pushable(Path(source), dep, program, capacity)
     pinned = open_pins(dep.name)
@@ -366,8 +482,11 @@ def push_program(program: Any, name: str | None = None, *, version: int,
     return dep
 
 
-def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capacity) -> None:
-    """DeployError naming what of OUT's model does not fit the deployed program."""
+def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capacity,
+                   interface: dict[str, Any] | None = None) -> None:
+    """DeployError naming what of OUT's model does not fit the deployed program (``interface``:
+    the deployed model's, by default the deployment's one model's)."""
+    deployed = dep.interface if interface is None else interface
     try:
         check_fits(program, capacity)
     except CapacityError as exc:
@@ -377,7 +496,7 @@ def check_pushable(out_dir: Path, dep: Deployment, program: Any, capacity: Capac
     for key, what in (("features", "features (widths, header fields, flow state)"),
                       ("flow", "flow state"), ("kind", "model family"),
                       ("n_scores", "number of scores"), ("n_winners", "number of outcomes")):
-        if ours.get(key) != dep.interface.get(key):
+        if ours.get(key) != deployed.get(key):
             raise DeployError(f"{out_dir}: its {what} differ from the program deployed as "
                               f"'{dep.name}': undeploy and deploy it instead")
 

@@ -124,6 +124,7 @@ def emit(schedule: CpuSchedule, target: Any, out_dir: Path, program_name: str) -
         **context(schedule, target, program_name))
     source, obj = build_source(text, out_dir / "xdp", stem)
     doc = {"format": FORMAT, "object": obj.name, "program": stem,
+           "verdict": [list(row) for row in schedule.verdict],
            "models": [{"name": name, "prefix": prefix(k), "labels": list(p.class_labels),
                        "snapshot": snapshot_of(p, target.capacity(p))}
                       for k, (name, p) in enumerate(schedule.models)]}

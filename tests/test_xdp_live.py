@@ -615,6 +615,12 @@ def test_a_schedule_deploys_counts_pushes_and_undeploys(tmp_path: Path) -> None:
             assert json.loads(cli("stats", name, "--json")[1])["active_slot"] == 1
             assert cli("undeploy", name)[0] == 0
             assert not link.xdp_attached() and not (PIN_ROOT / name).exists()
+            code, text = cli("deploy", str(single), "--iface", link.receiver, "--netns",
+                             link.rx, "--name", name)
+            assert code == 0, text
+            code, text = cli("push", str(out), "--name", name)
+            assert code == 2 and "a schedule's compile" in " ".join(text.split()), text
+            assert cli("undeploy", name)[0] == 0
     finally:
         with contextlib.suppress(Exception):
             deploy_mod.undeploy(name)

@@ -9,7 +9,8 @@ A deployment named NAME (by default the compiled program's name) is:
 * a state file ``/run/homunculus/NAME.json`` (bpffs holds only BPF objects) recording the
   interface, namespace, mode, the compiled output directory, the class labels, and the program's
   model interface and capacity (targets/xdp/layout.py): a pushed compile must have the same
-  interface and fit the capacity.
+  interface and fit the capacity. A schedule's program (schedule/xdp.py) records every model's
+  and the compiled verdict table; its counters are per verdict-table index.
 
 Every failure is a :class:`DeployError` (a HomunculusError: the CLI prints it and exits 2).
 """

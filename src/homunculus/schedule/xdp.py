@@ -12,9 +12,9 @@ schedule runs it.
 A packet reads it once and uses that slot for every model, so a flip changes all models
 together: no packet ever sees one model's old parameters with another's new ones. At load every
 model's slot 0 is written before ``hmn_active`` is set; :func:`push` writes every model's standby
-slot, then flips ``hmn_active`` once. (The ``homunculus deploy``/``push`` commands take one
-model's compile and refuse a schedule's, see deploy.py.) The combined verdict table is the
-compile's: a push changes the models' parameters, with the same classes and verdicts.
+slot, then flips ``hmn_active`` once (``homunculus push``, deploy.py). The combined verdict
+table is the compile's: a push changes the models' parameters, with the same classes and
+verdicts.
 
 Flow state is not shared across models here: a model keeping flow state is refused.
 """

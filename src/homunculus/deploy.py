@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,17 +381,25 @@ def push(out_dir: Path, name: str | None = None, *, state_dir: Path = STATE_DIR,
         raise DeployError(f"{out_dir}: its classes {snapshot['labels'][:8]} differ from those "
                           f"deployed as '{dep.name}' {dep.labels[:8]}; the counters would be "
                           "mislabelled: undeploy and deploy it instead")
+    dep.labels = list(snapshot.get("labels", dep.labels))
+    return pushed(dep, out_dir, lambda pinned: snap.push(pinned, program, capacity,
+                                                         grace_s=grace_s), state_dir)
+
+
+def pushed(dep: Deployment, out_dir: Path, write: Callable[[Pinned], int],
+           state_dir: Path) -> Deployment:
+    """``write`` (a push: standby slots, then the flip) into the deployment's pinned maps while
+    its program is attached, then record the push."""
     check_attached(dep, "nothing was pushed")
     pinned = open_pins(dep.name)
     try:
-        snap.push(pinned, program, capacity, grace_s=grace_s)
+        write(pinned)
     except snap.SnapshotError as exc:
         raise DeployError(f"{out_dir}: {exc}") from None
     finally:
         pinned.close()
     check_attached(dep, "the new parameters were written, but no packet is classified")
     dep.out_dir = str(Path(out_dir).resolve())
-    dep.labels = list(snapshot.get("labels", dep.labels))
     dep.pushes += 1
     write_state(dep, state_dir)
     return dep
@@ -429,19 +438,8 @@ def push_schedule(out_dir: Path, dep: Deployment, schedule: dict[str, Any] | Non
         check_pushable(out_dir, dep, program, capacity, deployed["interface"])
         programs.append(program)
         capacities.append(capacity)
-    check_attached(dep, "nothing was pushed")
-    pinned = open_pins(dep.name)
-    try:
-        sched.push(pinned, programs, capacities, grace_s=grace_s)
-    except snap.SnapshotError as exc:
-        raise DeployError(f"{out_dir}: {exc}") from None
-    finally:
-        pinned.close()
-    check_attached(dep, "the new parameters were written, but no packet is classified")
-    dep.out_dir = str(Path(out_dir).resolve())
-    dep.pushes += 1
-    write_state(dep, state_dir)
-    return dep
+    return pushed(dep, out_dir, lambda pinned: sched.push(pinned, programs, capacities,
+                                                          grace_s=grace_s), state_dir)
 
 
 def check_attached(dep: Deployment, consequence: str) -> None:

@@ -44,7 +44,7 @@ IOT_PAIR = {
     "name": "iot-pair",
     "models": [
         {"name": "kind", "algorithms": ["dt", "rf", "xgb", "gnb"],
-         "verdict": {"kind": "dscp", "dscp": {"media": 34}},
+         "verdict": {"kind": "dscp", "dscp": {"speaker": 34}},
          "data": {"path": str(IOT), "label": "device", "features": [
              {"name": "ip_len", "width": 16, "field": "ipv4.total_len"},
              {"name": "ttl", "width": 8, "field": "ipv4.ttl"},
@@ -75,7 +75,7 @@ def apps(tmp: Path) -> dict[str, tuple[Path, str]]:
     iot_path = tmp / "iot_pair.yaml"
     iot_path.write_text(yaml.safe_dump(iot))
     return {"ad > tc (traffic; entries <= 1200)": (composed_path, "entries 1200"),
-            "kind | device (IoT table; TCAM <= 264 Kbit)": (iot_path, "tcam 264 Kbit")}
+            "kind \\| device (IoT table; TCAM <= 264 Kbit)": (iot_path, "tcam 264 Kbit")}
 
 
 def halves(s: Any) -> dict[str, int] | None:

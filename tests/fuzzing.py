@@ -478,8 +478,12 @@ def cli_arguments(rng: Rng, directory: Path) -> list[str]:
              str(directory / "fifo.csv"), str(directory), ".", "", "/dev/null", "/proc/nope",
              str(directory / "missing"), str(directory / ("x" * 300)), "[/]x", "\x1b[2J"]
     numbers = ["0", "-1", "1", "nan", "inf", "-inf", "1e309", "2", str(2**64), "abc", "", "1.5"]
+    storages = [f"postgresql://u@/db?host={directory / 'nosock'}", "postgresql://:@:x/",
+                "nope://x", "", "journal:" + str(directory / "missing" / "j.log"),
+                "sqlite:////proc/nope/x.db", "\x1b[2J", "[/]x"]
     command = rng.choice(["compile", "simulate", "scenario", "example-data", "families",
-                          "targets", "stats", "undeploy", "push", "deploy", "--help", "nope"])
+                          "targets", "stats", "undeploy", "push", "deploy", "--help", "nope",
+                          "worker", "evaluate"])
     args = [command]
     if command == "compile":
         args += [rng.choice(paths), "-o", rng.choice(paths), "--no-progress"]
@@ -500,6 +504,14 @@ def cli_arguments(rng: Rng, directory: Path) -> list[str]:
         args += [rng.choice(["hmn_fuzz_none", "../x", "", "[/]x", "a" * 100])]
     elif command == "push":
         args += [rng.choice(paths), "--name", rng.choice(["hmn_fuzz_none", "../x", ""])]
+    elif command == "worker":
+        args += [rng.choice(paths), "--storage", rng.choice(storages), "--study",
+                 rng.choice(["s", "", "[/]x", "x" * 600]), "--wait", rng.choice(["0", *numbers]),
+                 "--no-progress"]
+    elif command == "evaluate":
+        args += [rng.choice(paths), "--splits", rng.choice(["1", *numbers]), "--trials", "1"]
+        args += rng.choice([[], ["--seed", rng.choice(numbers)], ["--seconds", rng.choice(
+            numbers)], ["--json", rng.choice(paths)]])
     elif command == "deploy":
         args += [rng.choice(paths), "--iface", rng.choice(["hmn-fuzz-none0", "", "x" * 40]),
                  "--mode", rng.choice(["skb", "native", "hw"])]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
+import pytest
 from typer.testing import CliRunner
 
 from homunculus.cli import app
@@ -47,6 +49,30 @@ def test_evaluate_refuses_a_fixed_test_set(tmp_path, example_csv) -> None:
     run = CliRunner().invoke(app, ["evaluate", str(spec), "--splits", "2"])
     assert run.exit_code == 2
     assert "data.test_path" in run.output and "s.yaml:" in run.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--splits", "0"], "--splits must be in 1..1000"),
+    (["--splits", "2", "--seed", str(2**32 - 1)], "--seed must be in"),
+    (["--seconds", "nan"], "--seconds must be a positive number"),
+])
+def test_evaluate_checks_its_options(tmp_path, example_csv, args, message) -> None:
+    spec = write_spec(tmp_path / "s.yaml", spec_text(example_csv, "[dt]", trials=2))
+    run = CliRunner().invoke(app, ["evaluate", str(spec), *args])
+    assert run.exit_code == 2 and message in run.output, run.output
+
+
+def test_evaluate_refuses_a_schedule_and_prints_names_as_text(tmp_path, example_csv) -> None:
+    schedule = tmp_path / "sched.yaml"
+    schedule.write_text("name: two\nmodels: []\nschedule: a\nplatform: {target: tofino}\n")
+    run = CliRunner().invoke(app, ["evaluate", str(schedule), "--splits", "1"])
+    assert run.exit_code == 2 and "Traceback" not in run.output
+    text = re.sub(r"^name: (.*)$", r"name: '[/]x \1'", spec_text(example_csv, "[dt]", trials=1),
+                  count=1, flags=re.M)
+    spec = write_spec(tmp_path / "m.yaml", text)
+    run = CliRunner().invoke(app, ["evaluate", str(spec), "--splits", "1"])
+    assert run.exit_code == 0, run.output
+    assert "[/]x" in run.output  # printed as text, not read as markup
 
 
 def test_report_gives_cv_and_test_figures(tmp_path, example_csv) -> None:

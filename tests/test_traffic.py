@@ -89,8 +89,10 @@ def test_feature_selection_emits_only_chosen_features(tmp_path) -> None:
     n_used = sum(bool(v) for k, v in params.items() if k.startswith("use_feature_"))
     assert len(chosen) == n_used >= 1
     p4 = (out / "p4/hmn_anomaly_test.p4").read_text()
-    if "pkts" not in chosen:
+    if "pkts" not in chosen and not params.get("flow_decide"):  # a decision counts packets
         assert "r_count" not in p4
+    if params.get("flow_decide"):
+        assert "meta.flow_count = " in p4
     assert result.report["packet_simulation"]["agreement"] == 1.0
 
 

@@ -262,43 +262,40 @@ def evaluate_command(
     """Compile the spec over several seeded splits: mean, spread and per-class F1."""
     import json
 
-    from homunculus.evaluate import evaluate_spec, split_line
+    from homunculus.evaluate import MAX_SPLITS, evaluate_spec, split_line
 
-    if trials is not None and trials < 1:
-        _fail(SpecError("--trials must be at least 1"))
-    if seconds is not None and seconds <= 0:
-        _fail(SpecError("--seconds must be positive"))
+    check_count("--splits", splits, 1, MAX_SPLITS)
+    check_count("--seed", seed, 0, MAX_SEED - splits + 1)
+    check_count("--trials", trials, 1, MAX_TRIALS)
+    check_number("--seconds", seconds, MAX_SECONDS)
     if json_out is not None and json_out.exists() and not json_out.is_file():
         _fail(SpecError("--json must name a file", file=str(json_out)))
     target: list[str] = []
 
     def show(row) -> None:  # noqa: ANN001
-        out.print("  " + split_line(row, target[0] if target else "tofino"), highlight=False,
-                  soft_wrap=True)
+        say(out, "  " + split_line(row, target[0] if target else "tofino"))
 
-    try:
+    with user_errors():
         from homunculus.frontend.yaml_spec import load_yaml_spec
 
-        if spec.suffix in (".yaml", ".yml") and spec.exists():
+        if spec.suffix in (".yaml", ".yml") and spec.is_file():
             target.append(load_yaml_spec(spec)[0].platform.target)
         result = evaluate_spec(spec, splits, first_seed=seed, trials=trials, seconds=seconds,
                                on_split=show)
-    except HomunculusError as exc:
-        _fail(exc)
-        return
-    summary = result.summary()
-    p = summary["pipeline"]
-    out.print(f"[bold]{result.name}[/]: {result.metric} of the generated pipeline over "
-              f"{summary['splits']} splits (seeds {summary['seeds'][0]}..{summary['seeds'][-1]}): "
-              f"mean {p['mean']:.4f} ± {p['std']:.4f} (min {p['min']:.4f}, max {p['max']:.4f}); "
-              f"cross-validated {summary['cv']['mean']:.4f}", soft_wrap=True)
-    table_view = Table("class", "F1 mean", "± std", "min", "max")
-    for label, st in summary["per_class_f1"].items():
-        table_view.add_row(label, f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['min']:.4f}",
-                           f"{st['max']:.4f}")
-    out.print(table_view)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result.as_json(), indent=1) + "\n")
+        summary = result.summary()
+        p = summary["pipeline"]
+        say(out, (shown(result.name), "bold"),
+            f": {result.metric} of the generated pipeline over {summary['splits']} splits "
+            f"(seeds {summary['seeds'][0]}..{summary['seeds'][-1]}): mean {p['mean']:.4f} ± "
+            f"{p['std']:.4f} (min {p['min']:.4f}, max {p['max']:.4f}); cross-validated "
+            f"{summary['cv']['mean']:.4f}")
+        table_view = Table("class", "F1 mean", "± std", "min", "max")
+        for label, st in summary["per_class_f1"].items():
+            table_view.add_row(Text(shown(label)), f"{st['mean']:.4f}", f"{st['std']:.4f}",
+                               f"{st['min']:.4f}", f"{st['max']:.4f}")
+        out.print(table_view)
+        if json_out is not None:
+            json_out.write_text(json.dumps(result.as_json(), indent=1) + "\n")
 
 
 @app.command("simulate")

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from homunculus.errors import SpecError
+from homunculus.frontend.spec import Spec
+
+MAX_SPLITS = 1000
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,17 @@ def evaluate_spec(spec: Path, splits: int, *, first_seed: int | None = None,
     from homunculus.compile import CompileOptions, compile_plan
     from homunculus.frontend.yaml_spec import load_yaml_spec, plan_from_yaml
 
-    if splits < 1:
-        raise SpecError("--splits must be at least 1")
+    if not 1 <= splits <= MAX_SPLITS:
+        raise SpecError(f"--splits must be in 1..{MAX_SPLITS}")
     if spec.suffix not in (".yaml", ".yml"):
         raise SpecError("evaluate takes a YAML spec: a Python spec's data loader fixes its own "
                         "split", file=str(spec))
     if not spec.exists():
         raise SpecError("no such spec file", file=str(spec))
     parsed, lines = load_yaml_spec(spec)
+    if not isinstance(parsed, Spec):
+        raise SpecError("evaluate takes a spec of one model on one platform (not a schedule "
+                        "or a chain)", file=str(spec))
     if parsed.data is not None and parsed.data.test_path is not None:
         raise SpecError("the spec gives a fixed test set (data.test_path): there is nothing to "
                         "split; use test_fraction", file=str(spec), field="data.test_path",

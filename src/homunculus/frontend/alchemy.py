@@ -413,17 +413,9 @@ def plan_of(platform: Platform | Chain, *, trials: int | None, seconds: float | 
         raise SpecError(f"feature '{f.name}' is the class of '{f.model}': a model's class is "
                         "a feature only in a schedule of several models",
                         file=model.data.origin[0], field="features", line=model.data.origin[1])
-    try:
-        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
-                            toolchain_feasibility=toolchain_feasibility)
-    except ValidationError as exc:
-        raise _spec_error(exc, "", origin) from None
-    try:
-        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
-                                     constraints=platform.constraints,
-                                     toolchain=platform.toolchain)
-    except ValidationError as exc:
-        raise _spec_error(exc, "platform", platform.origin) from None
+    search, platform_spec = _search_and_platform(platform, origin, trials=trials,
+                                                 seconds=seconds, seed=seed, sampler=sampler,
+                                                 toolchain_feasibility=toolchain_feasibility)
     origins = {"model": model.origin, "platform": platform.origin, "data": model.data.origin,
                "search": origin}
     scripts = sorted({Path(f) for f, _ in origins.values() if Path(f).is_file()})
@@ -436,6 +428,25 @@ def _single(platform: Platform, model: Model) -> Platform:
     from dataclasses import replace
 
     return replace(platform, scheduled=model)
+
+
+def _search_and_platform(platform: Platform, origin: Any, *, trials: int | None,
+                         seconds: float | None, seed: int, sampler: str,
+                         toolchain_feasibility: bool) -> tuple[SearchSpec, PlatformSpec]:
+    """The search and platform specs of a generate() call (errors at the script's lines;
+    ``origin``: where the search settings come from)."""
+    try:
+        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
+                            toolchain_feasibility=toolchain_feasibility)
+    except ValidationError as exc:
+        raise _spec_error(exc, "", origin) from None
+    try:
+        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
+                                     constraints=platform.constraints,
+                                     toolchain=platform.toolchain)
+    except ValidationError as exc:
+        raise _spec_error(exc, "platform", platform.origin) from None
+    return search, platform_spec
 
 
 def schedule_plan_of(platform: Platform, models: list[Model], *, trials: int | None,
@@ -451,17 +462,9 @@ def schedule_plan_of(platform: Platform, models: list[Model], *, trials: int | N
     from homunculus.frontend.spec import JointSpec, PolicySpec
 
     origin = platform.schedule_origin
-    try:
-        search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
-                            toolchain_feasibility=toolchain_feasibility)
-    except ValidationError as exc:
-        raise _spec_error(exc, "", _caller()) from None
-    try:
-        platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
-                                     constraints=platform.constraints,
-                                     toolchain=platform.toolchain)
-    except ValidationError as exc:
-        raise _spec_error(exc, "platform", platform.origin) from None
+    search, platform_spec = _search_and_platform(platform, _caller(), trials=trials,
+                                                 seconds=seconds, seed=seed, sampler=sampler,
+                                                 toolchain_feasibility=toolchain_feasibility)
     try:
         policy = PolicySpec(**platform.policy)
     except ValidationError as exc:

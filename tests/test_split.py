@@ -21,6 +21,7 @@ from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.passes.lower import lower
+from homunculus.schedule.host import host_program, partial_scores
 from homunculus.schedule.split import (
     ChainTarget,
     Device,
@@ -28,7 +29,11 @@ from homunculus.schedule.split import (
     partition,
     run_split,
     run_split_packets,
+    run_switches,
 )
+from homunculus.targets.base import Limits
+from homunculus.targets.c.target import CTarget
+from homunculus.targets.c.twin import CLibrary
 from homunculus.targets.p4 import emit_p4, runtime_entries
 from homunculus.targets.p4.check import check_program
 from homunculus.targets.p4.codegen import carry_layout
@@ -106,6 +111,37 @@ def test_a_model_split_over_a_chain_agrees_with_the_model(family, params, stages
     text = emit_p4(last, "tna", program_name="d")
     assert "state parse_hmn_cin" in text and "hmn_carry_strip();" in text
     assert "hdr.hmn_cin.isValid()" in text
+
+
+@pytest.mark.parametrize(("family", "params", "stages"), [
+    ("rf", FOREST, 12), ("xgb", None, 12), ("gnb", None, 5)])
+def test_a_c_host_ends_a_chain_from_the_carried_scores(tmp_path, family, params,
+                                                       stages) -> None:
+    """One switch, then a C host: the switch's twin carries partial scores, the host's gcc-built
+    library (hmn_classify_carried) finishes; the chain equals the quantised model."""
+    ds, model, pipeline = trained(family, params)
+    split = partition(pipeline, [*chain(1, stages), Device("host", CTarget(), Limits())])
+    assert split.feasible and split.devices == 2 and len(split.programs) == 1
+    assert split.host_tables and split.host_carry_in
+    assert set(split.tables[0]).isdisjoint(split.host_tables)
+    check_devices(split)
+    switch, carried = run_switches(split, ds.x_test,
+                                   lambda p, d, x, c: simulate(p, x, carried=c))
+    assert switch.class_index.max() == 0  # the switch only forwards
+    program = host_program(split, pipeline, model.quantised, ds.features, VERDICT,
+                           model.winner_to_class)
+    partial = partial_scores(carried, program, len(ds.x_test))
+    assert (partial[:, list(program.carry_in)] > 0).any()
+    paths = CTarget().emit(program, tmp_path, "host")
+    header = paths["c_header"].read_text()
+    assert "hmn_classify_carried" in header and "0x88B5" in header
+    got = CLibrary(paths["c_library"]).classify_carried(ds.x_test, partial)
+    expected = model.predict_quantised(ds.x_test)
+    assert (got.class_index == expected).all()
+    assert (got.fields["verdict_dscp"] == program.results(ds.x_test, partial)["verdict_dscp"]
+            ).all()
+    alone = CLibrary(paths["c_library"]).classify_verdict(ds.x_test)  # no carried scores
+    assert (alone.class_index != expected).any()
 
 
 def test_a_chain_too_short_is_infeasible_and_says_how_many_devices_it_needs() -> None:
@@ -232,6 +268,42 @@ def test_a_yaml_chain_compiles(tmp_path, example_csv) -> None:
     assert (out / "model" / "quantised.json").is_file() and (out / "report.html").is_file()
 
 
+HOST_LINE = "  - {name: sw2, target: c}\n"
+
+
+def test_a_yaml_chain_ending_on_a_c_host_compiles(tmp_path, example_csv) -> None:
+    text = CHAIN_SPEC.format(data=example_csv, chain="")
+    lines = text.splitlines(keepends=True)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("".join(HOST_LINE if "name: sw2" in line else line for line in lines))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["agreement"] == 1.0 and report["devices_used"] == 2
+    host = report["devices"][-1]
+    assert host["target"] == "c" and host["carry_in"]["entry_point"] == "hmn_classify_carried"
+    assert host["carry_in"]["bytes"] == report["carry_bytes"][-1]
+    assert "(c host)" in result.output
+    lib = next((out / host["directory"] / "c").glob("libhmn_*.so"))
+    assert "hmn_classify_carried" in next((out / host["directory"] / "c").glob("*.h")
+                                          ).read_text() and lib.is_file()
+    bad = "".join(line.replace("target: c}", "target: c, constraints: "
+                               "{performance: {latency_ns: 5}}}") for line in
+                  spec.read_text().splitlines(keepends=True))
+    spec.write_text(bad)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o2"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "constraints" in result.output
+    assert not (tmp_path / "o2").exists()
+    spec.write_text(bad.replace("target: c, constraints: {performance: {latency_ns: 5}}",
+                                "target: xdp"))
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o3"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "xdp host" in result.output
+    assert not (tmp_path / "o3").exists()
+
+
 def test_a_chain_refuses_the_users_directory(tmp_path, example_csv, monkeypatch) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(CHAIN_SPEC.format(data=example_csv, chain=""))
@@ -267,6 +339,7 @@ def test_a_python_chain_compiles(tmp_path) -> None:
     assert exc.value.field == "chain[1]" and exc.value.line is not None
     with pytest.raises(SpecError, match="can only end a chain"):
         Platforms.chain(Platforms.C(), a)
+    assert Platforms.chain(a, Platforms.C()).platforms[-1].target == "c"  # a host ends it
 
 
 def line_of(text: str, needle: str) -> int:

@@ -462,7 +462,8 @@ class ChainTarget:
     splits over the chain. Its usage counts stages along the chain (each device before the
     last used one counts its whole stage budget), so a model that needs more devices than the
     chain has exceeds the chain's stages; memory and entries add up, the rate is the slowest
-    device's and the latency the sum."""
+    device's and the latency the sum. A host ending the chain counts one stage past the switches
+    (every switch before it counts its whole budget)."""
 
     devices: tuple[Device, ...]
     name: str = "chain"
@@ -479,7 +480,8 @@ class ChainTarget:
 
     def limits(self) -> Limits:
         budgets = [d.stage_budget for d in self.devices if not d.host]
-        return Limits(stages=None if None in budgets else sum(budgets))  # type: ignore[arg-type]
+        host = int(self.devices[-1].host)
+        return Limits(stages=None if None in budgets else sum(budgets) + host)  # type: ignore[arg-type]
 
     def prepare(self, pipeline: Pipeline) -> Pipeline:
         """Nothing yet: each device encodes and lowers its own part."""
@@ -516,6 +518,9 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
     before = sum((b if b is not None else u.stages)
                  for b, u in zip(budgets[:-1], split.usages[:-1], strict=True))
     stages = before + split.usages[-1].stages
+    if split.host_tables:  # the last switch carries on: its whole budget, then the host
+        last = budgets[-1]
+        stages = before + (last if last is not None else split.usages[-1].stages) + 1
     if split.needed < 0:  # even the spare devices were not enough
         stages = sum(d.stage_budget or 12 for d in devices) * 10
     u = split.usages

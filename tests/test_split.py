@@ -380,3 +380,16 @@ def test_a_host_inside_a_chain_and_an_unknown_target_are_rejected(tmp_path,
         plan_from_yaml(spec)
     assert exc.value.field == "platforms[1].target"
     assert exc.value.line == line_of(text, "tofinoo")
+
+
+def test_an_xdp_program_refuses_carried_scores() -> None:
+    """The XDP target does not read the carry header yet: a host program is refused there."""
+    from homunculus.targets.xdp.codegen import emit_xdp
+    from homunculus.targets.xdp.target import XdpTarget
+
+    ds, model, pipeline = trained("gnb")
+    split = partition(pipeline, [*chain(1, 5), Device("host", CTarget(), Limits())])
+    program = host_program(split, pipeline, model.quantised, ds.features, VERDICT,
+                           model.winner_to_class)
+    with pytest.raises(ValueError, match="carried partial scores"):
+        emit_xdp(program, XdpTarget().capacity(program), name="h")

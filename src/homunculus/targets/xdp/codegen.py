@@ -269,6 +269,9 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
     0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
     _check_trace(trace)
+    if program.carry_in:
+        raise ValueError("an XDP program does not start from carried partial scores (a chain "
+                         "may end on a C host, not yet on an XDP one)")
     return model_section_context(program, cap) | {
         "comment": {
             "program": safe_comment(name),

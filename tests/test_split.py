@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -268,27 +269,30 @@ def test_a_yaml_chain_compiles(tmp_path, example_csv) -> None:
     assert (out / "model" / "quantised.json").is_file() and (out / "report.html").is_file()
 
 
-HOST_LINE = "  - {name: sw2, target: c}\n"
-
-
-def test_a_yaml_chain_ending_on_a_c_host_compiles(tmp_path, example_csv) -> None:
+@pytest.mark.parametrize("host", ["c", "xdp"])
+def test_a_yaml_chain_ending_on_a_host_compiles(tmp_path, example_csv, host) -> None:
     text = CHAIN_SPEC.format(data=example_csv, chain="")
     lines = text.splitlines(keepends=True)
     spec = tmp_path / "s.yaml"
-    spec.write_text("".join(HOST_LINE if "name: sw2" in line else line for line in lines))
+    spec.write_text("".join(f"  - {{name: sw2, target: {host}}}\n" if "name: sw2" in line
+                            else line for line in lines))
     out = tmp_path / "out"
     result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["agreement"] == 1.0 and report["devices_used"] == 2
-    host = report["devices"][-1]
-    assert host["target"] == "c" and host["carry_in"]["entry_point"] == "hmn_classify_carried"
-    assert host["carry_in"]["bytes"] == report["carry_bytes"][-1]
-    assert "(c host)" in result.output
-    lib = next((out / host["directory"] / "c").glob("libhmn_*.so"))
-    assert "hmn_classify_carried" in next((out / host["directory"] / "c").glob("*.h")
-                                          ).read_text() and lib.is_file()
-    bad = "".join(line.replace("target: c}", "target: c, constraints: "
+    device = report["devices"][-1]
+    assert device["target"] == host and device["carry_in"]["bytes"] == report["carry_bytes"][-1]
+    assert f"({host} host)" in result.output
+    built = out / device["directory"]
+    if host == "c":
+        assert device["carry_in"]["entry_point"] == "hmn_classify_carried"
+        assert "hmn_classify_carried" in next((built / "c").glob("*.h")).read_text()
+        assert next((built / "c").glob("libhmn_*.so")).is_file()
+    else:
+        assert "bpf_xdp_adjust_head" in next((built / "xdp").glob("*.bpf.c")).read_text()
+        assert (built / "xdp" / "snapshot.json").is_file()
+    bad = "".join(line.replace(f"target: {host}}}", f"target: {host}, constraints: "
                                "{performance: {latency_ns: 5}}}") for line in
                   spec.read_text().splitlines(keepends=True))
     spec.write_text(bad)
@@ -296,12 +300,6 @@ def test_a_yaml_chain_ending_on_a_c_host_compiles(tmp_path, example_csv) -> None
                                  "--no-progress"])
     assert result.exit_code == 2 and "constraints" in result.output
     assert not (tmp_path / "o2").exists()
-    spec.write_text(bad.replace("target: c, constraints: {performance: {latency_ns: 5}}",
-                                "target: xdp"))
-    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o3"),
-                                 "--no-progress"])
-    assert result.exit_code == 2 and "xdp host" in result.output
-    assert not (tmp_path / "o3").exists()
 
 
 def test_a_chain_refuses_the_users_directory(tmp_path, example_csv, monkeypatch) -> None:
@@ -382,14 +380,61 @@ def test_a_host_inside_a_chain_and_an_unknown_target_are_rejected(tmp_path,
     assert exc.value.line == line_of(text, "tofinoo")
 
 
-def test_an_xdp_program_refuses_carried_scores() -> None:
-    """The XDP target does not read the carry header yet: a host program is refused there."""
-    from homunculus.targets.xdp.codegen import emit_xdp
+
+def header_dataset(n: int = 900, seed: int = 1):
+    """Features in IPv4 header fields only (a frame carries them all)."""
+    rng = np.random.default_rng(seed)
+    feats = [FeatureDecl("ttl", 8, "ipv4.ttl"), FeatureDecl("len", 16, "ipv4.total_len"),
+             FeatureDecl("proto", 8, "ipv4.protocol")]
+    x = np.stack([rng.integers(0, 256, n), rng.integers(20, 1 << 16, n),
+                  rng.integers(0, 256, n)], axis=1)
+    y = (x[:, 0] // 64 + (x[:, 1] > 30000) + x[:, 2] % 2) % 4
+    labels = [f"c{v}" for v in y]
+    cut = 2 * n // 3
+    return make_dataset(feats, x[:cut], labels[:cut], x[cut:], labels[cut:], "h")
+
+
+def ipv4_frame(row: np.ndarray, carry: bytes) -> bytes:
+    """Ethernet, the carry header (its last two bytes: IPv4's EtherType; none if empty), an
+    IPv4 header holding the row's ttl, total length and protocol."""
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, int(row[1]), 7, 0, int(row[0]), int(row[2]), 0,
+                     0x0A000001, 0x0A000002)
+    macs = b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01"
+    return macs + (b"\x88\xb5" + carry if carry else b"\x08\x00") + ip
+
+
+@pytest.mark.parametrize(("family", "params", "stages"), [
+    ("rf", FOREST, 12), ("xgb", None, 12), ("gnb", None, 5)])
+def test_an_xdp_host_ends_a_chain_in_the_kernel(tmp_path, family, params, stages) -> None:
+    """One switch, then an XDP host (clang, BPF_PROG_TEST_RUN): on vectors carrying the partial
+    scores and on frames carrying the carry header, which it parses and strips."""
+    from homunculus.schedule.host import carry_header
+    from homunculus.targets.xdp.runner import load_built, run_classified, run_vectors
     from homunculus.targets.xdp.target import XdpTarget
 
-    ds, model, pipeline = trained("gnb")
-    split = partition(pipeline, [*chain(1, 5), Device("host", CTarget(), Limits())])
+    ds, model, pipeline = trained(family, params, header_dataset())
+    split = partition(pipeline, [*chain(1, stages), Device("host", XdpTarget(), Limits())])
+    assert split.feasible and split.devices == 2 and split.host_tables
+    _, carried = run_switches(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
     program = host_program(split, pipeline, model.quantised, ds.features, VERDICT,
                            model.winner_to_class)
-    with pytest.raises(ValueError, match="carried partial scores"):
-        emit_xdp(program, XdpTarget().capacity(program), name="h")
+    partial = partial_scores(carried, program, len(ds.x_test))
+    expected = model.predict_quantised(ds.x_test)
+    XdpTarget().emit(program, tmp_path, "host")
+    assert "bpf_xdp_adjust_head" in next((tmp_path / "xdp").glob("*.bpf.c")).read_text()
+    frames = [ipv4_frame(row, carry_header(p, program, 0x0800))
+              for row, p in zip(ds.x_test, partial, strict=True)]
+    plain = [ipv4_frame(row, b"") for row in ds.x_test[:5]]  # no carry header
+    obj, _ = load_built(tmp_path)
+    with obj:
+        vectors, _ = run_vectors(obj, program, ds.x_test, partial)
+        env, classified, runs = run_classified(obj, program, frames + plain)
+    assert (vectors.class_index == expected).all()
+    n = len(frames)
+    assert classified[:n].all() and not classified[n:].any()  # only frames with the header
+    assert (env[:n, 0] == expected).all()
+    assert (env[:n, 4] == vectors.fields["verdict_dscp"]).all()
+    for frame, run in zip(frames, runs[:n], strict=True):
+        out = bytes(run.data)
+        assert len(out) == len(frame) - len(carry_header(partial[0], program, 0x0800))
+        assert out[:14] == frame[:12] + b"\x08\x00"  # the header left, IPv4's EtherType back

@@ -6,9 +6,10 @@ objectives are the metric and the stages along the chain (fewer devices). The be
 configuration is split, each device's program and entries are emitted into
 ``OUT/devices/<i>_<name>/``, and the chain of twins (each device's entries, fed the previous
 device's carry header) must agree 100% with the quantised model on the test set and, for traffic
-specs, on every packet of the capture. A C host may end the chain (schedule/host.py): its
-library is emitted into its device directory, built with gcc, and run on the test set from the
-partial scores the switches' twins carry; it too must agree 100%.
+specs, on every packet of the capture. A host may end the chain (schedule/host.py): its C
+library (built with gcc) or XDP program (built with clang, run in the kernel) is emitted into its
+device directory and run on the test set from the partial scores the switches' twins carry; it
+too must agree 100%.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from homunculus.compile import (
     verdict_plan,
     write_model,
 )
-from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.errors import VerificationError
 from homunculus.frontend.schedule_plan import ChainPlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import Field
@@ -56,6 +57,9 @@ from homunculus.targets.p4.twin import simulate, with_installed_entries
 from homunculus.targets.registry import make_target
 
 OBJECTIVES = ("metric", "stages")
+HOST_ENTRY = {"c": "hmn_classify_carried",
+              "xdp": "hmn_xdp (parses and strips the carry header)"}
+"""What a host ending a chain runs from the carried partial scores, by target."""
 
 
 @dataclass
@@ -78,9 +82,10 @@ class ChainResult:
                  f"{m['test_samples']} test samples)"]
         for d in r["devices"]:
             t = d["usage"]
-            if d["target"] == "c":
-                lines.append(f"  {d['name']} (c host): {len(d['tables'])} score tables from the "
-                             "carried partial scores, arg-max and verdict (hmn_classify_carried)")
+            if d["target"] in HOST_ENTRY:
+                lines.append(f"  {d['name']} ({d['target']} host): {len(d['tables'])} score "
+                             "tables from the carried partial scores, arg-max and verdict "
+                             f"({d['carry_in']['entry_point']})")
                 continue
             lines.append(f"  {d['name']} ({d['target']}): {len(d['tables'])} score tables, "
                          f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries")
@@ -93,14 +98,10 @@ class ChainResult:
 
 
 def chain_devices(plan: ChainPlan) -> list[Device]:
-    """The chain's devices: switches, optionally ended by a C host (the frontends refuse a host
-    anywhere else)."""
+    """The chain's devices: switches, optionally ended by a host (C or XDP; the frontends refuse
+    a host anywhere else)."""
     devices = []
     for i, (spec, name) in enumerate(zip(plan.platforms, plan.names, strict=True)):
-        if spec.target == "xdp":
-            raise NotSupportedError(
-                f"{plan.source}: platform '{name}' is an xdp host: a chain may end on a C host "
-                "(target: c); an XDP host ending the chain is not supported yet")
         try:
             target, limits = make_target(spec.target, spec.profile)
         except KeyError as exc:
@@ -108,9 +109,9 @@ def chain_devices(plan: ChainPlan) -> list[Device]:
         c = spec.constraints
         wanted = {**c.resources.model_dump(exclude_none=True),
                   **c.performance.model_dump(exclude_none=True)}
-        if spec.target == "c" and wanted:
+        if spec.target in HOST_ENTRY and wanted:
             raise plan.plan.error(f"platforms[{i}].constraints",
-                                  f"platform '{name}' is the C host ending the chain: it runs "
+                                  f"platform '{name}' is the host ending the chain: it runs "
                                   "whatever the switches leave, and its constraints are not "
                                   "checked yet; remove them")
         devices.append(Device(name, target, limits.merged(wanted)))
@@ -259,8 +260,8 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
 
 
 def emit_host(out: Path, device: Device, split: Split, best: Built, program: str) -> Any:
-    """The C host's program (the tables the switches left, from their carried scores), its
-    library emitted and built with gcc in its device directory."""
+    """The host's program (the tables the switches left, from their carried scores), emitted
+    and built (C: gcc; XDP: clang) in its device directory."""
     problem = best.problem
     cpu = host_program(split, best.pipeline, best.trained.quantised, problem.dataset.features,
                        problem.verdict, best.trained.winner_to_class)
@@ -271,16 +272,24 @@ def emit_host(out: Path, device: Device, split: Split, best: Built, program: str
 
 def run_host(out: Path, device: Device, split: Split, cpu: Any, x: np.ndarray,
              carried: dict[str, np.ndarray] | None) -> Any:
-    """The host's built library on feature rows ``x`` from the switches' carried scores."""
+    """The host's built program on feature rows ``x`` from the switches' carried scores: the C
+    library through ctypes, the XDP program in the kernel (BPF_PROG_TEST_RUN)."""
+    where = device_dir(out, split.devices - 1, device.name)
+    partial = partial_scores(carried, cpu, len(x))
+    if device.target.name == "xdp":
+        from homunculus.targets.xdp.runner import load_built, run_vectors
+
+        obj, _ = load_built(where)
+        with obj:
+            return run_vectors(obj, cpu, x, partial)[0]
     from homunculus.targets.c.twin import CLibrary
 
-    (library,) = sorted((device_dir(out, split.devices - 1, device.name) / "c")
-                        .glob("libhmn_*.so"))
-    return CLibrary(library).classify_carried(x, partial_scores(carried, cpu, len(x)))
+    (library,) = sorted((where / "c").glob("libhmn_*.so"))
+    return CLibrary(library).classify_carried(x, partial)
 
 
 def host_row(out: Path, device: Device, split: Split, cpu: Any) -> dict[str, Any]:
-    """The C host's line of the report (its usage is the C target's cost estimate)."""
+    """The host's line of the report (its usage is its target's cost estimate)."""
     usage = device.target.estimate(cpu)
     layout = carry_layout(tuple(Field(f"{CARRY_PREFIX}{c}", cpu.carry_bits)
                                 for c in cpu.carry_in))
@@ -289,7 +298,7 @@ def host_row(out: Path, device: Device, split: Split, cpu: Any) -> dict[str, Any
         "directory": str(device_dir(out, split.devices - 1, device.name).relative_to(out)),
         "tables": list(split.host_tables),
         "carry_in": {**layout, "columns": list(cpu.carry_in),
-                     "entry_point": "hmn_classify_carried"},
+                     "entry_point": HOST_ENTRY[device.target.name]},
         "carry_out": None,
         "usage": {k: getattr(usage, k) for k in ("stages", "tables", "sram_kbit", "tcam_kbit",
                                                  "entries", "phv_bits", "latency_ns")},

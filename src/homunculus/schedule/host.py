@@ -83,6 +83,19 @@ def host_program(split: Split, pipeline: Pipeline, model: QuantisedModel,
     return replace(program, carry_in=split.host_carry_in, carry_bits=width)
 
 
+def carry_header(partial: np.ndarray, program: CpuProgram, ether_type: int) -> bytes:
+    """The carry header a switch puts after Ethernet for one row's ``partial`` scores (by score
+    column): the carried columns' fields big endian, padded to bytes, then the displaced
+    ``ether_type`` (targets/p4 carry_layout)."""
+    w = program.carry_bits
+    value = 0
+    for c in program.carry_in:
+        value = value << w | (int(partial[c]) & ((1 << w) - 1))
+    bits = w * len(program.carry_in)
+    size = -(-bits // 8)
+    return (value << (8 * size - bits)).to_bytes(size, "big") + ether_type.to_bytes(2, "big")
+
+
 def partial_scores(carried: dict[str, np.ndarray] | None, program: CpuProgram,
                    n: int) -> np.ndarray:
     """The (n, K) partial scores a host starts from: the carried fields by class column,

@@ -20,6 +20,7 @@ from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import FeatureInput
 from homunculus.ir.telemetry import FLOW_TABLE, RING_BYTES, TelemetryConfig
+from homunculus.targets.p4.codegen import CARRY_ETHER_TYPE
 from homunculus.targets.templating import code_env
 from homunculus.targets.xdp.layout import Capacity, even
 
@@ -256,6 +257,7 @@ def model_section_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
             "size": cap.categories, "feature": cap.cat_feature,
             "steps": [cap.categories >> k for k in range(1, cap.categories.bit_length())]},
         "model": model_context(program, cap),
+        "carry": None,  # a chain's host only (build_context)
     }
 
 
@@ -264,14 +266,33 @@ def _check_trace(trace: int) -> None:
         raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
 
 
+def carry_context(program: CpuProgram) -> dict[str, Any] | None:
+    """A chain's host: the carry header after Ethernet (targets/p4 carry_layout: the carried
+    columns' fields, big endian, padded to bytes, then the displaced EtherType) and, per
+    carried column, the header bytes holding its field, the right shift and the mask."""
+    if not program.carry_in:
+        return None
+    if program.kind not in ("trees-scalar", "trees-vector", "lookup"):
+        raise ValueError("a program starting from carried scores must sum scores")
+    w = program.carry_bits
+    if not 1 <= w <= 30:
+        raise ValueError(f"carried fields of {w} bits; at most 30 are summed in int32")
+    fields = []
+    for i, c in enumerate(program.carry_in):
+        first, last = i * w // 8, (i * w + w - 1) // 8
+        fields.append({"column": c, "bytes": list(range(first, last + 1)),
+                       "shift": 8 * (last + 1) - (i + 1) * w, "mask": mask_of(w)})
+    bits = len(program.carry_in) * w
+    size = -(-bits // 8)
+    return {"ether_type": CARRY_ETHER_TYPE, "fields": fields, "bytes": size + 2,
+            "inner": size}
+
+
 def build_context(program: CpuProgram, cap: Capacity, *, name: str,
                   trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
     0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
     _check_trace(trace)
-    if program.carry_in:
-        raise ValueError("an XDP program does not start from carried partial scores (a chain "
-                         "may end on a C host, not yet on an XDP one)")
     return model_section_context(program, cap) | {
         "comment": {
             "program": safe_comment(name),
@@ -287,6 +308,7 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         **packet_features_context(program.features),
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
+        "carry": carry_context(program),
         "trace": trace,
         "telemetry": None if telemetry is None else {"ring_bytes": RING_BYTES,
                                                       "flow_table": FLOW_TABLE},

@@ -1,4 +1,4 @@
-"""A host (the C target) ending a chain of switches: the CPU program of the tables they left.
+"""A host (C or XDP) ending a chain of switches: the CPU program of the tables they left.
 
 The switches before the host sum their score tables as the table pipeline defines them (each
 table's scores shifted by its per-column minimum, the minima folded into the pipeline's bias;

@@ -14,7 +14,7 @@ header carries only the columns summed so far) it fills each device greedily wit
 run of tables whose program fits that device under its limits (the real allocation pass), and
 keeps the order with the fewest devices, then the fewest carried bytes.
 
-A host (the C target) may end the chain: the switches fill as above, and the tables no switch
+A host (the C or XDP target) may end the chain: the switches fill as above, and the tables no switch
 took, with the arg-max and the verdict, run on the host, which starts from the partial scores
 the last switch carries (schedule/host.py).
 """
@@ -59,7 +59,7 @@ class Device:
     """One device of the chain: its backend and its limits."""
 
     name: str
-    target: Any  # SwitchTarget, or a host's target (CTarget) ending the chain
+    target: Any  # SwitchTarget, or a host's target (CTarget, XdpTarget) ending the chain
     limits: Limits
 
     @property

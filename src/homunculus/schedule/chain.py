@@ -128,8 +128,9 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> ChainResult:
     requested = check_algorithms(base)
     dataset = base.load_data()
     if dataset.traffic is not None and devices[-1].host:
-        raise base.error("platforms", "a chain ending on a host classifies feature rows; a "
-                                      "model with flow features splits over switches only")
+        raise base.error("platforms", "a chain ending on a host is verified on feature rows "
+                                      "only; a spec learning from traffic (features from a "
+                                      "capture) splits over switches only")
     if dataset.traffic is not None and len({spec.target for spec in plan.platforms}) > 1:
         raise base.error("platforms", "a model with flow features runs on one kind of switch "
                                       "along the chain (their clocks tick in different units)")

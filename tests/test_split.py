@@ -438,3 +438,18 @@ def test_an_xdp_host_ends_a_chain_in_the_kernel(tmp_path, family, params, stages
         out = bytes(run.data)
         assert len(out) == len(frame) - len(carry_header(partial[0], program, 0x0800))
         assert out[:14] == frame[:12] + b"\x08\x00"  # the header left, IPv4's EtherType back
+
+
+def test_a_traffic_spec_ending_on_a_host_is_refused(tmp_path) -> None:
+    from test_traffic import TRAFFIC_SPEC
+
+    text = TRAFFIC_SPEC.format(target="tofino", select="false").replace(
+        "platform:\n  target: tofino\n",
+        "platforms:\n  - {name: sw, target: tofino}\n  - {name: srv, target: xdp}\n")
+    assert "platforms:" in text
+    spec = tmp_path / "t.yaml"
+    spec.write_text(text)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "splits over switches only" in result.output
+    assert not (tmp_path / "o").exists()

@@ -58,7 +58,7 @@ from homunculus.targets.registry import make_target
 
 OBJECTIVES = ("metric", "stages")
 HOST_ENTRY = {"c": "hmn_classify_carried",
-              "xdp": "hmn_xdp (parses and strips the carry header)"}
+              "xdp": "hmn_xdp, which parses and strips the carry header"}
 """What a host ending a chain runs from the carried partial scores, by target."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.passes.lower import lower
+from homunculus.schedule.host import host_program, partial_scores
 from homunculus.schedule.split import (
     ChainTarget,
     Device,
@@ -28,7 +30,11 @@ from homunculus.schedule.split import (
     partition,
     run_split,
     run_split_packets,
+    run_switches,
 )
+from homunculus.targets.base import Limits
+from homunculus.targets.c.target import CTarget
+from homunculus.targets.c.twin import CLibrary
 from homunculus.targets.p4 import emit_p4, runtime_entries
 from homunculus.targets.p4.check import check_program
 from homunculus.targets.p4.codegen import carry_layout
@@ -106,6 +112,37 @@ def test_a_model_split_over_a_chain_agrees_with_the_model(family, params, stages
     text = emit_p4(last, "tna", program_name="d")
     assert "state parse_hmn_cin" in text and "hmn_carry_strip();" in text
     assert "hdr.hmn_cin.isValid()" in text
+
+
+@pytest.mark.parametrize(("family", "params", "stages"), [
+    ("rf", FOREST, 12), ("xgb", None, 12), ("gnb", None, 5)])
+def test_a_c_host_ends_a_chain_from_the_carried_scores(tmp_path, family, params,
+                                                       stages) -> None:
+    """One switch, then a C host: the switch's twin carries partial scores, the host's gcc-built
+    library (hmn_classify_carried) finishes; the chain equals the quantised model."""
+    ds, model, pipeline = trained(family, params)
+    split = partition(pipeline, [*chain(1, stages), Device("host", CTarget(), Limits())])
+    assert split.feasible and split.devices == 2 and len(split.programs) == 1
+    assert split.host_tables and split.host_carry_in
+    assert set(split.tables[0]).isdisjoint(split.host_tables)
+    check_devices(split)
+    switch, carried = run_switches(split, ds.x_test,
+                                   lambda p, d, x, c: simulate(p, x, carried=c))
+    assert switch.class_index.max() == 0  # the switch only forwards
+    program = host_program(split, pipeline, model.quantised, ds.features, VERDICT,
+                           model.winner_to_class)
+    partial = partial_scores(carried, program, len(ds.x_test))
+    assert (partial[:, list(program.carry_in)] > 0).any()
+    paths = CTarget().emit(program, tmp_path, "host")
+    header = paths["c_header"].read_text()
+    assert "hmn_classify_carried" in header and "0x88B5" in header
+    got = CLibrary(paths["c_library"]).classify_carried(ds.x_test, partial)
+    expected = model.predict_quantised(ds.x_test)
+    assert (got.class_index == expected).all()
+    assert (got.fields["verdict_dscp"] == program.results(ds.x_test, partial)["verdict_dscp"]
+            ).all()
+    alone = CLibrary(paths["c_library"]).classify_verdict(ds.x_test)  # no carried scores
+    assert (alone.class_index != expected).any()
 
 
 def test_a_chain_too_short_is_infeasible_and_says_how_many_devices_it_needs() -> None:
@@ -232,6 +269,39 @@ def test_a_yaml_chain_compiles(tmp_path, example_csv) -> None:
     assert (out / "model" / "quantised.json").is_file() and (out / "report.html").is_file()
 
 
+@pytest.mark.parametrize("host", ["c", "xdp"])
+def test_a_yaml_chain_ending_on_a_host_compiles(tmp_path, example_csv, host) -> None:
+    text = CHAIN_SPEC.format(data=example_csv, chain="")
+    lines = text.splitlines(keepends=True)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("".join(f"  - {{name: sw2, target: {host}}}\n" if "name: sw2" in line
+                            else line for line in lines))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["agreement"] == 1.0 and report["devices_used"] == 2
+    device = report["devices"][-1]
+    assert device["target"] == host and device["carry_in"]["bytes"] == report["carry_bytes"][-1]
+    assert f"({host} host)" in result.output
+    built = out / device["directory"]
+    if host == "c":
+        assert device["carry_in"]["entry_point"] == "hmn_classify_carried"
+        assert "hmn_classify_carried" in next((built / "c").glob("*.h")).read_text()
+        assert next((built / "c").glob("libhmn_*.so")).is_file()
+    else:
+        assert "bpf_xdp_adjust_head" in next((built / "xdp").glob("*.bpf.c")).read_text()
+        assert (built / "xdp" / "snapshot.json").is_file()
+    bad = "".join(line.replace(f"target: {host}}}", f"target: {host}, constraints: "
+                               "{performance: {latency_ns: 5}}}") for line in
+                  spec.read_text().splitlines(keepends=True))
+    spec.write_text(bad)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o2"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "constraints" in result.output
+    assert not (tmp_path / "o2").exists()
+
+
 def test_a_chain_refuses_the_users_directory(tmp_path, example_csv, monkeypatch) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(CHAIN_SPEC.format(data=example_csv, chain=""))
@@ -267,6 +337,7 @@ def test_a_python_chain_compiles(tmp_path) -> None:
     assert exc.value.field == "chain[1]" and exc.value.line is not None
     with pytest.raises(SpecError, match="can only end a chain"):
         Platforms.chain(Platforms.C(), a)
+    assert Platforms.chain(a, Platforms.C()).platforms[-1].target == "c"  # a host ends it
 
 
 def line_of(text: str, needle: str) -> int:
@@ -307,3 +378,78 @@ def test_a_host_inside_a_chain_and_an_unknown_target_are_rejected(tmp_path,
         plan_from_yaml(spec)
     assert exc.value.field == "platforms[1].target"
     assert exc.value.line == line_of(text, "tofinoo")
+
+
+
+def header_dataset(n: int = 900, seed: int = 1):
+    """Features in IPv4 header fields only (a frame carries them all)."""
+    rng = np.random.default_rng(seed)
+    feats = [FeatureDecl("ttl", 8, "ipv4.ttl"), FeatureDecl("len", 16, "ipv4.total_len"),
+             FeatureDecl("proto", 8, "ipv4.protocol")]
+    x = np.stack([rng.integers(0, 256, n), rng.integers(20, 1 << 16, n),
+                  rng.integers(0, 256, n)], axis=1)
+    y = (x[:, 0] // 64 + (x[:, 1] > 30000) + x[:, 2] % 2) % 4
+    labels = [f"c{v}" for v in y]
+    cut = 2 * n // 3
+    return make_dataset(feats, x[:cut], labels[:cut], x[cut:], labels[cut:], "h")
+
+
+def ipv4_frame(row: np.ndarray, carry: bytes) -> bytes:
+    """Ethernet, the carry header (its last two bytes: IPv4's EtherType; none if empty), an
+    IPv4 header holding the row's ttl, total length and protocol."""
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, int(row[1]), 7, 0, int(row[0]), int(row[2]), 0,
+                     0x0A000001, 0x0A000002)
+    macs = b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01"
+    return macs + (b"\x88\xb5" + carry if carry else b"\x08\x00") + ip
+
+
+@pytest.mark.parametrize(("family", "params", "stages"), [
+    ("rf", FOREST, 12), ("xgb", None, 12), ("gnb", None, 5)])
+def test_an_xdp_host_ends_a_chain_in_the_kernel(tmp_path, family, params, stages) -> None:
+    """One switch, then an XDP host (clang, BPF_PROG_TEST_RUN): on vectors carrying the partial
+    scores and on frames carrying the carry header, which it parses and strips."""
+    from homunculus.schedule.host import carry_header
+    from homunculus.targets.xdp.runner import load_built, run_classified, run_vectors
+    from homunculus.targets.xdp.target import XdpTarget
+
+    ds, model, pipeline = trained(family, params, header_dataset())
+    split = partition(pipeline, [*chain(1, stages), Device("host", XdpTarget(), Limits())])
+    assert split.feasible and split.devices == 2 and split.host_tables
+    _, carried = run_switches(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
+    program = host_program(split, pipeline, model.quantised, ds.features, VERDICT,
+                           model.winner_to_class)
+    partial = partial_scores(carried, program, len(ds.x_test))
+    expected = model.predict_quantised(ds.x_test)
+    XdpTarget().emit(program, tmp_path, "host")
+    assert "bpf_xdp_adjust_head" in next((tmp_path / "xdp").glob("*.bpf.c")).read_text()
+    frames = [ipv4_frame(row, carry_header(p, program, 0x0800))
+              for row, p in zip(ds.x_test, partial, strict=True)]
+    plain = [ipv4_frame(row, b"") for row in ds.x_test[:5]]  # no carry header
+    obj, _ = load_built(tmp_path)
+    with obj:
+        vectors, _ = run_vectors(obj, program, ds.x_test, partial)
+        env, classified, runs = run_classified(obj, program, frames + plain)
+    assert (vectors.class_index == expected).all()
+    n = len(frames)
+    assert classified[:n].all() and not classified[n:].any()  # only frames with the header
+    assert (env[:n, 0] == expected).all()
+    assert (env[:n, 4] == vectors.fields["verdict_dscp"]).all()
+    for frame, run in zip(frames, runs[:n], strict=True):
+        out = bytes(run.data)
+        assert len(out) == len(frame) - len(carry_header(partial[0], program, 0x0800))
+        assert out[:14] == frame[:12] + b"\x08\x00"  # the header left, IPv4's EtherType back
+
+
+def test_a_traffic_spec_ending_on_a_host_is_refused(tmp_path) -> None:
+    from test_traffic import TRAFFIC_SPEC
+
+    text = TRAFFIC_SPEC.format(target="tofino", select="false").replace(
+        "platform:\n  target: tofino\n",
+        "platforms:\n  - {name: sw, target: tofino}\n  - {name: srv, target: xdp}\n")
+    assert "platforms:" in text
+    spec = tmp_path / "t.yaml"
+    spec.write_text(text)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "splits over switches only" in result.output
+    assert not (tmp_path / "o").exists()

@@ -17,6 +17,10 @@ quantised model's (ir/quantised.py, ir/dense.py):
 - ``QMLP``: the int8 network of ir/dense.py as it is.
 
 Then ``verdict[winner]`` gives the class and the verdict's (port, drop, mark, dscp).
+
+A host ending a chain of switches (schedule/host.py) runs the tables the switches did not: its
+program's ``carry_in`` lists the class columns the carry header brings, and every row's scores
+start from those partial scores (each masked to ``carry_bits``) plus the bias.
 """
 
 from __future__ import annotations
@@ -74,10 +78,10 @@ class TreeModel:
     def depth(self) -> int:
         return max((t.depth for t in self.trees), default=0)
 
-    def winners(self, x: np.ndarray) -> np.ndarray:
+    def winners(self, x: np.ndarray, partial: np.ndarray | None = None) -> np.ndarray:
         if self.mode == WINNER:
             return np.asarray(self.trees[0].values, dtype=np.int64)[self.trees[0].leaf_rows(x), 0]
-        total = np.tile(np.asarray(self.bias, dtype=np.int64), (len(x), 1))
+        total = start_scores(self.bias, len(x), partial)
         for t in self.trees:
             rows = np.asarray(t.values, dtype=np.int64)[t.leaf_rows(x)]
             if self.mode == SCALAR:
@@ -116,11 +120,17 @@ class LookupModel:
     bias: tuple[int, ...]
     encoders: tuple[Encoder, ...]  # one per feature, in feature order
 
-    def winners(self, x: np.ndarray) -> np.ndarray:
-        total = np.tile(np.asarray(self.bias, dtype=np.int64), (len(x), 1))
+    def winners(self, x: np.ndarray, partial: np.ndarray | None = None) -> np.ndarray:
+        total = start_scores(self.bias, len(x), partial)
         for e in self.encoders:
             total += np.asarray(e.scores, dtype=np.int64)[e.bins(x[:, e.feature])]
         return np.argmax(total, axis=1)
+
+
+def start_scores(bias: tuple[int, ...], n: int, partial: np.ndarray | None) -> np.ndarray:
+    """Every row's scores before the model adds its own: the bias, plus ``partial`` (n, K)."""
+    total = np.tile(np.asarray(bias, dtype=np.int64), (n, 1))
+    return total if partial is None else total + np.asarray(partial, dtype=np.int64)
 
 
 CpuModel = TreeModel | LookupModel | QMLP
@@ -145,6 +155,8 @@ class CpuProgram:
     # per class: (class, port, drop, mark, dscp): the verdicts of the category table's hits and
     # of a per-flow decision's stored class
     class_rows: tuple[tuple[int, ...], ...] = ()
+    carry_in: tuple[int, ...] = ()  # class columns whose partial scores a chain carries in
+    carry_bits: int = 0  # the carried fields' width (partial scores are masked to it)
 
     @property
     def n_winners(self) -> int:
@@ -154,18 +166,23 @@ class CpuProgram:
     def kind(self) -> str:
         return model_kind(self.model)
 
-    def winners(self, x: np.ndarray) -> np.ndarray:
+    def winners(self, x: np.ndarray, partial: np.ndarray | None = None) -> np.ndarray:
+        """Per row, the winner; ``partial`` (n, K): the carried partial scores (``carry_in``
+        programs only; masked to ``carry_bits`` as the generated code does)."""
         x = np.asarray(x, dtype=np.int64)
         masks = np.asarray([f.field.max_value for f in self.features], dtype=np.int64)
         x = x & masks  # the programs mask every feature to its declared width
         if isinstance(self.model, QMLP):
             return np.argmax(self.model.scores(x), axis=1)
-        return self.model.winners(x)
+        if partial is not None:
+            partial = np.asarray(partial, dtype=np.int64) & ((1 << self.carry_bits) - 1)
+        return self.model.winners(x, partial)
 
-    def results(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def results(self, x: np.ndarray, partial: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
         """Per row: the class and the verdict fields (``RESULT_FIELDS``); a category table's
         hit takes its own verdict row."""
-        table = np.asarray(self.verdict, dtype=np.int64)[self.winners(x)]
+        table = np.asarray(self.verdict, dtype=np.int64)[self.winners(x, partial)]
         if self.shortcut is not None:
             masks = np.asarray([f.field.max_value for f in self.features], dtype=np.int64)
             hit, rows = self.shortcut.lookup(np.asarray(x, dtype=np.int64) & masks)

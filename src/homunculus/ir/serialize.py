@@ -199,6 +199,7 @@ def program_to_json(p: CpuProgram) -> dict[str, Any]:
         "flow": _flow(p.flow),
         "shortcut": _shortcut(p.shortcut),
         "class_rows": [list(r) for r in p.class_rows],
+        **({"carry_in": list(p.carry_in), "carry_bits": p.carry_bits} if p.carry_in else {}),
     }
 
 
@@ -212,6 +213,8 @@ def program_from_json(d: dict[str, Any]) -> CpuProgram:
         flow=_unflow(d["flow"]),
         shortcut=_unshortcut(d.get("shortcut")),
         class_rows=tuple(tuple(int(v) for v in r) for r in d.get("class_rows", [])),
+        carry_in=tuple(int(c) for c in d.get("carry_in", [])),
+        carry_bits=int(d.get("carry_bits", 0)),
     )
 
 

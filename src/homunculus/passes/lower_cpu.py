@@ -38,8 +38,9 @@ from homunculus.passes.lower import feature_inputs
 def lower_cpu(model: QuantisedModel, features: tuple[FeatureDecl, ...],
               class_labels: tuple[str, ...], verdict: VerdictPlan,
               winner_to_class: tuple[int, ...] | None = None,
-              flow: FlowProgram | None = None) -> CpuProgram:
-    """The CPU program computing exactly ``model`` (then ``winner_to_class`` and ``verdict``)."""
+              flow: FlowProgram | None = None, summed: bool = False) -> CpuProgram:
+    """The CPU program computing exactly ``model`` (then ``winner_to_class`` and ``verdict``);
+    ``summed``: a single tree still sums its scores (a chain's host adds carried scores)."""
     max_values = tuple((1 << f.width) - 1 for f in features)
     cpu_model: CpuModel
     if isinstance(model, QMLP):
@@ -49,7 +50,7 @@ def lower_cpu(model: QuantisedModel, features: tuple[FeatureDecl, ...],
         check_ranges(model)
         cpu_model = model
     elif isinstance(model, QTreeEnsemble):
-        cpu_model = lower_trees(model, max_values)
+        cpu_model = lower_trees(model, max_values, summed)
     else:
         cpu_model = lower_lookup(model, max_values)
     n_winners = model.n_classes
@@ -73,9 +74,10 @@ class _Node:
     row: tuple[int, ...] = ()
 
 
-def tree_mode(model: QTreeEnsemble) -> str:
-    """``winner`` for one tree, ``scalar`` when every tree moves at most one column."""
-    if len(model.trees) == 1:
+def tree_mode(model: QTreeEnsemble, summed: bool = False) -> str:
+    """``winner`` for one tree (unless ``summed``), ``scalar`` when every tree moves at most one
+    column."""
+    if len(model.trees) == 1 and not summed:
         return WINNER
     return SCALAR if all(len(varying_columns(t)) <= 1 for t in model.trees) else VECTOR
 
@@ -134,8 +136,9 @@ def flatten(root: _Node, column: int = -1) -> FlatTree:
                     max(depth.values()))
 
 
-def lower_trees(model: QTreeEnsemble, max_values: tuple[int, ...]) -> TreeModel:
-    mode = tree_mode(model)
+def lower_trees(model: QTreeEnsemble, max_values: tuple[int, ...],
+                summed: bool = False) -> TreeModel:
+    mode = tree_mode(model, summed)
     n = model.n_classes
     bias = np.asarray(model.bias, dtype=np.int64)
 

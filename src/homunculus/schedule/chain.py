@@ -6,7 +6,10 @@ objectives are the metric and the stages along the chain (fewer devices). The be
 configuration is split, each device's program and entries are emitted into
 ``OUT/devices/<i>_<name>/``, and the chain of twins (each device's entries, fed the previous
 device's carry header) must agree 100% with the quantised model on the test set and, for traffic
-specs, on every packet of the capture.
+specs, on every packet of the capture. A host may end the chain (schedule/host.py): its C
+library (built with gcc) or XDP program (built with clang, run in the kernel) is emitted into its
+device directory and run on the test set from the partial scores the switches' twins carry; it
+too must agree 100%.
 """
 
 from __future__ import annotations
@@ -27,20 +30,23 @@ from homunculus.compile import (
     verdict_plan,
     write_model,
 )
-from homunculus.errors import NotSupportedError, VerificationError
+from homunculus.errors import VerificationError
 from homunculus.frontend.schedule_plan import ChainPlan
 from homunculus.ir.names import sanitise_identifier
+from homunculus.ir.pipeline import Field
 from homunculus.ir.serialize import compiled_to_json
 from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
 from homunculus.report.summary import candidates_section, confusion, trial_rows
+from homunculus.schedule.host import host_program, partial_scores
 from homunculus.schedule.search import Built, build
 from homunculus.schedule.split import (
+    CARRY_PREFIX,
     ChainTarget,
     Device,
     Split,
-    run_split,
     run_split_packets,
+    run_switches,
 )
 from homunculus.search.metrics import score
 from homunculus.search.problem import make_problem
@@ -51,6 +57,9 @@ from homunculus.targets.p4.twin import simulate, with_installed_entries
 from homunculus.targets.registry import make_target
 
 OBJECTIVES = ("metric", "stages")
+HOST_ENTRY = {"c": "hmn_classify_carried",
+              "xdp": "hmn_xdp, which parses and strips the carry header"}
+"""What a host ending a chain runs from the carried partial scores, by target."""
 
 
 @dataclass
@@ -73,6 +82,11 @@ class ChainResult:
                  f"{m['test_samples']} test samples)"]
         for d in r["devices"]:
             t = d["usage"]
+            if d["target"] in HOST_ENTRY:
+                lines.append(f"  {d['name']} ({d['target']} host): {len(d['tables'])} score "
+                             "tables from the carried partial scores, arg-max and verdict "
+                             f"({d['carry_in']['entry_point']})")
+                continue
             lines.append(f"  {d['name']} ({d['target']}): {len(d['tables'])} score tables, "
                          f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries")
         one = r["one_device"]
@@ -84,13 +98,10 @@ class ChainResult:
 
 
 def chain_devices(plan: ChainPlan) -> list[Device]:
+    """The chain's devices: switches, optionally ended by a host (C or XDP; the frontends refuse
+    a host anywhere else)."""
     devices = []
     for i, (spec, name) in enumerate(zip(plan.platforms, plan.names, strict=True)):
-        if spec.target in ("xdp", "c"):
-            raise NotSupportedError(
-                f"{plan.source}: platform '{name}' is a {spec.target} host: a chain splits a "
-                "model over switches (tofino, bmv2); a host ending the chain is not "
-                "supported yet")
         try:
             target, limits = make_target(spec.target, spec.profile)
         except KeyError as exc:
@@ -98,7 +109,15 @@ def chain_devices(plan: ChainPlan) -> list[Device]:
         c = spec.constraints
         wanted = {**c.resources.model_dump(exclude_none=True),
                   **c.performance.model_dump(exclude_none=True)}
+        if spec.target in HOST_ENTRY and wanted:
+            raise plan.plan.error(f"platforms[{i}].constraints",
+                                  f"platform '{name}' is the host ending the chain: it runs "
+                                  "whatever the switches leave, and its constraints are not "
+                                  "checked yet; remove them")
         devices.append(Device(name, target, limits.merged(wanted)))
+    if devices[0].host:
+        raise plan.plan.error("platforms", "a chain starts on a switch (tofino, bmv2); a host "
+                                           "can only end it")
     return devices
 
 
@@ -108,6 +127,10 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> ChainResult:
     devices = chain_devices(plan)
     requested = check_algorithms(base)
     dataset = base.load_data()
+    if dataset.traffic is not None and devices[-1].host:
+        raise base.error("platforms", "a chain ending on a host is verified on feature rows "
+                                      "only; a spec learning from traffic (features from a "
+                                      "capture) splits over switches only")
     if dataset.traffic is not None and len({spec.target for spec in plan.platforms}) > 1:
         raise base.error("platforms", "a model with flow features runs on one kind of switch "
                                       "along the chain (their clocks tick in different units)")
@@ -167,7 +190,12 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
     installed = installed_programs(out, split, names)
     ds = best.problem.dataset
     expected = best.trained.predict_quantised(ds.x_test)
-    twin = run_split(split, ds.x_test, lambda p, d, x, c: simulate(installed[d], x, carried=c))
+    twin, carried = run_switches(split, ds.x_test,
+                                 lambda p, d, x, c: simulate(installed[d], x, carried=c))
+    host = None
+    if split.host_tables:
+        host = emit_host(out, devices[-1], split, best, program)
+        twin = run_host(out, devices[-1], split, host, ds.x_test, carried)
     produced = twin.class_index
     bad = np.nonzero(expected != produced)[0]
     if len(bad):
@@ -199,6 +227,8 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
                           for s in usage.per_stage],
             "limits": devices[d].limits.as_dict(),
         })
+    if host is not None:
+        device_rows.append(host_row(out, devices[-1], split, host))
     rows = trial_rows(result.trials)
     report = {
         "kind": "chain", "name": plan.name, "target": "chain",
@@ -228,6 +258,53 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
 
     write_schedule_report(out, report, "chain.html.j2")
     return report
+
+
+def emit_host(out: Path, device: Device, split: Split, best: Built, program: str) -> Any:
+    """The host's program (the tables the switches left, from their carried scores), emitted
+    and built (C: gcc; XDP: clang) in its device directory."""
+    problem = best.problem
+    cpu = host_program(split, best.pipeline, best.trained.quantised, problem.dataset.features,
+                       problem.verdict, best.trained.winner_to_class)
+    device.target.emit(cpu, device_dir(out, split.devices - 1, device.name),
+                       f"{program}_{split.devices - 1}")
+    return cpu
+
+
+def run_host(out: Path, device: Device, split: Split, cpu: Any, x: np.ndarray,
+             carried: dict[str, np.ndarray] | None) -> Any:
+    """The host's built program on feature rows ``x`` from the switches' carried scores: the C
+    library through ctypes, the XDP program in the kernel (BPF_PROG_TEST_RUN)."""
+    where = device_dir(out, split.devices - 1, device.name)
+    partial = partial_scores(carried, cpu, len(x))
+    if device.target.name == "xdp":
+        from homunculus.targets.xdp.runner import load_built, run_vectors
+
+        obj, _ = load_built(where)
+        with obj:
+            return run_vectors(obj, cpu, x, partial)[0]
+    from homunculus.targets.c.twin import CLibrary
+
+    (library,) = sorted((where / "c").glob("libhmn_*.so"))
+    return CLibrary(library).classify_carried(x, partial)
+
+
+def host_row(out: Path, device: Device, split: Split, cpu: Any) -> dict[str, Any]:
+    """The host's line of the report (its usage is its target's cost estimate)."""
+    usage = device.target.estimate(cpu)
+    layout = carry_layout(tuple(Field(f"{CARRY_PREFIX}{c}", cpu.carry_bits)
+                                for c in cpu.carry_in))
+    return {
+        "name": device.name, "target": device.target.name,
+        "directory": str(device_dir(out, split.devices - 1, device.name).relative_to(out)),
+        "tables": list(split.host_tables),
+        "carry_in": {**layout, "columns": list(cpu.carry_in),
+                     "entry_point": HOST_ENTRY[device.target.name]},
+        "carry_out": None,
+        "usage": {k: getattr(usage, k) for k in ("stages", "tables", "sram_kbit", "tcam_kbit",
+                                                 "entries", "phv_bits", "latency_ns")},
+        "per_stage": [], "limits": device.limits.as_dict(),
+    }
 
 
 def _evaluation_view(best: Built) -> Any:

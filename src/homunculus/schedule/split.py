@@ -13,6 +13,10 @@ order (as lowered; by the class column for boosted trees, which move one score e
 header carries only the columns summed so far) it fills each device greedily with the longest
 run of tables whose program fits that device under its limits (the real allocation pass), and
 keeps the order with the fewest devices, then the fewest carried bytes.
+
+A host (the C or XDP target) may end the chain: the switches fill as above, and the tables no switch
+took, with the arg-max and the verdict, run on the host, which starts from the partial scores
+the last switch carries (schedule/host.py).
 """
 
 from __future__ import annotations
@@ -52,14 +56,21 @@ CARRY_PREFIX = "part_s"
 
 @dataclass(frozen=True)
 class Device:
-    """One switch of the chain: its backend and its limits."""
+    """One device of the chain: its backend and its limits."""
 
     name: str
-    target: Any  # SwitchTarget
+    target: Any  # SwitchTarget, or a host's target (CTarget, XdpTarget) ending the chain
     limits: Limits
 
     @property
+    def host(self) -> bool:
+        """Whether the device runs the CPU program (a host), not a table pipeline."""
+        return getattr(self.target, "lowering", "tables") == "cpu"
+
+    @property
     def stage_budget(self) -> int | None:
+        if self.host:
+            return None
         return self.limits.stages if self.limits.stages is not None else \
             self.target.profile.stages
 
@@ -76,10 +87,12 @@ class Split:
     feasible: bool = True
     needed: int = 0  # devices the greedy fill needed (more than the chain has: infeasible)
     reason: str | None = None
+    host_tables: tuple[str, ...] = ()  # the lookup tables a host ending the chain runs
+    host_carry_in: tuple[int, ...] = ()  # the class columns the host reads from the header
 
     @property
     def devices(self) -> int:
-        return len(self.programs)
+        return len(self.programs) + bool(self.host_tables)
 
     @property
     def header_bytes(self) -> int:
@@ -333,17 +346,22 @@ class _Fill:
     carry: list[int] = field(default_factory=list)
     reason: str | None = None
     complete: bool = True
+    host_tables: tuple[str, ...] = ()
+    host_carry: tuple[int, ...] = ()
 
 
 def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tuple[str, ...],
           spare: int) -> _Fill:
     """Greedy: each device takes the longest run of the remaining tables that fits it (the
     last one, arg-max and verdict included). ``spare`` extra devices like the last may be used
-    to measure how many a model that does not fit would need."""
+    to measure how many a model that does not fit would need. A host ending the chain takes
+    whatever the switches before it did not (it has no table limits)."""
     out = _Fill()
     i = 0
     carried: list[int] = []
-    pool = list(devices) + [devices[-1]] * spare
+    host = devices[-1].host
+    switches = devices[:-1] if host else devices
+    pool = list(switches) + ([] if host else [devices[-1]] * spare)
     for d, device in enumerate(pool):
         name = f"d{d}"
         supports_range = device.target.profile.supports_range
@@ -363,6 +381,8 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
                 out.reason = f"device {d + 1} ({device.name}): {why}"
                 hi = k - 1
         if best is None:
+            if host and i > 0:
+                break
             out.complete = False
             return out
         k, program, usage, out_cols = best
@@ -374,6 +394,11 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
             return out
         out.carry.append(carry_layout(program.carry_out)["bytes"])
         carried = out_cols
+    if host and i > 0:
+        out.host_tables = tuple(t.name for t in order[i:])
+        out.host_carry = tuple(carried)
+        out.reason = None
+        return out
     out.complete = False
     return out
 
@@ -415,7 +440,9 @@ def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0) -> Spli
         split = Split(tuple(fill.programs), tuple(fill.tables), tuple(fill.usages),
                       tuple(fill.carry), name,
                       feasible=fill.complete and len(fill.programs) <= len(devices),
-                      needed=len(fill.programs) if fill.complete else -1, reason=fill.reason)
+                      needed=len(fill.programs) + bool(fill.host_tables) if fill.complete
+                      else -1, reason=fill.reason, host_tables=fill.host_tables,
+                      host_carry_in=fill.host_carry)
         if best is None or _rank(split) < _rank(best):
             best = split
     assert best is not None
@@ -435,7 +462,8 @@ class ChainTarget:
     splits over the chain. Its usage counts stages along the chain (each device before the
     last used one counts its whole stage budget), so a model that needs more devices than the
     chain has exceeds the chain's stages; memory and entries add up, the rate is the slowest
-    device's and the latency the sum."""
+    device's and the latency the sum. A host ending the chain counts one stage past the switches
+    (every switch before it counts its whole budget)."""
 
     devices: tuple[Device, ...]
     name: str = "chain"
@@ -451,8 +479,9 @@ class ChainTarget:
         return self.devices[0].target.arch
 
     def limits(self) -> Limits:
-        budgets = [d.stage_budget for d in self.devices]
-        return Limits(stages=None if None in budgets else sum(budgets))  # type: ignore[arg-type]
+        budgets = [d.stage_budget for d in self.devices if not d.host]
+        host = int(self.devices[-1].host)
+        return Limits(stages=None if None in budgets else sum(budgets) + host)  # type: ignore[arg-type]
 
     def prepare(self, pipeline: Pipeline) -> Pipeline:
         """Nothing yet: each device encodes and lowers its own part."""
@@ -489,6 +518,9 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
     before = sum((b if b is not None else u.stages)
                  for b, u in zip(budgets[:-1], split.usages[:-1], strict=True))
     stages = before + split.usages[-1].stages
+    if split.host_tables:  # the last switch carries on: its whole budget, then the host
+        last = budgets[-1]
+        stages = before + (last if last is not None else split.usages[-1].stages) + 1
     if split.needed < 0:  # even the spare devices were not enough
         stages = sum(d.stage_budget or 12 for d in devices) * 10
     u = split.usages
@@ -510,6 +542,12 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
 def run_split(split: Split, x: np.ndarray, runner: Any) -> Any:
     """The chain on the model's feature rows: each device's twin (``runner(program, d, x_d,
     carried)``) on its features, fed the previous device's carried fields; the last result."""
+    return run_switches(split, x, runner)[0]
+
+
+def run_switches(split: Split, x: np.ndarray, runner: Any
+                 ) -> tuple[Any, dict[str, np.ndarray] | None]:
+    """:func:`run_split`, with what the last switch carries on (to a host ending the chain)."""
     carried: dict[str, np.ndarray] | None = None
     result = None
     for d, program in enumerate(split.programs):
@@ -519,7 +557,7 @@ def run_split(split: Split, x: np.ndarray, runner: Any) -> Any:
             carried = {f"{CARRY_PREFIX}{c}": result.fields[f.name]
                        for c, f in zip(carried_out_columns(program), program.carry_out,
                                        strict=True)}
-    return result
+    return result, carried
 
 
 def carried_out_columns(program: Pipeline) -> list[int]:

@@ -231,6 +231,16 @@ def resolve_tree_code(model: TreeModel | LookupModel | QMLP, tree_code: str) -> 
     return "arrays" if isinstance(model, TreeModel) and model.mode == VECTOR else "branches"
 
 
+def carry_context(program: CpuProgram) -> dict[str, Any] | None:
+    """A chain's host: the class columns carried in and the mask of their fields."""
+    if not program.carry_in:
+        return None
+    if not n_scores(program.model):
+        raise ValueError("a program starting from carried scores must sum scores")
+    return {"columns": list(program.carry_in), "bits": program.carry_bits,
+            "mask": u32((1 << program.carry_bits) - 1)}
+
+
 def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> dict[str, Any]:
     check_program(program)
     stem = c_name(name)
@@ -252,6 +262,7 @@ def build_context(program: CpuProgram, name: str, tree_code: str = "auto") -> di
         "verdict": [[i32(v) for v in row] for row in program.verdict]
                    + (shortcut["rows"] if shortcut else []),
         "shortcut": shortcut,
+        "carry": carry_context(program),
         "n_scores": n_scores(model),
         "bias": [] if isinstance(model, QMLP) or not n_scores(model) else [
             i32(b) for b in model.bias],

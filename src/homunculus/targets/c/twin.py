@@ -78,12 +78,30 @@ class CLibrary:
 
     def classify_verdict(self, x: np.ndarray) -> TwinResult:
         """Class index and verdict fields per row (via ``hmn_classify_verdict``)."""
-        rows = self._rows(x)
         u32p = ctypes.POINTER(ctypes.c_uint32)
+        return self._verdicts(x, lambda row, _, out: self._lib.hmn_classify_verdict(
+            row.ctypes.data_as(u32p), out))
+
+    def classify_carried(self, x: np.ndarray, partial: np.ndarray) -> TwinResult:
+        """Class index and verdict fields per row from the carried partial scores ``partial``
+        (n_rows x HMN_N_SCORES; via ``hmn_classify_carried``, a chain's host library)."""
+        fn = self._lib.hmn_classify_carried
+        u32p = ctypes.POINTER(ctypes.c_uint32)
+        fn.restype = ctypes.c_int32
+        fn.argtypes = [u32p, u32p, ctypes.POINTER(_Verdict)]
+        parts = np.ascontiguousarray(np.asarray(partial, dtype=np.int64).astype(np.uint32))
+        if len(parts) != len(self._rows(x)):
+            raise ValueError(f"expected {len(self._rows(x))} rows of partial scores, "
+                             f"got {len(parts)}")
+        return self._verdicts(x, lambda row, r, out: fn(row.ctypes.data_as(u32p),
+                                                         parts[r].ctypes.data_as(u32p), out))
+
+    def _verdicts(self, x: np.ndarray, call) -> TwinResult:  # noqa: ANN001
+        rows = self._rows(x)
         cols: dict[str, list[int]] = {k: [] for k in ("class_id", *VERDICT_ROLES)}
         verdict = _Verdict()
-        for row in rows:
-            self._lib.hmn_classify_verdict(row.ctypes.data_as(u32p), ctypes.byref(verdict))
+        for r, row in enumerate(rows):
+            call(row, r, ctypes.byref(verdict))
             for key, values in cols.items():
                 values.append(int(getattr(verdict, key)))
         fields = {("class_id" if k == "class_id" else f"verdict_{k}"): np.asarray(v, np.int64)

@@ -20,6 +20,7 @@ from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import FeatureInput
 from homunculus.ir.telemetry import FLOW_TABLE, RING_BYTES, TelemetryConfig
+from homunculus.targets.p4.codegen import CARRY_ETHER_TYPE
 from homunculus.targets.templating import code_env
 from homunculus.targets.xdp.layout import Capacity, even
 
@@ -256,12 +257,35 @@ def model_section_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
             "size": cap.categories, "feature": cap.cat_feature,
             "steps": [cap.categories >> k for k in range(1, cap.categories.bit_length())]},
         "model": model_context(program, cap),
+        "carry": None,  # a chain's host only (build_context)
     }
 
 
 def _check_trace(trace: int) -> None:
     if trace and (trace & (trace - 1) or not 1 <= trace <= TRACE_MAX):
         raise ValueError(f"trace entries must be 0 or a power of two up to {TRACE_MAX}")
+
+
+def carry_context(program: CpuProgram) -> dict[str, Any] | None:
+    """A chain's host: the carry header after Ethernet (targets/p4 carry_layout: the carried
+    columns' fields, big endian, padded to bytes, then the displaced EtherType) and, per
+    carried column, the header bytes holding its field, the right shift and the mask."""
+    if not program.carry_in:
+        return None
+    if program.kind not in ("trees-scalar", "trees-vector", "lookup"):
+        raise ValueError("a program starting from carried scores must sum scores")
+    w = program.carry_bits
+    if not 1 <= w <= 30:
+        raise ValueError(f"carried fields of {w} bits; at most 30 are summed in int32")
+    fields = []
+    for i, c in enumerate(program.carry_in):
+        first, last = i * w // 8, (i * w + w - 1) // 8
+        fields.append({"column": c, "bytes": list(range(first, last + 1)),
+                       "shift": 8 * (last + 1) - (i + 1) * w, "mask": mask_of(w)})
+    bits = len(program.carry_in) * w
+    size = -(-bits // 8)
+    return {"ether_type": CARRY_ETHER_TYPE, "fields": fields, "bytes": size + 2,
+            "inner": size}
 
 
 def build_context(program: CpuProgram, cap: Capacity, *, name: str,
@@ -284,6 +308,7 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         **packet_features_context(program.features),
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
+        "carry": carry_context(program),
         "trace": trace,
         "telemetry": None if telemetry is None else {"ring_bytes": RING_BYTES,
                                                       "flow_table": FLOW_TABLE},

@@ -199,9 +199,11 @@ def interface_of(program: CpuProgram) -> dict[str, Any]:
     from homunculus.ir.serialize import program_to_json
 
     flow = program_to_json(program)["flow"]
+    carry = {"carry": [list(program.carry_in), program.carry_bits]} if program.carry_in else {}
     return {"kind": program.kind,
             "features": [[f.field.width, f.header_field, f.flow] for f in program.features],
-            "flow": flow, "n_scores": n_scores(program), "n_winners": program.n_winners}
+            "flow": flow, "n_scores": n_scores(program), "n_winners": program.n_winners,
+            **carry}
 
 
 def n_scores(program: CpuProgram) -> int:

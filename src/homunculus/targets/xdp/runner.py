@@ -80,11 +80,16 @@ def pinned_to_one_cpu() -> Iterator[int]:
         os.sched_setaffinity(0, before)
 
 
-def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray) -> tuple[TwinResult,
-                                                                              list[int]]:
-    """Per feature row: class and verdict outputs, and the XDP return codes."""
+def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray,
+                partial: np.ndarray | None = None) -> tuple[TwinResult, list[int]]:
+    """Per feature row: class and verdict outputs, and the XDP return codes (a chain's host:
+    from the carried partial scores ``partial``, n_rows x its score columns)."""
     names = RESULT_FIELDS
     x = np.asarray(x, dtype=np.int64)
+    if program.carry_in:
+        if partial is None or len(partial) != len(x):
+            raise ValueError("a chain's host program needs one row of partial scores per row")
+        x = np.hstack([x, np.asarray(partial, dtype=np.int64)])
     fd = obj.prog_fd(VEC_PROG)
     out = np.zeros((len(x), len(names)), dtype=np.int64)
     codes = []
@@ -95,6 +100,27 @@ def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray) -> tuple[Twi
         out[i] = struct.unpack_from(f"<{len(names)}Q", run.data, start)
     fields = {n: out[:, j] for j, n in enumerate(names)}
     return TwinResult(out[:, 0], fields), codes
+
+
+def run_classified(obj: BpfObject, program: CpuProgram, frames: list[bytes]
+                   ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
+    """Every frame through ``hmn_xdp`` on its own (no flow state): per frame the class and
+    verdict (``RESULT_FIELDS``, valid where classified), the classified mask and the test run
+    (return code, output frame)."""
+    fd = obj.prog_fd(MAIN_PROG)
+    env = np.zeros((len(frames), len(RESULT_FIELDS)), dtype=np.int64)
+    classified = np.zeros(len(frames), dtype=bool)
+    runs = []
+    with pinned_to_one_cpu() as cpu:
+        seen = _classified_count(obj, cpu)
+        for i, frame in enumerate(frames):
+            runs.append(prog_test_run(fd, frame))
+            now = _classified_count(obj, cpu)
+            if now != seen:
+                classified[i] = True
+                env[i] = env_results(obj, cpu, program)
+            seen = now
+    return env, classified, runs
 
 
 def _set_clock(obj: BpfObject, ns: int) -> None:

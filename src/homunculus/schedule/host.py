@@ -1,0 +1,107 @@
+"""A host (C or XDP) ending a chain of switches: the CPU program of the tables they left.
+
+The switches before the host sum their score tables as the table pipeline defines them (each
+table's scores shifted by its per-column minimum, the minima folded into the pipeline's bias;
+passes/lower.py) and carry the partial sums on. The host runs the quantised model's trees (or
+per-feature bins) behind the tables it was given, each shifted by the same minima, starts every
+row from the pipeline's bias plus the carried partial scores, and takes the arg-max and the
+verdict: per class, exactly the pipeline's total, hence the quantised model's winner.
+
+Carried partial scores are non-negative and narrower than the model's score width; the host
+masks each to that width and sums in int32, so the model's score width must leave room
+(``MAX_SCORE_BITS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from homunculus.data.dataset import FeatureDecl
+from homunculus.errors import NotSupportedError
+from homunculus.ir.cpu import CpuProgram
+from homunculus.ir.pipeline import Pipeline, VerdictPlan
+from homunculus.ir.quantised import QLookupSum, QTree, QTreeEnsemble, QuantisedModel
+from homunculus.passes.lower import lower_lookup_sum, lower_trees
+from homunculus.passes.lower_cpu import lower_cpu
+from homunculus.passes.switch import score_width
+from homunculus.schedule.split import CARRY_PREFIX, Split
+
+MAX_SCORE_BITS = 30
+"""Widest score a host sums in int32: masked carried scores plus its own stay below 2^31."""
+
+
+def table_minima(model: QuantisedModel, pipeline: Pipeline) -> dict[str, np.ndarray]:
+    """Per score table of the pipeline (by name), the per-column minimum its scores were shifted
+    by (the same lowering as passes/lower.py)."""
+    if isinstance(model, QTreeEnsemble):
+        _, tables, _ = lower_trees(model, pipeline.features)
+    else:
+        tables, _ = lower_lookup_sum(model, pipeline.features)
+    return {t.name: t.scores.min(axis=0) for t in tables}
+
+
+def _shift(rows: tuple[tuple[int, ...], ...], minima: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in np.asarray(r, dtype=np.int64) - minima) if len(r) else r
+                 for r in rows)
+
+
+def host_model(model: QuantisedModel, pipeline: Pipeline, tables: tuple[str, ...]
+               ) -> QuantisedModel:
+    """The part of ``model`` behind ``tables`` (shifted as the pipeline shifts them) with the
+    pipeline's bias: what the host adds to the carried partial scores."""
+    assert pipeline.score_sum is not None
+    minima = table_minima(model, pipeline)
+    bias = tuple(int(b) for b in pipeline.score_sum.bias)
+    if isinstance(model, QTreeEnsemble):
+        named = {f"tree{i}": t for i, t in enumerate(model.trees)}
+        trees: list[QTree] = [replace(named[n], leaf_scores=_shift(named[n].leaf_scores,
+                                                                     minima[n]))
+                              for n in tables]
+        return QTreeEnsemble(tuple(trees), bias)
+    if isinstance(model, QLookupSum):
+        named_bins = {"lut" + pipeline.features[b.feature].field.name[1:]: b for b in model.bins}
+        bins = tuple(replace(named_bins[n], scores=_shift(named_bins[n].scores, minima[n]))
+                     for n in tables)
+        return QLookupSum(bins, bias)
+    raise NotSupportedError("only a model whose classes sum scores over tables splits to a host")
+
+
+def host_program(split: Split, pipeline: Pipeline, model: QuantisedModel,
+                 features: tuple[FeatureDecl, ...], verdict: VerdictPlan,
+                 winner_to_class: tuple[int, ...] | None) -> CpuProgram:
+    """The CPU program of the host ending ``split``: its tables, the carried columns it starts
+    from, the arg-max and the verdict (over the model's features, in order)."""
+    width = score_width(pipeline)
+    if width > MAX_SCORE_BITS:
+        raise NotSupportedError(f"the model's scores are {width} bits wide; a host ending a "
+                                f"chain sums at most {MAX_SCORE_BITS}-bit scores in int32")
+    part = host_model(model, pipeline, split.host_tables)
+    program = lower_cpu(part, features, pipeline.class_labels, verdict, winner_to_class,
+                        summed=True)
+    return replace(program, carry_in=split.host_carry_in, carry_bits=width)
+
+
+def carry_header(partial: np.ndarray, program: CpuProgram, ether_type: int) -> bytes:
+    """The carry header a switch puts after Ethernet for one row's ``partial`` scores (by score
+    column): the carried columns' fields big endian, padded to bytes, then the displaced
+    ``ether_type`` (targets/p4 carry_layout)."""
+    w = program.carry_bits
+    value = 0
+    for c in program.carry_in:
+        value = value << w | (int(partial[c]) & ((1 << w) - 1))
+    bits = w * len(program.carry_in)
+    size = -(-bits // 8)
+    return (value << (8 * size - bits)).to_bytes(size, "big") + ether_type.to_bytes(2, "big")
+
+
+def partial_scores(carried: dict[str, np.ndarray] | None, program: CpuProgram,
+                   n: int) -> np.ndarray:
+    """The (n, K) partial scores a host starts from: the carried fields by class column,
+    zeros for the classes nobody carried."""
+    k = len(program.model.bias)  # type: ignore[union-attr]
+    partial = np.zeros((n, k), dtype=np.int64)
+    for c in program.carry_in:
+        partial[:, c] = np.asarray((carried or {})[f"{CARRY_PREFIX}{c}"], dtype=np.int64)
+    return partial

@@ -396,6 +396,20 @@ def test_a_schedule_writes_out_safely(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "out" / ".homunculus.json").is_file()
 
 
+def test_a_schedule_is_not_a_shared_search(tmp_path) -> None:
+    data = _two_tables(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SCHEDULE_SPEC.format(data=data, schedule="kind > dev", target="tofino"))
+    journal = f"journal:{tmp_path / 'j.log'}"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "out"),
+                                 "--no-progress", "--storage", journal, "--study", "s"])
+    assert result.exit_code == 2 and "searched locally" in result.output, result.output
+    result = runner.invoke(app, ["worker", str(spec), "--storage", journal, "--study", "s",
+                                 "--wait", "0", "--no-progress"])
+    assert result.exit_code == 2 and "one model on one platform" in result.output, result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "j.log").exists()
+
+
 def test_a_python_schedule_compiles(tmp_path) -> None:
     frame = pd.read_csv(_two_tables(tmp_path))
 

@@ -471,8 +471,10 @@ def shared_section(shared: Shared, trials: list[Any]) -> dict[str, Any]:
 def work_plan(plan: Plan, options: WorkerOptions) -> Work:
     """``homunculus worker``: join the shared study, check that this spec and data are the ones
     it was made from, and run its trials until the budget is counted."""
-    if plan.n_models != 1:
-        raise NotSupportedError("schedules of more than one model are not supported yet")
+    if not isinstance(plan, Plan) or plan.n_models != 1:
+        raise SpecError("a shared search runs one model on one platform: schedules and chains "
+                        "are searched by 'homunculus compile' alone (without --storage)",
+                        file=getattr(plan, "source", None))
     study = join_shared(options.shared, options.wait_s)
     stored = stored_settings(study)
     seed = stored.get("seed")

@@ -35,7 +35,7 @@ from homunculus.compile import (
     profile_of,
 )
 from homunculus.data.dataset import Dataset
-from homunculus.errors import InfeasibleError, NotSupportedError
+from homunculus.errors import InfeasibleError, NotSupportedError, SpecError
 from homunculus.features.library import FLOW_KINDS
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
@@ -67,6 +67,10 @@ from homunculus.toolchain_hook import check_final_program, resolve_hook
 def compile_any(plan: Any, options: CompileOptions) -> Any:
     """Compile a Plan (one model), a SchedulePlan (several) or a ChainPlan (one over several
     devices)."""
+    if options.shared is not None and isinstance(plan, SchedulePlan | ChainPlan):
+        raise SpecError("--storage: a shared search runs one model on one platform; schedules "
+                        "and chains are searched locally (drop --storage and --study)",
+                        file=plan.source)
     if isinstance(plan, SchedulePlan):
         return compile_schedule(plan, options)
     if isinstance(plan, ChainPlan):

@@ -430,16 +430,18 @@ def _single(platform: Platform, model: Model) -> Platform:
     return replace(platform, scheduled=model)
 
 
-def _search_and_platform(platform: Platform, origin: Any, *, trials: int | None,
+def _search_and_platform(platform: Platform, origin: tuple[str, int | None] | None, *,
+                         trials: int | None,
                          seconds: float | None, seed: int, sampler: str,
                          toolchain_feasibility: bool) -> tuple[SearchSpec, PlatformSpec]:
     """The search and platform specs of a generate() call (errors at the script's lines;
-    ``origin``: where the search settings come from)."""
+    ``origin``: where the search settings come from; None: the script's calling line, looked
+    up only on an error)."""
     try:
         search = SearchSpec(trials=trials, seconds=seconds, seed=seed, sampler=sampler,
                             toolchain_feasibility=toolchain_feasibility)
     except ValidationError as exc:
-        raise _spec_error(exc, "", origin) from None
+        raise _spec_error(exc, "", origin or _caller()) from None
     try:
         platform_spec = PlatformSpec(target=platform.target, profile=platform.profile,
                                      constraints=platform.constraints,
@@ -462,7 +464,7 @@ def schedule_plan_of(platform: Platform, models: list[Model], *, trials: int | N
     from homunculus.frontend.spec import JointSpec, PolicySpec
 
     origin = platform.schedule_origin
-    search, platform_spec = _search_and_platform(platform, _caller(), trials=trials,
+    search, platform_spec = _search_and_platform(platform, None, trials=trials,
                                                  seconds=seconds, seed=seed, sampler=sampler,
                                                  toolchain_feasibility=toolchain_feasibility)
     try:

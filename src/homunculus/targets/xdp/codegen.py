@@ -217,7 +217,8 @@ def model_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
                            "kp": even(cap.n_scores), "nw": cap.n_winners}
     if kind == "trees":
         ctx |= {"trees": cap.trees, "nodes": cap.nodes, "leaves": cap.leaves,
-                "depth": cap.depth, "width": cap.leaf_width, "winner": cap.kind.endswith(WINNER),
+                "depth": cap.depth, "levels": cap.implicit_depth, "width": cap.leaf_width,
+                "winner": cap.kind.endswith(WINNER),
                 "scalar": cap.kind.endswith(SCALAR)}
     elif kind == "lookup":
         encoders = []

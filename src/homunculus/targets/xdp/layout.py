@@ -14,7 +14,10 @@ Maps (ARRAY, two slots each; slot s of a per-tree map is keys ``s * trees + t``)
 - trees, ``hmn_trees``: ``node n[nodes]`` (``u32 thr, u16 feat, u16 left``; see ir/cpu.py, a
   leaf's ``feat`` is the zero pad feature), leaf rows ``u64 leaf[leaves][KP / 2]``, packed
   score pairs (a boosted tree's one score in its column, zeros elsewhere; no rows in winner
-  mode, whose leaves hold the winner), ``u32 column, u32 pad``;
+  mode, whose leaves hold the winner), ``u32 column, u32 layout``: 1 when the model's depth
+  fits ``Capacity.implicit_depth`` and the nodes are a complete tree in heap order (node j's
+  children at 2j + 1 and 2j + 2, ``left`` unused, a leaf copied over its subtree), 0 for
+  ir/cpu.py's order and left indices;
 - lookups, ``hmn_enc``: ``u64 scores[features][bins][KP / 2]`` (score pairs packed as
   ``lo + hi * 2^32``: one 64-bit add sums two scores exactly, their totals fitting int32),
   ``u32 edges[wide][bins]`` (sorted edges padded with 2^32-1), ``u16 direct[..]`` (the bin of
@@ -94,6 +97,13 @@ class Capacity:
     def score_slots(self) -> int:
         """Scores in the scratch map: a power of two (indices are masked)."""
         return pow2(even(self.n_scores))
+
+    @property
+    def implicit_depth(self) -> int:
+        """Levels of the deepest complete tree (2^(d + 1) - 1 nodes) a tree's nodes hold, at
+        most the depth capacity: a model no deeper is stored in the implicit layout (node j's
+        children at 2j + 1 and 2j + 2, snapshot.py), which the walk follows without loads."""
+        return min(self.depth, max((self.nodes + 1).bit_length() - 2, 0))
 
     @property
     def leaf_width(self) -> int:

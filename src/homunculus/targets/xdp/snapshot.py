@@ -15,11 +15,12 @@ microseconds) and only then overwrites it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, LookupModel, TreeModel
+from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram, FlatTree, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
 from homunculus.ir.serialize import program_from_json, program_to_json
 from homunculus.targets.xdp.layout import (
@@ -98,15 +99,51 @@ def meta_bytes(program: CpuProgram, cap: Capacity) -> bytes:
 
 
 NODE = np.dtype([("thr", "<u4"), ("feat", "<u2"), ("left", "<u2")])
+EXPLICIT, IMPLICIT = 0, 1  # a tree's layout word: children at left, left + 1 / at 2i + 1, 2i + 2
+
+
+def layout_of(model: TreeModel, cap: Capacity) -> int:
+    """The node layout of every tree of ``model``: implicit (complete, heap-ordered) when the
+    model's depth fits the capacity's nodes, so the walk computes a child's index without a
+    load; explicit (ir/cpu.py's left indices) otherwise."""
+    return IMPLICIT if model.depth <= cap.implicit_depth else EXPLICIT
+
+
+def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int, n: int,
+              depth: int | None) -> np.ndarray:
+    """``tree``'s nodes as ``n`` NODE records. A leaf reads the zero pad feature ``n_features``
+    and holds ``leaf_value(its row)``. Explicit (``depth`` None): ir/cpu.py's order and left
+    indices. Implicit, ``depth`` levels: node j's children are 2j + 1 and 2j + 2, and a leaf
+    above level ``depth`` fills its subtree down to that level (its copies go left, to copies),
+    so any number of steps from the root, from the tree's depth to ``depth``, lands on a copy
+    of the leaf the explicit walk lands on."""
+    nodes = np.zeros(n, dtype=NODE)
+    if depth is None:
+        for i, (f, thr, left) in enumerate(zip(tree.feature, tree.threshold, tree.left,
+                                               strict=True)):
+            leaf = f < 0
+            nodes[i] = (leaf_value(thr) if leaf else thr, n_features if leaf else f, left)
+        return nodes
+    stack, end = [(0, 0)], min(n, (1 << (depth + 1)) - 1)  # (explicit node, implicit position)
+    while stack:
+        i, j = stack.pop()
+        if j >= end:
+            continue
+        if tree.feature[i] < 0:
+            nodes[j] = (leaf_value(tree.threshold[i]), n_features, 0)
+            stack += [(i, 2 * j + 1), (i, 2 * j + 2)]
+        else:
+            nodes[j] = (tree.threshold[i], tree.feature[i], 0)
+            stack += [(tree.left[i], 2 * j + 1), (tree.left[i] + 1, 2 * j + 2)]
+    return nodes
 
 
 def tree_bytes(model: TreeModel, t: int, cap: Capacity) -> bytes:
     tree = model.trees[t]
-    nodes = np.zeros(cap.nodes, dtype=NODE)
-    for i, (f, thr, left) in enumerate(zip(tree.feature, tree.threshold, tree.left, strict=True)):
-        leaf = f < 0
-        value = tree.values[thr][0] if leaf and model.mode == WINNER else thr
-        nodes[i] = (value, cap.n_features if leaf else f, left)
+    layout = layout_of(model, cap)
+    nodes = node_rows(tree, (lambda r: tree.values[r][0]) if model.mode == WINNER else int,
+                      cap.n_features, cap.nodes,
+                      cap.implicit_depth if layout == IMPLICIT else None)
     out = nodes.tobytes()
     if model.mode != WINNER:
         rows = np.zeros((cap.leaves, cap.leaf_width), dtype=np.int64)
@@ -116,7 +153,7 @@ def tree_bytes(model: TreeModel, t: int, cap: Capacity) -> bytes:
         else:
             rows[:len(values), :values.shape[1]] = values
         out += _packed(rows[:, 0::2], rows[:, 1::2]).tobytes()
-    return out + np.asarray([max(tree.column, 0), 0], dtype="<u4").tobytes()
+    return out + np.asarray([max(tree.column, 0), layout], dtype="<u4").tobytes()
 
 
 def enc_bytes(model: LookupModel, cap: Capacity) -> bytes:

@@ -11,8 +11,9 @@ Maps (ARRAY, two slots each; slot s of a per-tree map is keys ``s * trees + t``)
 
 - ``hmn_meta``: ``u32 n_trees, u32 depth, s32 bias[KP], u32 verdict[VW]`` -- the runtime tree
   count and walk depth, the score bias, and per winner (class, port, drop, mark, dscp);
-- trees, ``hmn_trees``: ``node n[nodes]`` (``u32 thr, u16 feat, u16 left``; see ir/cpu.py, a
-  leaf's ``feat`` is the zero pad feature), leaf rows ``u64 leaf[leaves][KP / 2]``, packed
+- trees, ``hmn_trees``: ``node n[nodes]`` (``u32 thr, u16 feat, u16 left``; see ir/cpu.py;
+  ``feat`` is 8 times the feature, its byte offset in the scratch features; a leaf's is the zero
+  pad feature's), leaf rows ``u64 leaf[leaves][KP / 2]``, packed
   score pairs (a boosted tree's one score in its column, zeros elsewhere; no rows in winner
   mode, whose leaves hold the winner), ``u32 column, u32 layout``: 1 when the model's depth
   fits ``Capacity.implicit_depth`` and the nodes are a complete tree in heap order (node j's
@@ -44,6 +45,7 @@ DEFAULT_HEADROOM = 2.0
 MAX_TREES = 128
 MAX_NODES = 1 << 14  # per tree (u16 child indices)
 MAX_DEPTH = 32
+MAX_TREE_FEATURES = (1 << 13) - 1  # a node's u16 feat holds 8 * the feature (the zero pad too)
 MAX_BINS = 1024
 MAX_CATEGORIES = 1 << 16  # category table entries (sorted keys, binary search)
 MAX_VALUE_BYTES = 4 << 20  # an array map's largest value (KMALLOC_MAX_SIZE)
@@ -249,6 +251,9 @@ def capacity_for(program: CpuProgram, headroom: float = DEFAULT_HEADROOM,
     base = Capacity(program.kind, widths, n_scores(program), program.n_winners)
     model = program.model
     if isinstance(model, TreeModel):
+        if len(widths) > MAX_TREE_FEATURES:
+            raise CapacityExceeded(f"the trees read {len(widths)} features; the XDP target "
+                                   f"holds at most {MAX_TREE_FEATURES}")
         winner = model.mode == WINNER
         nodes = max((t.n_nodes for t in model.trees), default=1)
         rows = max((len(t.values) for t in model.trees), default=1)

@@ -111,7 +111,8 @@ def layout_of(model: TreeModel, cap: Capacity) -> int:
 
 def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int, n: int,
               depth: int | None) -> np.ndarray:
-    """``tree``'s nodes as ``n`` NODE records. A leaf reads the zero pad feature ``n_features``
+    """``tree``'s nodes as ``n`` NODE records; ``feat`` is the feature's byte offset in the
+    program's feature array (8 per feature). A leaf reads the zero pad feature ``n_features``
     and holds ``leaf_value(its row)``. Explicit (``depth`` None): ir/cpu.py's order and left
     indices. Implicit, ``depth`` levels: node j's children are 2j + 1 and 2j + 2, and a leaf
     above level ``depth`` fills its subtree down to that level (its copies go left, to copies),
@@ -122,7 +123,7 @@ def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int,
         for i, (f, thr, left) in enumerate(zip(tree.feature, tree.threshold, tree.left,
                                                strict=True)):
             leaf = f < 0
-            nodes[i] = (leaf_value(thr) if leaf else thr, n_features if leaf else f, left)
+            nodes[i] = (leaf_value(thr) if leaf else thr, 8 * (n_features if leaf else f), left)
         return nodes
     stack, end = [(0, 0)], min(n, (1 << (depth + 1)) - 1)  # (explicit node, implicit position)
     while stack:
@@ -130,10 +131,10 @@ def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int,
         if j >= end:
             continue
         if tree.feature[i] < 0:
-            nodes[j] = (leaf_value(tree.threshold[i]), n_features, 0)
+            nodes[j] = (leaf_value(tree.threshold[i]), 8 * n_features, 0)
             stack += [(i, 2 * j + 1), (i, 2 * j + 2)]
         else:
-            nodes[j] = (tree.threshold[i], tree.feature[i], 0)
+            nodes[j] = (tree.threshold[i], 8 * tree.feature[i], 0)
             stack += [(tree.left[i], 2 * j + 1), (tree.left[i] + 1, 2 * j + 2)]
     return nodes
 

@@ -339,8 +339,9 @@ def xdp_run(model: Model, base: BpfObject, rows: np.ndarray, repeat: int, work: 
                                       frames, repeat)
     return XdpRun(model.label, model.seed, size_of(program), stats["hmn_xdp"].insns_processed,
                   stats["hmn_xdp_vec"].insns_processed, model_ns, base_ns,
-                  xdp_cost.latency_ns(program), xdp_cost.verifier_insns(program, cap), check,
-                  xdp_cost.counts(xdp_cost.work(program)), xdp_cost.structure(program, cap))
+                  xdp_cost.latency_ns(program, cap), xdp_cost.verifier_insns(program, cap),
+                  check, xdp_cost.counts(xdp_cost.work(program, cap)),
+                  xdp_cost.structure(program, cap))
 
 
 def build_parse_only(work: Path) -> BpfObject:

@@ -1,8 +1,12 @@
 """Cost model of the XDP program: instructions executed, map memory and per-packet latency.
 
 Per packet: the parse, slot read, counters and verdict (``base``), the flow state (per
-register), then the model as it runs: a single tree walks its depth; a forest walks its trees
-four at a time (``group_steps``) and adds per tree a map lookup and a packed leaf row; a lookup
+register), then the model as it runs. Trees stored in the implicit layout (snapshot.py: the
+model's depth fits the capacity's complete tree) walk through predicted branches: a single tree
+all the levels the layout holds (``levels``), a forest each tree (padded to four) its depth
+(``tree_steps``); in the explicit layout a single tree walks its depth (``steps``) and a forest
+its trees four at a time (``group_steps``). A forest adds per tree a map lookup and a packed
+leaf row; a lookup
 model per feature a direct index or binary-search steps and a packed score row; the MLP per
 output pair a requantisation and per input a packed multiply-accumulate (two outputs at once);
 the arg-max per score. Latency counts the model as it runs (runtime trees, depths and widths);
@@ -20,7 +24,7 @@ from dataclasses import dataclass, replace
 from homunculus.ir.cpu import WINNER, CpuProgram, LookupModel, TreeModel
 from homunculus.ir.dense import QMLP
 from homunculus.targets.base import Usage
-from homunculus.targets.xdp.layout import Capacity, even
+from homunculus.targets.xdp.layout import Capacity, capacity_for, even
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,10 @@ class Work:
 
     registers: int = 0  # flow registers (0 and flow False without flow state)
     flow: bool = False
-    steps: int = 0  # a single tree's walk steps
-    group_steps: int = 0  # walk steps of four trees side by side
+    steps: int = 0  # a single tree's walk steps (explicit layout)
+    levels: int = 0  # a single tree's walk steps (implicit layout: every level it holds)
+    group_steps: int = 0  # walk steps of four trees side by side (explicit layout)
+    tree_steps: int = 0  # walk steps of the trees, padded to four, one by one (implicit layout)
     trees: int = 0  # trees of a forest (a map lookup and a leaf row each)
     adds: int = 0  # packed score-pair additions
     direct: int = 0  # direct-indexed encoders
@@ -42,33 +48,38 @@ class Work:
 
 # ns per operation (one core), fitted by ``bench/kernel.py --fit`` (flow state: the previous
 # calibration's per-register costs, which no benchmark configuration exercises)
-COSTS = {"base": 8.9, "flow": 25.0, "registers": 8.0, "steps": 5.9, "group_steps": 9.7,
+COSTS = {"base": 8.9, "flow": 25.0, "registers": 8.0, "steps": 5.9, "levels": 1.5,
+         "group_steps": 9.7, "tree_steps": 1.2,
          "trees": 1.7, "adds": 0.0, "direct": 3.9, "searches": 3.9, "macs": 0.32,
          "pairs": 6.7, "scores": 0.85}
 
 
-def work(program: CpuProgram) -> Work:
-    """The model's operations, plus the category table's binary search (charged as encoder
-    search steps: not calibrated on its own)."""
-    w = model_work(program)
+def work(program: CpuProgram, cap: Capacity | None = None) -> Work:
+    """The model's operations in a program of capacity ``cap`` (default: the default
+    headroom's), plus the category table's binary search (charged as encoder search steps: not
+    calibrated on its own)."""
+    w = model_work(program, capacity_for(program) if cap is None else cap)
     sc = program.shortcut
     if sc is None:
         return w
     return replace(w, searches=w.searches + max(len(sc.values) - 1, 0).bit_length() + 1)
 
 
-def model_work(program: CpuProgram) -> Work:
+def model_work(program: CpuProgram, cap: Capacity) -> Work:
     model = program.model
     flow = program.flow
     common = {"registers": len(flow.registers) + int(flow.decision is not None) if flow else 0,
               "flow": flow is not None}
     if isinstance(model, TreeModel):
+        implicit = model.depth <= cap.implicit_depth  # snapshot.py's layout_of
         if model.mode == WINNER:
-            return Work(**common, steps=model.depth)
+            return Work(**common, **({"levels": cap.implicit_depth} if implicit
+                                     else {"steps": model.depth}))
         n = len(model.trees)
         pairs = even(model.n_scores) // 2
-        return Work(**common, group_steps=model.depth * -(-n // 4), trees=n,
-                    adds=pairs * (n + 1), scores=model.n_scores)
+        walk = ({"tree_steps": model.depth * -(-n // 4) * 4} if implicit
+                else {"group_steps": model.depth * -(-n // 4)})
+        return Work(**common, **walk, trees=n, adds=pairs * (n + 1), scores=model.n_scores)
     pairs = even(model.n_scores if not isinstance(model, QMLP) else model.n_classes) // 2
     if isinstance(model, LookupModel):
         searches = sum(max(e.n_bins - 1, 0).bit_length() for e in model.encoders if not e.direct)
@@ -84,19 +95,22 @@ def model_work(program: CpuProgram) -> Work:
 
 def counts(w: Work) -> dict[str, int]:
     return {"base": 1, "flow": int(w.flow), "registers": w.registers, "steps": w.steps,
-            "group_steps": w.group_steps, "trees": w.trees, "adds": w.adds,
+            "levels": w.levels, "group_steps": w.group_steps, "tree_steps": w.tree_steps,
+            "trees": w.trees, "adds": w.adds,
             "direct": w.direct, "searches": w.searches, "macs": w.macs, "pairs": w.pairs,
             "scores": w.scores}
 
 
-def latency_ns(program: CpuProgram) -> float:
-    """Estimated ns per packet of the whole program (parse, flow state, model, verdict)."""
-    return sum(COSTS[k] * n for k, n in counts(work(program)).items())
+def latency_ns(program: CpuProgram, cap: Capacity | None = None) -> float:
+    """Estimated ns per packet of the whole program (parse, flow state, model, verdict) of
+    capacity ``cap`` (default: the default headroom's)."""
+    return sum(COSTS[k] * n for k, n in counts(work(program, cap)).items())
 
 
 # verifier instructions processed (hmn_xdp) per element of the program's structure
 VERIFIER = {"base": 0, "flow": 600, "registers": 60, "features": 0, "depth": 53.2,
-            "lane_depth": 112.6, "tree_groups": 0, "group_adds": 21.5, "scores": 180.5,
+            "levels": 100, "lane_depth": 112.6, "tree_levels": 100, "tree_groups": 0,
+            "group_adds": 21.5, "scores": 180.5,
             "direct": 0, "search_steps": 0, "lookup_adds": 78.5, "mac_slots": 0,
             "pair_slots": 281.0, "layers": 0, "category_steps": 12}
 """(``category_steps``, the category table's unrolled search, is a guess: not fitted.)"""
@@ -114,8 +128,10 @@ def structure(program: CpuProgram, cap: Capacity) -> dict[str, int]:
     kind = cap.kind.split("-")[0]
     if cap.kind.endswith(WINNER):
         out["depth"] = cap.depth
+        out["levels"] = cap.implicit_depth
     elif kind == "trees":
         out["lane_depth"] = cap.depth
+        out["tree_levels"] = cap.implicit_depth
         out["tree_groups"] = cap.trees // 4
         out["group_adds"] = cap.trees * even(cap.n_scores) // 2
     elif kind == "lookup":
@@ -149,7 +165,7 @@ def map_bytes(program: CpuProgram, cap: Capacity) -> int:
 
 def estimate(program: CpuProgram, cap: Capacity) -> Usage:
     """Usage: map memory in sram_kbit, no TCAM, no stages; throughput of one core."""
-    ns = latency_ns(program)
+    ns = latency_ns(program, cap)
     model = program.model
     tables = len(model.trees) if isinstance(model, TreeModel) else (
         len(model.encoders) if isinstance(model, LookupModel) else len(model.layers))

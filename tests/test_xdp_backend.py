@@ -42,7 +42,15 @@ from homunculus.targets.xdp.runner import (
     run_frames,
     run_vectors,
 )
-from homunculus.targets.xdp.snapshot import SnapshotError, active_slot, push
+from homunculus.targets.xdp.snapshot import (
+    EXPLICIT,
+    IMPLICIT,
+    SnapshotError,
+    active_slot,
+    layout_of,
+    node_rows,
+    push,
+)
 from homunculus.targets.xdp.target import XdpProfile, XdpTarget
 
 from conftest import every_flow_kind
@@ -376,6 +384,52 @@ def test_push_takes_any_model_of_the_family_that_fits(family: str, bigger: dict,
         push(obj, newer, cap, grace_s=0.0)
         assert_same(run_vectors(obj, program, x)[0], reference(newer, x))
         push(obj, program, cap, grace_s=0.0)  # and back to the smaller one
+        assert_same(run_vectors(obj, program, x)[0], reference(program, x))
+
+
+def implicit_leaves(nodes: np.ndarray, x: np.ndarray, levels: int) -> np.ndarray:
+    """The leaf each row reaches walking implicit-layout ``nodes`` ``levels`` steps, as the
+    XDP program does: node j goes to 2j + 1 + (x[feat / 8] > thr); the pad feature reads 0."""
+    padded = np.hstack([x, np.zeros((len(x), 1), dtype=np.int64)])
+    j = np.zeros(len(x), dtype=np.int64)
+    for _ in range(levels):
+        feat = nodes["feat"][j].astype(np.int64) // 8
+        j = 2 * j + 1 + (padded[np.arange(len(x)), feat] > nodes["thr"][j])
+    return nodes["thr"][j].astype(np.int64)
+
+
+@pytest.mark.parametrize("family", ["dt", "rf", "xgb"])
+def test_the_implicit_layout_walks_to_the_explicit_walks_leaf(family: str) -> None:
+    """Heap-ordered nodes (a leaf copied over its subtree) reach the leaf row ir/cpu.py's walk
+    reaches, from the tree's own depth to the last level the layout holds."""
+    program, x = family_program(family, seed=1)
+    cap = TARGET.capacity(program)
+    assert layout_of(program.model, cap) == IMPLICIT
+    for tree in program.model.trees:
+        nodes = node_rows(tree, int, cap.n_features, cap.nodes, cap.implicit_depth)
+        for levels in range(program.model.depth, cap.implicit_depth + 1):
+            np.testing.assert_array_equal(implicit_leaves(nodes, x, levels), tree.leaf_rows(x))
+
+
+@pytest.mark.parametrize("family,deep", [("dt", {"dt_max_depth": 9}),
+                                         ("rf", {"rf_max_depth": 9})])
+def test_both_tree_layouts_compute_the_model_and_pushes_cross_them(family: str, deep: dict,
+                                                                   tmp_path: Path) -> None:
+    """A model whose complete tree fits the capacity's nodes is stored heap-ordered (implicit
+    layout, walked without loads between levels); a sparse deep one keeps ir/cpu.py's left
+    indices (explicit). Both compute the quantised model exactly, and pushes cross from one
+    layout to the other and back in the running program."""
+    program, x = family_program(family, seed=1, params=deep)
+    small, _ = family_program(family, seed=1)
+    cap = TARGET.capacity(program)
+    assert layout_of(program.model, cap) == EXPLICIT
+    assert layout_of(small.model, cap) == IMPLICIT
+    emit(program, tmp_path)
+    with load_built(tmp_path)[0] as obj:
+        assert_same(run_vectors(obj, program, x)[0], reference(program, x))
+        push(obj, small, cap, grace_s=0.0)
+        assert_same(run_vectors(obj, program, x)[0], reference(small, x))
+        push(obj, program, cap, grace_s=0.0)
         assert_same(run_vectors(obj, program, x)[0], reference(program, x))
 
 

@@ -109,6 +109,14 @@ def layout_of(model: TreeModel, cap: Capacity) -> int:
     return IMPLICIT if model.depth <= cap.implicit_depth else EXPLICIT
 
 
+def check_fits_field(values: np.ndarray, dtype: np.dtype, name: str) -> None:
+    """Raise OverflowError unless every value fits the node field ``name`` (numpy would wrap
+    them silently when assigning an array)."""
+    info = np.iinfo(dtype)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        raise OverflowError(f"a tree node's {name} is out of range for {dtype}")
+
+
 def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int, n: int,
               depth: int | None) -> np.ndarray:
     """``tree``'s nodes as ``n`` NODE records; ``feat`` is the feature's byte offset in the
@@ -119,23 +127,24 @@ def node_rows(tree: FlatTree, leaf_value: Callable[[int], int], n_features: int,
     so any number of steps from the root, from the tree's depth to ``depth``, lands on a copy
     of the leaf the explicit walk lands on."""
     nodes = np.zeros(n, dtype=NODE)
+    feature = np.asarray(tree.feature, dtype=np.int64)
+    leaf = feature < 0
+    thr = np.asarray([leaf_value(r) if is_leaf else r
+                      for r, is_leaf in zip(tree.threshold, leaf, strict=True)], dtype=np.int64)
+    feat = 8 * np.where(leaf, n_features, feature)
+    left = np.asarray(tree.left, dtype=np.int64)
+    for name, values in (("thr", thr), ("feat", feat), ("left", left)):
+        check_fits_field(values, NODE[name], name)
     if depth is None:
-        for i, (f, thr, left) in enumerate(zip(tree.feature, tree.threshold, tree.left,
-                                               strict=True)):
-            leaf = f < 0
-            nodes[i] = (leaf_value(thr) if leaf else thr, 8 * (n_features if leaf else f), left)
+        nodes["thr"][:len(thr)], nodes["feat"][:len(thr)] = thr, feat
+        nodes["left"][:len(thr)] = left
         return nodes
-    stack, end = [(0, 0)], min(n, (1 << (depth + 1)) - 1)  # (explicit node, implicit position)
-    while stack:
-        i, j = stack.pop()
-        if j >= end:
-            continue
-        if tree.feature[i] < 0:
-            nodes[j] = (leaf_value(tree.threshold[i]), 8 * n_features, 0)
-            stack += [(i, 2 * j + 1), (i, 2 * j + 2)]
-        else:
-            nodes[j] = (tree.threshold[i], 8 * tree.feature[i], 0)
-            stack += [(tree.left[i], 2 * j + 1), (tree.left[i] + 1, 2 * j + 2)]
+    src = np.zeros(1, dtype=np.int64)  # the explicit node at each position of a level
+    for level in range(depth + 1):
+        at = (1 << level) - 1
+        nodes["thr"][at:at + len(src)], nodes["feat"][at:at + len(src)] = thr[src], feat[src]
+        lo = np.where(leaf[src], src, left[src])  # a leaf's children: copies of it
+        src = np.stack([lo, np.where(leaf[src], src, lo + 1)], axis=1).reshape(-1)
     return nodes
 
 

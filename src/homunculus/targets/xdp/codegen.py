@@ -152,8 +152,17 @@ def _check_register(r: Register) -> None:
 
 
 def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
-    program: FlowProgram | None = cpu.flow
-    flow_features = {i for i, f in enumerate(cpu.features) if f.flow}
+    """What flow.c.j2 renders from for one CPU program (None: it keeps no flow state)."""
+    return flow_program_context(cpu.flow, cpu.features, extra_maps, bool(cpu.class_rows))
+
+
+def flow_program_context(program: FlowProgram | None, features: Sequence[FeatureInput],
+                         extra_maps: int = 0, class_rows: bool = False
+                         ) -> dict[str, Any] | None:
+    """What flow.c.j2 renders from: the register program ``program`` writing the flow features
+    among ``features`` (a schedule's: the merged program over the union of the features);
+    ``class_rows``: the program has the verdict rows a per-flow decision applies."""
+    flow_features = {i for i, f in enumerate(features) if f.flow}
     if program is None:
         if flow_features:
             raise ValueError("pipeline has flow features but no flow program")
@@ -192,7 +201,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     for o in program.outputs:
         if o.source not in sources:
             raise ValueError(f"flow output reads unknown source '{safe_comment(o.source)}'")
-        field = cpu.features[o.feature].field
+        field = features[o.feature].field
         outputs.append({"idx": o.feature, "src": sources[o.source],
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
@@ -201,7 +210,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     if program.decision is not None:
         d = program.decision
         names = [r.name for r in program.registers]
-        if d.count not in names or not 1 <= d.at < 255 or not cpu.class_rows:
+        if d.count not in names or not 1 <= d.at < 255 or not class_rows:
             raise ValueError("the per-flow decision needs its count register and class rows")
         decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
     return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,

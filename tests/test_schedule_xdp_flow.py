@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from homunculus.cli import app
 from homunculus.errors import NotSupportedError
 from homunculus.frontend.yaml_spec import plan_from_yaml
+from homunculus.targets.xdp.cost import COSTS
 
 runner = CliRunner()
 
@@ -102,6 +103,12 @@ def test_two_flow_models_share_registers_and_a_push_keeps_the_flow_state(tmp_pat
     assert flow["shared_flow_features"] == {"pkts": ["ad", "second"]}
     assert (flow["registers"], flow["registers_separate"]) == (4, 6)
     assert flow["bytes_saved"] == 2 * 4 * 256
+    # the estimate counts one flow update per packet and the shared registers once
+    separate = [next(v["usage"] for v in m["variants"] if v["chosen"]) for m in report["models"]]
+    fused = report["resources"]["totals"]
+    assert sum(u["latency_ns"] for u in separate) - fused["latency_ns"] == pytest.approx(
+        COSTS["flow"] + 2 * COSTS["registers"])  # ad's update: its signature and counter
+    assert fused["sram_kbit"] < sum(u["sram_kbit"] for u in separate)
     source = next((out / "xdp").glob("*.bpf.c")).read_text()
     assert "hmn_r3 SEC" in source and "hmn_r4" not in source  # 4 register maps
     # a push between two halves of a capture: the registers are untouched, the flows go on

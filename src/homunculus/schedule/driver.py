@@ -169,10 +169,10 @@ def compose(target: Target, limits: Any, chosen: dict[str, Built], order: list[s
             uses: dict[str, dict[str, str]], node: Any, policy: Policy) -> Composition:
     """Fuse (switch) or chain (host) the chosen variants; estimate and assess the program."""
     if getattr(target, "lowering", "tables") == "cpu":
-        from homunculus.schedule import cpu
+        from homunculus.schedule import cpu, xdp
 
         program = cpu.compose_cpu([(m, chosen[m]) for m in order], uses, node, policy)
-        usage = cpu.estimate(program, target)
+        usage = (xdp.estimate if target.name == "xdp" else cpu.estimate)(program, target)
         return Composition(program, usage, assess(usage, limits))
     parts = [_part(chosen[m], m, uses.get(m, {})) for m in order]
     fused = fuse(parts, node, policy)

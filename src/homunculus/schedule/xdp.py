@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,11 @@ from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram
 from homunculus.ir.names import safe_comment
+from homunculus.schedule import cpu
 from homunculus.schedule.cpu import CpuSchedule, schedule_context
 from homunculus.schedule.fuse import merge_flow
+from homunculus.targets.base import Usage
+from homunculus.targets.xdp import cost
 from homunculus.targets.xdp.build import build_source
 from homunculus.targets.xdp.codegen import (
     FIXED_MAPS,
@@ -117,6 +120,26 @@ def check_schedule(schedule: CpuSchedule) -> None:
     if used > MAX_MAPS:
         raise NotSupportedError(f"the schedule's {len(schedule.models)} models need {used} maps; "
                                 f"a BPF program may use at most {MAX_MAPS}")
+
+
+def estimate(schedule: CpuSchedule, target: Any) -> Usage:
+    """The C schedule's estimate (every model running, one after the other) with the models'
+    own flow state replaced by the shared one: each model estimated without its registers,
+    plus one update of the merged register program per packet (its time, its register
+    arrays' bytes and its verifier work: targets/xdp/cost.py)."""
+    flow, _ = merged_flow(schedule)
+    bare = replace(schedule, models=tuple((name, replace(p, flow=None))
+                                          for name, p in schedule.models))
+    usage = cpu.estimate(bare, target)
+    if flow is None:
+        return usage
+    n = len(flow.registers)
+    latency = usage.latency_ns + cost.COSTS["flow"] + cost.COSTS["registers"] * n
+    cores = getattr(target.profile, "cores", 1)
+    return replace(usage, sram_kbit=usage.sram_kbit + 4 * flow.config.slots * n * 8 / 1024,
+                   latency_ns=latency, throughput_gpps=cores / latency,
+                   instructions=usage.instructions + int(cost.VERIFIER["flow"]
+                                                         + cost.VERIFIER["registers"] * n))
 
 
 def flow_sharing(schedule: CpuSchedule) -> dict[str, Any] | None:

@@ -21,10 +21,11 @@ verdicts.
 semantics, so two models counting packets per flow read one register, and one flow feature
 computed for several models is one input. Every eligible packet updates it once, before any
 model runs (a gated-out model's flow state still counts the packet, as the reference features
-do), in the register arrays indexed by the flow's hash (flow.c.j2, as one model's program). A
-push writes parameter maps only: the flow state survives it. A per-flow decision (classify at
-packet N, keep the class) is not part of a schedule: the schedule's search does not offer it
-and a program with one is refused, naming its model.
+do). The registers are one map entry per flow slot (``hmn_flows``, indexed by the flow's hash:
+one lookup per packet and one map, however many registers), with one model's register ops
+(flow.c.j2). A push writes parameter maps only: the flow state survives it. A per-flow decision
+(classify at packet N, keep the class) is not part of a schedule: the schedule's search does not
+offer it and a program with one is refused, naming its model.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def merged_flow(schedule: CpuSchedule) -> tuple[FlowProgram | None, dict[str, li
 
 
 def flow_maps(schedule: CpuSchedule) -> int:
-    """Maps the shared flow state uses: one per register, and the test clock."""
+    """Maps the shared flow state uses: the flows (one entry per slot, every register in it)
+    and the test clock."""
     flow, _ = merged_flow(schedule)
-    return 0 if flow is None else len(flow.registers) + 1
+    return 0 if flow is None else 2
 
 
 def check_schedule(schedule: CpuSchedule) -> None:
@@ -195,7 +197,7 @@ def context(schedule: CpuSchedule, target: Any, title: str) -> dict[str, Any]:
         ctx["models"][k]["masks"] = [f.field.max_value for f in program.features]
     ctx |= packet_features_context(schedule.features)
     flow, _ = merged_flow(schedule)
-    ctx["flow"] = flow_program_context(flow, schedule.features)
+    ctx["flow"] = flow_program_context(flow, schedule.features, packed=True)
     ctx["crc_table"] = crc_table_rows()
     sharing = flow_sharing(schedule)
     ctx["flow_sharing"] = [] if sharing is None else [safe_comment(line) for line in (

@@ -157,11 +157,12 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
 
 
 def flow_program_context(program: FlowProgram | None, features: Sequence[FeatureInput],
-                         extra_maps: int = 0, class_rows: bool = False
+                         extra_maps: int = 0, class_rows: bool = False, packed: bool = False
                          ) -> dict[str, Any] | None:
     """What flow.c.j2 renders from: the register program ``program`` writing the flow features
     among ``features`` (a schedule's: the merged program over the union of the features);
-    ``class_rows``: the program has the verdict rows a per-flow decision applies."""
+    ``class_rows``: the program has the verdict rows a per-flow decision applies; ``packed``:
+    every register in one map entry per flow slot (one map) rather than one map each."""
     flow_features = {i for i, f in enumerate(features) if f.flow}
     if program is None:
         if flow_features:
@@ -184,7 +185,7 @@ def flow_program_context(program: FlowProgram | None, features: Sequence[Feature
                      "bin_spec": r.bin_shift | (r.param << 8) | ((r.bins - 1) << 32),
                      "stage": r.stage,
                      "comment": safe_comment(f"register {r.name} ({r.op}, {r.width} bits)")})
-    if FIXED_MAPS + extra_maps + len(regs) > MAX_MAPS:
+    if FIXED_MAPS + extra_maps + (1 if packed else len(regs)) > MAX_MAPS:
         raise ValueError(f"{len(regs)} flow registers: a BPF program may use at most "
                          f"{MAX_MAPS} maps ({FIXED_MAPS + extra_maps} are taken)")
     if "sig" not in roles:
@@ -214,6 +215,7 @@ def flow_program_context(program: FlowProgram | None, features: Sequence[Feature
             raise ValueError("the per-flow decision needs its count register and class rows")
         decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
     return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,
+            "packed": packed,
             "time_shift": program.config.time_shift, "registers": regs,
             "sig": roles["sig"], "last": roles.get("last"), "first": roles.get("first"),
             "state": state, "outputs": outputs}

@@ -142,8 +142,10 @@ def classified_count(obj: BpfObject, cpu: int) -> int:
 
 
 def reset_flow_state(obj: BpfObject) -> None:
+    """Zero the flow state: the register arrays (hmn_r<i>, the decision's hmn_rdec) or a
+    schedule's flows (hmn_flows)."""
     for name in obj.map_names():
-        if name.startswith("hmn_r"):
+        if name.startswith("hmn_r") or name == "hmn_flows":
             obj.map(name).clear()
 
 

@@ -182,3 +182,19 @@ def test_a_schedule_search_offers_no_per_flow_decision(tmp_path) -> None:
     problem = make_model_problem(mp, mp.load_data(), target, limits, 0)
     assert decision_choices(problem) == ()
     assert decision_choices(dataclasses.replace(problem, flow_decisions=True)) != ()
+
+
+def test_flow_models_of_different_geometry_are_refused_before_searching(tmp_path) -> None:
+    """Two models keeping flow state in different register geometries cannot share them: the
+    spec is refused (file, field, both models), before any search."""
+    spec = tmp_path / "flows.yaml"
+    text = SPEC.replace("SECOND", FLOW).replace("SCHEDULE", "ad | second")
+    at = text.rindex("flow: {slots: 256}")
+    spec.write_text(text[:at] + "flow: {slots: 512}" + text[at + len("flow: {slots: 256}"):])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{spec}:2, field 'models'" in result.output.replace("\n", "")
+    assert "'ad': 256 slots" in text and "'second': 512 slots" in text
+    assert not out.exists() or not any(out.iterdir())

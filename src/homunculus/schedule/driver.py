@@ -36,6 +36,7 @@ from homunculus.compile import (
 )
 from homunculus.data.dataset import Dataset
 from homunculus.errors import InfeasibleError, SpecError
+from homunculus.features.library import FLOW_KINDS
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.quantised import to_json
@@ -130,6 +131,19 @@ def check_gate(plan: SchedulePlan, name: str, labels: tuple[str, ...]) -> None:
                 raise plan.error("schedule", f"the gate on '{r.name}' names class '{g}', which "
                                              f"is not a label of its data (labels: "
                                              f"{list(labels)})")
+
+
+def check_flow_geometry(plan: SchedulePlan, loaded: dict[str, Dataset]) -> None:
+    """The models keeping flow state share one register program on a device (fused on a
+    switch, merged on XDP), so they need the same ``traffic.flow`` (slots, time base):
+    refused before any search otherwise."""
+    configs = {name: ds.traffic.config for name, ds in loaded.items()
+               if ds.traffic is not None and any(f.kind in FLOW_KINDS for f in ds.features)}
+    if len(set(configs.values())) > 1:
+        raise plan.error("models", "the models keeping flow state share the flow registers, so "
+                                   "they need the same traffic.flow (" + "; ".join(
+                                       f"'{name}': {c.slots} slots, time_shift {c.time_shift}"
+                                       for name, c in configs.items()) + ")")
 
 
 def make_policy(plan: SchedulePlan, first: ModelPlan) -> Policy:
@@ -231,6 +245,8 @@ def search_schedule(plan: SchedulePlan, options: CompileOptions, seed: int,
     loaded = {name: by_name[name].load_data() for name in order}  # every data error first
     for name in order:
         check_gate(plan, name, loaded[name].class_labels)
+    if target.name != "c":  # a C library takes flow features as inputs: no registers
+        check_flow_geometry(plan, loaded)
     storage.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order):
         mp = by_name[name]

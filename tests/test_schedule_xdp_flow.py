@@ -198,3 +198,23 @@ def test_flow_models_of_different_geometry_are_refused_before_searching(tmp_path
     assert f"{spec}:2, field 'models'" in result.output.replace("\n", "")
     assert "'ad': 256 slots" in text and "'second': 512 slots" in text
     assert not out.exists() or not any(out.iterdir())
+
+
+HISTOGRAMS = FLOW + """
+        - {name: lb, kind: len_hist, bins: 23, bin_shift: 6, width: 8}
+        - {name: ib, kind: iat_hist, bins: 7, bin_shift: 17, width: 8}
+        - {name: age, kind: flow_age, width: 16}
+        - {name: mn, kind: min_len, width: 16}
+        - {name: ew, kind: ewma_len, param: 3, width: 16}"""
+
+
+def test_every_flow_kind_in_one_flow_entry(tmp_path) -> None:
+    """Every kind of flow feature (histograms: a register per bin) in one entry per flow: 37
+    registers, where one map per register would take 37 of the program's 64 maps; every
+    packet agrees 100% in the kernel."""
+    _, out, report = _compiled(tmp_path, "ad | second", HISTOGRAMS)
+    assert report["verification"]["packets"]["agreement"] == 1.0
+    flow = report["flow_state"]
+    assert (flow["registers"], flow["registers_separate"]) == (37, 39)
+    source = next((out / "xdp").glob("*.bpf.c")).read_text()
+    assert "__u32 r[37];" in source and source.count("bpf_map_lookup_elem(&hmn_flows") == 1

@@ -104,6 +104,7 @@ def test_two_flow_models_share_registers_and_a_push_keeps_the_flow_state(tmp_pat
     assert flow["shared_flow_features"] == {"pkts": ["ad", "second"]}
     assert (flow["registers"], flow["registers_separate"]) == (4, 6)
     assert flow["bytes_saved"] == 2 * 4 * 256
+    assert "Shared flow state" in (out / "report.html").read_text()
     # the estimate counts one flow update per packet and the shared registers once
     separate = [next(v["usage"] for v in m["variants"] if v["chosen"]) for m in report["models"]]
     fused = report["resources"]["totals"]

@@ -44,8 +44,8 @@ from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram
 from homunculus.ir.names import safe_comment
-from homunculus.schedule import cpu
 from homunculus.schedule.cpu import CpuSchedule, schedule_context
+from homunculus.schedule.cpu import estimate as host_estimate
 from homunculus.schedule.fuse import merge_flow
 from homunculus.targets.base import Usage
 from homunculus.targets.xdp import cost
@@ -127,12 +127,12 @@ def check_schedule(schedule: CpuSchedule) -> None:
 def estimate(schedule: CpuSchedule, target: Any) -> Usage:
     """The C schedule's estimate (every model running, one after the other) with the models'
     own flow state replaced by the shared one: each model estimated without its registers,
-    plus one update of the merged register program per packet (its time, its register
-    arrays' bytes and its verifier work: targets/xdp/cost.py)."""
+    plus one update of the merged register program per packet (its time, its flow entries'
+    bytes and its verifier work: targets/xdp/cost.py)."""
     flow, _ = merged_flow(schedule)
     bare = replace(schedule, models=tuple((name, replace(p, flow=None))
                                           for name, p in schedule.models))
-    usage = cpu.estimate(bare, target)
+    usage = host_estimate(bare, target)
     if flow is None:
         return usage
     n = len(flow.registers)

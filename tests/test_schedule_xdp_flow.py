@@ -219,3 +219,18 @@ def test_every_flow_kind_in_one_flow_entry(tmp_path) -> None:
     assert (flow["registers"], flow["registers_separate"]) == (37, 39)
     source = next((out / "xdp").glob("*.bpf.c")).read_text()
     assert "__u32 r[37];" in source and source.count("bpf_map_lookup_elem(&hmn_flows") == 1
+
+
+def test_the_example_schedule_compiles(tmp_path) -> None:
+    """examples/xdp/schedule_flows.yaml with a tiny budget: packets agree 100%, registers and
+    flow features shared."""
+    spec = Path(__file__).parent.parent / "examples" / "xdp" / "schedule_flows.yaml"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--trials", "2",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["packets"]["agreement"] == 1.0
+    flow = report["flow_state"]
+    assert set(flow["shared_registers"]) == {"r_sig", "r_last", "r_count_w8"}
+    assert set(flow["shared_flow_features"]) == {"pkts", "iat"}

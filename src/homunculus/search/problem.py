@@ -56,6 +56,7 @@ class Problem:
     # the selection keeps the families' defaults unless a configuration is significantly better
     # on the same folds (search/study.py, ``pick_best``).
     cv_ratio: float | None = None
+    flow_decisions: bool = True  # the per-flow decision may be searched (not in a schedule)
 
     def restricted(self, indices: list[int]) -> Problem:
         """This problem on a subset of the features."""
@@ -319,11 +320,13 @@ def with_flow(pipeline: Pipeline, dataset: Dataset, decide_at: int = 0) -> Pipel
 
 def decision_choices(problem: Problem) -> tuple[int, ...]:
     """The per-flow decision's design space: packet N in ``DECIDE_AT`` (0: per packet) when the
-    data comes from packets, the target keeps flow state (not C: it takes feature rows) and
-    every packet that updates flow state is classified (no feature reads a TCP- or UDP-only
-    field), so the packet at n == N always stores its class."""
+    problem allows it (a schedule's models classify every packet), the data comes from packets,
+    the target keeps flow state (not C: it takes feature rows) and every packet that updates
+    flow state is classified (no feature reads a TCP- or UDP-only field), so the packet at
+    n == N always stores its class."""
     ds = problem.dataset
-    if ds.flow_rows is None or ds.traffic is None or problem.target.name == "c":
+    if (not problem.flow_decisions or ds.flow_rows is None or ds.traffic is None
+            or problem.target.name == "c"):
         return ()
     from homunculus.data.packets import required_header
 

@@ -152,8 +152,18 @@ def _check_register(r: Register) -> None:
 
 
 def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
-    program: FlowProgram | None = cpu.flow
-    flow_features = {i for i, f in enumerate(cpu.features) if f.flow}
+    """What flow.c.j2 renders from for one CPU program (None: it keeps no flow state)."""
+    return flow_program_context(cpu.flow, cpu.features, extra_maps, bool(cpu.class_rows))
+
+
+def flow_program_context(program: FlowProgram | None, features: Sequence[FeatureInput],
+                         extra_maps: int = 0, class_rows: bool = False, packed: bool = False
+                         ) -> dict[str, Any] | None:
+    """What flow.c.j2 renders from: the register program ``program`` writing the flow features
+    among ``features`` (a schedule's: the merged program over the union of the features);
+    ``class_rows``: the program has the verdict rows a per-flow decision applies; ``packed``:
+    every register in one map entry per flow slot (one map) rather than one map each."""
+    flow_features = {i for i, f in enumerate(features) if f.flow}
     if program is None:
         if flow_features:
             raise ValueError("pipeline has flow features but no flow program")
@@ -175,7 +185,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
                      "bin_spec": r.bin_shift | (r.param << 8) | ((r.bins - 1) << 32),
                      "stage": r.stage,
                      "comment": safe_comment(f"register {r.name} ({r.op}, {r.width} bits)")})
-    if FIXED_MAPS + extra_maps + len(regs) > MAX_MAPS:
+    if FIXED_MAPS + extra_maps + (1 if packed else len(regs)) > MAX_MAPS:
         raise ValueError(f"{len(regs)} flow registers: a BPF program may use at most "
                          f"{MAX_MAPS} maps ({FIXED_MAPS + extra_maps} are taken)")
     if "sig" not in roles:
@@ -192,7 +202,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     for o in program.outputs:
         if o.source not in sources:
             raise ValueError(f"flow output reads unknown source '{safe_comment(o.source)}'")
-        field = cpu.features[o.feature].field
+        field = features[o.feature].field
         outputs.append({"idx": o.feature, "src": sources[o.source],
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
@@ -201,10 +211,11 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     if program.decision is not None:
         d = program.decision
         names = [r.name for r in program.registers]
-        if d.count not in names or not 1 <= d.at < 255 or not cpu.class_rows:
+        if d.count not in names or not 1 <= d.at < 255 or not class_rows:
             raise ValueError("the per-flow decision needs its count register and class rows")
         decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
     return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,
+            "packed": packed,
             "time_shift": program.config.time_shift, "registers": regs,
             "sig": roles["sig"], "last": roles.get("last"), "first": roles.get("first"),
             "state": state, "outputs": outputs}

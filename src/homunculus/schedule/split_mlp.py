@@ -29,8 +29,8 @@ from homunculus.data.dataset import FeatureDecl
 from homunculus.errors import NotSupportedError
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
-from homunculus.ir.pipeline import VerdictPlan
-from homunculus.passes.lower_cpu import lower_cpu
+from homunculus.ir.pipeline import VerdictKind
+from homunculus.passes.lower import feature_inputs
 from homunculus.schedule.split import Device
 from homunculus.targets.base import Usage, assess
 
@@ -114,18 +114,33 @@ def carried_features(n: int) -> tuple[FeatureDecl, ...]:
     return tuple(FeatureDecl(f"act{j}", ACTIVATION_BITS) for j in range(n))
 
 
-def part_program(mlp: QMLP, first: int, stop: int, features: tuple[FeatureDecl, ...],
-                 class_labels: tuple[str, ...], verdict: VerdictPlan,
-                 winner_to_class: tuple[int, ...] | None) -> CpuProgram:
-    """The CPU program of layers ``[first, stop)``: the last part classifies and acts on the
-    verdict as the whole model's program does; a part carrying on has one class
-    (``CARRY_LABEL``) and forwards to the default port."""
+def part_program(whole: CpuProgram, first: int, stop: int, default_port: int = 1
+                 ) -> CpuProgram:
+    """The CPU program of layers ``[first, stop)`` of ``whole``'s MLP: the last part classifies
+    and acts on the verdict exactly as ``whole`` does; a part carrying on has one class
+    (``CARRY_LABEL``) for every outcome, forwarding to ``default_port``."""
+    mlp = whole.model
+    assert isinstance(mlp, QMLP)
     model = part_model(mlp, first, stop)
-    inputs = features if first == 0 else carried_features(len(model.input_shift))
+    features = whole.features if first == 0 else feature_inputs(
+        carried_features(len(model.input_shift)))
+    part = replace(whole, model=model, features=features)
     if not model.carries_out:
-        return lower_cpu(model, inputs, class_labels, verdict, winner_to_class)
-    forward = VerdictPlan(default_port=verdict.default_port)
-    return lower_cpu(model, inputs, (CARRY_LABEL,), forward, (0,) * model.n_classes)
+        return part
+    return replace(part, class_labels=(CARRY_LABEL,), verdict_kind=VerdictKind.METADATA,
+                   verdict=((0, default_port, 0, 0, 0),) * model.n_classes, class_rows=())
+
+
+def check_splittable(whole: CpuProgram) -> str | None:
+    """Why ``whole`` cannot be split by layers (None: it can)."""
+    if not isinstance(whole.model, QMLP):
+        return "only an MLP splits by layers over a chain of hosts"
+    if whole.flow is not None:
+        return "an MLP reading flow features does not split (the flow state would be per device)"
+    if whole.shortcut is not None:
+        return ("an MLP with a category table does not split (the table reads features the "
+                "last device does not see)")
+    return None
 
 
 # ----------------------------------------------------------------------------- the partition
@@ -148,17 +163,20 @@ def cut_points(layers: int, parts: int) -> list[tuple[int, ...]]:
     return [(0, *inner, layers) for inner in combinations(range(1, layers), parts - 1)]
 
 
-def partition_mlp(mlp: QMLP, devices: list[Device], features: tuple[FeatureDecl, ...],
-                  class_labels: tuple[str, ...], verdict: VerdictPlan,
-                  winner_to_class: tuple[int, ...] | None = None,
+def partition_mlp(whole: CpuProgram, devices: list[Device], default_port: int = 1,
                   cuts: tuple[int, ...] | None = None) -> MlpSplit:
-    """The split of ``mlp`` over (a prefix of) ``devices`` with the fewest devices, then the
-    fewest header bytes; ``cuts`` (the first layer of every device after the first) forces one.
-    Infeasible (no parts, ``reason`` naming the device and the limit) when no split fits."""
-    n = len(mlp.layers)
+    """The split of ``whole``'s MLP over (a prefix of) ``devices`` with the fewest devices, then
+    the fewest header bytes; ``cuts`` (the first layer of every device after the first) forces
+    one (ValueError if it leaves a device without layers). Infeasible (no parts, ``reason``
+    naming the device and the limit) when no split fits."""
+    why_not = check_splittable(whole)
+    if why_not is not None:
+        return MlpSplit((), 0, why_not)
+    assert isinstance(whole.model, QMLP)
+    n = len(whole.model.layers)
     if cuts is not None:
         bounds = (0, *cuts, n)
-        if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)) or bounds[-2] >= n:
+        if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
             raise ValueError(f"cuts {list(cuts)} leave a device without layers (the network "
                              f"has {n} layers: cuts must increase strictly within 1..{n - 1})")
         if len(bounds) - 1 > len(devices):
@@ -175,8 +193,7 @@ def partition_mlp(mlp: QMLP, devices: list[Device], features: tuple[FeatureDecl,
         for d, (first, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
             key = (d, first, stop)
             if key not in cache:
-                program = part_program(mlp, first, stop, features, class_labels, verdict,
-                                       winner_to_class)
+                program = part_program(whole, first, stop, default_port)
                 usage, why = _judge(devices[d], program)
                 cache[key] = ((Part(d, first, stop, program, usage), None) if usage is not None
                               else (None, f"device {d + 1} ({devices[d].name}), layers "

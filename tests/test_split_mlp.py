@@ -1,0 +1,210 @@
+"""An MLP split by layers over a chain of hosts (C, XDP): parts, partitioner, real programs
+chained through the carry header (gcc-built libraries, BPF_PROG_TEST_RUN), frontends."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from test_split import header_dataset, ipv4_frame
+
+from homunculus.ir.dense import QMLP, DenseLayer, activation_of
+from homunculus.ir.pipeline import VerdictKind, VerdictPlan
+from homunculus.models.mlp import MLPFamily
+from homunculus.passes.lower_cpu import lower_cpu
+from homunculus.schedule.split import Device
+from homunculus.schedule.split_mlp import (
+    carry_header,
+    cut_points,
+    part_model,
+    partition_mlp,
+    reference_runner,
+    run_parts,
+)
+from homunculus.targets.base import Limits
+from homunculus.targets.c.target import CTarget
+from homunculus.targets.xdp.target import XdpTarget
+
+VERDICT = VerdictPlan(VerdictKind.DSCP, dscp={1: 10, 2: 46})
+FAMILY = MLPFamily()
+
+
+def mlp_params(activation: str) -> dict:
+    return FAMILY.default_params() | {"mlp_layers": 3, "mlp_activation": activation,
+                                      "mlp_width_0": 32, "mlp_width_1": 16, "mlp_width_2": 8,
+                                      "mlp_epochs": 4}
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return header_dataset()
+
+
+@pytest.fixture(scope="module", params=["relu", "tanh"])
+def trained(request, ds):
+    """A 3-hidden-layer MLP (32, 16, 8) and its whole CPU program."""
+    model = FAMILY.train(mlp_params(request.param), ds.x_train, ds.y_train, ds.n_classes,
+                         ds.widths, 0)
+    whole = lower_cpu(model.quantised, ds.features, ds.class_labels, VERDICT,
+                      model.winner_to_class)
+    return model, whole
+
+
+def hosts(target, n: int, **limits) -> list[Device]:
+    return [Device(f"h{i}", target, Limits(**limits)) for i in range(n)]
+
+
+def test_every_cut_chains_to_the_whole_networks_integers() -> None:
+    """Parts carry exactly the network's int8 activations; every way to cut a network with
+    negative activations ("none": down to -128) chains to its scores."""
+    rng = np.random.default_rng(0)
+
+    def layer(n_out, n_in, activation="none"):
+        return DenseLayer(tuple(tuple(int(v) for v in rng.integers(-128, 128, n_in))
+                                for _ in range(n_out)),
+                          tuple(int(v) for v in rng.integers(-5000, 5000, n_out)),
+                          int(rng.integers(1, 200)), 12, activation)
+
+    mlp = QMLP((0, 1, 2), (layer(6, 3), layer(5, 6, "relu"), layer(4, 5), layer(3, 4)))
+    x = rng.integers(0, 1 << 10, (400, 3))
+    assert (activation_of(mlp, 0, x) < 0).any() and activation_of(mlp, 0, x).min() == -128
+    for k in range(1, 5):
+        for bounds in cut_points(4, k):
+            a = x
+            for first, stop in itertools.pairwise(bounds):
+                part = part_model(mlp, first, stop)
+                a = part.scores(a)
+                if part.carries_out:
+                    assert (a == activation_of(mlp, stop - 1, x)).all()
+                    a = a & 0xFF  # as the header carries them
+            assert (a == mlp.scores(x)).all()
+
+
+def test_the_partitioner_minimises_devices_then_header_bytes(trained, ds) -> None:
+    model, whole = trained
+    alone = XdpTarget().estimate(whole).latency_ns
+    one = partition_mlp(whole, hosts(XdpTarget(), 3))
+    assert one.devices == 1 and one.header_bytes == 0  # no limit: one device
+    limit = alone * 0.7
+    split = partition_mlp(whole, hosts(XdpTarget(), 3, latency_ns=limit))
+    assert split.feasible and split.devices == 2
+    assert all(p.usage.latency_ns <= limit for p in split.parts)
+    assert [(p.first, p.stop) for p in split.parts][0][0] == 0
+    assert split.parts[-1].stop == 4 and split.carry_bytes == (split.parts[0].carries + 2,)
+    # brute force: no two-device split that fits carries fewer bytes
+    for bounds in cut_points(4, 2):
+        other = partition_mlp(whole, hosts(XdpTarget(), 3, latency_ns=limit),
+                              cuts=bounds[1:-1])
+        if other.feasible:
+            assert other.header_bytes >= split.header_bytes
+    result = run_parts(split, ds.x_test, reference_runner)
+    assert (result["class_id"] == model.predict_quantised(ds.x_test)).all()
+
+
+def test_a_chain_too_small_or_an_empty_cut_is_refused(trained) -> None:
+    _, whole = trained
+    split = partition_mlp(whole, hosts(XdpTarget(), 4, latency_ns=20))
+    assert not split.feasible and "latency_ns" in split.reason and "device 1" in split.reason
+    with pytest.raises(ValueError, match="without layers"):
+        partition_mlp(whole, hosts(CTarget(), 3), cuts=(2, 2))
+    with pytest.raises(ValueError, match="need 3 devices"):
+        partition_mlp(whole, hosts(CTarget(), 2), cuts=(1, 2))
+
+
+def test_a_c_chain_runs_the_gcc_built_parts(trained, ds, tmp_path) -> None:
+    """Three C devices (one hidden layer each, the last with the output layer): each library
+    is built with gcc; hmn_carry_out's activations feed the next library."""
+    from homunculus.targets.c.twin import CLibrary
+
+    model, whole = trained
+    split = partition_mlp(whole, hosts(CTarget(), 3), cuts=(1, 2))
+    libs = {}
+    for part in split.parts:
+        paths = CTarget().emit(part.program, tmp_path / str(part.device), f"p{part.device}")
+        libs[part.device] = CLibrary(paths["c_library"])
+        header = paths["c_header"].read_text()
+        assert ("hmn_carry_out" in header) == bool(part.carries)
+
+    def runner(part, inputs):
+        if part.carries:
+            got = libs[part.device].carry_out(inputs, part.carries)
+            assert (got == part.model.scores(inputs)).all()
+            return got
+        return libs[part.device].classify_verdict(inputs).fields
+
+    got = run_parts(split, ds.x_test, runner)
+    expected = run_parts(split, ds.x_test, reference_runner)
+    assert (got["class_id"] == model.predict_quantised(ds.x_test)).all()
+    assert (got["verdict_dscp"] == expected["verdict_dscp"]).all()
+
+
+def test_an_xdp_chain_runs_in_the_kernel_on_vectors_and_frames(trained, ds, tmp_path) -> None:
+    """Three XDP devices in the kernel: on vectors (hmn_xdp_vec returns a part's activations)
+    and on frames: the first inserts the carry header, the middle one replaces it, the last
+    strips it and classifies."""
+    from homunculus.targets.xdp.loader import prog_test_run
+    from homunculus.targets.xdp.runner import (
+        MAIN_PROG,
+        load_built,
+        run_carry_vectors,
+        run_classified,
+        run_vectors,
+    )
+
+    model, whole = trained
+    split = partition_mlp(whole, hosts(XdpTarget(), 3), cuts=(2, 3))
+    objs = {}
+    for part in split.parts:
+        XdpTarget().emit(part.program, tmp_path / str(part.device), f"p{part.device}")
+        objs[part.device] = load_built(tmp_path / str(part.device))[0]
+    expected = model.predict_quantised(ds.x_test)
+    try:
+        def runner(part, inputs):
+            if part.carries:
+                got = run_carry_vectors(objs[part.device], part.program, inputs)
+                assert (got == part.model.scores(inputs)).all()
+                return got
+            return run_vectors(objs[part.device], part.program, inputs)[0].fields
+
+        got = run_parts(split, ds.x_test, runner)
+        assert (got["class_id"] == expected).all()
+        frames = [ipv4_frame(row, b"") for row in ds.x_test]
+        reference = run_parts(split, ds.x_test, reference_runner)
+        a = ds.x_test
+        for part in split.parts[:-1]:
+            runs = [prog_test_run(objs[part.device].prog_fd(MAIN_PROG), f) for f in frames]
+            a = part.model.scores(a) & 0xFF
+            for run, row in zip(runs, a, strict=True):
+                out = bytes(run.data)
+                assert run.retval == 2  # XDP_PASS: on to the next device
+                assert out[12:14] == b"\x88\xb5" and out[14:14 + len(row) + 2] == carry_header(
+                    row, 0x0800)  # the activations, then IPv4's EtherType
+            frames = [bytes(r.data) for r in runs]
+        env, classified, runs = run_classified(objs[split.parts[-1].device],
+                                               split.parts[-1].program,
+                                               frames + [ipv4_frame(ds.x_test[0], b"")])
+        assert classified[:-1].all() and not classified[-1]  # a frame without the header
+        assert (env[:-1, 0] == expected).all()
+        assert (env[:-1, 4] == reference["verdict_dscp"]).all()
+        assert bytes(runs[0].data)[12:14] == b"\x08\x00"  # the header left, EtherType back
+    finally:
+        for obj in objs.values():
+            obj.close()
+
+
+def test_a_mixed_chain_xdp_then_c(trained, ds, tmp_path) -> None:
+    from homunculus.targets.c.twin import CLibrary
+    from homunculus.targets.xdp.runner import load_built, run_carry_vectors
+
+    model, whole = trained
+    devices = [Device("nic", XdpTarget(), Limits()), Device("srv", CTarget(), Limits())]
+    split = partition_mlp(whole, devices, cuts=(1,))
+    first, last = split.parts
+    XdpTarget().emit(first.program, tmp_path / "0", "p0")
+    lib = CLibrary(CTarget().emit(last.program, tmp_path / "1", "p1")["c_library"])
+    obj, _ = load_built(tmp_path / "0")
+    with obj:
+        act = run_carry_vectors(obj, first.program, ds.x_test)
+    got = lib.classify_verdict(act & 0xFF)
+    assert (got.class_index == model.predict_quantised(ds.x_test)).all()

@@ -321,8 +321,11 @@ class Platforms:
                 raise SpecError(f"chain argument {i + 1} is not a platform (got "
                                 f"{type(p).__name__}); use Platforms.Tofino() and friends",
                                 file=origin[0], field=f"chain[{i}]", line=origin[1])
-            if p.target in ("xdp", "c") and i != len(platforms) - 1:
-                raise SpecError(f"a {p.target} host can only end a chain", file=origin[0],
+            if p.target in ("xdp", "c") and any(q.target not in ("xdp", "c")
+                                                for q in platforms[i + 1:]
+                                                if isinstance(q, Platform)):
+                raise SpecError(f"a {p.target} host can only end a chain (or be followed by "
+                                "hosts only: an MLP split by layers)", file=origin[0],
                                 field=f"chain[{i}]", line=origin[1])
         if len({id(p) for p in platforms}) != len(platforms):
             raise SpecError("a platform is twice in the chain", file=origin[0], field="chain",

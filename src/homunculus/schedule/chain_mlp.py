@@ -1,0 +1,271 @@
+"""Compile an MLP split by layers over a chain of hosts (C, XDP; schedule/split_mlp.py).
+
+The search sees the chain as one target (:class:`HostChainTarget`): an MLP configuration is
+feasible when its layers split over the chain, each device's part within that device's limits;
+its usage counts the devices used as "stages" (the search's second objective: fewer devices).
+The best configuration is split, each part's program (C library built with gcc, or XDP program
+built with clang with its snapshot) is emitted into ``OUT/devices/<i>_<name>/``, and the chain
+of real programs, each fed the previous one's carried activations, must agree 100% with the
+quantised model on the test set (C through ctypes, XDP in the kernel with BPF_PROG_TEST_RUN).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from homunculus.compile import (
+    CompileOptions,
+    check_algorithms,
+    choose_candidates,
+    positive_class,
+    verdict_plan,
+    write_model,
+)
+from homunculus.errors import VerificationError
+from homunculus.frontend.schedule_plan import ChainPlan
+from homunculus.ir.cpu import CpuProgram
+from homunculus.ir.names import sanitise_identifier
+from homunculus.outputs import check_out_dir, open_output
+from homunculus.progress import search_progress
+from homunculus.report.summary import candidates_section, confusion, trial_rows
+from homunculus.schedule.search import build
+from homunculus.schedule.split import Device
+from homunculus.schedule.split_mlp import MlpSplit, Part, describe, partition_mlp, run_parts
+from homunculus.search.metrics import score
+from homunculus.search.problem import make_problem
+from homunculus.search.study import Budget, open_study, run_search
+from homunculus.targets.base import Limits, Usage
+
+OBJECTIVES = ("metric", "stages")
+MLP_FAMILY = "mlp"
+
+
+@dataclass(frozen=True)
+class HostChainTarget:
+    """A chain of hosts as one search target: an MLP is feasible when its layers split over
+    the chain (fewest devices, then fewest header bytes); ``stages`` counts the devices used
+    (one more than the chain has when it does not split)."""
+
+    devices: tuple[Device, ...]
+    default_port: int = 1
+    cuts: tuple[int, ...] | None = None
+    name: str = "host-chain"
+    arch: str = "cpu"
+    supports_dense: bool = True
+    lowering: str = "cpu"
+
+    def limits(self) -> Limits:
+        return Limits(stages=len(self.devices))
+
+    def prepare(self, program: CpuProgram) -> CpuProgram:
+        """Nothing: each device's part is cut from the whole CPU program."""
+        return program
+
+    def split(self, program: CpuProgram) -> MlpSplit:
+        return partition_mlp(program, list(self.devices), self.default_port, self.cuts)
+
+    def estimate(self, program: CpuProgram) -> Usage:
+        return chain_usage(self.split(program), len(self.devices))
+
+
+def chain_usage(split: MlpSplit, n_devices: int) -> Usage:
+    """One Usage for the chain: the devices used as stages, memory and entries summed, the
+    latency summed along the chain, the slowest device's rate, the most verifier
+    instructions of one device."""
+    if not split.feasible:
+        return Usage(stages=n_devices + 1, tables=0, sram_kbit=0.0, tcam_kbit=0.0, entries=0,
+                     phv_bits=0, throughput_gpps=0.0, latency_ns=0.0)
+    u = [p.usage for p in split.parts]
+    return Usage(stages=split.devices, tables=sum(x.tables for x in u),
+                 sram_kbit=sum(x.sram_kbit for x in u), tcam_kbit=0.0,
+                 entries=sum(x.entries for x in u), phv_bits=0,
+                 throughput_gpps=min(x.throughput_gpps for x in u),
+                 latency_ns=sum(x.latency_ns for x in u),
+                 instructions=max(x.instructions for x in u))
+
+
+@dataclass
+class MlpChainResult:
+    out_dir: Path
+    report: dict[str, Any] = field(repr=False)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.report["metrics"]
+
+    def summary(self) -> list[str]:
+        r = self.report
+        m = r["metrics"]
+        lines = [f"mlp split by layers over {r['devices_used']} of {len(r['chain'])} host(s) "
+                 f"({', '.join(d['name'] for d in r['devices'])}); carry header "
+                 f"{r['header_bytes']} bytes over {max(r['devices_used'] - 1, 0)} link(s)",
+                 f"  {r['metric']}: float {m['float']:.4f}, quantised {m['quantised']:.4f}, "
+                 f"chain {m['pipeline']:.4f} (agreement {m['agreement']:.2%} on "
+                 f"{m['test_samples']} test samples)"]
+        for d in r["devices"]:
+            first, last = d["layers"]
+            lines.append(f"  {d['name']} ({d['target']}): layers {first}..{last}, "
+                         f"{d['usage']['latency_ns']:.0f} ns estimated, carries in "
+                         f"{d['carry_in']} and out {d['carry_out']} activation(s)")
+        return lines
+
+
+def check_cuts(plan: ChainPlan, devices: list[Device]) -> tuple[int, ...] | None:
+    """The spec's ``cuts`` (the first layer of each device after the first), checked against
+    the chain: strictly increasing, at least 1, one device each."""
+    cuts = plan.cuts
+    if cuts is None:
+        return None
+    if not all(isinstance(c, int) and c >= 1 for c in cuts) or any(
+            b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+        raise plan.plan.error("cuts", f"cuts {list(cuts)} leave a device without layers: each "
+                                      "is the first layer of the next device, strictly "
+                                      "increasing from 1")
+    if len(cuts) + 1 > len(devices):
+        raise plan.plan.error("cuts", f"cuts {list(cuts)} need {len(cuts) + 1} devices; the "
+                                      f"chain has {len(devices)}")
+    return tuple(cuts)
+
+
+def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
+                      devices: list[Device]) -> MlpChainResult:
+    base = plan.plan
+    seed = base.search.seed if options.seed is None else options.seed
+    requested = check_algorithms(base)
+    if requested is not None and requested != [MLP_FAMILY]:
+        raise base.error("model.algorithms", "a chain of hosts splits an MLP by layers: set "
+                                             f"algorithms: [{MLP_FAMILY}] (got {requested})")
+    cuts = check_cuts(plan, devices)
+    dataset = base.load_data()
+    if dataset.traffic is not None:
+        raise base.error("platforms", "an MLP split over hosts is verified on feature rows; a "
+                                      "spec learning from traffic (flow features) does not "
+                                      "split by layers")
+    verdict = verdict_plan(base, dataset)
+    target = HostChainTarget(tuple(devices), verdict.default_port, cuts)
+    problem = make_problem(dataset, target, target.limits(), base.model.metric,
+                           positive_class(base, dataset), verdict, seed,
+                           base.search.validation_fraction, base.select_features,
+                           base.search.cv_folds)
+    candidates, _ = choose_candidates(problem, [MLP_FAMILY])
+    budget = Budget(options.trials if options.trials is not None else base.search.trials,
+                    options.seconds if options.seconds is not None else base.search.seconds)
+    out_dir = check_out_dir(options.out_dir, [*base.inputs, *options.inputs])
+    with open_output(out_dir) as output:
+        output.start(options.resume)
+        study = open_study(output.study_path, sanitise_identifier(base.name, "study"),
+                           OBJECTIVES, base.search.sampler, seed, budget,
+                           output.resumed is not None,
+                           missing_ok=output.resumed == "partial")
+        with search_progress(budget.trials, base.model.metric, options.progress) as progress:
+            result = run_search(problem, [MLP_FAMILY], OBJECTIVES, budget, study, progress)
+        feasible = [t for t in result.trials if t.state.name == "COMPLETE"
+                    and t.user_attrs.get("feasible")]
+        best_trial = result.best_trial
+        params = {k: v for k, v in best_trial.params.items() if k != "family"}
+        best = build(problem, MLP_FAMILY, params, best_trial.user_attrs["metric"],
+                     best_trial.number)
+        split = target.split(best.pipeline)
+        if not feasible or not split.feasible:
+            raise base.error("platforms", "the MLP does not fit the chain even split by "
+                                          f"layers: {split.reason} (tried {len(result.trials)} "
+                                          "configurations; add a device, or relax its "
+                                          "constraints)")
+        program = sanitise_identifier(base.name, "hmn")
+        report = write_mlp_chain(output.work, plan, devices, best, split, result, candidates,
+                                 program, seed)
+        output.commit()
+    return MlpChainResult(out_dir, report)
+
+
+def device_dir(out: Path, d: int, name: str) -> Path:
+    return out / "devices" / f"{d}_{sanitise_identifier(name, 'dev')[4:]}"
+
+
+def run_built_parts(out: Path, split: MlpSplit, devices: list[Device], x: np.ndarray) -> Any:
+    """The chain of built programs on feature rows ``x``: each part's C library (ctypes) or XDP
+    program (BPF_PROG_TEST_RUN) fed the previous part's activations as the header's bytes;
+    the last part's class and verdict fields."""
+    from homunculus.targets.c.twin import CLibrary
+    from homunculus.targets.xdp.runner import load_built, run_carry_vectors, run_vectors
+
+    def runner(part: Part, inputs: np.ndarray) -> Any:
+        where = device_dir(out, part.device, devices[part.device].name)
+        if devices[part.device].target.name == "xdp":
+            obj, _ = load_built(where)
+            with obj:
+                if part.carries:
+                    return run_carry_vectors(obj, part.program, inputs)
+                return run_vectors(obj, part.program, inputs)[0].fields
+        (library,) = sorted((where / "c").glob("libhmn_*.so"))
+        lib = CLibrary(library)
+        return lib.carry_out(inputs, part.carries) if part.carries else \
+            lib.classify_verdict(inputs).fields
+
+    return run_parts(split, x, runner)
+
+
+def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any,
+                    split: MlpSplit, result: Any, candidates: list[Any], program: str,
+                    seed: int) -> dict[str, Any]:
+    """Emit every part, verify the chain of built programs, write the model and the report."""
+    for part in split.parts:
+        where = device_dir(out, part.device, devices[part.device].name)
+        devices[part.device].target.emit(part.program, where, f"{program}_{part.device}")
+    ds = best.problem.dataset
+    expected = best.trained.predict_quantised(ds.x_test)
+    produced = run_built_parts(out, split, devices, ds.x_test)["class_id"]
+    bad = np.nonzero(expected != produced)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise VerificationError(
+            f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
+            f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+    from types import SimpleNamespace
+
+    write_model(out, SimpleNamespace(trained=best.trained, family=best.family,
+                                     params=best.params, problem=best.problem),
+                ds, best.problem.verdict)
+    metric = best.problem.metric
+
+    def metric_of(pred: np.ndarray) -> float:
+        return score(metric, ds.y_test, pred, ds.n_classes, best.problem.positive)
+
+    rows = describe(split, devices)
+    for row, part in zip(rows, split.parts, strict=True):
+        row["directory"] = str(device_dir(out, part.device, row["name"]).relative_to(out))
+    trials = trial_rows(result.trials)
+    names = [d.name for d in devices]
+    report = {
+        "kind": "chain", "split": "layers", "name": plan.name, "target": "chain",
+        "chain": names, "family": best.family, "params": best.params, "metric": metric,
+        "class_labels": list(ds.class_labels), "layers": split.layers,
+        "devices_used": split.devices, "header_bytes": split.header_bytes,
+        "carry_bytes": list(split.carry_bytes), "devices": rows,
+        "carry_header": {"ether_type": "0x88B5", "field_bits": 8,
+                         "fields": "one int8 activation per byte (two's complement, neuron "
+                                   "order), then the displaced EtherType"},
+        "metrics": {"float": metric_of(best.trained.predict_float(ds.x_test)),
+                    "quantised": metric_of(expected), "pipeline": metric_of(produced),
+                    "agreement": float(np.mean(expected == produced)),
+                    "validation_quantised": best.metric, "test_samples": len(ds.y_test)},
+        "confusion_matrix": confusion(ds.y_test, produced, ds.class_labels),
+        "trials": trials, "candidates": candidates_section(candidates),
+        "search": {"trials": len(trials), "infeasible": sum(not r["feasible"] for r in trials),
+                   "seconds": result.seconds, "seed": seed,
+                   "objectives": [d.name.lower() for d in result.study.directions]},
+    }
+    (out / "chain.json").write_text(json.dumps(
+        {"chain": names, "split": "layers", "carry_ether_type": "0x88B5",
+         "devices": [{k: r[k] for k in ("name", "target", "directory", "layers", "carry_in",
+                                        "carry_out", "carry_out_bytes")} for r in rows]},
+        indent=1) + "\n")
+    from homunculus.schedule.report import write_schedule_report
+
+    write_schedule_report(out, report, "chain_mlp.html.j2")
+    return report

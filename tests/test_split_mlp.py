@@ -208,3 +208,88 @@ def test_a_mixed_chain_xdp_then_c(trained, ds, tmp_path) -> None:
         act = run_carry_vectors(obj, first.program, ds.x_test)
     got = lib.classify_verdict(act & 0xFF)
     assert (got.class_index == model.predict_quantised(ds.x_test)).all()
+
+
+# ----------------------------------------------------------------------------- frontends
+
+
+MLP_CHAIN_SPEC = """\
+name: split-mlp-test
+data:
+  path: {data}
+  label: device
+  features:
+    - {{name: ip_len, width: 16, field: ipv4.total_len}}
+    - {{name: ttl, width: 8, field: ipv4.ttl}}
+    - {{name: proto, width: 8, field: ipv4.protocol}}
+model:
+  name: m
+  algorithms: [mlp]
+platforms:
+  - {{name: nic, target: xdp{nic}}}
+  - {{name: srv, target: c}}
+{extra}search: {{trials: 2, seed: 0, cv_folds: 2}}
+"""
+
+
+def compile_spec(tmp_path, text: str):
+    from typer.testing import CliRunner
+
+    from homunculus.cli import app
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    out = tmp_path / "out"
+    return CliRunner().invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"]), out
+
+
+def test_a_yaml_mlp_chain_of_hosts_compiles(tmp_path, example_csv) -> None:
+    """XDP then C, cut after the first layer: each host's program is built, the chain of built
+    programs agrees 100% with the quantised model, the report gives layers and header bytes."""
+    import json
+
+    result, out = compile_spec(tmp_path, MLP_CHAIN_SPEC.format(data=example_csv, nic="",
+                                                               extra="cuts: [1]\n"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"] == "layers" and report["metrics"]["agreement"] == 1.0
+    assert report["devices_used"] == 2 and [d["target"] for d in report["devices"]] == ["xdp",
+                                                                                         "c"]
+    first, last = report["devices"]
+    assert first["layers"] == [0, 0] and last["layers"][0] == 1
+    width = report["params"]["mlp_width_0"]
+    assert first["carry_out"] == last["carry_in"] == width
+    assert report["header_bytes"] == report["carry_bytes"][0] == width + 2
+    assert "split by layers over 2 of 2 host(s)" in result.output
+    assert (out / first["directory"] / "xdp" / "snapshot.json").is_file()
+    assert "bpf_xdp_adjust_head" in next((out / first["directory"] / "xdp").glob(
+        "*.bpf.c")).read_text()
+    assert "hmn_carry_out" not in next((out / last["directory"] / "c").glob("*.h")).read_text()
+    assert next((out / last["directory"] / "c").glob("libhmn_*.so")).is_file()
+    assert (out / "chain.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize(("nic", "extra", "field", "message"), [
+    ("", "cuts: [1, 1]\n", "cuts", "without layers"),
+    ("", "cuts: [1, 2, 3]\n", "cuts", "need 4 devices"),
+    (", constraints: {performance: {latency_ns: 5}}", "", "platforms",
+     "does not fit the chain even split"),
+])
+def test_a_bad_mlp_chain_is_refused(tmp_path, example_csv, nic, extra, field,
+                                    message) -> None:
+    result, out = compile_spec(tmp_path, MLP_CHAIN_SPEC.format(data=example_csv, nic=nic,
+                                                               extra=extra))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and field in result.output
+    assert not out.exists()
+
+
+def test_a_host_chain_splits_mlps_only(tmp_path, example_csv) -> None:
+    text = MLP_CHAIN_SPEC.format(data=example_csv, nic="", extra="").replace(
+        "algorithms: [mlp]", "algorithms: [rf]")
+    result, out = compile_spec(tmp_path, text)
+    assert result.exit_code == 2 and "algorithms: [mlp]" in result.output
+    switch_first = MLP_CHAIN_SPEC.format(data=example_csv, nic="", extra="cuts: [1]\n").replace(
+        "target: xdp", "target: tofino").replace("algorithms: [mlp]", "algorithms: [gnb]")
+    result, out = compile_spec(tmp_path, switch_first)
+    assert result.exit_code == 2 and "cuts" in result.output and "chain of hosts" in result.output

@@ -132,6 +132,21 @@ def check_cuts(plan: ChainPlan, devices: list[Device]) -> tuple[int, ...] | None
     return tuple(cuts)
 
 
+def check_smallest_fits(problem: Any, target: HostChainTarget, base: Any) -> None:
+    """Refuse a chain that cannot hold even the smallest MLP split by layers, naming the
+    device and the limit that stops it."""
+    from homunculus.models.base import get_family
+    from homunculus.search.problem import lower_for
+
+    ds = problem.dataset
+    smallest = get_family(MLP_FAMILY).smallest_model(ds.widths, ds.n_classes)
+    split = target.split(lower_for(target, smallest, ds, problem.verdict, None))
+    if not split.feasible:
+        raise base.error("platforms", "the MLP does not fit the chain even split by layers: "
+                                      f"the smallest MLP does not ({split.reason}); add a "
+                                      "device, or relax its constraints")
+
+
 def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
                       devices: list[Device]) -> MlpChainResult:
     base = plan.plan
@@ -152,6 +167,7 @@ def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
                            positive_class(base, dataset), verdict, seed,
                            base.search.validation_fraction, base.select_features,
                            base.search.cv_folds)
+    check_smallest_fits(problem, target, base)
     candidates, _ = choose_candidates(problem, [MLP_FAMILY])
     budget = Budget(options.trials if options.trials is not None else base.search.trials,
                     options.seconds if options.seconds is not None else base.search.seconds)

@@ -175,14 +175,16 @@ def partition_mlp(whole: CpuProgram, devices: list[Device], default_port: int = 
     assert isinstance(whole.model, QMLP)
     n = len(whole.model.layers)
     if cuts is not None:
-        bounds = (0, *cuts, n)
-        if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
-            raise ValueError(f"cuts {list(cuts)} leave a device without layers (the network "
-                             f"has {n} layers: cuts must increase strictly within 1..{n - 1})")
-        if len(bounds) - 1 > len(devices):
-            raise ValueError(f"cuts {list(cuts)} need {len(bounds) - 1} devices; the chain has "
+        if any(b <= a for a, b in zip((0, *cuts), cuts, strict=False)):
+            raise ValueError(f"cuts {list(cuts)} leave a device without layers (each is the "
+                             "first layer of the next device: strictly increasing from 1)")
+        if len(cuts) + 1 > len(devices):
+            raise ValueError(f"cuts {list(cuts)} need {len(cuts) + 1} devices; the chain has "
                              f"{len(devices)}")
-        candidates = [bounds]
+        if cuts[-1] >= n:  # a smaller network than the cuts assume: it does not split so
+            return MlpSplit((), n, f"cuts {list(cuts)} need at least {cuts[-1] + 1} layers; "
+                                   f"this MLP has {n}")
+        candidates = [(0, *cuts, n)]
     else:
         candidates = [b for k in range(1, min(n, len(devices)) + 1) for b in cut_points(n, k)]
     cache: dict[tuple[int, int, int], tuple[Part | None, str | None]] = {}

@@ -293,3 +293,20 @@ def test_a_host_chain_splits_mlps_only(tmp_path, example_csv) -> None:
         "target: xdp", "target: tofino").replace("algorithms: [mlp]", "algorithms: [gnb]")
     result, out = compile_spec(tmp_path, switch_first)
     assert result.exit_code == 2 and "cuts" in result.output and "chain of hosts" in result.output
+
+
+def test_a_python_mlp_chain_of_hosts_compiles(tmp_path, ds) -> None:
+    from homunculus.alchemy import DataLoader, Feature, Model, Platforms, generate
+
+    @DataLoader(features=[Feature("ttl", 8, field="ipv4.ttl"),
+                          Feature("len", 16, field="ipv4.total_len"),
+                          Feature("proto", 8, field="ipv4.protocol")])
+    def load():
+        return (ds.x_train, [ds.class_labels[i] for i in ds.y_train], ds.x_test,
+                [ds.class_labels[i] for i in ds.y_test])
+
+    model = Model("m", data=load, algorithms=["mlp"])
+    chained = Platforms.chain(Platforms.XDP(), Platforms.XDP(), cuts=[1]).schedule(model)
+    result = generate(chained, tmp_path / "out", trials=1, progress=False)
+    assert result.report["split"] == "layers" and result.metrics["agreement"] == 1.0
+    assert result.report["devices_used"] == 2

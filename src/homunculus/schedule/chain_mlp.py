@@ -112,6 +112,11 @@ class MlpChainResult:
             lines.append(f"  {d['name']} ({d['target']}): layers {first}..{last}, "
                          f"{d['usage']['latency_ns']:.0f} ns estimated, carries in "
                          f"{d['carry_in']} and out {d['carry_out']} activation(s)")
+        one = r["one_device"]
+        lines.append(f"  the best MLP of the search that fits {r['chain'][0]} alone: "
+                     + ("none" if one["metric"] is None else
+                        f"{one['metric']:.4f} cross-validated (the chain's: "
+                        f"{m['validation_quantised']:.4f})"))
         return lines
 
 
@@ -226,6 +231,17 @@ def run_built_parts(out: Path, split: MlpSplit, devices: list[Device], x: np.nda
     return run_parts(split, x, runner)
 
 
+def best_on_one_device(trials: list[Any]) -> dict[str, Any]:
+    """Among the search's feasible trials, the best whose MLP needs one device (what the chain
+    bought over one host)."""
+    fits = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible")
+            and t.user_attrs["usage"]["stages"] <= 1]
+    if not fits:
+        return {"metric": None, "trial": None}
+    best = max(fits, key=lambda t: t.user_attrs["metric"])
+    return {"metric": best.user_attrs["metric"], "trial": best.number}
+
+
 def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any,
                     split: MlpSplit, result: Any, candidates: list[Any], program: str,
                     seed: int) -> dict[str, Any]:
@@ -271,6 +287,7 @@ def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any
                     "agreement": float(np.mean(expected == produced)),
                     "validation_quantised": best.metric, "test_samples": len(ds.y_test)},
         "confusion_matrix": confusion(ds.y_test, produced, ds.class_labels),
+        "one_device": best_on_one_device(result.trials),
         "trials": trials, "candidates": candidates_section(candidates),
         "search": {"trials": len(trials), "infeasible": sum(not r["feasible"] for r in trials),
                    "seconds": result.seconds, "seed": seed,

@@ -190,7 +190,9 @@ def partition_mlp(whole: CpuProgram, devices: list[Device], default_port: int = 
     cache: dict[tuple[int, int, int], tuple[Part | None, str | None]] = {}
     best: tuple[tuple[int, int], tuple[Part, ...]] | None = None
     reason: str | None = None
-    for bounds in candidates:
+    for bounds in candidates:  # by device count: none with more devices beats a fitting one
+        if best is not None and len(bounds) - 1 > best[0][0]:
+            break
         parts: list[Part] = []
         for d, (first, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
             key = (d, first, stop)
@@ -202,7 +204,7 @@ def partition_mlp(whole: CpuProgram, devices: list[Device], default_port: int = 
                                           f"{first}..{stop - 1}: {why}"))
             part, why = cache[key]
             if part is None:
-                reason = reason or why
+                reason = why  # the candidates with the most devices come last: their reason
                 break
             parts.append(part)
         else:

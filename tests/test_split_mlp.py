@@ -310,3 +310,45 @@ def test_a_python_mlp_chain_of_hosts_compiles(tmp_path, ds) -> None:
     result = generate(chained, tmp_path / "out", trials=1, progress=False)
     assert result.report["split"] == "layers" and result.metrics["agreement"] == 1.0
     assert result.report["devices_used"] == 2
+
+
+def test_the_last_xdp_part_deploys_counts_and_refuses_a_whole_models_push(trained, ds,
+                                                                           tmp_path) -> None:
+    """`homunculus deploy` of the last part on a live veth: frames carrying the previous part's
+    activations in the carry header are counted per class as the quantised model classifies
+    them; a push of the same part is allowed, a push of the whole model's compile refused (a
+    different interface: it reads features, not activations)."""
+    import contextlib
+    import os
+
+    from test_xdp_live import cli, send, veth_link, wait_stats
+
+    from homunculus import deploy as deploy_mod
+
+    model, whole = trained
+    split = partition_mlp(whole, hosts(XdpTarget(), 2), cuts=(2,))
+    first, last = split.parts
+    XdpTarget().emit(last.program, tmp_path / "last", "last")
+    XdpTarget().emit(whole, tmp_path / "whole", "whole")
+    rows = ds.x_test[:200]
+    act = first.model.scores(rows)
+    want = np.bincount(model.predict_quantised(rows), minlength=len(ds.class_labels)).tolist()
+    name = f"hmn_test_m{os.getpid()}"
+    try:
+        with veth_link("m") as link:
+            code, text = cli("deploy", str(tmp_path / "last"), "--iface", link.receiver,
+                             "--netns", link.rx, "--name", name)
+            assert code == 0, text
+            head = link.mac(link.rx, link.receiver) + link.mac(link.tx, link.sender)
+            send(link, [head + ipv4_frame(row, carry_header(a, 0x0800))[12:]
+                        for row, a in zip(rows, act, strict=True)])
+            stats = wait_stats(name, len(rows))
+            assert list(stats["counts"]) == list(ds.class_labels)
+            assert list(stats["counts"].values()) == want
+            assert cli("push", str(tmp_path / "last"), "--name", name)[0] == 0
+            code, text = cli("push", str(tmp_path / "whole"), "--name", name)
+            assert code == 2, text
+            assert cli("undeploy", name)[0] == 0
+    finally:
+        with contextlib.suppress(Exception):
+            deploy_mod.undeploy(name)

@@ -352,3 +352,60 @@ def test_the_last_xdp_part_deploys_counts_and_refuses_a_whole_models_push(traine
     finally:
         with contextlib.suppress(Exception):
             deploy_mod.undeploy(name)
+
+
+@pytest.mark.parametrize("last", ["xdp", "c"])
+def test_flow_features_split_and_agree_on_every_packet(tmp_path, last) -> None:
+    """An MLP over flow features: the first XDP part keeps the flow registers and inserts the
+    carry header on the packets it classifies; the last part (XDP in the kernel, or the C
+    library fed the header's bytes) classifies every packet as the quantised model does on the
+    reference features of the same packets, flow state per capture."""
+    from test_xdp_live import FLOW, flow_defs, flow_mlp
+
+    from homunculus.data.attacks import scenario_anomaly, synthetic_background
+    from homunculus.schedule.chain_mlp import device_dir, verify_chain_packets
+
+    table = scenario_anomaly(synthetic_background(0, 20, 10_000_000), 1)
+    table = table.sort_values("ts_us", kind="stable").iloc[::3].reset_index(drop=True)
+    whole = flow_mlp(table, 0, frozenset({0}))
+    assert whole.flow is not None and FLOW.slots and len(flow_defs()) == len(whole.features)
+    target = {"xdp": XdpTarget(), "c": CTarget()}[last]
+    devices = [Device("nic", XdpTarget(), Limits()), Device("end", target, Limits())]
+    split = partition_mlp(whole, devices, cuts=(1,))
+    assert split.parts[0].program.flow is not None and split.parts[1].program.flow is None
+    for part in split.parts:
+        devices[part.device].target.emit(part.program,
+                                         device_dir(tmp_path, part.device, devices[part.device]
+                                                    .name), f"p{part.device}")
+    report = verify_chain_packets(tmp_path, split, devices, whole, table)
+    assert report["classified"] > 100 and report["agreement"] == 1.0
+    with pytest.raises(Exception, match="disagrees|classifies"):  # a wrong chain is caught
+        broken = partition_mlp(whole, devices, cuts=(1,))
+        other = flow_mlp(table, 1, frozenset({0}))
+        verify_chain_packets(tmp_path, broken, devices, other, table)
+    assert not partition_mlp(whole, [Device("c", CTarget(), Limits()),
+                                     Device("x", XdpTarget(), Limits())]).feasible
+
+
+def test_a_traffic_spec_splits_over_xdp_hosts_and_agrees_on_packets(tmp_path) -> None:
+    """A YAML traffic spec (flow features) over two XDP hosts, cut after the first layer: the
+    compile verifies the chain on the test rows and on every packet of the capture."""
+    import json
+
+    from test_traffic import TRAFFIC_SPEC
+
+    text = TRAFFIC_SPEC.format(target="xdp", select="false").replace(
+        "platform:\n  target: xdp\n",
+        "platforms:\n  - {name: a, target: xdp}\n  - {name: b, target: xdp}\ncuts: [1]\n"
+    ).replace("algorithms: [dt, gnb]", "algorithms: [mlp]").replace("trials: 4", "trials: 1")
+    result, out = compile_spec(tmp_path, text)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["agreement"] == 1.0 and report["devices_used"] == 2
+    sim = report["packet_simulation"]
+    assert sim["agreement"] == 1.0 and sim["classified"] > 100
+    assert "through the chain agree 100%" in result.output
+    bad = text.replace("target: xdp}\n  - {name: b", "target: c}\n  - {name: b")
+    (tmp_path / "bad").mkdir()
+    result, _ = compile_spec(tmp_path / "bad", bad)
+    assert result.exit_code == 2 and "XDP first device" in result.output

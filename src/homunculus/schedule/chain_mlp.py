@@ -6,7 +6,9 @@ its usage counts the devices used as "stages" (the search's second objective: fe
 The best configuration is split, each part's program (C library built with gcc, or XDP program
 built with clang with its snapshot) is emitted into ``OUT/devices/<i>_<name>/``, and the chain
 of real programs, each fed the previous one's carried activations, must agree 100% with the
-quantised model on the test set (C through ctypes, XDP in the kernel with BPF_PROG_TEST_RUN).
+quantised model on the test set (C through ctypes, XDP in the kernel with BPF_PROG_TEST_RUN)
+and, for a spec learning from traffic, on every packet of the capture: the first device (XDP,
+with the flow registers) inserts the carry header, the others strip and rewrite it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from homunculus.progress import search_progress
 from homunculus.report.summary import candidates_section, confusion, trial_rows
 from homunculus.schedule.search import build
 from homunculus.schedule.split import Device
-from homunculus.schedule.split_mlp import MlpSplit, Part, describe, partition_mlp, run_parts
+from homunculus.schedule.split_mlp import (
+    CARRY_ETHER_TYPE,
+    MlpSplit,
+    Part,
+    carry_header,
+    describe,
+    partition_mlp,
+    run_parts,
+)
 from homunculus.search.metrics import score
 from homunculus.search.problem import make_problem
 from homunculus.search.study import Budget, open_study, run_search
@@ -58,6 +68,7 @@ class HostChainTarget:
     arch: str = "cpu"
     supports_dense: bool = True
     lowering: str = "cpu"
+    flow_decisions: bool = False  # the last device keeps no flow state to decide per flow
 
     def limits(self) -> Limits:
         return Limits(stages=len(self.devices))
@@ -112,6 +123,10 @@ class MlpChainResult:
             lines.append(f"  {d['name']} ({d['target']}): layers {first}..{last}, "
                          f"{d['usage']['latency_ns']:.0f} ns estimated, carries in "
                          f"{d['carry_in']} and out {d['carry_out']} activation(s)")
+        if r["packet_simulation"]:
+            sim = r["packet_simulation"]
+            lines.append(f"  packets: {sim['classified']} classified of {sim['packets']} "
+                         "through the chain agree 100% with the model")
         one = r["one_device"]
         lines.append(f"  the best MLP of the search that fits {r['chain'][0]} alone: "
                      + ("none" if one["metric"] is None else
@@ -162,10 +177,10 @@ def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
                                              f"algorithms: [{MLP_FAMILY}] (got {requested})")
     cuts = check_cuts(plan, devices)
     dataset = base.load_data()
-    if dataset.traffic is not None:
-        raise base.error("platforms", "an MLP split over hosts is verified on feature rows; a "
-                                      "spec learning from traffic (flow features) does not "
-                                      "split by layers")
+    if dataset.traffic is not None and devices[0].target.name != "xdp":
+        raise base.error("platforms[0].target", "a spec learning from traffic splits an MLP "
+                                                "over hosts from an XDP first device (it keeps "
+                                                "the flow registers)")
     verdict = verdict_plan(base, dataset)
     target = HostChainTarget(tuple(devices), verdict.default_port, cuts)
     problem = make_problem(dataset, target, target.limits(), base.model.metric,
@@ -242,6 +257,79 @@ def best_on_one_device(trials: list[Any]) -> dict[str, Any]:
     return {"metric": best.user_attrs["metric"], "trial": best.number}
 
 
+def with_header(frame: bytes, activations: np.ndarray, n_in: int) -> bytes:
+    """``frame`` with its carry header (``n_in`` activations; none when 0) replaced by one
+    holding ``activations``: what a C part's caller sends on."""
+    inner = frame[12:14] if not n_in else frame[14 + n_in:16 + n_in]
+    rest = frame[14:] if not n_in else frame[16 + n_in:]
+    return frame[:12] + CARRY_ETHER_TYPE.to_bytes(2, "big") + carry_header(
+        activations, int.from_bytes(inner, "big")) + rest
+
+
+def run_chain_packets(out: Path, split: MlpSplit, devices: list[Device], table: Any
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Every packet of the capture through the chain of built programs. The first part (XDP)
+    runs every packet in capture order (its flow registers, the test clock at capture time):
+    the packets it classifies leave with the carry header. Each later XDP part runs those
+    frames through ``hmn_xdp`` (strip, compute, insert again or classify); a C part is fed the
+    header's bytes and its caller's work (rewriting the header) is done here. Per packet, the
+    last part's class (-1: not classified), and the mask of packets the first part
+    classified."""
+    from homunculus.targets.c.twin import CLibrary
+    from homunculus.targets.xdp.loader import prog_test_run
+    from homunculus.targets.xdp.runner import MAIN_PROG, load_built, run_classified, run_frames
+
+    classes = np.full(len(table), -1, dtype=np.int64)
+    frames: list[bytes] = []
+    mask = np.zeros(len(table), dtype=bool)
+    for part in split.parts:
+        device = devices[part.device]
+        where = device_dir(out, part.device, device.name)
+        n_in = len(part.program.features) if part.model.carried_in else 0
+        if device.target.name == "xdp":
+            obj, _ = load_built(where)
+            with obj:
+                if part.first == 0:
+                    _, mask, runs = run_frames(obj, part.program, table)
+                    frames = [bytes(r.data) for r, m in zip(runs, mask, strict=True) if m]
+                elif part.carries:
+                    fd = obj.prog_fd(MAIN_PROG)
+                    frames = [bytes(prog_test_run(fd, f).data) for f in frames]
+                else:
+                    env, seen, _ = run_classified(obj, part.program, frames)
+                    classes[np.flatnonzero(mask)] = np.where(seen, env[:, 0], -1)
+            continue
+        (library,) = sorted((where / "c").glob("libhmn_*.so"))
+        lib = CLibrary(library)
+        x = np.asarray([list(f[14:14 + n_in]) for f in frames], dtype=np.int64).reshape(
+            len(frames), n_in)
+        if part.carries:
+            act = lib.carry_out(x, part.carries)
+            frames = [with_header(f, a, n_in) for f, a in zip(frames, act, strict=True)]
+        elif len(frames):
+            classes[np.flatnonzero(mask)] = lib.classify_verdict(x).class_index
+    return classes, mask
+
+
+def verify_chain_packets(out: Path, split: MlpSplit, devices: list[Device], whole: CpuProgram,
+                         table: Any) -> dict[str, Any]:
+    """The chain of built programs over every packet of the capture against the whole
+    program's reference (the quantised model on the reference features of the same packets,
+    flow state per capture): the same packets classified, each in the same class."""
+    from homunculus.targets.xdp.runner import reference_packets
+
+    classes, mask = run_chain_packets(out, split, devices, table)
+    expected, want = reference_packets(whole, table)
+    if not np.array_equal(mask, want):
+        raise VerificationError(f"the chain classifies {int(mask.sum())} packets of "
+                                f"{len(table)}; the model {int(want.sum())}")
+    bad = np.nonzero(classes[mask] != expected.class_index)[0]
+    if len(bad):
+        raise VerificationError(f"the chain disagrees with the model on {len(bad)} of "
+                                f"{int(mask.sum())} classified packets")
+    return {"packets": len(table), "classified": int(mask.sum()), "agreement": 1.0}
+
+
 def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any,
                     split: MlpSplit, result: Any, candidates: list[Any], program: str,
                     seed: int) -> dict[str, Any]:
@@ -258,6 +346,9 @@ def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any
         raise VerificationError(
             f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
             f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+    packets = None
+    if ds.traffic is not None and ds.traffic.table is not None:
+        packets = verify_chain_packets(out, split, devices, best.pipeline, ds.traffic.table)
     from types import SimpleNamespace
 
     write_model(out, SimpleNamespace(trained=best.trained, family=best.family,
@@ -286,6 +377,7 @@ def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any
                     "quantised": metric_of(expected), "pipeline": metric_of(produced),
                     "agreement": float(np.mean(expected == produced)),
                     "validation_quantised": best.metric, "test_samples": len(ds.y_test)},
+        "packet_simulation": packets,
         "confusion_matrix": confusion(ds.y_test, produced, ds.class_labels),
         "one_device": best_on_one_device(result.trials),
         "trials": trials, "candidates": candidates_section(candidates),

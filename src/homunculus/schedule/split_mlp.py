@@ -10,6 +10,10 @@ The carry header is the switches' (targets/p4 ``carry_layout``, schedule/split.p
 ``0x88B5`` right after Ethernet, then one 8-bit field per carried activation (two's complement,
 in neuron order), then the EtherType it displaced: ``activations + 2`` bytes per link.
 
+Flow features (traffic specs) are computed by the first device, which must then be XDP (it
+keeps the flow registers, updated by every eligible packet); the later parts read only the
+carried activations.
+
 The partitioner tries every way to cut the layers into contiguous non-empty runs over a prefix
 of the chain, judges each run's program on its device with that device's own cost model and
 limits (XDP: targets/xdp/cost.py latency, verifier instructions and map memory, and its
@@ -124,7 +128,8 @@ def part_program(whole: CpuProgram, first: int, stop: int, default_port: int = 1
     model = part_model(mlp, first, stop)
     features = whole.features if first == 0 else feature_inputs(
         carried_features(len(model.input_shift)))
-    part = replace(whole, model=model, features=features)
+    part = replace(whole, model=model, features=features,
+                   flow=whole.flow if first == 0 else None)  # the first device reads the flows
     if not model.carries_out:
         return part
     return replace(part, class_labels=(CARRY_LABEL,), verdict_kind=VerdictKind.METADATA,
@@ -135,8 +140,8 @@ def check_splittable(whole: CpuProgram) -> str | None:
     """Why ``whole`` cannot be split by layers (None: it can)."""
     if not isinstance(whole.model, QMLP):
         return "only an MLP splits by layers over a chain of hosts"
-    if whole.flow is not None:
-        return "an MLP reading flow features does not split (the flow state would be per device)"
+    if whole.flow is not None and whole.flow.decision is not None:
+        return "a per-flow decision does not split (the last device has no flow state)"
     if whole.shortcut is not None:
         return ("an MLP with a category table does not split (the table reads features the "
                 "last device does not see)")
@@ -170,6 +175,8 @@ def partition_mlp(whole: CpuProgram, devices: list[Device], default_port: int = 
     one (ValueError if it leaves a device without layers). Infeasible (no parts, ``reason``
     naming the device and the limit) when no split fits."""
     why_not = check_splittable(whole)
+    if why_not is None and whole.flow is not None and devices[0].target.name != "xdp":
+        why_not = "flow features need an XDP first device (it keeps the flow registers)"
     if why_not is not None:
         return MlpSplit((), 0, why_not)
     assert isinstance(whole.model, QMLP)

@@ -16,6 +16,7 @@ import jinja2
 
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram
+from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import FeatureInput
@@ -244,9 +245,12 @@ def model_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
                                           + 4 * cap.n_features * cap.bins * even(cap.n_scores))}
     else:
         shapes = cap.mlp_shapes()
+        emits = cap.kind.endswith("-out")  # a split MLP's part carrying its activations on
         ctx |= {"n_in": cap.n_features, "shift_words": even(cap.n_features),
+                "carried_in": cap.kind.startswith("mlp-in"), "carries_out": emits,
                 "layers": [{"index": i, "pairs": o // 2, "outs": o, "ins": n_in,
                             "last": i == len(shapes) - 1,
+                            "emit": emits and i == len(shapes) - 1,
                             "chunks": list(range(0, n_in, 8))}
                            for i, (o, n_in) in enumerate(shapes)],
                 "width_words": even(len(shapes))}
@@ -299,11 +303,30 @@ def carry_context(program: CpuProgram) -> dict[str, Any] | None:
             "inner": size}
 
 
+def activation_carry_context(program: CpuProgram) -> dict[str, Any] | None:
+    """A part of an MLP split by layers (schedule/split_mlp.py): the carry header it reads
+    (``n_in`` int8 activations, its inputs) and the one it writes (``n_out``, its last layer's
+    activations), each one byte per activation after Ethernet, then the displaced EtherType;
+    None for a whole model."""
+    model = program.model
+    if not isinstance(model, QMLP) or not (model.carried_in or model.carries_out):
+        return None
+    n_in = len(program.features) if model.carried_in else 0
+    n_out = model.n_classes if model.carries_out else 0
+    return {"ether_type": CARRY_ETHER_TYPE, "n_in": n_in, "in_bytes": n_in + 2,
+            "n_out": n_out, "out_bytes": n_out + 2}
+
+
 def build_context(program: CpuProgram, cap: Capacity, *, name: str,
                   trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
     0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
     _check_trace(trace)
+    act = activation_carry_context(program)
+    packet = packet_features_context(program.features)
+    if act is not None and act["n_in"]:  # the inputs come from the carry header, not the packet
+        packet = {"feature_header": None, "feature_udp_port": FEATURE_UDP_PORT, "required": [],
+                  "copies": []}
     return model_section_context(program, cap) | {
         "comment": {
             "program": safe_comment(name),
@@ -316,7 +339,8 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         },
         "flow": flow_context(program, TELEMETRY_MAPS if telemetry else 0),
         "crc_table": crc_table_rows(),
-        **packet_features_context(program.features),
+        **packet,
+        "act": act,
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
         "carry": carry_context(program),

@@ -102,6 +102,21 @@ def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray,
     return TwinResult(out[:, 0], fields), codes
 
 
+def run_carry_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray) -> np.ndarray:
+    """Per input row of a split MLP's part that carries on (ir/dense.py): the int8 activations
+    it writes (n_rows x its outputs) through ``hmn_xdp_vec``."""
+    k = n_scores(program)
+    n_out = max(len(RESULT_FIELDS), k)
+    x = np.asarray(x, dtype=np.int64)
+    fd = obj.prog_fd(VEC_PROG)
+    out = np.zeros((len(x), k), dtype=np.int64)
+    start = VEC_OFFSET + 8 * x.shape[1]
+    for i, row in enumerate(x):
+        run = prog_test_run(fd, vector_frame(row, n_out))
+        out[i] = struct.unpack_from(f"<{k}q", run.data, start)
+    return out
+
+
 def run_classified(obj: BpfObject, program: CpuProgram, frames: list[bytes]
                    ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
     """Every frame through ``hmn_xdp`` on its own (no flow state): per frame the class and

@@ -48,6 +48,7 @@ from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.targets.xdp.loader import (
     PIN_ROOT,
     BpfObject,
+    Pinned,
     attach_xdp,
     attached_prog_id,
     detach_xdp,
@@ -620,6 +621,44 @@ def test_a_schedule_deploys_counts_pushes_and_undeploys(tmp_path: Path) -> None:
             assert code == 0, text
             code, text = cli("push", str(out), "--name", name)
             assert code == 2 and "a schedule's compile" in " ".join(text.split()), text
+            assert cli("undeploy", name)[0] == 0
+    finally:
+        with contextlib.suppress(Exception):
+            deploy_mod.undeploy(name)
+
+
+def test_a_flow_schedule_keeps_its_flow_state_through_a_push(packets: pd.DataFrame,
+                                                               tmp_path: Path) -> None:
+    """Two models sharing flow registers on a live interface: real packets fill the shared
+    registers, ``homunculus push`` flips both models at once and leaves every register as
+    it was."""
+    from test_schedule_xdp_flow import FLOW, _compiled, flows
+
+    name = f"hmn_test_f{os.getpid()}"
+    _, out, report = _compiled(tmp_path, "ad | second", FLOW)
+    assert report["flow_state"]["registers"] == 4
+
+    def registers() -> np.ndarray:
+        pins = Pinned.open(name)
+        try:
+            return flows(pins, 256)
+        finally:
+            pins.close()
+
+    try:
+        with veth_link("f") as link:
+            code, text = cli("deploy", str(out), "--iface", link.receiver, "--netns", link.rx,
+                             "--name", name)
+            assert code == 0, text
+            assert send(link, frames_of(packets, link)) == len(packets)
+            stats = wait_stats(name, len(packets))
+            assert stats["stats"]["packets"] == len(packets)
+            before = registers()
+            assert before.any(axis=0).all()  # every shared register holds flow state
+            code, text = cli("push", str(out), "--name", name)
+            assert code == 0, text
+            assert json.loads(cli("stats", name, "--json")[1])["active_slot"] == 1
+            assert (registers() == before).all()
             assert cli("undeploy", name)[0] == 0
     finally:
         with contextlib.suppress(Exception):

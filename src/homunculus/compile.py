@@ -20,7 +20,7 @@ import joblib
 import numpy as np
 
 from homunculus.data.dataset import Dataset
-from homunculus.errors import NotSupportedError, SpecError, VerificationError
+from homunculus.errors import InfeasibleError, NotSupportedError, SpecError, VerificationError
 from homunculus.faults import checkpoint
 from homunculus.frontend.plan import Plan
 from homunculus.frontend.spec import MAX_SEED
@@ -67,6 +67,7 @@ from homunculus.search.problem import (
 from homunculus.search.study import (
     Budget,
     SearchResult,
+    choose_best,
     directions,
     make_objective,
     make_sampler,
@@ -454,7 +455,8 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
         work = run_shared(study, make_objective(problem, allowed, objectives, oracle),
                           progress.record)
     trials = counted_trials(study)
-    return SearchResult(study, pick_best(trials, objectives), work.seconds, trials)
+    return SearchResult(study, pick_best(trials, objectives, problem.cv_ratio), work.seconds,
+                        trials)
 
 
 def shared_section(shared: Shared, trials: list[Any]) -> dict[str, Any]:
@@ -528,6 +530,14 @@ def traffic_section(dataset: Dataset) -> dict[str, Any] | None:
             "flow": asdict(info.config), "features": [asdict(f) for f in info.features]}
 
 
+def selection_of(trials: list[Any], plan: Plan, problem: Problem) -> str | None:
+    """How the shipped configuration was chosen among the trials (None without trials)."""
+    try:
+        return choose_best(trials, tuple(plan.model.objectives), problem.cv_ratio)[1]
+    except InfeasibleError:
+        return None
+
+
 def cv_section(problem: Problem, ev: Evaluation) -> dict[str, Any]:
     """The trial metric of the shipped configuration: the folds' mean and spread, and how the
     folds were drawn (the model that ships is the refit on the whole training set)."""
@@ -584,7 +594,8 @@ def build_report(plan: Plan, problem: Problem, ev: Evaluation, result: Any,
             "agreement": float(np.mean(expected == produced)),
             "validation_quantised": ev.metric,
             "cv_folds": [round(m, 6) for m in ev.fold_metrics],
-            "cv": cv_section(problem, ev),
+            "cv": {**cv_section(problem, ev),
+                   "selection": selection_of(result.trials, plan, problem)},
             "test_samples": len(y),
             "per_class_f1": per_class_f1(y, applied(produced), ds.class_labels),
             "decide_at": int(ev.params.get(DECIDE_PARAM, 0) or 0),

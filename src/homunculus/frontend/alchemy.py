@@ -309,9 +309,11 @@ class Platforms:
         return Platform("c", dict(profile), origin=_caller())
 
     @staticmethod
-    def chain(*platforms: Platform) -> Chain:
+    def chain(*platforms: Platform, cuts: list[int] | None = None) -> Chain:
         """Devices in packet order, over which one model too large for one device is split
-        (NetNN-style: partial results travel in a header between them)."""
+        (NetNN-style: partial results travel in a header between them). A chain of hosts
+        (``XDP``, ``C``) splits an MLP by layers; ``cuts`` then fixes the first layer of every
+        device after the first (default: the partitioner chooses)."""
         origin = _caller()
         if not platforms:
             raise SpecError("a chain needs at least one platform", file=origin[0],
@@ -321,13 +323,16 @@ class Platforms:
                 raise SpecError(f"chain argument {i + 1} is not a platform (got "
                                 f"{type(p).__name__}); use Platforms.Tofino() and friends",
                                 file=origin[0], field=f"chain[{i}]", line=origin[1])
-            if p.target in ("xdp", "c") and i != len(platforms) - 1:
-                raise SpecError(f"a {p.target} host can only end a chain", file=origin[0],
+            if p.target in ("xdp", "c") and any(q.target not in ("xdp", "c")
+                                                for q in platforms[i + 1:]
+                                                if isinstance(q, Platform)):
+                raise SpecError(f"a {p.target} host can only end a chain (or be followed by "
+                                "hosts only: an MLP split by layers)", file=origin[0],
                                 field=f"chain[{i}]", line=origin[1])
         if len({id(p) for p in platforms}) != len(platforms):
             raise SpecError("a platform is twice in the chain", file=origin[0], field="chain",
                             line=origin[1])
-        return Chain(list(platforms), origin)
+        return Chain(list(platforms), origin, cuts=None if cuts is None else list(cuts))
 
 
 @dataclass
@@ -337,6 +342,7 @@ class Chain:
     platforms: list[Platform]
     origin: tuple[str, int | None]
     scheduled: Model | None = None
+    cuts: list[int] | None = None  # an MLP over hosts: each later device's first layer
 
     def schedule(self, model: Model) -> Chain:
         if not isinstance(model, Model):
@@ -402,7 +408,8 @@ def plan_of(platform: Platform | Chain, *, trials: int | None, seconds: float | 
                          toolchain_feasibility=toolchain_feasibility)
                  for p in platform.platforms]
         return ChainPlan(plans[0], [p.platform for p in plans],
-                         [f"device{i}" for i in range(len(plans))], platform.origin[0])
+                         [f"device{i}" for i in range(len(plans))], platform.origin[0],
+                         platform.cuts)
     models = list(platform.scheduled.models())
     if isinstance(platform.scheduled, Schedule):
         return schedule_plan_of(platform, models, trials=trials, seconds=seconds, seed=seed,

@@ -109,6 +109,7 @@ class ChainPlan:
     platforms: list[PlatformSpec]
     names: list[str]  # each device's name (its platform name, or "device<i>")
     source: str
+    cuts: list[int] | None = None  # an MLP over hosts: each later device's first layer
 
     @property
     def name(self) -> str:
@@ -265,6 +266,10 @@ def _traffic_upstream(plan: ModelPlan) -> UpstreamValues:
     return upstream
 
 
+HOST_TARGETS = ("xdp", "c")
+"""Targets that run the CPU program: a chain of switches may end on one, and a chain of them
+splits an MLP by layers."""
+
 CLASS_KIND = "model_class"
 """The FeatureDef kind of an upstream model's class in a traffic dataset (computed, no state)."""
 
@@ -293,14 +298,16 @@ def chain_plan_from_yaml(spec: ChainSpec, lines: dict[tuple[Any, ...], int],
             order.append(names.index(name))
     platforms = [PlatformSpec(**spec.platforms[i].model_dump(exclude={"name"})) for i in order]
     for i, p in enumerate(platforms):
-        if p.target in ("xdp", "c") and i != len(platforms) - 1:
+        if p.target in HOST_TARGETS and any(q.target not in HOST_TARGETS
+                                            for q in platforms[i + 1:]):
             raise _error(origins, source, f"platforms[{order[i]}].target",
                          f"a {p.target} host can only end a chain (it classifies; the switches "
-                         "before it carry partial results)")
+                         "before it carry partial results), or be followed by hosts only (an "
+                         "MLP split by layers)")
     single = SimpleNamespace(name=spec.name, data=spec.data, traffic=spec.traffic,
                              model=spec.model, platform=platforms[0], search=spec.search)
     plan = plan_from_spec(single, lines, path)  # type: ignore[arg-type]
-    return ChainPlan(plan, platforms, [names[i] for i in order], source)
+    return ChainPlan(plan, platforms, [names[i] for i in order], source, spec.cuts)
 
 
 def _error(origins: dict[str, tuple[str, int]], source: str, field_path: str,

@@ -313,6 +313,10 @@ class ChainSpec(Strict):
     platforms: list[NamedPlatformSpec] = Field(min_length=1)
     chain: list[str] | None = Field(default=None, min_length=1,
                                     description="platform names in chain order")
+    cuts: list[int] | None = Field(
+        default=None, min_length=1,
+        description="an MLP split by layers over hosts: the first layer of every device after "
+                    "the first (default: the partitioner chooses)")
     search: SearchSpec = Field(default_factory=SearchSpec)
 
     @model_validator(mode="after")

@@ -137,10 +137,14 @@ CpuModel = TreeModel | LookupModel | QMLP
 
 
 def model_kind(model: CpuModel) -> str:
-    """``trees-<mode>``, ``lookup`` or ``mlp``: what a program of this model can run."""
+    """``trees-<mode>``, ``lookup`` or ``mlp``: what a program of this model can run (a part
+    of a split MLP: ``mlp`` then ``-in`` when it starts from carried activations, ``-out`` when
+    it carries its activations on)."""
     if isinstance(model, TreeModel):
         return f"trees-{model.mode}"
-    return "lookup" if isinstance(model, LookupModel) else "mlp"
+    if isinstance(model, LookupModel):
+        return "lookup"
+    return "mlp" + "-in" * model.carried_in + "-out" * model.carries_out
 
 
 @dataclass(frozen=True)

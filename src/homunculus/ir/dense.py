@@ -11,11 +11,18 @@ shift S >= 1):
             e.g. a tanh or sigmoid table); "none" -> y_i
 Output layer (the last): scores_i = acc_i (int32, no requantisation, no activation).
 Class = arg-max of the scores, ties to the lowest index.
+
+A part of an MLP split by layers over a chain of devices (schedule/split_mlp.py) is a QMLP too:
+``carried_in`` -- its inputs are the previous part's int8 activations, received as bytes (two's
+complement) and sign-extended, instead of features (``input_shift`` is then unused);
+``carries_out`` -- every one of its layers is hidden (requantised and activated) and its output
+is the last layer's int8 activations, which the next device receives, instead of scores. Chaining
+the parts computes exactly the whole network's integers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,17 +48,30 @@ class QMLP:
     input_shift: tuple[int, ...]
     layers: tuple[DenseLayer, ...]
     kind: str = "mlp"
+    carried_in: bool = False  # inputs: the previous part's int8 activations (bytes)
+    carries_out: bool = False  # outputs: the last layer's int8 activations, not scores
 
     @property
     def n_classes(self) -> int:
+        """Output scores (or, ``carries_out``, activations carried on)."""
         return len(self.layers[-1].bias)
 
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """The first layer's int8 inputs: features shifted and clamped to 0..127, or carried
+        bytes sign-extended to -128..127."""
+        x = np.asarray(x, dtype=np.int64)
+        if self.carried_in:
+            b = x & 0xFF
+            return b - ((b & 0x80) << 1)
+        return np.minimum(x >> np.asarray(self.input_shift), 127)
+
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """Integer output scores (n, n_classes) for unsigned integer feature rows."""
-        a = np.minimum(np.asarray(x, dtype=np.int64) >> np.asarray(self.input_shift), 127)
+        """Integer output scores (n, n_classes) for unsigned integer feature rows (a part that
+        ``carries_out``: its last layer's activations)."""
+        a = self.inputs(x)
         for i, layer in enumerate(self.layers):
             acc = a @ np.asarray(layer.weights, dtype=np.int64).T + np.asarray(layer.bias)
-            if i == len(self.layers) - 1:
+            if i == len(self.layers) - 1 and not self.carries_out:
                 return acc
             y = np.clip((acc * layer.multiplier + (1 << (layer.shift - 1))) >> layer.shift,
                         -128, 127)
@@ -61,12 +81,20 @@ class QMLP:
                 a = np.asarray(layer.lut, dtype=np.int64)[y + 128]
             else:
                 a = y
+        if self.layers:  # a part carrying its activations on
+            return a
         raise ValueError("an MLP needs at least one layer")
+
+
+def activation_of(model: QMLP, i: int, x: np.ndarray) -> np.ndarray:
+    """The int8 activations after layer ``i`` (hidden) of the whole network ``model``: what a
+    split carries from the device ending at layer ``i``."""
+    return replace(model, layers=model.layers[:i + 1], carries_out=True).scores(x)
 
 
 def check_ranges(model: QMLP) -> None:
     """Raise if any weight is not int8, any bias not int32, or an accumulator could overflow."""
-    bound = 127  # |input| of the first layer and of every later layer's activations
+    bound = 128 if model.carried_in else 127  # |input| of the first layer; then activations
     for layer in model.layers:
         w = np.asarray(layer.weights)
         if w.min() < -128 or w.max() > 127:

@@ -127,7 +127,9 @@ def to_json(model: QuantisedModel) -> dict[str, Any]:
                             "bias": list(layer.bias), "multiplier": layer.multiplier,
                             "shift": layer.shift, "activation": layer.activation,
                             "lut": None if layer.lut is None else list(layer.lut)}
-                           for layer in model.layers]}
+                           for layer in model.layers],
+                **({"carried_in": True} if model.carried_in else {}),
+                **({"carries_out": True} if model.carries_out else {})}
     if isinstance(model, QTreeEnsemble):
         return {
             "kind": model.kind,
@@ -160,7 +162,9 @@ def from_json(data: dict[str, Any]) -> QuantisedModel:
             DenseLayer(tuple(tuple(r) for r in d["weights"]), tuple(d["bias"]), d["multiplier"],
                        d["shift"], d["activation"], None if d["lut"] is None else tuple(d["lut"]))
             for d in data["layers"])
-        return QMLP(tuple(data["input_shift"]), layers)
+        return QMLP(tuple(data["input_shift"]), layers,
+                    carried_in=bool(data.get("carried_in", False)),
+                    carries_out=bool(data.get("carries_out", False)))
     if data["kind"] == "tree_ensemble":
         trees = tuple(
             QTree(tuple(t["feature"]), tuple(t["threshold"]), tuple(t["left"]), tuple(t["right"]),

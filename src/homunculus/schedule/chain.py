@@ -101,6 +101,7 @@ def chain_devices(plan: ChainPlan) -> list[Device]:
     """The chain's devices: switches, optionally ended by a host (C or XDP; the frontends refuse
     a host anywhere else)."""
     devices = []
+    hosts_only = all(spec.target in HOST_ENTRY for spec in plan.platforms)  # an MLP by layers
     for i, (spec, name) in enumerate(zip(plan.platforms, plan.names, strict=True)):
         try:
             target, limits = make_target(spec.target, spec.profile)
@@ -109,22 +110,31 @@ def chain_devices(plan: ChainPlan) -> list[Device]:
         c = spec.constraints
         wanted = {**c.resources.model_dump(exclude_none=True),
                   **c.performance.model_dump(exclude_none=True)}
-        if spec.target in HOST_ENTRY and wanted:
+        if spec.target in HOST_ENTRY and wanted and not hosts_only:
             raise plan.plan.error(f"platforms[{i}].constraints",
                                   f"platform '{name}' is the host ending the chain: it runs "
                                   "whatever the switches leave, and its constraints are not "
                                   "checked yet; remove them")
         devices.append(Device(name, target, limits.merged(wanted)))
-    if devices[0].host:
+    if devices[0].host and not hosts_only:
         raise plan.plan.error("platforms", "a chain starts on a switch (tofino, bmv2); a host "
                                            "can only end it")
     return devices
 
 
-def compile_chain(plan: ChainPlan, options: CompileOptions) -> ChainResult:
+def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
+    """A chain of switches (maybe ended by a host), or of hosts only: an MLP split by layers
+    (schedule/chain_mlp.py)."""
     base = plan.plan
     seed = base.search.seed if options.seed is None else options.seed
     devices = chain_devices(plan)
+    if all(d.host for d in devices):
+        from homunculus.schedule.chain_mlp import compile_mlp_chain
+
+        return compile_mlp_chain(plan, options, devices)
+    if plan.cuts is not None:
+        raise base.error("cuts", "cuts split an MLP by layers over a chain of hosts (c, xdp) "
+                                 "only; a chain of switches splits summed models by tables")
     requested = check_algorithms(base)
     dataset = base.load_data()
     if dataset.traffic is not None and devices[-1].host:

@@ -35,7 +35,7 @@ from homunculus.compile import (
     profile_of,
 )
 from homunculus.data.dataset import Dataset
-from homunculus.errors import InfeasibleError, NotSupportedError, SpecError
+from homunculus.errors import InfeasibleError, SpecError
 from homunculus.features.library import FLOW_KINDS
 from homunculus.frontend.schedule_plan import ChainPlan, ModelPlan, SchedulePlan
 from homunculus.ir.names import sanitise_identifier
@@ -107,6 +107,12 @@ class ScheduleResult:
                      "rows agree 100%" + (f", {r['verification']['packets']['classified']} "
                                           "packets agree 100%"
                                           if r["verification"].get("packets") else ""))
+        flow = r.get("flow_state")
+        if flow:  # an XDP schedule's shared flow state
+            lines.append(f"  flow state shared: {flow['registers']} registers for "
+                         f"{flow['registers_separate']} ({flow['bytes']} bytes instead of "
+                         f"{flow['bytes_separate']}), {flow['flow_features']} flow features "
+                         f"for {flow['flow_features_separate']}")
         return lines
 
 
@@ -127,16 +133,17 @@ def check_gate(plan: SchedulePlan, name: str, labels: tuple[str, ...]) -> None:
                                              f"{list(labels)})")
 
 
-def check_no_flow_state(plan: SchedulePlan, name: str, dataset: Dataset) -> None:
-    """Schedules on xdp share no flow registers between models (schedule/xdp.py): a model with
-    flow features is refused before any search."""
-    flow = [f.name for f in dataset.features if f.kind in FLOW_KINDS]
-    if flow:
-        index = [m.model.name for m in plan.models].index(name)
-        raise NotSupportedError(
-            f"{plan.source}: models[{index}] ('{name}') reads the flow feature(s) "
-            f"{', '.join(repr(f) for f in flow[:4])}: schedules on xdp run models on header and "
-            "carried features only (use the c, bmv2 or tofino target, or drop those features)")
+def check_flow_geometry(plan: SchedulePlan, loaded: dict[str, Dataset]) -> None:
+    """The models keeping flow state share one register program on a device (fused on a
+    switch, merged on XDP), so they need the same ``traffic.flow`` (slots, time base):
+    refused before any search otherwise."""
+    configs = {name: ds.traffic.config for name, ds in loaded.items()
+               if ds.traffic is not None and any(f.kind in FLOW_KINDS for f in ds.features)}
+    if len(set(configs.values())) > 1:
+        raise plan.error("models", "the models keeping flow state share the flow registers, so "
+                                   "they need the same traffic.flow (" + "; ".join(
+                                       f"'{name}': {c.slots} slots, time_shift {c.time_shift}"
+                                       for name, c in configs.items()) + ")")
 
 
 def make_policy(plan: SchedulePlan, first: ModelPlan) -> Policy:
@@ -176,10 +183,10 @@ def compose(target: Target, limits: Any, chosen: dict[str, Built], order: list[s
             uses: dict[str, dict[str, str]], node: Any, policy: Policy) -> Composition:
     """Fuse (switch) or chain (host) the chosen variants; estimate and assess the program."""
     if getattr(target, "lowering", "tables") == "cpu":
-        from homunculus.schedule import cpu
+        from homunculus.schedule import cpu, xdp
 
         program = cpu.compose_cpu([(m, chosen[m]) for m in order], uses, node, policy)
-        usage = cpu.estimate(program, target)
+        usage = (xdp.estimate if target.name == "xdp" else cpu.estimate)(program, target)
         return Composition(program, usage, assess(usage, limits))
     parts = [_part(chosen[m], m, uses.get(m, {})) for m in order]
     fused = fuse(parts, node, policy)
@@ -238,8 +245,8 @@ def search_schedule(plan: SchedulePlan, options: CompileOptions, seed: int,
     loaded = {name: by_name[name].load_data() for name in order}  # every data error first
     for name in order:
         check_gate(plan, name, loaded[name].class_labels)
-        if target.name == "xdp":
-            check_no_flow_state(plan, name, loaded[name])
+    if target.name != "c":  # a C library takes flow features as inputs: no registers
+        check_flow_geometry(plan, loaded)
     storage.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order):
         mp = by_name[name]
@@ -369,6 +376,8 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
                    program_name: str, seed: int, hook: Any) -> dict[str, Any]:
     """Emit, verify and report into ``out`` (a staging directory); the vendor compiler, when
     one runs, must accept the program."""
+    from homunculus.schedule import xdp
+
     uses = {m.name: {f.name: m.upstream[i] for i, f in enumerate(m.dataset.features)
                      if i in m.upstream} for m in members}
     if final.fused is not None:
@@ -377,7 +386,7 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
         run = run_switch(target, final.program, out, final.fused)
         n_inputs = len(final.program.features)
     else:
-        from homunculus.schedule import cpu, xdp
+        from homunculus.schedule import cpu
 
         host = xdp if target.name == "xdp" else cpu
         host.emit(final.program, target, out, program_name)
@@ -386,10 +395,12 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
     check = check_features(members, node, policy, run, n_inputs, seed)
     packets = None
     traffic = [m for m in members if m.dataset.traffic is not None]
-    if final.fused is not None and len(traffic) == len(members):
+    packet_run = (run_switch_packets(final.program, out, final.fused)
+                  if final.fused is not None else
+                  xdp.packet_twin(final.program, out) if target.name == "xdp" else None)
+    if packet_run is not None and len(traffic) == len(members):
         tables = [m.dataset.traffic.table for m in traffic if m.dataset.traffic.table is not None]
-        packets = check_packets(members, node, policy,
-                                run_switch_packets(final.program, out, final.fused), tables)
+        packets = check_packets(members, node, policy, packet_run, tables)
     write_models(out, chosen)
     schedule_doc = {
         "schedule": to_text(plan.node), "policy": {"kind": policy.kind,
@@ -410,6 +421,13 @@ def write_schedule(out: Path, plan: SchedulePlan, target: Target, limits: Any,
 
     write_schedule_report(out, report)
     return report
+
+
+def xdp_flow_sharing(program: Any) -> dict[str, Any] | None:
+    """An XDP schedule's shared flow state against one register program per model."""
+    from homunculus.schedule import xdp
+
+    return xdp.flow_sharing(program)
 
 
 def separate_usage(target: Target, chosen: dict[str, Built], order: list[str]
@@ -481,6 +499,7 @@ def schedule_report(plan: SchedulePlan, target: Target, limits: Any, final: Comp
                   "rounds": [{"choice": r.choice, "objective": r.objective, "fits": r.fits,
                               "reason": r.reason} for r in selection.rounds]},
         "fusion": fusion,
+        "flow_state": (xdp_flow_sharing(final.program) if target.name == "xdp" else None),
         "resources": resources_section(final.usage, limits, final.feasibility, target.name),
         "verification": {"rows": check.rows, "agreement": 1.0, "packets": packets},
         "profile": profile_of(target), "seed": seed,

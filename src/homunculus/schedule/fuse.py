@@ -157,24 +157,34 @@ def feature_key(p: Pipeline, index: int) -> tuple[Any, ...]:
 def _merge_flow(parts: list[Part], owners: list[list[int]], n_features: int
                 ) -> tuple[FlowProgram | None, dict[str, list[str]]]:
     """One register program for every model; which registers serve several models."""
-    programs = [(p, p.pipeline.flow) for p in parts if p.pipeline.flow is not None]
-    if not programs:
+    return merge_flow([(p.name, p.pipeline.flow, index_map)
+                       for p, index_map in zip(parts, owners, strict=True)], n_features)
+
+
+def merge_flow(programs: list[tuple[str, FlowProgram | None, list[int]]], n_features: int
+               ) -> tuple[FlowProgram | None, dict[str, list[str]]]:
+    """One register program for several models (name, flow program or None, fused index of
+    each of its features): registers merge by name (a register's name is its semantics), each
+    output reads the first register computing its fused feature. Returns the program (None when
+    no model keeps flow state) and the registers serving several models, with their users. The
+    per-flow decision is not merged (a schedule's models classify every packet)."""
+    kept = [(name, prog, index_map) for name, prog, index_map in programs if prog is not None]
+    if not kept:
         return None, {}
-    configs = {prog.config for _, prog in programs}
+    configs = {prog.config for _, prog, _ in kept}
     if len(configs) > 1:
         raise NotSupportedError(
             "the scheduled models keep flow state with different geometry or time base ("
-            + "; ".join(f"{p.name}: {prog.config.slots} slots, time_shift "
-                        f"{prog.config.time_shift}" for p, prog in programs)
+            + "; ".join(f"{name}: {prog.config.slots} slots, time_shift "
+                        f"{prog.config.time_shift}" for name, prog, _ in kept)
             + "): give them the same traffic.flow so that they share the flow registers")
     registers: dict[str, Any] = {}
     users: dict[str, list[str]] = {}
     outputs: dict[int, FlowOutput] = {}
-    for (p, prog), index_map in zip(programs, [owners[parts.index(p)] for p, _ in programs],
-                                     strict=True):
+    for name, prog, index_map in kept:
         for r in prog.registers:
             registers.setdefault(r.name, r)
-            users.setdefault(r.name, []).append(p.name)
+            users.setdefault(r.name, []).append(name)
         for o in prog.outputs:
             fused = index_map[o.feature]
             outputs.setdefault(fused, FlowOutput(fused, o.source, o.width))

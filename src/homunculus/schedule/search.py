@@ -123,10 +123,12 @@ def class_feature_index(plan: ModelPlan, dataset: Dataset) -> dict[int, str]:
 
 def make_model_problem(plan: ModelPlan, dataset: Dataset, target: Target, limits: Limits,
                        seed: int) -> Problem:
-    return make_problem(dataset, target, limits, plan.model.metric,
+    """One model's search problem; without per-flow decisions (a schedule's models classify
+    every packet: the program built from a trial has none)."""
+    return replace(make_problem(dataset, target, limits, plan.model.metric,
                         positive_class(plan, dataset), verdict_plan(plan, dataset), seed,
                         plan.search.validation_fraction, plan.select_features,
-                        plan.search.cv_folds)
+                        plan.search.cv_folds), flow_decisions=False)
 
 
 def build(problem: Problem, family: str, params: dict[str, Any], metric: float,

@@ -16,35 +16,58 @@ slot, then flips ``hmn_active`` once (``homunculus push``, deploy.py). The combi
 table is the compile's: a push changes the models' parameters, with the same classes and
 verdicts.
 
-Flow state is not shared across models here: a model keeping flow state is refused.
+**Shared flow state.** The models' flow state is one register program (fuse.py
+``merge_flow``, as switch fusion merges it): the union of every model's registers, one per
+semantics, so two models counting packets per flow read one register, and one flow feature
+computed for several models is one input. Every eligible packet updates it once, before any
+model runs (a gated-out model's flow state still counts the packet, as the reference features
+do). The registers are one map entry per flow slot (``hmn_flows``, indexed by the flow's hash:
+one lookup per packet and one map, however many registers), with one model's register ops
+(flow.c.j2). A push writes parameter maps only: the flow state survives it. A per-flow decision
+(classify at packet N, keep the class) is not part of a schedule: the schedule's search does not
+offer it and a program with one is refused, naming its model.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from homunculus.errors import NotSupportedError
 from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
+from homunculus.ir.flow import FlowProgram
 from homunculus.ir.names import safe_comment
 from homunculus.schedule.cpu import CpuSchedule, schedule_context
+from homunculus.schedule.cpu import estimate as host_estimate
+from homunculus.schedule.fuse import merge_flow
+from homunculus.targets.base import Usage
+from homunculus.targets.xdp import cost
 from homunculus.targets.xdp.build import build_source
 from homunculus.targets.xdp.codegen import (
     FIXED_MAPS,
     MAX_MAPS,
+    crc_table_rows,
+    flow_program_context,
     model_section_context,
     packet_features_context,
     template_env,
 )
 from homunculus.targets.xdp.layout import Capacity
 from homunculus.targets.xdp.loader import BpfError, BpfMap, BpfObject, prog_test_run
-from homunculus.targets.xdp.runner import VEC_OFFSET, VEC_PROG, load_installed, vector_frame
+from homunculus.targets.xdp.runner import (
+    VEC_OFFSET,
+    VEC_PROG,
+    load_installed,
+    replay,
+    vector_frame,
+)
 from homunculus.targets.xdp.snapshot import (
     GRACE_S,
     SnapshotError,
@@ -71,18 +94,81 @@ def model_maps(program: CpuProgram) -> int:
     return 4 if isinstance(program.model, QMLP) else 3
 
 
+def merged_flow(schedule: CpuSchedule) -> tuple[FlowProgram | None, dict[str, list[str]]]:
+    """The schedule's one register program over the union of its features (None: no model
+    keeps flow state) and the registers serving several models, with their users."""
+    return merge_flow([(name, p.flow, schedule.inputs[name]) for name, p in schedule.models],
+                      len(schedule.features))
+
+
+def flow_maps(schedule: CpuSchedule) -> int:
+    """Maps the shared flow state uses: the flows (one entry per slot, every register in it)
+    and the test clock."""
+    flow, _ = merged_flow(schedule)
+    return 0 if flow is None else 2
+
+
 def check_schedule(schedule: CpuSchedule) -> None:
-    """NotSupportedError for what one XDP program cannot run: flow state, too many maps."""
+    """NotSupportedError for what one XDP program cannot run: a per-flow decision, flow state
+    of different geometries (merge_flow), too many maps."""
     for name, program in schedule.models:
-        if program.flow is not None or any(f.flow for f in program.features):
+        if program.flow is not None and program.flow.decision is not None:
             raise NotSupportedError(
-                f"model '{safe_comment(name)}' keeps flow state: schedules on xdp run models "
-                "on header and carried features only (flow registers are not shared between "
-                "models there; use the c, bmv2 or tofino target)")
-    used = FIXED_MAPS - 1 + SHARED_MAPS + sum(model_maps(p) for _, p in schedule.models)
+                f"model '{safe_comment(name)}' decides once per flow (at packet "
+                f"{program.flow.decision.at}): the models of a schedule classify every packet "
+                "(build it without a per-flow decision)")
+    used = (FIXED_MAPS - 1 + SHARED_MAPS + sum(model_maps(p) for _, p in schedule.models)
+            + flow_maps(schedule))
     if used > MAX_MAPS:
         raise NotSupportedError(f"the schedule's {len(schedule.models)} models need {used} maps; "
                                 f"a BPF program may use at most {MAX_MAPS}")
+
+
+def estimate(schedule: CpuSchedule, target: Any) -> Usage:
+    """The C schedule's estimate (every model running, one after the other) with the models'
+    own flow state replaced by the shared one: each model estimated without its registers,
+    plus one update of the merged register program per packet (its time, its flow entries'
+    bytes and its verifier work: targets/xdp/cost.py)."""
+    flow, _ = merged_flow(schedule)
+    bare = replace(schedule, models=tuple((name, replace(p, flow=None))
+                                          for name, p in schedule.models))
+    usage = host_estimate(bare, target)
+    if flow is None:
+        return usage
+    n = len(flow.registers)
+    latency = usage.latency_ns + cost.COSTS["flow"] + cost.COSTS["registers"] * n
+    cores = getattr(target.profile, "cores", 1)
+    return replace(usage, sram_kbit=usage.sram_kbit + 4 * flow.config.slots * n * 8 / 1024,
+                   latency_ns=latency, throughput_gpps=cores / latency,
+                   instructions=usage.instructions + int(cost.VERIFIER["flow"]
+                                                         + cost.VERIFIER["registers"] * n))
+
+
+def flow_sharing(schedule: CpuSchedule) -> dict[str, Any] | None:
+    """What the shared flow state saves against one register program per model (None: no
+    model keeps flow state): registers and their bytes (4 per slot), the registers and the
+    flow features several models share."""
+    flow, shared = merged_flow(schedule)
+    if flow is None:
+        return None
+    per_model = {name: len(p.flow.registers) for name, p in schedule.models
+                 if p.flow is not None}
+    slot_bytes = 4 * flow.config.slots
+    users: dict[int, list[str]] = {}
+    for name, p in schedule.models:
+        for i, f in enumerate(p.features):
+            if f.flow:
+                users.setdefault(schedule.inputs[name][i], []).append(name)
+    separate = sum(per_model.values())
+    return {"slots": flow.config.slots, "registers": len(flow.registers),
+            "registers_separate": separate, "per_model": per_model,
+            "shared_registers": shared,
+            "flow_features": sum(1 for f in schedule.features if f.flow),
+            "flow_features_separate": sum(len(u) for u in users.values()),
+            "shared_flow_features": {schedule.features[i].name: u for i, u in users.items()
+                                     if len(u) > 1},
+            "bytes": slot_bytes * len(flow.registers), "bytes_separate": slot_bytes * separate,
+            "bytes_saved": slot_bytes * (separate - len(flow.registers))}
 
 
 @dataclass(frozen=True)
@@ -110,6 +196,14 @@ def context(schedule: CpuSchedule, target: Any, title: str) -> dict[str, Any]:
             **model_section_context(program, cap), px=prefix(k), PX=prefix(k).upper())
         ctx["models"][k]["masks"] = [f.field.max_value for f in program.features]
     ctx |= packet_features_context(schedule.features)
+    flow, _ = merged_flow(schedule)
+    ctx["flow"] = flow_program_context(flow, schedule.features, packed=True)
+    ctx["crc_table"] = crc_table_rows()
+    sharing = flow_sharing(schedule)
+    ctx["flow_sharing"] = [] if sharing is None else [safe_comment(line) for line in (
+        f"{sharing['registers']} registers for {sharing['registers_separate']} in the models' "
+        f"own programs ({sharing['bytes']} bytes instead of {sharing['bytes_separate']})",
+        *(f"register {r}: {', '.join(u)}" for r, u in sharing["shared_registers"].items()))]
     ctx["u_slots"] = max(len(schedule.features), 1)
     ctx["masks"] = [f.field.max_value for f in schedule.features]
     return ctx
@@ -207,4 +301,42 @@ def twin(schedule: CpuSchedule, out_dir: Path):  # noqa: ANN201  (rows -> classe
             return run_alone(obj, order.index(name), x)
 
     run.alone = alone  # type: ignore[attr-defined]
+    return run
+
+
+def scratch_results(obj: Any, cpu: int, n_models: int, n_features: int) -> tuple[int, ...]:
+    """The packet's results from the scratch ``hmn_sched`` on ``cpu``: every model's class
+    (-1, as unsigned: not run), then the verdict (port, drop, mark, dscp)."""
+    values = obj.map("hmn_sched").lookup(0)
+    assert isinstance(values, list)
+    return struct.unpack_from(f"<{n_models + len(VERDICT_FIELDS)}Q", values[cpu],
+                              8 * max(n_features, 1))
+
+
+def run_packets(obj: BpfObject, n_models: int, n_features: int, table: pd.DataFrame
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every packet of ``table`` through ``hmn_xdp`` (runner.replay: each capture with fresh
+    flow state, the test clock at its timestamps): the classified mask and, for the classified
+    packets, every model's class (-1: not run) and the verdict (port, drop, mark, dscp)."""
+    out, classified, _ = replay(
+        obj, table, lambda o, cpu: scratch_results(o, cpu, n_models, n_features),
+        n_models + len(VERDICT_FIELDS))
+    rows = out[classified].astype(np.int64)  # two's complement: an unsigned -1 is -1 again
+    return classified, rows[:, :n_models], rows[:, n_models:]
+
+
+def packet_twin(schedule: CpuSchedule, out_dir: Path):  # noqa: ANN201  (table -> results)
+    """The built program in the kernel on packet tables (verify.check_packets): per table the
+    classified mask, every model's class on the classified packets and the verdict fields."""
+    order = [name for name, _ in schedule.models]
+
+    def run(table: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                          dict[str, np.ndarray]]:
+        obj, _ = load_built(out_dir)
+        with obj:
+            classified, classes, verdict = run_packets(obj, len(order), len(schedule.features),
+                                                       table)
+        return (classified, {m: classes[:, k] for k, m in enumerate(order)},
+                {f: verdict[:, j] for j, f in enumerate(VERDICT_FIELDS)})
+
     return run

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.model_selection import (
     GroupShuffleSplit,
     KFold,
+    RepeatedStratifiedKFold,
     StratifiedGroupKFold,
     StratifiedKFold,
     train_test_split,
@@ -51,6 +52,11 @@ class Problem:
     seed: int
     select_features: bool = False  # the feature set is part of the design space
     fold_scheme: str = ""  # how the folds were drawn (for the report)
+    # Small data's repeated folds: a fold's validation rows over its training rows. When set,
+    # the selection keeps the families' defaults unless a configuration is significantly better
+    # on the same folds (search/study.py, ``pick_best``).
+    cv_ratio: float | None = None
+    flow_decisions: bool = True  # the per-flow decision may be searched (not in a schedule)
 
     def restricted(self, indices: list[int]) -> Problem:
         """This problem on a subset of the features."""
@@ -149,6 +155,20 @@ def default_folds(n_rows: int) -> int:
     return 1
 
 
+SMALL_ROWS = 1_000
+"""Up to this many training rows (ungrouped), the default folds are repeated: one 5-fold
+partition of ~100 rows scores configurations on ~20 rows each, and which of two configurations
+wins there is mostly chance."""
+
+
+def default_repeats(n_rows: int) -> int:
+    """Repetitions of the default stratified folds of small data (1 = not repeated): enough
+    that every training row is validated about four times up to 500 rows, twice up to 1,000."""
+    if n_rows <= 500:
+        return 4
+    return 2 if n_rows <= SMALL_ROWS else 1
+
+
 def make_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
                validation_fraction: float = 0.25) -> tuple[Fold, ...]:
     """Seeded folds of the training set: by group (flow or capture) when the rows carry groups,
@@ -182,6 +202,11 @@ def plan_folds(dataset: Dataset, seed: int, n_folds: int | None = None,
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         return f"{k} folds{by} (stratified)", tuple(splitter.split(dataset.x_train, y, groups))
     if counts[counts > 0].min() >= k:
+        repeats = default_repeats(n) if n_folds is None else 1
+        if repeats > 1:
+            return (f"{k} stratified folds x {repeats} repeats",
+                    tuple(RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats,
+                                                  random_state=seed).split(dataset.x_train, y)))
         return f"{k} stratified folds", tuple(StratifiedKFold(k, shuffle=True, random_state=seed
                                                                ).split(dataset.x_train, y))
     return f"{k} folds", tuple(KFold(k, shuffle=True, random_state=seed).split(dataset.x_train))
@@ -194,7 +219,19 @@ def make_problem(dataset: Dataset, target: Target, limits: Limits, metric: str,
     """The compile problem; the test set stays unseen (see :func:`make_folds`)."""
     scheme, folds = plan_folds(dataset, seed, n_folds, validation_fraction)
     return Problem(dataset, folds, target, limits, metric, positive, verdict, seed, select,
-                   scheme)
+                   scheme, repeated_ratio(folds))
+
+
+def repeated_ratio(folds: tuple[Fold, ...]) -> float | None:
+    """Validation over training rows of repeated folds (a row validated more than once), the
+    correction Nadeau and Bengio's resampled t-test needs; None for folds that are not
+    repeated."""
+    validated = sum(len(val) for _, val in folds)
+    rows = len(np.unique(np.concatenate([val for _, val in folds]))) if folds else 0
+    if not folds or validated <= rows:
+        return None
+    fit, val = folds[0]
+    return len(val) / len(fit)
 
 
 @dataclass(frozen=True)
@@ -283,11 +320,16 @@ def with_flow(pipeline: Pipeline, dataset: Dataset, decide_at: int = 0) -> Pipel
 
 def decision_choices(problem: Problem) -> tuple[int, ...]:
     """The per-flow decision's design space: packet N in ``DECIDE_AT`` (0: per packet) when the
-    data comes from packets, the target keeps flow state (not C: it takes feature rows) and
-    every packet that updates flow state is classified (no feature reads a TCP- or UDP-only
-    field), so the packet at n == N always stores its class."""
+    problem allows it (a schedule's models classify every packet), the data comes from packets,
+    the target keeps flow state (not C: it takes feature rows) and every packet that updates
+    flow state is classified (no feature reads a TCP- or UDP-only field), so the packet at
+    n == N always stores its class. A target may refuse it (``flow_decisions`` False: a chain
+    of hosts, whose last device keeps no flow state)."""
     ds = problem.dataset
-    if ds.flow_rows is None or ds.traffic is None or problem.target.name == "c":
+    if (not problem.flow_decisions or ds.flow_rows is None or ds.traffic is None
+            or problem.target.name == "c"):
+        return ()
+    if not getattr(problem.target, "flow_decisions", True):
         return ()
     from homunculus.data.packets import required_header
 

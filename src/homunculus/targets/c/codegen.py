@@ -182,23 +182,29 @@ def shortcut_context(program: CpuProgram) -> dict[str, Any] | None:
 
 def mlp_context(mlp: QMLP) -> dict[str, Any]:
     """Weights as int16 [out][in], ``in`` padded to a multiple of 8 with zeros (the compiler
-    vectorises the dot products as 16-bit multiply-adds)."""
+    vectorises the dot products as 16-bit multiply-adds). A part of a split MLP (ir/dense.py)
+    reads carried activation bytes (``carried_in``, sign-extended) and, when it
+    ``carries_out``, ends on a hidden layer whose activations (``emit``) are its output."""
     last = len(mlp.layers) - 1
     layers = []
     for i, layer in enumerate(mlp.layers):
         n_out, n_in = layer.shape
         width = pad_to(n_in, 8)
+        scores = i == last and not mlp.carries_out  # raw int32 scores: no requantisation
         layers.append({
             "index": i, "n_in": n_in, "n_in_pad": width, "n_out": n_out,
-            "n_out_pad": pad_to(n_out, 8), "last": i == last,
+            "n_out_pad": pad_to(n_out, 8), "last": scores,
+            "emit": i == last and mlp.carries_out,
             "weights": [[str(w) for w in row] + ["0"] * (width - n_in) for row in layer.weights],
             "bias": [i32(b) for b in layer.bias],
             "multiplier": layer.multiplier, "shift": layer.shift,
             "activation": layer.activation,
-            "lut": [str(v) for v in layer.lut] if i != last and layer.activation == "lut" else None,
+            "lut": [str(v) for v in layer.lut] if not scores and layer.activation == "lut"
+            else None,
         })
     return {"shifts": list(mlp.input_shift), "n_in_pad": pad_to(len(mlp.input_shift), 8),
-            "layers": layers, "n_scores": mlp.n_classes}
+            "layers": layers, "n_scores": mlp.n_classes, "carried_in": mlp.carried_in,
+            "carries_out": mlp.carries_out}
 
 
 # ----------------------------------------------------------------------------- the library

@@ -96,7 +96,8 @@ def parameter_bytes(program: CpuProgram) -> int:
         for i, layer in enumerate(model.layers):
             n_out, n_in = layer.shape
             total += 2 * n_out * pad_to(n_in, 8) + 4 * n_out
-            total += 256 if i < len(model.layers) - 1 and layer.activation == "lut" else 0
+            hidden = i < len(model.layers) - 1 or model.carries_out
+            total += 256 if hidden and layer.activation == "lut" else 0
     return total
 
 

@@ -96,6 +96,19 @@ class CLibrary:
         return self._verdicts(x, lambda row, r, out: fn(row.ctypes.data_as(u32p),
                                                          parts[r].ctypes.data_as(u32p), out))
 
+    def carry_out(self, x: np.ndarray, n_out: int) -> np.ndarray:
+        """The int8 activations (n_rows x ``n_out``) a part of a split MLP carries on (via
+        ``hmn_carry_out``)."""
+        fn = self._lib.hmn_carry_out
+        fn.restype = None
+        fn.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int32)]
+        rows = self._rows(x)
+        out = np.zeros((len(rows), n_out), dtype=np.int32)
+        for r, row in enumerate(rows):
+            fn(row.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+               out[r].ctypes.data_as(ctypes.POINTER(ctypes.c_int32)))
+        return out.astype(np.int64)
+
     def _verdicts(self, x: np.ndarray, call) -> TwinResult:  # noqa: ANN001
         rows = self._rows(x)
         cols: dict[str, list[int]] = {k: [] for k in ("class_id", *VERDICT_ROLES)}

@@ -16,6 +16,7 @@ import jinja2
 
 from homunculus.features.headers import lookup_header_field
 from homunculus.ir.cpu import SCALAR, WINNER, CpuProgram
+from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import REGISTER_OPS, FlowProgram, Register
 from homunculus.ir.names import safe_comment
 from homunculus.ir.pipeline import FeatureInput
@@ -152,8 +153,18 @@ def _check_register(r: Register) -> None:
 
 
 def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
-    program: FlowProgram | None = cpu.flow
-    flow_features = {i for i, f in enumerate(cpu.features) if f.flow}
+    """What flow.c.j2 renders from for one CPU program (None: it keeps no flow state)."""
+    return flow_program_context(cpu.flow, cpu.features, extra_maps, bool(cpu.class_rows))
+
+
+def flow_program_context(program: FlowProgram | None, features: Sequence[FeatureInput],
+                         extra_maps: int = 0, class_rows: bool = False, packed: bool = False
+                         ) -> dict[str, Any] | None:
+    """What flow.c.j2 renders from: the register program ``program`` writing the flow features
+    among ``features`` (a schedule's: the merged program over the union of the features);
+    ``class_rows``: the program has the verdict rows a per-flow decision applies; ``packed``:
+    every register in one map entry per flow slot (one map) rather than one map each."""
+    flow_features = {i for i, f in enumerate(features) if f.flow}
     if program is None:
         if flow_features:
             raise ValueError("pipeline has flow features but no flow program")
@@ -175,7 +186,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
                      "bin_spec": r.bin_shift | (r.param << 8) | ((r.bins - 1) << 32),
                      "stage": r.stage,
                      "comment": safe_comment(f"register {r.name} ({r.op}, {r.width} bits)")})
-    if FIXED_MAPS + extra_maps + len(regs) > MAX_MAPS:
+    if FIXED_MAPS + extra_maps + (1 if packed else len(regs)) > MAX_MAPS:
         raise ValueError(f"{len(regs)} flow registers: a BPF program may use at most "
                          f"{MAX_MAPS} maps ({FIXED_MAPS + extra_maps} are taken)")
     if "sig" not in roles:
@@ -192,7 +203,7 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     for o in program.outputs:
         if o.source not in sources:
             raise ValueError(f"flow output reads unknown source '{safe_comment(o.source)}'")
-        field = cpu.features[o.feature].field
+        field = features[o.feature].field
         outputs.append({"idx": o.feature, "src": sources[o.source],
                         "top": mask_of(o.width), "mask": field.max_value})
     state = sorted((r for r in regs if r["op"] not in ("sig", "last", "first")),
@@ -201,10 +212,11 @@ def flow_context(cpu: CpuProgram, extra_maps: int = 0) -> dict[str, Any] | None:
     if program.decision is not None:
         d = program.decision
         names = [r.name for r in program.registers]
-        if d.count not in names or not 1 <= d.at < 255 or not cpu.class_rows:
+        if d.count not in names or not 1 <= d.at < 255 or not class_rows:
             raise ValueError("the per-flow decision needs its count register and class rows")
         decision = {"at": d.at, "count": f"hmn_rv{names.index(d.count)}"}
     return {"slots": program.config.slots, "unit_ns": UNIT_NS, "decision": decision,
+            "packed": packed,
             "time_shift": program.config.time_shift, "registers": regs,
             "sig": roles["sig"], "last": roles.get("last"), "first": roles.get("first"),
             "state": state, "outputs": outputs}
@@ -234,9 +246,12 @@ def model_context(program: CpuProgram, cap: Capacity) -> dict[str, Any]:
                                           + 4 * cap.n_features * cap.bins * even(cap.n_scores))}
     else:
         shapes = cap.mlp_shapes()
+        emits = cap.kind.endswith("-out")  # a split MLP's part carrying its activations on
         ctx |= {"n_in": cap.n_features, "shift_words": even(cap.n_features),
+                "carried_in": cap.kind.startswith("mlp-in"), "carries_out": emits,
                 "layers": [{"index": i, "pairs": o // 2, "outs": o, "ins": n_in,
                             "last": i == len(shapes) - 1,
+                            "emit": emits and i == len(shapes) - 1,
                             "chunks": list(range(0, n_in, 8))}
                            for i, (o, n_in) in enumerate(shapes)],
                 "width_words": even(len(shapes))}
@@ -289,11 +304,30 @@ def carry_context(program: CpuProgram) -> dict[str, Any] | None:
             "inner": size}
 
 
+def activation_carry_context(program: CpuProgram) -> dict[str, Any] | None:
+    """A part of an MLP split by layers (schedule/split_mlp.py): the carry header it reads
+    (``n_in`` int8 activations, its inputs) and the one it writes (``n_out``, its last layer's
+    activations), each one byte per activation after Ethernet, then the displaced EtherType;
+    None for a whole model."""
+    model = program.model
+    if not isinstance(model, QMLP) or not (model.carried_in or model.carries_out):
+        return None
+    n_in = len(program.features) if model.carried_in else 0
+    n_out = model.n_classes if model.carries_out else 0
+    return {"ether_type": CARRY_ETHER_TYPE, "n_in": n_in, "in_bytes": n_in + 2,
+            "n_out": n_out, "out_bytes": n_out + 2}
+
+
 def build_context(program: CpuProgram, cap: Capacity, *, name: str,
                   trace: int = 0, telemetry: TelemetryConfig | None = None) -> dict[str, Any]:
     """The plain dict the template renders from (``trace``: entries of the debug trace map,
     0 for none; ``telemetry``: sample packets into the ring buffer ``hmn_samples``)."""
     _check_trace(trace)
+    act = activation_carry_context(program)
+    packet = packet_features_context(program.features)
+    if act is not None and act["n_in"]:  # the inputs come from the carry header, not the packet
+        packet = {"feature_header": None, "feature_udp_port": FEATURE_UDP_PORT, "required": [],
+                  "copies": []}
     return model_section_context(program, cap) | {
         "comment": {
             "program": safe_comment(name),
@@ -306,7 +340,8 @@ def build_context(program: CpuProgram, cap: Capacity, *, name: str,
         },
         "flow": flow_context(program, TELEMETRY_MAPS if telemetry else 0),
         "crc_table": crc_table_rows(),
-        **packet_features_context(program.features),
+        **packet,
+        "act": act,
         "vec_features": [{"idx": j, "mask": f.field.max_value}
                          for j, f in enumerate(program.features)],
         "carry": carry_context(program),

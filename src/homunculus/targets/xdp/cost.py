@@ -158,7 +158,7 @@ def map_bytes(program: CpuProgram, cap: Capacity) -> int:
     per_slot = cap.trees if cap.kind.startswith("trees") else 1
     n = 2 * per_slot * cap.value_bytes() + 2 * cap.meta_bytes()
     n += 8 * (cap.x_slots + even(cap.n_scores) + 6) + 8 * (len(program.class_labels) + 1) + 40
-    if cap.kind == "mlp":
+    if cap.kind.startswith("mlp"):
         n += 8 * (cap.n_features + sum(cap.widths))
     if program.flow is not None:
         n += 4 * program.flow.config.slots * len(program.flow.registers)

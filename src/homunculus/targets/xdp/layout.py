@@ -27,7 +27,9 @@ Maps (ARRAY, two slots each; slot s of a per-tree map is keys ``s * trees + t``)
   int8 weights and int32 biases packed in one 64-bit word (``lo + hi * 2^32``), so one multiply
   accumulates both (exact: every accumulator fits int32, ir/dense.py) -- then
   ``s32 shift[NP]``, per hidden layer ``s32 q[4]`` (multiplier, shift, activation, outputs) and
-  ``s32 lut[256]``, and ``s32 n_out[LP]``.
+  ``s32 lut[256]``, and ``s32 n_out[LP]``. A part of a split MLP that carries its activations on
+  (kind ``mlp-out`` / ``mlp-in-out``, ir/dense.py) requantises its last layer too: its ``q`` and
+  ``lut`` follow the hidden layers'.
 """
 
 from __future__ import annotations
@@ -170,9 +172,15 @@ class Capacity:
         ins = [self.n_features, *self.widths]
         return list(zip(outs, ins, strict=True))
 
+    @property
+    def requantised(self) -> int:
+        """Layers requantised and activated: the hidden ones, and the last one of a part of a
+        split MLP carrying its activations on."""
+        return len(self.widths) + self.kind.endswith("-out")
+
     def mlp_bytes(self) -> int:
         size = sum(8 * (o // 2) * i + 8 * (o // 2) for o, i in self.mlp_shapes())
-        size += 4 * even(self.n_features) + len(self.widths) * 4 * (4 + 256)
+        size += 4 * even(self.n_features) + self.requantised * 4 * (4 + 256)
         return size + 4 * even(len(self.widths) + 1)
 
     def value_bytes(self) -> int:
@@ -313,7 +321,7 @@ def check_mlp(mlp: QMLP, n_features: int) -> None:
         if not 1 <= n_out <= MLP_MAX_WIDTH:
             raise NotSupportedError(f"MLP layer {i} has {n_out} outputs; the XDP target runs "
                                     f"at most {MLP_MAX_WIDTH}")
-        if i < hidden:
+        if i < hidden or mlp.carries_out:
             if not 0 <= layer.multiplier < 2**31 or not 1 <= layer.shift <= 62:
                 raise ValueError(f"MLP layer {i}: multiplier must be in 0..2^31-1 and shift "
                                  "in 1..62")

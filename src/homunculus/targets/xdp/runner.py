@@ -102,6 +102,21 @@ def run_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray,
     return TwinResult(out[:, 0], fields), codes
 
 
+def run_carry_vectors(obj: BpfObject, program: CpuProgram, x: np.ndarray) -> np.ndarray:
+    """Per input row of a split MLP's part that carries on (ir/dense.py): the int8 activations
+    it writes (n_rows x its outputs) through ``hmn_xdp_vec``."""
+    k = n_scores(program)
+    n_out = max(len(RESULT_FIELDS), k)
+    x = np.asarray(x, dtype=np.int64)
+    fd = obj.prog_fd(VEC_PROG)
+    out = np.zeros((len(x), k), dtype=np.int64)
+    start = VEC_OFFSET + 8 * x.shape[1]
+    for i, row in enumerate(x):
+        run = prog_test_run(fd, vector_frame(row, n_out))
+        out[i] = struct.unpack_from(f"<{k}q", run.data, start)
+    return out
+
+
 def run_classified(obj: BpfObject, program: CpuProgram, frames: list[bytes]
                    ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
     """Every frame through ``hmn_xdp`` on its own (no flow state): per frame the class and
@@ -112,10 +127,10 @@ def run_classified(obj: BpfObject, program: CpuProgram, frames: list[bytes]
     classified = np.zeros(len(frames), dtype=bool)
     runs = []
     with pinned_to_one_cpu() as cpu:
-        seen = _classified_count(obj, cpu)
+        seen = classified_count(obj, cpu)
         for i, frame in enumerate(frames):
             runs.append(prog_test_run(fd, frame))
-            now = _classified_count(obj, cpu)
+            now = classified_count(obj, cpu)
             if now != seen:
                 classified[i] = True
                 env[i] = env_results(obj, cpu, program)
@@ -123,7 +138,7 @@ def run_classified(obj: BpfObject, program: CpuProgram, frames: list[bytes]
     return env, classified, runs
 
 
-def _set_clock(obj: BpfObject, ns: int) -> None:
+def set_clock(obj: BpfObject, ns: int) -> None:
     obj.map("hmn_clock").update(0, struct.pack("<QQ", 1, ns))
 
 
@@ -135,28 +150,32 @@ def env_results(obj: BpfObject, cpu: int, program: CpuProgram) -> tuple[int, ...
     return struct.unpack_from("<6Q", values[cpu], offset)[1:]
 
 
-def _classified_count(obj: BpfObject, cpu: int) -> int:
+def classified_count(obj: BpfObject, cpu: int) -> int:
     values = obj.map("hmn_stats").lookup(STAT_CLASSIFIED)
     assert isinstance(values, list)
     return int.from_bytes(values[cpu][:8], "little")
 
 
-def _reset_flow_state(obj: BpfObject) -> None:
+def reset_flow_state(obj: BpfObject) -> None:
+    """Zero the flow state: the register arrays (hmn_r<i>, the decision's hmn_rdec) or a
+    schedule's flows (hmn_flows)."""
     for name in obj.map_names():
-        if name.startswith("hmn_r"):
+        if name.startswith("hmn_r") or name == "hmn_flows":
             obj.map(name).clear()
 
 
-def run_frames(obj: BpfObject, program: CpuProgram, table: pd.DataFrame
-               ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
-    """Run every packet of ``table`` through ``hmn_xdp``: per packet the class and verdict
-    (``RESULT_FIELDS``, valid where classified), the classified mask and the test run (return
-    code, output frame).
+def replay(obj: BpfObject, table: pd.DataFrame,
+           read: Callable[[BpfObject, int], tuple[int, ...]], width: int
+           ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
+    """Run every packet of ``table`` through ``hmn_xdp``: per packet ``read(obj, cpu)`` (its
+    ``width`` results from the scratch map, read where the packet was classified), the
+    classified mask and the test run (return code, output frame).
 
     Each capture (file_id) is replayed separately, in row order, with fresh flow state, as
-    ``simulate_packets`` does (``per_capture``); results come back in the table's row order."""
+    ``simulate_packets`` does (``per_capture``), the test clock at each packet's timestamp;
+    results come back in the table's row order."""
     fd = obj.prog_fd(MAIN_PROG)
-    env = np.zeros((len(table), len(RESULT_FIELDS)), dtype=np.uint64)
+    out = np.zeros((len(table), width), dtype=np.uint64)
     classified = np.zeros(len(table), dtype=bool)
     runs: list[RunResult | None] = [None] * len(table)
     records = table.to_dict("records")
@@ -164,18 +183,26 @@ def run_frames(obj: BpfObject, program: CpuProgram, table: pd.DataFrame
     with pinned_to_one_cpu() as cpu:
         for n, capture in enumerate(pd.unique(ids)):
             if n:
-                _reset_flow_state(obj)
-            seen = _classified_count(obj, cpu)
+                reset_flow_state(obj)
+            seen = classified_count(obj, cpu)
             for i in np.flatnonzero(ids == capture):
                 row = records[i]
-                _set_clock(obj, int(row["ts_us"]) * 1000)
+                set_clock(obj, int(row["ts_us"]) * 1000)
                 runs[i] = prog_test_run(fd, packet_frame(row))
-                now = _classified_count(obj, cpu)
+                now = classified_count(obj, cpu)
                 if now != seen:
                     classified[i] = True
-                    env[i] = env_results(obj, cpu, program)
+                    out[i] = read(obj, cpu)
                 seen = now
-    return env, classified, [r for r in runs if r is not None]
+    return out, classified, [r for r in runs if r is not None]
+
+
+def run_frames(obj: BpfObject, program: CpuProgram, table: pd.DataFrame
+               ) -> tuple[np.ndarray, np.ndarray, list[RunResult]]:
+    """Run every packet of ``table`` through ``hmn_xdp`` (see :func:`replay`): per packet the
+    class and verdict (``RESULT_FIELDS``, valid where classified), the classified mask and the
+    test run (return code, output frame)."""
+    return replay(obj, table, lambda o, cpu: env_results(o, cpu, program), len(RESULT_FIELDS))
 
 
 def run_packets(obj: BpfObject, program: CpuProgram, table: pd.DataFrame

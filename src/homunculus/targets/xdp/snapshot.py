@@ -199,7 +199,7 @@ def mlp_bytes(mlp: QMLP, cap: Capacity) -> bytes:
     shift = np.zeros(even(cap.n_features), dtype="<i4")
     shift[:cap.n_features] = mlp.input_shift
     parts.append(shift.tobytes())
-    for layer in mlp.layers[:-1]:
+    for layer in mlp.layers if mlp.carries_out else mlp.layers[:-1]:
         lut = layer.lut if layer.activation == "lut" and layer.lut else (0,) * 256
         parts.append(np.asarray([layer.multiplier, layer.shift,
                                  ACTIVATION_CODES[layer.activation], layer.shape[0], *lut],

@@ -52,6 +52,8 @@ from homunculus.targets.p4.codegen import carry_layout
 
 CARRY_PREFIX = "part_s"
 """Carried-in partial score of class c: the meta field ``part_s<c>``."""
+HOST_SOURCE = "host_source"
+"""The pipeline note holding what a host ending the chain is built from (ChainTarget)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Split:
     reason: str | None = None
     host_tables: tuple[str, ...] = ()  # the lookup tables a host ending the chain runs
     host_carry_in: tuple[int, ...] = ()  # the class columns the host reads from the header
+    host_program: Any = None  # the host's CPU program, when the partition could build it
+    host_usage: Usage | None = None  # its usage on the host (its target's own cost model)
 
     @property
     def devices(self) -> int:
@@ -348,17 +352,22 @@ class _Fill:
     complete: bool = True
     host_tables: tuple[str, ...] = ()
     host_carry: tuple[int, ...] = ()
+    host_program: Any = None
+    host_usage: Usage | None = None
 
 
 def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tuple[str, ...],
-          spare: int) -> _Fill:
+          spare: int, source: Any = None) -> _Fill:
     """Greedy: each device takes the longest run of the remaining tables that fits it (the
     last one, arg-max and verdict included). ``spare`` extra devices like the last may be used
     to measure how many a model that does not fit would need. A host ending the chain takes
-    whatever the switches before it did not (it has no table limits)."""
+    whatever the switches before it did not, judged by its own cost model against its limits
+    (``source``: schedule/host.py HostSource); the last switch before it may then take a
+    shorter run when that carries fewer bytes and the host still fits (:func:`_to_host`)."""
     out = _Fill()
     i = 0
     carried: list[int] = []
+    start, carried_before = 0, []  # where the last switch's run starts, what it reads
     host = devices[-1].host
     switches = devices[:-1] if host else devices
     pool = list(switches) + ([] if host else [devices[-1]] * spare)
@@ -389,27 +398,85 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
         out.programs.append(program)
         out.tables.append(tuple(t.name for t in order[i:i + k]))
         out.usages.append(usage)
+        start, carried_before = i, carried
         i += k
         if i == len(order):
             return out
         out.carry.append(carry_layout(program.carry_out)["bytes"])
         carried = out_cols
     if host and i > 0:
-        out.host_tables = tuple(t.name for t in order[i:])
-        out.host_carry = tuple(carried)
-        out.reason = None
-        return out
+        return _to_host(model, order, devices, requires, source, out, start, carried_before, i)
     out.complete = False
     return out
 
 
-def table_orders(model: _Model) -> dict[str, list[Table]]:
+def _to_host(model: _Model, order: list[Table], devices: list[Device],
+             requires: tuple[str, ...], source: Any, out: _Fill, start: int,
+             carried_before: list[int], stop: int) -> _Fill:
+    """Hand the tables from ``stop`` on to the host ending the chain. The last switch (its run
+    ``order[start:stop]``, the longest that fits it) may keep a shorter run instead: per set of
+    class columns it would carry, the longest run carrying that set; the fewest header bytes
+    whose rest fits the host wins (then the longest run). If no rest fits the host, the fill is
+    incomplete, ``reason`` naming the host and the limit."""
+    from homunculus.schedule.host import judge_host
+
+    host = devices[-1]
+    d = len(out.programs) - 1
+    name = f"d{d}"
+    runs: dict[frozenset[int], int] = {}  # carried columns -> the longest run carrying them
+    for k in range(1, stop - start + 1):
+        runs[frozenset(carried_before) | carried_columns(model, order[start:start + k])] = k
+    reason = None
+    for _, k in sorted(((len(cols), -k), k) for cols, k in runs.items()):
+        end = start + k
+        if end == stop:
+            program, usage = out.programs[-1], out.usages[-1]
+            out_cols = list(carried_out_columns(program))
+        else:
+            program, out_cols = device_pipeline(model, order[start:end], carried_before, False,
+                                                name, devices[d].target.profile.supports_range,
+                                                requires)
+            ok, usage, _ = _fits(devices[d], program)
+            if not ok:  # fitting is monotone in the run's length: not expected
+                continue
+        tables = tuple(t.name for t in order[end:])
+        hosted, host_usage, why = judge_host(host, tables, tuple(out_cols), model.pipeline,
+                                             source)
+        if why is not None:
+            reason = reason or (f"device {len(out.programs) + 1} ({host.name}, "
+                                f"{host.target.name} host) with {len(tables)} table(s) left "
+                                f"by the switches: {why}")
+            continue
+        out.programs[-1], out.usages[-1] = program, usage
+        out.tables[-1] = tuple(t.name for t in order[start:end])
+        out.carry[-1] = carry_layout(program.carry_out)["bytes"]
+        out.host_tables, out.host_carry = tables, tuple(out_cols)
+        out.host_program, out.host_usage = hosted, host_usage
+        out.reason = None
+        return out
+    out.complete = False
+    out.reason = reason
+    return out
+
+
+def table_orders(model: _Model, host: bool = False) -> dict[str, list[Table]]:
+    """The table orders the partition tries: as lowered; by class column (boosted trees); and,
+    before a host ending the chain, the tables reading flow features first (the host cannot
+    read them)."""
     tables = list(model.pipeline.lookups)
     orders = {"lowered": tables}
     by_column = sorted(tables, key=lambda t: (min(model.columns[o.name] for o in t.outputs),
                                               tables.index(t)))
     if by_column != tables:
         orders["by column"] = by_column
+    if host and any(f.flow for f in model.pipeline.features):
+        from homunculus.schedule.host import flow_reads
+
+        for name, base in list(orders.items()):
+            flow_first = sorted(base, key=lambda t: (not flow_reads(model.pipeline, (t.name,)),
+                                                     base.index(t)))
+            if flow_first != base:
+                orders[f"{name}, flow features first"] = flow_first
     return orders
 
 
@@ -423,11 +490,16 @@ def whole(pipeline: Pipeline, devices: list[Device]) -> Split:
                  reason=None if ok else f"device 1 ({device.name}): {why}")
 
 
-def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0) -> Split:
+def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0,
+              source: Any = None) -> Split:
     """The split of ``pipeline`` (lowered, not switch-lowered) over ``devices`` with the fewest
     devices, then the fewest header bytes; infeasible (``feasible`` False) when it needs more
     devices than the chain has, with ``needed`` the devices a greedy fill used (the chain's
-    plus at most ``spare`` more; -1 when even that was not enough)."""
+    plus at most ``spare`` more; -1 when even that was not enough). A host ending the chain is
+    costed from ``source`` (schedule/host.py HostSource; default: the one
+    :meth:`ChainTarget.attach_model` put in the pipeline's notes)."""
+    if source is None:
+        source = pipeline.notes.get(HOST_SOURCE)
     if pipeline.score_sum is None or pipeline.argmax is None:
         return whole(pipeline, devices)
     model = analyse(pipeline)
@@ -435,14 +507,15 @@ def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0) -> Spli
 
     requires = tuple(h for h in _required_headers(pipeline, None) if h in ("tcp", "udp"))
     best: Split | None = None
-    for name, order in table_orders(model).items():
-        fill = _fill(model, order, devices, requires, spare)
+    for name, order in table_orders(model, devices[-1].host).items():
+        fill = _fill(model, order, devices, requires, spare, source)
         split = Split(tuple(fill.programs), tuple(fill.tables), tuple(fill.usages),
                       tuple(fill.carry), name,
                       feasible=fill.complete and len(fill.programs) <= len(devices),
                       needed=len(fill.programs) + bool(fill.host_tables) if fill.complete
                       else -1, reason=fill.reason, host_tables=fill.host_tables,
-                      host_carry_in=fill.host_carry)
+                      host_carry_in=fill.host_carry, host_program=fill.host_program,
+                      host_usage=fill.host_usage)
         if best is None or _rank(split) < _rank(best):
             best = split
     assert best is not None
@@ -487,6 +560,17 @@ class ChainTarget:
         """Nothing yet: each device encodes and lowers its own part."""
         return pipeline
 
+    def attach_model(self, pipeline: Pipeline, model: Any, dataset: Any, verdict: Any,
+                     winner_to_class: tuple[int, ...] | None) -> Pipeline:
+        """``pipeline`` with what a host ending the chain is built from (search/problem.py
+        ``lower_for`` calls it): the partition costs the host's program on the host."""
+        if not self.devices[-1].host:
+            return pipeline
+        from homunculus.schedule.host import HostSource
+
+        source = HostSource(model, tuple(dataset.features), verdict, winner_to_class)
+        return replace(pipeline, notes={**pipeline.notes, HOST_SOURCE: source})
+
     def split(self, pipeline: Pipeline) -> Split:
         return _cached_partition(self, pipeline)
 
@@ -523,15 +607,16 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
         stages = before + (last if last is not None else split.usages[-1].stages) + 1
     if split.needed < 0:  # even the spare devices were not enough
         stages = sum(d.stage_budget or 12 for d in devices) * 10
-    u = split.usages
+    u = split.usages + ((split.host_usage,) if split.host_usage is not None else ())
     per_stage = []
     offset = 0
-    for usage in u:
+    for usage in split.usages:
         per_stage += [replace(st, stage=st.stage + offset) for st in usage.per_stage]
         offset += len(usage.per_stage)
     return Usage(stages=stages, tables=sum(x.tables for x in u),
                  sram_kbit=sum(x.sram_kbit for x in u), tcam_kbit=sum(x.tcam_kbit for x in u),
                  entries=sum(x.entries for x in u), phv_bits=max(x.phv_bits for x in u),
+                 instructions=max(x.instructions for x in u),
                  throughput_gpps=min(x.throughput_gpps for x in u),
                  latency_ns=sum(x.latency_ns for x in u), per_stage=tuple(per_stage))
 
@@ -571,6 +656,14 @@ def run_split_packets(split: Split, table: Any, installed: list[Pipeline] | None
     first classifies the packets carrying what the whole model reads and inserts the carry
     header, which is what the others classify. The last device's result on the classified
     packets, and the classified mask."""
+    result, classified, _ = run_switch_packets(split, table, installed)
+    return result, classified
+
+
+def run_switch_packets(split: Split, table: Any, installed: list[Pipeline] | None = None
+                       ) -> tuple[Any, np.ndarray, dict[str, np.ndarray] | None]:
+    """:func:`run_split_packets`, with what the last switch carries on (to a host ending the
+    chain), per classified packet."""
     from homunculus.data.traffic import per_capture
     from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
     from homunculus.targets.p4.twin import header_feature_values, simulate
@@ -595,4 +688,4 @@ def run_split_packets(split: Split, table: Any, installed: list[Pipeline] | None
                        for c, f in zip(carried_out_columns(program), program.carry_out,
                                        strict=True)}
     assert classified is not None
-    return result, classified
+    return result, classified, carried

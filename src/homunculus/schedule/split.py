@@ -426,7 +426,7 @@ def _to_host(model: _Model, order: list[Table], devices: list[Device],
     runs: dict[frozenset[int], int] = {}  # carried columns -> the longest run carrying them
     for k in range(1, stop - start + 1):
         runs[frozenset(carried_before) | carried_columns(model, order[start:start + k])] = k
-    reason = None
+    reason, longest = None, None
     for _, k in sorted(((len(cols), -k), k) for cols, k in runs.items()):
         end = start + k
         if end == stop:
@@ -442,10 +442,11 @@ def _to_host(model: _Model, order: list[Table], devices: list[Device],
         tables = tuple(t.name for t in order[end:])
         hosted, host_usage, why = judge_host(host, tables, tuple(out_cols), model.pipeline,
                                              source)
-        if why is not None:
-            reason = reason or (f"device {len(out.programs) + 1} ({host.name}, "
-                                f"{host.target.name} host) with {len(tables)} table(s) left "
-                                f"by the switches: {why}")
+        if why is not None:  # the reason given: the fewest tables left to the host
+            if longest is None or k > longest:
+                longest = k
+                reason = (f"device {len(out.programs) + 1} ({host.name}, {host.target.name} "
+                          f"host) with {len(tables)} table(s) left by the switches: {why}")
             continue
         out.programs[-1], out.usages[-1] = program, usage
         out.tables[-1] = tuple(t.name for t in order[start:end])

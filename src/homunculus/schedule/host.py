@@ -158,8 +158,14 @@ def judge_host(device: Any, tables: tuple[str, ...], carry_in: tuple[int, ...],
         return None, None, None
     try:
         program = host_program_of(tables, carry_in, pipeline, source)
+    except KeyError:  # a table merged from several (passes/merge.py): no model part behind it
+        return None, None, ("merged score tables do not split to a host (its program runs the "
+                            "model's own trees or bins)")
+    except (ValueError, NotSupportedError) as exc:  # score widths
+        return None, None, str(exc)
+    try:
         usage = device.target.estimate(program)
-    except (ValueError, NotSupportedError) as exc:  # the target's capacity, score widths
+    except (ValueError, NotSupportedError) as exc:  # the target's capacity
         return None, None, str(exc)
     verdict = assess(usage, device.limits)
     if not verdict.feasible:

@@ -153,6 +153,18 @@ def test_a_chain_too_short_is_infeasible_and_says_how_many_devices_it_needs() ->
     assert target.estimate(pipeline).stages > target.limits().stages
 
 
+def test_a_bmv2_chain_too_short_exceeds_the_chains_stages() -> None:
+    """BMv2 has no stage budget: the chain's stages still bound it, so the search sees a model
+    that needs more devices than the chain has as infeasible."""
+    _, _, pipeline = trained("rf", FOREST)
+    alone = partition(pipeline, [Device("bm", SwitchTarget(BMV2), BMV2.default_limits())])
+    limits = BMV2.default_limits().merged({"entries": int(alone.usages[0].entries * 0.3)})
+    target = ChainTarget(tuple(Device(f"bm{i}", SwitchTarget(BMV2), limits) for i in range(2)))
+    assert not target.split(pipeline).feasible
+    assert target.estimate(pipeline).stages > target.limits().stages
+    assert "device" in target.why_not() and "entries" in target.why_not()
+
+
 def test_boosted_trees_carry_only_the_columns_summed_so_far() -> None:
     _, _, pipeline = trained("xgb")
     split = partition(pipeline, chain(3, 12))

@@ -190,6 +190,7 @@ def why_nothing_fits(problem: Any, target: ChainTarget, families: list[str] | No
     from homunculus.search.problem import lower_for
 
     ds = problem.dataset
+    seen = target.why_not()  # before the smallest models add theirs
     lines = []
     for name in families or sorted(all_families()):
         family = all_families()[name]
@@ -203,6 +204,8 @@ def why_nothing_fits(problem: Any, target: ChainTarget, families: list[str] | No
         if not split.feasible and split.reason:
             lines.append(f"  - {name}: its smallest model does not split over the chain: "
                          f"{split.reason}")
+    if seen:
+        lines.append(f"  - the search's configurations, most often: {seen}")
     if not lines:
         return message
     return ("no configuration splits over the chain within its devices' limits (add a device, "

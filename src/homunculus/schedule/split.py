@@ -543,6 +543,10 @@ class ChainTarget:
     name: str = "chain"
     supports_dense: bool = False
     lowering: str = "tables"
+    misfits: dict[str, tuple[int, str]] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+    """Why configurations did not split (by the device and limit: how often, the first
+    reason), for the error when none does."""
 
     @property
     def profile(self) -> Any:
@@ -553,9 +557,7 @@ class ChainTarget:
         return self.devices[0].target.arch
 
     def limits(self) -> Limits:
-        budgets = [d.stage_budget for d in self.devices if not d.host]
-        host = int(self.devices[-1].host)
-        return Limits(stages=None if None in budgets else sum(budgets) + host)  # type: ignore[arg-type]
+        return Limits(stages=chain_stage_limit(list(self.devices)))
 
     def prepare(self, pipeline: Pipeline) -> Pipeline:
         """Nothing yet: each device encodes and lowers its own part."""
@@ -573,10 +575,41 @@ class ChainTarget:
         return replace(pipeline, notes={**pipeline.notes, HOST_SOURCE: source})
 
     def split(self, pipeline: Pipeline) -> Split:
-        return _cached_partition(self, pipeline)
+        split = _cached_partition(self, pipeline)
+        if not split.feasible and split.reason:
+            key = misfit_key(split.reason)
+            count, first = self.misfits.get(key, (0, split.reason))
+            self.misfits[key] = (count + 1, first)
+        return split
+
+    def why_not(self) -> str | None:
+        """The most frequent reason configurations did not split over the chain."""
+        if not self.misfits:
+            return None
+        key = max(self.misfits, key=lambda k: self.misfits[k][0])
+        count, first = self.misfits[key]
+        return f"{first} ({count} time(s))"
 
     def estimate(self, pipeline: Pipeline) -> Usage:
         return chain_usage(self.split(pipeline), list(self.devices))
+
+
+NO_STAGE_BUDGET = 1000
+"""The stages a switch without a stage budget (BMv2) counts along the chain: more than any of
+its programs uses, so only a split that does not fit exceeds the chain's stages."""
+
+
+def misfit_key(reason: str) -> str:
+    """A split's reason without its numbers: the device and the limits named."""
+    import re
+
+    return re.sub(r"[0-9.]+", "#", reason)
+
+
+def chain_stage_limit(devices: list[Device]) -> int:
+    """The chain's stages: every switch's budget, one more for a host ending it."""
+    return sum(d.stage_budget if d.stage_budget is not None else NO_STAGE_BUDGET
+               for d in devices if not d.host) + int(devices[-1].host)
 
 
 _CACHE: dict[tuple[int, int], tuple[Pipeline, Split]] = {}
@@ -597,7 +630,8 @@ def _cached_partition(target: ChainTarget, pipeline: Pipeline) -> Split:
 def chain_usage(split: Split, devices: list[Device]) -> Usage:
     """One Usage for the chain (see ChainTarget)."""
     if not split.usages:
-        big = sum(d.stage_budget or 12 for d in devices) * 10
+        big = max(sum(d.stage_budget or 12 for d in devices) * 10,
+                  chain_stage_limit(devices) + 1)
         return Usage(big, 0, 0.0, 0.0, 0, 0, 0.0, 0.0)
     budgets = [devices[min(i, len(devices) - 1)].stage_budget for i in range(len(split.usages))]
     before = sum((b if b is not None else u.stages)
@@ -608,6 +642,8 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
         stages = before + (last if last is not None else split.usages[-1].stages) + 1
     if split.needed < 0:  # even the spare devices were not enough
         stages = sum(d.stage_budget or 12 for d in devices) * 10
+    if not split.feasible:  # whatever the stages used, the chain's are exceeded
+        stages = max(stages, chain_stage_limit(devices) + 1)
     u = split.usages + ((split.host_usage,) if split.host_usage is not None else ())
     per_stage = []
     offset = 0

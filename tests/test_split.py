@@ -493,7 +493,7 @@ def test_a_traffic_spec_over_a_switch_then_a_host_is_verified_on_every_packet(tm
     assert sim["host"] == "srv" and sim["agreement"] == 1.0
     assert sim["classified"] == sim["packets"] > 1000
     assert report["devices_used"] == 2 and report["metrics"]["agreement"] == 1.0
-    assert report["table_order"].endswith("flow features first")
+    assert report["table_order"].endswith("the host's tables last")
     switch, server = report["devices"]
     flows = {f["name"] for f in report["traffic"]["features"] if f["kind"] != "header"}
     assert server["tables"] and not any(t[4:] in flows for t in server["tables"])
@@ -554,6 +554,37 @@ def test_an_xdp_hosts_latency_limit_forces_a_different_split(tmp_path) -> None:
         got, _ = run_vectors(obj, program, ds.x_test,
                              partial_scores(carried, program, len(ds.x_test)))
     assert (got.class_index == model.predict_quantised(ds.x_test)).all()
+
+
+def test_a_yaml_xdp_hosts_latency_limit_forces_a_different_split(tmp_path,
+                                                                 example_csv) -> None:
+    """The same configuration (boosted trees, one trial: the defaults) over a 12-stage Tofino
+    and an XDP host: unconstrained, the switch keeps one tree (one class column carried); a
+    700 ns limit on the host gives the switch most of the trees and the header more columns,
+    the host's usage reported against its limit."""
+    text = CHAIN_SPEC.format(data=example_csv, chain="").replace("[gnb]", "[xgb]").replace(
+        "trials: 3", "trials: 1").replace("stages: 4}}}\n  - {name: sw2, target: tofino, "
+                                          "constraints: {resources: {stages: 4}}}",
+                                          "stages: 12}}}\n  - {name: srv, target: xdp}")
+    assert "name: srv, target: xdp}" in text
+    reports = []
+    for i, host in enumerate(["{name: srv, target: xdp}", "{name: srv, target: xdp, "
+                              "constraints: {performance: {latency_ns: 700}}}"]):
+        spec = tmp_path / f"s{i}.yaml"
+        spec.write_text(text.replace("{name: srv, target: xdp}", host))
+        out = tmp_path / f"o{i}"
+        result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    free, limited = reports
+    assert free["params"] == limited["params"] and free["family"] == "xgb"
+    assert free["devices_used"] == limited["devices_used"] == 2
+    assert len(free["devices"][0]["tables"]) < len(limited["devices"][0]["tables"])
+    assert free["header_bytes"] < limited["header_bytes"]
+    assert free["devices"][1]["usage"]["latency_ns"] > 700
+    checked = limited["devices"][1]["within_limits"]["latency_ns"]
+    assert checked["ok"] and checked["used"] <= checked["limit"] == 700
+    assert limited["metrics"]["agreement"] == 1.0
 
 
 def test_a_c_hosts_limits_are_checked_too() -> None:

@@ -142,6 +142,17 @@ def flow_reads(pipeline: Pipeline, tables: tuple[str, ...]) -> list[str]:
     return out
 
 
+def host_runnable(pipeline: Pipeline, source: HostSource | None) -> set[str] | None:
+    """The score tables of ``pipeline`` a host could run: the model's own trees or per-feature
+    bins (not a table merged from several, passes/merge.py) reading no flow feature; None
+    without ``source`` (only the flow features are known)."""
+    tables = tuple(t.name for t in pipeline.lookups)
+    flow_free = {t for t in tables if not flow_reads(pipeline, (t,))}
+    if source is None:
+        return flow_free
+    return flow_free & set(table_minima(source.model, pipeline))
+
+
 def judge_host(device: Any, tables: tuple[str, ...], carry_in: tuple[int, ...],
                pipeline: Pipeline, source: HostSource | None
                ) -> tuple[CpuProgram | None, Usage | None, str | None]:

@@ -460,24 +460,25 @@ def _to_host(model: _Model, order: list[Table], devices: list[Device],
     return out
 
 
-def table_orders(model: _Model, host: bool = False) -> dict[str, list[Table]]:
+def table_orders(model: _Model, host: bool = False, source: Any = None
+                 ) -> dict[str, list[Table]]:
     """The table orders the partition tries: as lowered; by class column (boosted trees); and,
-    before a host ending the chain, the tables reading flow features first (the host cannot
-    read them)."""
+    before a host ending the chain, each of those with the tables the host cannot run first
+    (reading a flow feature, or merged from several: schedule/host.py ``host_runnable``)."""
     tables = list(model.pipeline.lookups)
     orders = {"lowered": tables}
     by_column = sorted(tables, key=lambda t: (min(model.columns[o.name] for o in t.outputs),
                                               tables.index(t)))
     if by_column != tables:
         orders["by column"] = by_column
-    if host and any(f.flow for f in model.pipeline.features):
-        from homunculus.schedule.host import flow_reads
+    if host:
+        from homunculus.schedule.host import host_runnable
 
+        runnable = host_runnable(model.pipeline, source)
         for name, base in list(orders.items()):
-            flow_first = sorted(base, key=lambda t: (not flow_reads(model.pipeline, (t.name,)),
-                                                     base.index(t)))
-            if flow_first != base:
-                orders[f"{name}, flow features first"] = flow_first
+            first = sorted(base, key=lambda t: (t.name in runnable, base.index(t)))
+            if first != base:
+                orders[f"{name}, the host's tables last"] = first
     return orders
 
 
@@ -508,7 +509,7 @@ def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0,
 
     requires = tuple(h for h in _required_headers(pipeline, None) if h in ("tcp", "udp"))
     best: Split | None = None
-    for name, order in table_orders(model, devices[-1].host).items():
+    for name, order in table_orders(model, devices[-1].host, source).items():
         fill = _fill(model, order, devices, requires, spare, source)
         split = Split(tuple(fill.programs), tuple(fill.tables), tuple(fill.usages),
                       tuple(fill.carry), name,
@@ -551,6 +552,12 @@ class ChainTarget:
     @property
     def profile(self) -> Any:
         return self.devices[0].target.profile
+
+    @property
+    def merges(self) -> bool:
+        """Whether the search may merge score tables (passes/merge.py): not before a host,
+        which runs the model's own trees or bins (search/problem.py ``merge_budget``)."""
+        return not self.devices[-1].host
 
     @property
     def arch(self) -> str:

@@ -251,7 +251,7 @@ class Evaluation:
 def merge_budget(problem: Problem) -> int | None:
     """How many lookup tables fit beside the encoders: one stage's tables, within the limit
     (None: no merging, e.g. on CPU targets, which have no tables to merge)."""
-    if cpu_lowering(problem.target):
+    if cpu_lowering(problem.target) or not getattr(problem.target, "merges", True):
         return None
     caps = [getattr(getattr(problem.target, "profile", None), "tables_per_stage", None)]
     if problem.limits.tables is not None:

@@ -93,6 +93,12 @@ class ChainResult:
             lines.append(f"  {d['name']} ({d['target']}): {len(d['tables'])} score tables, "
                          f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries"
                          f"{checked}")
+        sim = r.get("packet_simulation")
+        if sim:
+            through = "the switches' twins" + (f", then {sim['host']}'s built program"
+                                               if sim.get("host") else "")
+            lines.append(f"  packets: {sim['classified']} classified of {sim['packets']} "
+                         f"through {through}, agree 100% with the model")
         one = r["one_device"]
         if one["metric"] is not None:
             lines.append(f"  the best configuration that fits {r['chain'][0]} alone: "

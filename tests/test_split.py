@@ -503,6 +503,34 @@ def test_a_traffic_spec_over_a_switch_then_a_host_is_verified_on_every_packet(tm
     assert (out / server["directory"] / host).is_dir()
 
 
+@pytest.mark.parametrize("stages", [11, 9])
+def test_a_traffic_spec_over_two_switches_then_a_host(tmp_path, stages) -> None:
+    """Two Tofinos (each with the flow registers its tables read), then an XDP host: every
+    packet through both twins and the host's program. With 9 stages the second switch takes
+    no table: the chain never skips a device, and the error names it."""
+    from conftest import ROOT
+
+    text = (ROOT / "examples" / "split" / "host_traffic.yaml").read_text().replace(
+        "  - {name: tor, target: tofino, constraints: {resources: {stages: 12}}}\n",
+        "".join(f"  - {{name: tor{i}, target: tofino, constraints: {{resources: {{stages: "
+                f"{stages}}}}}}}\n" for i in (1, 2))).replace("trials: 8", "trials: 2")
+    assert "tor2" in text
+    spec = tmp_path / "t.yaml"
+    spec.write_text(text)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    if stages == 9:
+        assert result.exit_code == 2 and "device 2 (tor2): stages" in result.output
+        assert not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["devices_used"] == 3 and len(report["carry_bytes"]) == 2
+    assert report["packet_simulation"]["agreement"] == 1.0
+    assert report["packet_simulation"]["classified"] > 1000
+    assert "then srv's built program, agree 100%" in result.output
+
+
 def test_a_traffic_spec_whose_host_would_read_a_flow_feature_is_refused(tmp_path) -> None:
     """With 11 stages the switch cannot take every table reading a flow feature: the host
     would need one, which the carry header does not bring; the error names them."""

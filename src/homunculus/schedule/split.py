@@ -389,9 +389,7 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
             else:
                 out.reason = f"device {d + 1} ({device.name}): {why}"
                 hi = k - 1
-        if best is None:
-            if host and i > 0:
-                break
+        if best is None:  # a switch that takes no table: the chain never skips a device
             out.complete = False
             return out
         k, program, usage, out_cols = best
@@ -404,7 +402,7 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
             return out
         out.carry.append(carry_layout(program.carry_out)["bytes"])
         carried = out_cols
-    if host and i > 0:
+    if host:  # every switch took a run: the host takes the rest
         return _to_host(model, order, devices, requires, source, out, start, carried_before, i)
     out.complete = False
     return out
@@ -445,7 +443,7 @@ def _to_host(model: _Model, order: list[Table], devices: list[Device],
         if why is not None:  # the reason given: the fewest tables left to the host
             if longest is None or k > longest:
                 longest = k
-                reason = (f"device {len(out.programs) + 1} ({host.name}, {host.target.name} "
+                reason = (f"device {len(devices)} ({host.name}, {host.target.name} "
                           f"host) with {len(tables)} table(s) left by the switches: {why}")
             continue
         out.programs[-1], out.usages[-1] = program, usage

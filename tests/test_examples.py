@@ -15,10 +15,13 @@ from conftest import ROOT
 
 
 @pytest.mark.parametrize("spec,trials", [("iot/spec.yaml", 3), ("anomaly/spec.yaml", 3),
-                                         ("botnet/spec.yaml", 10), ("traffic/spec.yaml", 3)])
+                                         ("botnet/spec.yaml", 10), ("traffic/spec.yaml", 3),
+                                         ("split/host_traffic.yaml", 2)])
 def test_example_compiles_and_verifies(tmp_path, spec, trials) -> None:
+    from homunculus.schedule.driver import compile_any
+
     plan = plan_from_yaml(ROOT / "examples" / spec)
-    result = compile_plan(plan, CompileOptions(tmp_path / "out", trials=trials, progress=False))
+    result = compile_any(plan, CompileOptions(tmp_path / "out", trials=trials, progress=False))
     assert result.metrics["agreement"] == 1.0
     sim = result.report.get("packet_simulation")
     if sim is not None:

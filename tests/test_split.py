@@ -153,6 +153,18 @@ def test_a_chain_too_short_is_infeasible_and_says_how_many_devices_it_needs() ->
     assert target.estimate(pipeline).stages > target.limits().stages
 
 
+def test_a_bmv2_chain_too_short_exceeds_the_chains_stages() -> None:
+    """BMv2 has no stage budget: the chain's stages still bound it, so the search sees a model
+    that needs more devices than the chain has as infeasible."""
+    _, _, pipeline = trained("rf", FOREST)
+    alone = partition(pipeline, [Device("bm", SwitchTarget(BMV2), BMV2.default_limits())])
+    limits = BMV2.default_limits().merged({"entries": int(alone.usages[0].entries * 0.3)})
+    target = ChainTarget(tuple(Device(f"bm{i}", SwitchTarget(BMV2), limits) for i in range(2)))
+    assert not target.split(pipeline).feasible
+    assert target.estimate(pipeline).stages > target.limits().stages
+    assert "device" in target.why_not() and "entries" in target.why_not()
+
+
 def test_boosted_trees_carry_only_the_columns_summed_so_far() -> None:
     _, _, pipeline = trained("xgb")
     split = partition(pipeline, chain(3, 12))
@@ -292,14 +304,26 @@ def test_a_yaml_chain_ending_on_a_host_compiles(tmp_path, example_csv, host) -> 
     else:
         assert "bpf_xdp_adjust_head" in next((built / "xdp").glob("*.bpf.c")).read_text()
         assert (built / "xdp" / "snapshot.json").is_file()
+    assert device["usage"]["latency_ns"] > 0
     bad = "".join(line.replace(f"target: {host}}}", f"target: {host}, constraints: "
                                "{performance: {latency_ns: 5}}}") for line in
                   spec.read_text().splitlines(keepends=True))
     spec.write_text(bad)
     result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o2"),
                                  "--no-progress"])
-    assert result.exit_code == 2 and "constraints" in result.output
+    assert result.exit_code == 2, result.output
+    assert f"device 2 (sw2, {host} host)" in result.output
+    assert "latency_ns" in result.output and "limit 5 ns" in result.output
     assert not (tmp_path / "o2").exists()
+    roomy = bad.replace("latency_ns: 5}", "latency_ns: 100000}")
+    spec.write_text(roomy)
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o3"),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o3" / "report.json").read_text())
+    if report["devices_used"] == 2:  # the host's usage against its limit
+        checked = report["devices"][-1]["within_limits"]["latency_ns"]
+        assert checked["ok"] and checked["limit"] == 100000 and "of 100000" in result.output
 
 
 def test_a_chain_refuses_the_users_directory(tmp_path, example_csv, monkeypatch) -> None:
@@ -440,16 +464,180 @@ def test_an_xdp_host_ends_a_chain_in_the_kernel(tmp_path, family, params, stages
         assert out[:14] == frame[:12] + b"\x08\x00"  # the header left, IPv4's EtherType back
 
 
-def test_a_traffic_spec_ending_on_a_host_is_refused(tmp_path) -> None:
+def host_chain_spec(stages: int, host: str = "xdp", host_extra: str = "") -> str:
+    """The traffic spec of test_traffic over one Tofino limited to ``stages`` and a host."""
     from test_traffic import TRAFFIC_SPEC
 
     text = TRAFFIC_SPEC.format(target="tofino", select="false").replace(
+        "algorithms: [dt, gnb]", "algorithms: [gnb]").replace(
         "platform:\n  target: tofino\n",
-        "platforms:\n  - {name: sw, target: tofino}\n  - {name: srv, target: xdp}\n")
-    assert "platforms:" in text
+        f"platforms:\n  - {{name: sw, target: tofino, constraints: {{resources: {{stages: "
+        f"{stages}}}}}}}\n  - {{name: srv, target: {host}{host_extra}}}\n")
+    assert "platforms:" in text and "[gnb]" in text
+    return text
+
+
+@pytest.mark.parametrize("host", ["xdp", "c"])
+def test_a_traffic_spec_over_a_switch_then_a_host_is_verified_on_every_packet(tmp_path,
+                                                                             host) -> None:
+    """Tofino (the flow registers, the flow features' tables), then the host's real program
+    (XDP in the kernel, fed each packet's frame with the carry header; C on the header fields)
+    from the carried partial scores: every packet of the capture agrees with the model."""
+    spec = tmp_path / "t.yaml"
+    spec.write_text(host_chain_spec(12, host))
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    sim = report["packet_simulation"]
+    assert sim["host"] == "srv" and sim["agreement"] == 1.0
+    assert sim["classified"] == sim["packets"] > 1000
+    assert report["devices_used"] == 2 and report["metrics"]["agreement"] == 1.0
+    assert report["table_order"].endswith("the host's tables last")
+    switch, server = report["devices"]
+    flows = {f["name"] for f in report["traffic"]["features"] if f["kind"] != "header"}
+    assert server["tables"] and not any(t[4:] in flows for t in server["tables"])
+    assert any(t[4:] in flows for t in switch["tables"])
+    assert switch["within_limits"]["stages"] == {"used": switch["usage"]["stages"],
+                                                 "limit": 12, "ok": True}
+    assert (out / server["directory"] / host).is_dir()
+
+
+@pytest.mark.parametrize("stages", [11, 9])
+def test_a_traffic_spec_over_two_switches_then_a_host(tmp_path, stages) -> None:
+    """Two Tofinos (each with the flow registers its tables read), then an XDP host: every
+    packet through both twins and the host's program. With 9 stages the second switch takes
+    no table: the chain never skips a device, and the error names it."""
+    from conftest import ROOT
+
+    text = (ROOT / "examples" / "split" / "host_traffic.yaml").read_text().replace(
+        "  - {name: tor, target: tofino, constraints: {resources: {stages: 12}}}\n",
+        "".join(f"  - {{name: tor{i}, target: tofino, constraints: {{resources: {{stages: "
+                f"{stages}}}}}}}\n" for i in (1, 2))).replace("trials: 8", "trials: 2")
+    assert "tor2" in text
     spec = tmp_path / "t.yaml"
     spec.write_text(text)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+    if stages == 9:
+        assert result.exit_code == 2 and "device 2 (tor2): stages" in result.output
+        assert not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["devices_used"] == 3 and len(report["carry_bytes"]) == 2
+    assert report["packet_simulation"]["agreement"] == 1.0
+    assert report["packet_simulation"]["classified"] > 1000
+    assert "then srv's built program, agree 100%" in result.output
+
+
+def test_a_traffic_spec_whose_host_would_read_a_flow_feature_is_refused(tmp_path) -> None:
+    """With 11 stages the switch cannot take every table reading a flow feature: the host
+    would need one, which the carry header does not bring; the error names them."""
+    spec = tmp_path / "t.yaml"
+    spec.write_text(host_chain_spec(11))
     result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o"),
                                  "--no-progress"])
-    assert result.exit_code == 2 and "splits over switches only" in result.output
+    assert result.exit_code == 2
+    assert "srv, xdp host" in result.output and "flow feature(s)" in result.output
+    assert "'lh0'" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_xdp_hosts_latency_limit_forces_a_different_split(tmp_path) -> None:
+    """Boosted trees over one Tofino and an XDP host. Unconstrained, the switch keeps the run
+    carrying the fewest header bytes (one class column) and the host takes the rest; a 200 ns
+    limit on the host gives the switch more tables (every column carried); at 120 ns nothing
+    fits, naming the host and its limit. The constrained split's host, built, agrees in the
+    kernel."""
+    from homunculus.schedule.host import HostSource
+    from homunculus.targets.xdp.runner import load_built, run_vectors
+    from homunculus.targets.xdp.target import XdpTarget
+
+    ds, model, pipeline = trained("xgb", None, header_dataset())
+    source = HostSource(model.quantised, ds.features, VERDICT, model.winner_to_class)
+
+    def split_with(limits):
+        return partition(pipeline, [*chain(1, 12), Device("srv", XdpTarget(), limits)],
+                         source=source)
+
+    free, limited, tight = (split_with(Limits(latency_ns=x)) for x in (None, 200, 120))
+    assert free.feasible and limited.feasible and not tight.feasible
+    assert free.header_bytes < limited.header_bytes
+    assert len(free.tables[0]) < len(limited.tables[0])
+    assert free.host_usage.latency_ns > 200 >= limited.host_usage.latency_ns
+    assert "device 2 (srv, xdp host)" in tight.reason and "latency_ns" in tight.reason
+    assert "limit 120" in tight.reason
+    target = ChainTarget(tuple([*chain(1, 12), Device("srv", XdpTarget(),
+                                                      Limits(latency_ns=120))]))
+    assert target.estimate(pipeline).stages <= target.limits().stages  # the host not costed
+    attached = target.attach_model(pipeline, model.quantised, ds, VERDICT,
+                                   model.winner_to_class)
+    assert target.estimate(attached).stages > target.limits().stages  # the search sees it
+    _, carried = run_switches(limited, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
+    program = limited.host_program
+    XdpTarget().emit(program, tmp_path, "host")
+    obj, _ = load_built(tmp_path)
+    with obj:
+        got, _ = run_vectors(obj, program, ds.x_test,
+                             partial_scores(carried, program, len(ds.x_test)))
+    assert (got.class_index == model.predict_quantised(ds.x_test)).all()
+
+
+def test_a_yaml_xdp_hosts_latency_limit_forces_a_different_split(tmp_path,
+                                                                 example_csv) -> None:
+    """The same configuration (boosted trees, one trial: the defaults) over a 12-stage Tofino
+    and an XDP host: unconstrained, the switch keeps one tree (one class column carried); a
+    700 ns limit on the host gives the switch most of the trees and the header more columns,
+    the host's usage reported against its limit."""
+    text = CHAIN_SPEC.format(data=example_csv, chain="").replace("[gnb]", "[xgb]").replace(
+        "trials: 3", "trials: 1").replace("stages: 4}}}\n  - {name: sw2, target: tofino, "
+                                          "constraints: {resources: {stages: 4}}}",
+                                          "stages: 12}}}\n  - {name: srv, target: xdp}")
+    assert "name: srv, target: xdp}" in text
+    reports = []
+    for i, host in enumerate(["{name: srv, target: xdp}", "{name: srv, target: xdp, "
+                              "constraints: {performance: {latency_ns: 700}}}"]):
+        spec = tmp_path / f"s{i}.yaml"
+        spec.write_text(text.replace("{name: srv, target: xdp}", host))
+        out = tmp_path / f"o{i}"
+        result = runner.invoke(app, ["compile", str(spec), "-o", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    free, limited = reports
+    assert free["params"] == limited["params"] and free["family"] == "xgb"
+    assert free["devices_used"] == limited["devices_used"] == 2
+    assert len(free["devices"][0]["tables"]) < len(limited["devices"][0]["tables"])
+    assert free["header_bytes"] < limited["header_bytes"]
+    assert free["devices"][1]["usage"]["latency_ns"] > 700
+    checked = limited["devices"][1]["within_limits"]["latency_ns"]
+    assert checked["ok"] and checked["used"] <= checked["limit"] == 700
+    assert limited["metrics"]["agreement"] == 1.0
+
+
+def test_a_c_hosts_limits_are_checked_too() -> None:
+    ds, model, pipeline = trained("rf", FOREST)
+    from homunculus.schedule.host import HostSource
+
+    source = HostSource(model.quantised, ds.features, VERDICT, model.winner_to_class)
+    free = partition(pipeline, [*chain(1, 12), Device("cpu", CTarget(), Limits())],
+                     source=source)
+    assert free.feasible and free.host_usage is not None
+    cap = free.host_usage.latency_ns / 2
+    tight = partition(pipeline, [*chain(1, 12), Device("cpu", CTarget(),
+                                                       Limits(latency_ns=cap))], source=source)
+    assert not tight.feasible and "device 2 (cpu, c host)" in tight.reason
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    (", constraints: {performance: {latency_ns: -5}}", "latency_ns"),
+    (", constraints: {resources: {instructions: many}}", "instructions"),
+    (", constraints: {performance: {latncy_ns: 5}}", "latncy_ns"),
+])
+def test_a_hosts_bad_constraints_exit_2_naming_the_field(tmp_path, extra, field) -> None:
+    spec = tmp_path / "t.yaml"
+    spec.write_text(host_chain_spec(12, "xdp", extra))
+    result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o"),
+                                 "--no-progress"])
+    assert result.exit_code == 2 and "platforms[1]" in result.output and field in result.output
     assert not (tmp_path / "o").exists()

@@ -30,7 +30,7 @@ from homunculus.compile import (
     verdict_plan,
     write_model,
 )
-from homunculus.errors import VerificationError
+from homunculus.errors import InfeasibleError, NotSupportedError, VerificationError
 from homunculus.frontend.schedule_plan import ChainPlan
 from homunculus.ir.names import sanitise_identifier
 from homunculus.ir.pipeline import Field
@@ -38,14 +38,14 @@ from homunculus.ir.serialize import compiled_to_json
 from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
 from homunculus.report.summary import candidates_section, confusion, trial_rows
-from homunculus.schedule.host import host_program, partial_scores
+from homunculus.schedule.host import carry_header, host_features, host_program, partial_scores
 from homunculus.schedule.search import Built, build
 from homunculus.schedule.split import (
     CARRY_PREFIX,
     ChainTarget,
     Device,
     Split,
-    run_split_packets,
+    run_switch_packets,
     run_switches,
 )
 from homunculus.search.metrics import score
@@ -82,13 +82,23 @@ class ChainResult:
                  f"{m['test_samples']} test samples)"]
         for d in r["devices"]:
             t = d["usage"]
+            checked = "".join(f", {k} {v['used']:g} of {v['limit']:g}"
+                              for k, v in d.get("within_limits", {}).items())
             if d["target"] in HOST_ENTRY:
                 lines.append(f"  {d['name']} ({d['target']} host): {len(d['tables'])} score "
                              "tables from the carried partial scores, arg-max and verdict "
-                             f"({d['carry_in']['entry_point']})")
+                             f"({d['carry_in']['entry_point']}); {t['latency_ns']:.0f} ns "
+                             f"estimated{checked}")
                 continue
             lines.append(f"  {d['name']} ({d['target']}): {len(d['tables'])} score tables, "
-                         f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries")
+                         f"{t['stages']} stages, {t['tables']} tables, {t['entries']} entries"
+                         f"{checked}")
+        sim = r.get("packet_simulation")
+        if sim:
+            through = "the switches' twins" + (f", then {sim['host']}'s built program"
+                                               if sim.get("host") else "")
+            lines.append(f"  packets: {sim['classified']} classified of {sim['packets']} "
+                         f"through {through}, agree 100% with the model")
         one = r["one_device"]
         if one["metric"] is not None:
             lines.append(f"  the best configuration that fits {r['chain'][0]} alone: "
@@ -110,12 +120,11 @@ def chain_devices(plan: ChainPlan) -> list[Device]:
         c = spec.constraints
         wanted = {**c.resources.model_dump(exclude_none=True),
                   **c.performance.model_dump(exclude_none=True)}
-        if spec.target in HOST_ENTRY and wanted and not hosts_only:
-            raise plan.plan.error(f"platforms[{i}].constraints",
-                                  f"platform '{name}' is the host ending the chain: it runs "
-                                  "whatever the switches leave, and its constraints are not "
-                                  "checked yet; remove them")
-        devices.append(Device(name, target, limits.merged(wanted)))
+        try:
+            merged = limits.merged(wanted)
+        except KeyError as exc:
+            raise plan.plan.error(f"platforms[{i}].constraints", str(exc.args[0])) from None
+        devices.append(Device(name, target, merged))
     if devices[0].host and not hosts_only:
         raise plan.plan.error("platforms", "a chain starts on a switch (tofino, bmv2); a host "
                                            "can only end it")
@@ -137,11 +146,8 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
                                  "only; a chain of switches splits summed models by tables")
     requested = check_algorithms(base)
     dataset = base.load_data()
-    if dataset.traffic is not None and devices[-1].host:
-        raise base.error("platforms", "a chain ending on a host is verified on feature rows "
-                                      "only; a spec learning from traffic (features from a "
-                                      "capture) splits over switches only")
-    if dataset.traffic is not None and len({spec.target for spec in plan.platforms}) > 1:
+    switches = {spec.target for spec in plan.platforms if spec.target not in HOST_ENTRY}
+    if dataset.traffic is not None and len(switches) > 1:
         raise base.error("platforms", "a model with flow features runs on one kind of switch "
                                       "along the chain (their clocks tick in different units)")
     target = ChainTarget(tuple(devices))
@@ -149,7 +155,10 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
                            positive_class(base, dataset), verdict_plan(base, dataset), seed,
                            base.search.validation_fraction, base.select_features,
                            base.search.cv_folds)
-    candidates, allowed = choose_candidates(problem, requested)
+    try:
+        candidates, allowed = choose_candidates(problem, requested)
+    except InfeasibleError as exc:
+        raise InfeasibleError(why_nothing_fits(problem, target, requested, str(exc))) from None
     budget = Budget(options.trials if options.trials is not None else base.search.trials,
                     options.seconds if options.seconds is not None else base.search.seconds)
     out_dir = check_out_dir(options.out_dir, [*base.inputs, *options.inputs])
@@ -161,7 +170,11 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
                            output.resumed is not None,
                            missing_ok=output.resumed == "partial")
         with search_progress(budget.trials, base.model.metric, options.progress) as progress:
-            result = run_search(problem, allowed, objectives, budget, study, progress)
+            try:
+                result = run_search(problem, allowed, objectives, budget, study, progress)
+            except InfeasibleError as exc:
+                raise InfeasibleError(why_nothing_fits(problem, target, allowed,
+                                                       str(exc))) from None
         best_trial = result.best_trial
         family = best_trial.params["family"]
         params = {k: v for k, v in best_trial.params.items() if k != "family"}
@@ -173,6 +186,36 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
                              program, seed)
         output.commit()
     return ChainResult(out_dir, report)
+
+
+def why_nothing_fits(problem: Any, target: ChainTarget, families: list[str] | None,
+                     message: str) -> str:
+    """Per family, why its smallest model does not split over the chain: the device and the
+    limit (a host's included); the search's infeasibility ``message`` if none says."""
+    from homunculus.models.base import all_families, requires_dense
+    from homunculus.search.problem import lower_for
+
+    ds = problem.dataset
+    seen = target.why_not()  # before the smallest models add theirs
+    lines = []
+    for name in families or sorted(all_families()):
+        family = all_families()[name]
+        if requires_dense(family):
+            continue
+        try:
+            smallest = family.smallest_model(ds.widths, ds.n_classes)
+            split = target.split(lower_for(target, smallest, ds, problem.verdict, None))
+        except (ValueError, NotSupportedError):
+            continue
+        if not split.feasible and split.reason:
+            lines.append(f"  - {name}: its smallest model does not split over the chain: "
+                         f"{split.reason}")
+    if seen:
+        lines.append(f"  - the search's configurations, most often: {seen}")
+    if not lines:
+        return message
+    return ("no configuration splits over the chain within its devices' limits (add a device, "
+            "or relax the named limit):\n" + "\n".join(lines))
 
 
 def device_dir(out: Path, d: int, name: str) -> Path:
@@ -204,8 +247,11 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
                                  lambda p, d, x, c: simulate(installed[d], x, carried=c))
     host = None
     if split.host_tables:
-        host = emit_host(out, devices[-1], split, best, program)
-        twin = run_host(out, devices[-1], split, host, ds.x_test, carried)
+        host = split.host_program or emit_host(out, devices[-1], split, best, program)
+        if split.host_program is not None:
+            devices[-1].target.emit(host, device_dir(out, split.devices - 1, devices[-1].name),
+                                    f"{program}_{split.devices - 1}")
+        twin = run_host(out, devices[-1], split, host, ds.x_test, carried, ds.features)
     produced = twin.class_index
     bad = np.nonzero(expected != produced)[0]
     if len(bad):
@@ -215,7 +261,8 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
             f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
     packets = None
     if ds.traffic is not None and ds.traffic.table is not None:
-        packets = verify_chain_packets(split, installed, best, ds.traffic.table)
+        packets = verify_chain_packets(split, installed, best, ds.traffic.table,
+                                       None if host is None else (out, devices[-1], host))
     write_model(out, _evaluation_view(best), ds, best.problem.verdict)
     metric = best.problem.metric
 
@@ -239,6 +286,8 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
         })
     if host is not None:
         device_rows.append(host_row(out, devices[-1], split, host))
+    for row in device_rows:
+        row["within_limits"] = within_limits(row["usage"], row["limits"])
     rows = trial_rows(result.trials)
     report = {
         "kind": "chain", "name": plan.name, "target": "chain",
@@ -282,11 +331,13 @@ def emit_host(out: Path, device: Device, split: Split, best: Built, program: str
 
 
 def run_host(out: Path, device: Device, split: Split, cpu: Any, x: np.ndarray,
-             carried: dict[str, np.ndarray] | None) -> Any:
-    """The host's built program on feature rows ``x`` from the switches' carried scores: the C
-    library through ctypes, the XDP program in the kernel (BPF_PROG_TEST_RUN)."""
+             carried: dict[str, np.ndarray] | None, features: tuple[Any, ...]) -> Any:
+    """The host's built program on feature rows ``x`` (of the model's ``features``) from the
+    switches' carried scores: the C library through ctypes, the XDP program in the kernel
+    (BPF_PROG_TEST_RUN)."""
     where = device_dir(out, split.devices - 1, device.name)
     partial = partial_scores(carried, cpu, len(x))
+    x = x[:, host_features(features)]  # the host reads no flow feature
     if device.target.name == "xdp":
         from homunculus.targets.xdp.runner import load_built, run_vectors
 
@@ -301,7 +352,7 @@ def run_host(out: Path, device: Device, split: Split, cpu: Any, x: np.ndarray,
 
 def host_row(out: Path, device: Device, split: Split, cpu: Any) -> dict[str, Any]:
     """The host's line of the report (its usage is its target's cost estimate)."""
-    usage = device.target.estimate(cpu)
+    usage = split.host_usage or device.target.estimate(cpu)
     layout = carry_layout(tuple(Field(f"{CARRY_PREFIX}{c}", cpu.carry_bits)
                                 for c in cpu.carry_in))
     return {
@@ -312,9 +363,22 @@ def host_row(out: Path, device: Device, split: Split, cpu: Any) -> dict[str, Any
                      "entry_point": HOST_ENTRY[device.target.name]},
         "carry_out": None,
         "usage": {k: getattr(usage, k) for k in ("stages", "tables", "sram_kbit", "tcam_kbit",
-                                                 "entries", "phv_bits", "latency_ns")},
+                                                 "entries", "phv_bits", "latency_ns",
+                                                 "instructions", "throughput_gpps")},
         "per_stage": [], "limits": device.limits.as_dict(),
     }
+
+
+def within_limits(usage: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """Per limit the device has: its usage, the limit and whether it holds."""
+    out = {}
+    for key, limit in limits.items():
+        if limit is None or key not in usage:
+            continue
+        used = usage[key]
+        ok = used >= limit if key == "throughput_gpps" else used <= limit
+        out[key] = {"used": used, "limit": limit, "ok": bool(ok)}
+    return out
 
 
 def _evaluation_view(best: Built) -> Any:
@@ -325,23 +389,66 @@ def _evaluation_view(best: Built) -> Any:
                            problem=best.problem)
 
 
-def verify_chain_packets(split: Split, installed: list[Any], best: Built,
-                         table: Any) -> dict[str, Any]:
-    """Every packet of the capture through the chain of twins against the quantised model on
-    the reference features of the same packets."""
+def verify_chain_packets(split: Split, installed: list[Any], best: Built, table: Any,
+                         host: tuple[Path, Device, Any] | None = None) -> dict[str, Any]:
+    """Every packet of the capture through the chain of twins (and the ``host`` ending it: its
+    output directory, device and program, run for real) against the quantised model on the
+    reference features of the same packets."""
     from homunculus.data.traffic import per_capture
     from homunculus.features.reference import reference_features
 
     info = best.problem.dataset.traffic
-    result, classified = run_split_packets(split, table, installed)
+    result, classified, carried = run_switch_packets(split, table, installed)
     values, _ = per_capture(table, lambda t: reference_features(t, list(info.features),
                                                                 info.config))
     expected = best.trained.predict_quantised(values[classified])
-    bad = np.nonzero(expected != result.class_index)[0]
+    produced = result.class_index
+    if host is not None:
+        produced = run_host_packets(*host, split, table[classified].reset_index(drop=True),
+                                    carried)
+    bad = np.nonzero(expected != produced)[0]
     if len(bad):
         raise VerificationError(f"the chain disagrees with the model on {len(bad)} of "
                                 f"{len(expected)} classified packets")
-    return {"packets": len(table), "classified": int(classified.sum()), "agreement": 1.0}
+    return {"packets": len(table), "classified": int(classified.sum()), "agreement": 1.0,
+            "host": None if host is None else host[1].name}
+
+
+def run_host_packets(out: Path, device: Device, cpu: Any, split: Split, table: Any,
+                     carried: dict[str, np.ndarray] | None) -> np.ndarray:
+    """The host's built program on the packets the switches classified (``table``, in order),
+    each from the partial scores the last switch carried: the XDP program (BPF_PROG_TEST_RUN
+    through ``hmn_xdp``) on the packet's frame with the carry header inserted after Ethernet
+    (it must classify every one and strip the header); the C library on the header fields its
+    caller parses. Per packet, the host's class."""
+    from homunculus.targets.p4.twin import header_feature_values
+
+    partial = partial_scores(carried, cpu, len(table))
+    where = device_dir(out, split.devices - 1, device.name)
+    if device.target.name == "xdp":
+        from homunculus.targets.xdp.runner import load_built, packet_frame, run_classified
+
+        plain = [packet_frame(row) for row in table.to_dict("records")]
+        frames = [f[:12] + (0x88B5).to_bytes(2, "big")
+                  + carry_header(p, cpu, int.from_bytes(f[12:14], "big")) + f[14:]
+                  for f, p in zip(plain, partial, strict=True)]
+        obj, _ = load_built(where)
+        with obj:
+            env, seen, runs = run_classified(obj, cpu, frames)
+        if not seen.all():
+            raise VerificationError(f"the {device.name} host classifies {int(seen.sum())} of "
+                                    f"the {len(frames)} packets the switches carried on")
+        for frame, run in zip(plain, runs, strict=True):  # the frame leaves as it came
+            left = bytes(run.data)
+            if len(left) != len(frame) or left[:14] != frame[:14]:
+                raise VerificationError(f"the {device.name} host did not strip the carry "
+                                        "header")
+        return env[:, 0]
+    from homunculus.targets.c.twin import CLibrary
+
+    values, _ = header_feature_values(cpu, table)
+    (library,) = sorted((where / "c").glob("libhmn_*.so"))
+    return CLibrary(library).classify_carried(values, partial).class_index
 
 
 def best_on_one_device(trials: list[Any], first: Device) -> dict[str, Any]:

@@ -52,6 +52,8 @@ from homunculus.targets.p4.codegen import carry_layout
 
 CARRY_PREFIX = "part_s"
 """Carried-in partial score of class c: the meta field ``part_s<c>``."""
+HOST_SOURCE = "host_source"
+"""The pipeline note holding what a host ending the chain is built from (ChainTarget)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Split:
     reason: str | None = None
     host_tables: tuple[str, ...] = ()  # the lookup tables a host ending the chain runs
     host_carry_in: tuple[int, ...] = ()  # the class columns the host reads from the header
+    host_program: Any = None  # the host's CPU program, when the partition could build it
+    host_usage: Usage | None = None  # its usage on the host (its target's own cost model)
 
     @property
     def devices(self) -> int:
@@ -348,17 +352,22 @@ class _Fill:
     complete: bool = True
     host_tables: tuple[str, ...] = ()
     host_carry: tuple[int, ...] = ()
+    host_program: Any = None
+    host_usage: Usage | None = None
 
 
 def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tuple[str, ...],
-          spare: int) -> _Fill:
+          spare: int, source: Any = None) -> _Fill:
     """Greedy: each device takes the longest run of the remaining tables that fits it (the
     last one, arg-max and verdict included). ``spare`` extra devices like the last may be used
     to measure how many a model that does not fit would need. A host ending the chain takes
-    whatever the switches before it did not (it has no table limits)."""
+    whatever the switches before it did not, judged by its own cost model against its limits
+    (``source``: schedule/host.py HostSource); the last switch before it may then take a
+    shorter run when that carries fewer bytes and the host still fits (:func:`_to_host`)."""
     out = _Fill()
     i = 0
     carried: list[int] = []
+    start, carried_before = 0, []  # where the last switch's run starts, what it reads
     host = devices[-1].host
     switches = devices[:-1] if host else devices
     pool = list(switches) + ([] if host else [devices[-1]] * spare)
@@ -380,36 +389,94 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
             else:
                 out.reason = f"device {d + 1} ({device.name}): {why}"
                 hi = k - 1
-        if best is None:
-            if host and i > 0:
-                break
+        if best is None:  # a switch that takes no table: the chain never skips a device
             out.complete = False
             return out
         k, program, usage, out_cols = best
         out.programs.append(program)
         out.tables.append(tuple(t.name for t in order[i:i + k]))
         out.usages.append(usage)
+        start, carried_before = i, carried
         i += k
         if i == len(order):
             return out
         out.carry.append(carry_layout(program.carry_out)["bytes"])
         carried = out_cols
-    if host and i > 0:
-        out.host_tables = tuple(t.name for t in order[i:])
-        out.host_carry = tuple(carried)
-        out.reason = None
-        return out
+    if host:  # every switch took a run: the host takes the rest
+        return _to_host(model, order, devices, requires, source, out, start, carried_before, i)
     out.complete = False
     return out
 
 
-def table_orders(model: _Model) -> dict[str, list[Table]]:
+def _to_host(model: _Model, order: list[Table], devices: list[Device],
+             requires: tuple[str, ...], source: Any, out: _Fill, start: int,
+             carried_before: list[int], stop: int) -> _Fill:
+    """Hand the tables from ``stop`` on to the host ending the chain. The last switch (its run
+    ``order[start:stop]``, the longest that fits it) may keep a shorter run instead: per set of
+    class columns it would carry, the longest run carrying that set; the fewest header bytes
+    whose rest fits the host wins (then the longest run). If no rest fits the host, the fill is
+    incomplete, ``reason`` naming the host and the limit."""
+    from homunculus.schedule.host import judge_host
+
+    host = devices[-1]
+    d = len(out.programs) - 1
+    name = f"d{d}"
+    runs: dict[frozenset[int], int] = {}  # carried columns -> the longest run carrying them
+    for k in range(1, stop - start + 1):
+        runs[frozenset(carried_before) | carried_columns(model, order[start:start + k])] = k
+    reason, longest = None, None
+    for _, k in sorted(((len(cols), -k), k) for cols, k in runs.items()):
+        end = start + k
+        if end == stop:
+            program, usage = out.programs[-1], out.usages[-1]
+            out_cols = list(carried_out_columns(program))
+        else:
+            program, out_cols = device_pipeline(model, order[start:end], carried_before, False,
+                                                name, devices[d].target.profile.supports_range,
+                                                requires)
+            ok, usage, _ = _fits(devices[d], program)
+            if not ok:  # fitting is monotone in the run's length: not expected
+                continue
+        tables = tuple(t.name for t in order[end:])
+        hosted, host_usage, why = judge_host(host, tables, tuple(out_cols), model.pipeline,
+                                             source)
+        if why is not None:  # the reason given: the fewest tables left to the host
+            if longest is None or k > longest:
+                longest = k
+                reason = (f"device {len(devices)} ({host.name}, {host.target.name} "
+                          f"host) with {len(tables)} table(s) left by the switches: {why}")
+            continue
+        out.programs[-1], out.usages[-1] = program, usage
+        out.tables[-1] = tuple(t.name for t in order[start:end])
+        out.carry[-1] = carry_layout(program.carry_out)["bytes"]
+        out.host_tables, out.host_carry = tables, tuple(out_cols)
+        out.host_program, out.host_usage = hosted, host_usage
+        out.reason = None
+        return out
+    out.complete = False
+    out.reason = reason
+    return out
+
+
+def table_orders(model: _Model, host: bool = False, source: Any = None
+                 ) -> dict[str, list[Table]]:
+    """The table orders the partition tries: as lowered; by class column (boosted trees); and,
+    before a host ending the chain, each of those with the tables the host cannot run first
+    (reading a flow feature, or merged from several: schedule/host.py ``host_runnable``)."""
     tables = list(model.pipeline.lookups)
     orders = {"lowered": tables}
     by_column = sorted(tables, key=lambda t: (min(model.columns[o.name] for o in t.outputs),
                                               tables.index(t)))
     if by_column != tables:
         orders["by column"] = by_column
+    if host:
+        from homunculus.schedule.host import host_runnable
+
+        runnable = host_runnable(model.pipeline, source)
+        for name, base in list(orders.items()):
+            first = sorted(base, key=lambda t: (t.name in runnable, base.index(t)))
+            if first != base:
+                orders[f"{name}, the host's tables last"] = first
     return orders
 
 
@@ -423,11 +490,16 @@ def whole(pipeline: Pipeline, devices: list[Device]) -> Split:
                  reason=None if ok else f"device 1 ({device.name}): {why}")
 
 
-def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0) -> Split:
+def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0,
+              source: Any = None) -> Split:
     """The split of ``pipeline`` (lowered, not switch-lowered) over ``devices`` with the fewest
     devices, then the fewest header bytes; infeasible (``feasible`` False) when it needs more
     devices than the chain has, with ``needed`` the devices a greedy fill used (the chain's
-    plus at most ``spare`` more; -1 when even that was not enough)."""
+    plus at most ``spare`` more; -1 when even that was not enough). A host ending the chain is
+    costed from ``source`` (schedule/host.py HostSource; default: the one
+    :meth:`ChainTarget.attach_model` put in the pipeline's notes)."""
+    if source is None:
+        source = pipeline.notes.get(HOST_SOURCE)
     if pipeline.score_sum is None or pipeline.argmax is None:
         return whole(pipeline, devices)
     model = analyse(pipeline)
@@ -435,14 +507,15 @@ def partition(pipeline: Pipeline, devices: list[Device], spare: int = 0) -> Spli
 
     requires = tuple(h for h in _required_headers(pipeline, None) if h in ("tcp", "udp"))
     best: Split | None = None
-    for name, order in table_orders(model).items():
-        fill = _fill(model, order, devices, requires, spare)
+    for name, order in table_orders(model, devices[-1].host, source).items():
+        fill = _fill(model, order, devices, requires, spare, source)
         split = Split(tuple(fill.programs), tuple(fill.tables), tuple(fill.usages),
                       tuple(fill.carry), name,
                       feasible=fill.complete and len(fill.programs) <= len(devices),
                       needed=len(fill.programs) + bool(fill.host_tables) if fill.complete
                       else -1, reason=fill.reason, host_tables=fill.host_tables,
-                      host_carry_in=fill.host_carry)
+                      host_carry_in=fill.host_carry, host_program=fill.host_program,
+                      host_usage=fill.host_usage)
         if best is None or _rank(split) < _rank(best):
             best = split
     assert best is not None
@@ -469,29 +542,79 @@ class ChainTarget:
     name: str = "chain"
     supports_dense: bool = False
     lowering: str = "tables"
+    misfits: dict[str, tuple[int, str]] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+    """Why configurations did not split (by the device and limit: how often, the first
+    reason), for the error when none does."""
 
     @property
     def profile(self) -> Any:
         return self.devices[0].target.profile
 
     @property
+    def merges(self) -> bool:
+        """Whether the search may merge score tables (passes/merge.py): not before a host,
+        which runs the model's own trees or bins (search/problem.py ``merge_budget``)."""
+        return not self.devices[-1].host
+
+    @property
     def arch(self) -> str:
         return self.devices[0].target.arch
 
     def limits(self) -> Limits:
-        budgets = [d.stage_budget for d in self.devices if not d.host]
-        host = int(self.devices[-1].host)
-        return Limits(stages=None if None in budgets else sum(budgets) + host)  # type: ignore[arg-type]
+        return Limits(stages=chain_stage_limit(list(self.devices)))
 
     def prepare(self, pipeline: Pipeline) -> Pipeline:
         """Nothing yet: each device encodes and lowers its own part."""
         return pipeline
 
+    def attach_model(self, pipeline: Pipeline, model: Any, dataset: Any, verdict: Any,
+                     winner_to_class: tuple[int, ...] | None) -> Pipeline:
+        """``pipeline`` with what a host ending the chain is built from (search/problem.py
+        ``lower_for`` calls it): the partition costs the host's program on the host."""
+        if not self.devices[-1].host:
+            return pipeline
+        from homunculus.schedule.host import HostSource
+
+        source = HostSource(model, tuple(dataset.features), verdict, winner_to_class)
+        return replace(pipeline, notes={**pipeline.notes, HOST_SOURCE: source})
+
     def split(self, pipeline: Pipeline) -> Split:
-        return _cached_partition(self, pipeline)
+        split = _cached_partition(self, pipeline)
+        if not split.feasible and split.reason:
+            key = misfit_key(split.reason)
+            count, first = self.misfits.get(key, (0, split.reason))
+            self.misfits[key] = (count + 1, first)
+        return split
+
+    def why_not(self) -> str | None:
+        """The most frequent reason configurations did not split over the chain."""
+        if not self.misfits:
+            return None
+        key = max(self.misfits, key=lambda k: self.misfits[k][0])
+        count, first = self.misfits[key]
+        return f"{first} ({count} time(s))"
 
     def estimate(self, pipeline: Pipeline) -> Usage:
         return chain_usage(self.split(pipeline), list(self.devices))
+
+
+NO_STAGE_BUDGET = 1000
+"""The stages a switch without a stage budget (BMv2) counts along the chain: more than any of
+its programs uses, so only a split that does not fit exceeds the chain's stages."""
+
+
+def misfit_key(reason: str) -> str:
+    """A split's reason without its numbers: the device and the limits named."""
+    import re
+
+    return re.sub(r"[0-9.]+", "#", reason)
+
+
+def chain_stage_limit(devices: list[Device]) -> int:
+    """The chain's stages: every switch's budget, one more for a host ending it."""
+    return sum(d.stage_budget if d.stage_budget is not None else NO_STAGE_BUDGET
+               for d in devices if not d.host) + int(devices[-1].host)
 
 
 _CACHE: dict[tuple[int, int], tuple[Pipeline, Split]] = {}
@@ -512,7 +635,8 @@ def _cached_partition(target: ChainTarget, pipeline: Pipeline) -> Split:
 def chain_usage(split: Split, devices: list[Device]) -> Usage:
     """One Usage for the chain (see ChainTarget)."""
     if not split.usages:
-        big = sum(d.stage_budget or 12 for d in devices) * 10
+        big = max(sum(d.stage_budget or 12 for d in devices) * 10,
+                  chain_stage_limit(devices) + 1)
         return Usage(big, 0, 0.0, 0.0, 0, 0, 0.0, 0.0)
     budgets = [devices[min(i, len(devices) - 1)].stage_budget for i in range(len(split.usages))]
     before = sum((b if b is not None else u.stages)
@@ -523,15 +647,18 @@ def chain_usage(split: Split, devices: list[Device]) -> Usage:
         stages = before + (last if last is not None else split.usages[-1].stages) + 1
     if split.needed < 0:  # even the spare devices were not enough
         stages = sum(d.stage_budget or 12 for d in devices) * 10
-    u = split.usages
+    if not split.feasible:  # whatever the stages used, the chain's are exceeded
+        stages = max(stages, chain_stage_limit(devices) + 1)
+    u = split.usages + ((split.host_usage,) if split.host_usage is not None else ())
     per_stage = []
     offset = 0
-    for usage in u:
+    for usage in split.usages:
         per_stage += [replace(st, stage=st.stage + offset) for st in usage.per_stage]
         offset += len(usage.per_stage)
     return Usage(stages=stages, tables=sum(x.tables for x in u),
                  sram_kbit=sum(x.sram_kbit for x in u), tcam_kbit=sum(x.tcam_kbit for x in u),
                  entries=sum(x.entries for x in u), phv_bits=max(x.phv_bits for x in u),
+                 instructions=max(x.instructions for x in u),
                  throughput_gpps=min(x.throughput_gpps for x in u),
                  latency_ns=sum(x.latency_ns for x in u), per_stage=tuple(per_stage))
 
@@ -571,6 +698,14 @@ def run_split_packets(split: Split, table: Any, installed: list[Pipeline] | None
     first classifies the packets carrying what the whole model reads and inserts the carry
     header, which is what the others classify. The last device's result on the classified
     packets, and the classified mask."""
+    result, classified, _ = run_switch_packets(split, table, installed)
+    return result, classified
+
+
+def run_switch_packets(split: Split, table: Any, installed: list[Pipeline] | None = None
+                       ) -> tuple[Any, np.ndarray, dict[str, np.ndarray] | None]:
+    """:func:`run_split_packets`, with what the last switch carries on (to a host ending the
+    chain), per classified packet."""
     from homunculus.data.traffic import per_capture
     from homunculus.targets.p4.flow_twin import eligible_packets, run_flow_program
     from homunculus.targets.p4.twin import header_feature_values, simulate
@@ -595,4 +730,4 @@ def run_split_packets(split: Split, table: Any, installed: list[Pipeline] | None
                        for c, f in zip(carried_out_columns(program), program.carry_out,
                                        strict=True)}
     assert classified is not None
-    return result, classified
+    return result, classified, carried

@@ -251,7 +251,7 @@ class Evaluation:
 def merge_budget(problem: Problem) -> int | None:
     """How many lookup tables fit beside the encoders: one stage's tables, within the limit
     (None: no merging, e.g. on CPU targets, which have no tables to merge)."""
-    if cpu_lowering(problem.target):
+    if cpu_lowering(problem.target) or not getattr(problem.target, "merges", True):
         return None
     caps = [getattr(getattr(problem.target, "profile", None), "tables_per_stage", None)]
     if problem.limits.tables is not None:
@@ -291,6 +291,9 @@ def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan
                             winner_to_class, flow_program(dataset, decide_at))
         return target.prepare(replace(program, shortcut=shortcut))
     pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables)
+    attach = getattr(target, "attach_model", None)  # a chain ending on a host (schedule/split.py)
+    if attach is not None:
+        pipeline = attach(pipeline, model, dataset, verdict, winner_to_class)
     return target.prepare(replace(with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
                                   class_rows=class_rows_of(verdict, dataset.n_classes)))
 

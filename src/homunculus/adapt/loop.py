@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from homunculus.adapt.agents import Agent, AgentPool, LabelMap, Window, combine
+from homunculus.adapt.agents import Agent, AgentPool, LabelMap, Window, combine, sources
 from homunculus.adapt.model import Deployed, RetrainResult, RetrainWorker, predict
 from homunculus.adapt.policy import (
     DriftMonitor,
@@ -46,6 +46,8 @@ class LoopConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     detector: str = "adwin"
     per_class: int = 600  # balanced training draw: at most this many samples per class
+    by_source: bool = True  # a class's quota shared among the agents its labels came from
+    recent_first: bool = True  # each share drawn from the recent windows before the reservoir
     recent_windows: int = 3
     reservoir: int = 4000
     agent_timeout_s: float = 20.0
@@ -228,7 +230,8 @@ class AdaptLoop:
             else None
         drifted = self.drift.update((labels[known] == model[known]).astype(float))
         if known.any():
-            self.buffer.add(x[known], labels[known])
+            source = sources(votes, self.order, self.mapper, labels)
+            self.buffer.add(x[known], labels[known], source[known])
         self.recent_x = x
         since = None if self.last_retrain is None else window.index - self.last_retrain
         counts = self.buffer.class_counts()
@@ -249,7 +252,9 @@ class AdaptLoop:
         return record
 
     def _start_retrain(self, window: int) -> None:
-        x_train, y_train, x_held, y_held = self.buffer.balanced(self.config.per_class)
+        x_train, y_train, x_held, y_held = self.buffer.balanced(
+            self.config.per_class, by_source=self.config.by_source,
+            recent_first=self.config.recent_first)
         verify = np.concatenate([x_train, x_held, self.recent_x])
         self.worker.submit(self.deployed.recipe, x_train, y_train, verify,
                            self.config.seed + window)

@@ -310,7 +310,7 @@ def test_replay_buffer_draws_share_a_class_among_sources_recent_first() -> None:
     buf.add(np.full((100, 1), 2), attack, np.array(["syn_flood"] * 100, dtype=object))
     buf.add(np.r_[np.full((90, 1), 3), np.full((10, 1), 4)], attack,
             np.array(["syn_flood"] * 90 + ["beacon"] * 10, dtype=object))
-    x_train, _, x_held, _ = buf.balanced(40, holdout=0.0)
+    x_train, _, x_held, _ = buf.balanced(40, holdout=0.0, recent_first=True)
     got = np.r_[x_train[:, 0], x_held[:, 0]]
     assert (got == 4).sum() == 10, "every beacon sample (fewer than its share of 20)"
     assert (got == 3).sum() == 30, "the rest from the flood's recent window, not the reservoir"

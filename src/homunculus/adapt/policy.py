@@ -9,7 +9,9 @@ install gate.
   or drift is detected, at most once per cool-down and only with enough labelled samples of
   every class in the buffer; ``every`` retrains every window; ``never`` never does.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
-  (Algorithm R) of older ones; training sets are class-balanced draws, with a held-out part.
+  (Algorithm R) of older ones, each with the agent its label came from; training sets are
+  class-balanced draws in which a class's quota is shared among those sources, with a held-out
+  part.
 - Gate (LiteFlow): a verified snapshot is installed only if it is correct (its macro-F1 on the
   held-out labelled samples is not below the active model's by more than a margin) and
   necessary (its verdicts differ from the active model's on recent samples by more than the
@@ -173,7 +175,7 @@ class ReplayBuffer:
         return {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
 
     def balanced(self, per_class: int, holdout: float = 0.25, by_source: bool = True,
-                 recent_first: bool = True
+                 recent_first: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A class-balanced draw (at most ``per_class`` of each class), split into training and
         held-out parts per class: (x_train, y_train, x_held, y_held).
@@ -183,7 +185,8 @@ class ReplayBuffer:
         evidence (a few beacons among thousands of flood packets) is not drowned. With
         ``recent_first``, each share takes the recent windows' samples before the
         reservoir's, so the draw follows the traffic as it is now while the reservoir keeps
-        the sources the recent windows lack."""
+        the sources the recent windows lack (off by default: on the drifting scenario it
+        did not help, docs/benchmarks.md)."""
         x, y, src, fresh = self._parts()
         ys = y.astype(str)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []

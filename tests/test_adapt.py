@@ -507,3 +507,32 @@ def test_replay_on_a_switch_writes_versioned_updates(drift_dir: Path) -> None:
             assert (stem.with_suffix(".simple_switch_cli.txt")).is_file()
         else:
             assert r["gate"]["install"] is False or "failed" in r.get("install", "")
+
+
+def test_replay_on_a_switch_installs_a_retrained_tree(drift_dir: Path) -> None:
+    """A decision tree on bmv2: retrains are fitted into the compiled tables (the features it
+    encodes, its code widths, its entries' headroom), so the gate's verdict decides and a
+    retrained tree is installed as a versioned update."""
+    import json
+
+    spec = DRIFT_SPEC.format(target="bmv2", profile="{}").replace(
+        "{sampling: first_k, first_k: 4}", "{sampling: rate, one_in: 2}")
+    (drift_dir / "switch_dt.yaml").write_text(spec)
+    out = drift_dir / "out_bmv2_dt"
+    code, text = cli("compile", str(drift_dir / "switch_dt.yaml"), "-o", str(out),
+                     "--no-progress")
+    assert code == 0, text
+    report = drift_dir / "report_bmv2_dt"
+    code, text = cli("adapt", str(out), "--replay", str(drift_dir / "eval.pcap"), "--labels",
+                     str(drift_dir / "eval.csv"), "--agents", "oracle", "--report", str(report),
+                     "--cooldown", "1", "--threshold", "0.99")
+    assert code == 0, text
+    retrains = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+                .splitlines() if '"event": "retrain"' in line]
+    assert retrains and not any("failed" in r.get("install", "") for r in retrains), retrains
+    installed = [r for r in retrains if r["installed"]]
+    assert installed, [r["gate"]["reason"] for r in retrains]
+    update = json.loads((report / "updates" / f"update-v{installed[0]['version']}"
+                         ).with_suffix(".p4runtime.json").read_text())
+    kinds = [u["type"] for u in update["updates"]]
+    assert kinds.count("MODIFY") == 1 and kinds[0] == "INSERT" and kinds[-1] == "DELETE"

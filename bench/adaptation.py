@@ -91,7 +91,8 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path) -> dict:
                     "phase0": float(np.nanmean(f1[phase == 0])),
                     "cpu_seconds": loop.cpu_seconds, "retrains": loop.retrains,
                     "installs": loop.installs,
-                    "agents": {a["name"]: a for a in loop.summary()["agents"]}}
+                    "agents": {a["name"]: a for a in loop.summary()["agents"]},
+                    "combined": loop.summary()["combined"]}
     del phase_of
     return out
 
@@ -120,6 +121,10 @@ def table(results: dict[int, dict]) -> str:
         for name, a in res["c_proxy"]["agents"].items():
             prec = "n/a" if a["precision"] is None else f"{a['precision']:.3f}"
             agents.append(f"| {seed} | {name} | {a['coverage']:.3f} | {prec} |")
+        a = res["c_proxy"]["combined"]
+        prec = "n/a" if a["precision"] is None else f"{a['precision']:.3f}"
+        agents.append(f"| {seed} | {a['name']}: the labels retraining learns from | "
+                      f"{a['coverage']:.3f} | {prec} |")
     return "\n".join(rows + goals + agents)
 
 

@@ -172,6 +172,10 @@ def test_dpi_agent_labels_what_ndpi_recognises(tmp_path: Path) -> None:
     votes = DpiAgent(store).label(window(pd.DataFrame(rows)))
     assert list(votes.labels) == ["benign", "benign", None]
     assert votes.confidence[0] > 0.5
+    # which nDPI categories count as attacks is the agent's setting (DNS is nDPI's "Network")
+    flagged = DpiAgent(store, malicious=frozenset({"Network"})).label(window(pd.DataFrame(rows)))
+    assert list(flagged.labels) == ["malware", "malware", None]
+    assert "Mining" not in DpiAgent(store).malicious
 
 
 def test_oracle_reads_ground_truth_only_in_replay() -> None:
@@ -295,6 +299,24 @@ def test_replay_buffer_keeps_recent_windows_and_a_seeded_reservoir() -> None:
     x_train, y_train, x_held, y_held = a.balanced(30)
     assert sorted(np.unique(y_train, return_counts=True)[1].tolist()) == [22, 22]
     assert len(y_held) == 16
+
+
+def test_replay_buffer_draws_share_a_class_among_sources_recent_first() -> None:
+    """A rare source (a few beacons among many flood samples) keeps its share of the class,
+    and each share takes the recent windows' samples before the reservoir's."""
+    buf = ReplayBuffer(1, 1000, seed=0)
+    attack = np.array(["attack"] * 100, dtype=object)
+    buf.add(np.full((100, 1), 1), attack, np.array(["syn_flood"] * 100, dtype=object))
+    buf.add(np.full((100, 1), 2), attack, np.array(["syn_flood"] * 100, dtype=object))
+    buf.add(np.r_[np.full((90, 1), 3), np.full((10, 1), 4)], attack,
+            np.array(["syn_flood"] * 90 + ["beacon"] * 10, dtype=object))
+    x_train, _, x_held, _ = buf.balanced(40, holdout=0.0, recent_first=True)
+    got = np.r_[x_train[:, 0], x_held[:, 0]]
+    assert (got == 4).sum() == 10, "every beacon sample (fewer than its share of 20)"
+    assert (got == 3).sum() == 30, "the rest from the flood's recent window, not the reservoir"
+    x_train, _, x_held, _ = buf.balanced(40, holdout=0.0, by_source=False, recent_first=False)
+    plain = np.r_[x_train[:, 0], x_held[:, 0]]
+    assert len(plain) == 40 and (plain == 4).sum() < 10, "a uniform draw: beacons drowned"
 
 
 def test_gate_refuses_unverified_incorrect_and_unnecessary_snapshots() -> None:
@@ -485,3 +507,32 @@ def test_replay_on_a_switch_writes_versioned_updates(drift_dir: Path) -> None:
             assert (stem.with_suffix(".simple_switch_cli.txt")).is_file()
         else:
             assert r["gate"]["install"] is False or "failed" in r.get("install", "")
+
+
+def test_replay_on_a_switch_installs_a_retrained_tree(drift_dir: Path) -> None:
+    """A decision tree on bmv2: retrains are fitted into the compiled tables (the features it
+    encodes, its code widths, its entries' headroom), so the gate's verdict decides and a
+    retrained tree is installed as a versioned update."""
+    import json
+
+    spec = DRIFT_SPEC.format(target="bmv2", profile="{}").replace(
+        "{sampling: first_k, first_k: 4}", "{sampling: rate, one_in: 2}")
+    (drift_dir / "switch_dt.yaml").write_text(spec)
+    out = drift_dir / "out_bmv2_dt"
+    code, text = cli("compile", str(drift_dir / "switch_dt.yaml"), "-o", str(out),
+                     "--no-progress")
+    assert code == 0, text
+    report = drift_dir / "report_bmv2_dt"
+    code, text = cli("adapt", str(out), "--replay", str(drift_dir / "eval.pcap"), "--labels",
+                     str(drift_dir / "eval.csv"), "--agents", "oracle", "--report", str(report),
+                     "--cooldown", "1", "--threshold", "0.99")
+    assert code == 0, text
+    retrains = [json.loads(line) for line in (report / "decisions.jsonl").read_text()
+                .splitlines() if '"event": "retrain"' in line]
+    assert retrains and not any("failed" in r.get("install", "") for r in retrains), retrains
+    installed = [r for r in retrains if r["installed"]]
+    assert installed, [r["gate"]["reason"] for r in retrains]
+    update = json.loads((report / "updates" / f"update-v{installed[0]['version']}"
+                         ).with_suffix(".p4runtime.json").read_text())
+    kinds = [u["type"] for u in update["updates"]]
+    assert kinds.count("MODIFY") == 1 and kinds[0] == "INSERT" and kinds[-1] == "DELETE"

@@ -15,8 +15,10 @@ from homunculus.targets.p4.twin import simulate
 from homunculus.targets.p4.versioned import (
     Update,
     bfrt_updates,
+    capacity,
     check_compatible,
     cli_updates,
+    conform,
     p4runtime_updates,
     run_updates,
     update_plan,
@@ -96,8 +98,8 @@ def test_update_writers() -> None:
 
 
 def test_incompatible_models_are_refused() -> None:
-    """A retrained tree has other thresholds, hence other code widths: its tables do not fit
-    the deployed program (switches have no spare capacity yet), and the update says so."""
+    """A retrained tree has other thresholds, hence other code widths: as lowered, its tables
+    are not the deployed program's, and the update says so (:func:`conform` fits it first)."""
     old, _ = trained_pipeline("dt", get_family("dt").default_params(), 0)
     tree, _ = trained_pipeline("dt", get_family("dt").default_params(), 7)
     other, _ = trained_pipeline("gnb", get_family("gnb").default_params(), 0)
@@ -107,3 +109,56 @@ def test_incompatible_models_are_refused() -> None:
         update_plan(old, tree, 0, 1)
     with pytest.raises(ValueError, match="versions must differ"):
         update_plan(old, old, 1, 1)
+
+
+def test_retrained_tree_fits_the_compiled_tables_and_flips_without_mixing() -> None:
+    """A tree retrained on other data (only on the features the compiled program encodes, made
+    shallower until it fits, as adapt's retrain does) is rewritten into the compiled tables:
+    it classifies as before, its update is accepted, and no packet sees a mix of versions."""
+    from homunculus.passes.switch import lower_for_switch
+    from homunculus.targets.xdp.layout import CapacityError
+
+    fam = get_family("dt")
+    params = fam.default_params()
+    old, ds = trained_pipeline("dt", params, 0)
+    compiled = lower_for_switch(old)
+    keyed = {t.keys[0].name for t in compiled.encoders}
+    unused = [j for j, f in enumerate(compiled.features) if f.field.name not in keyed]
+    other = synthetic_dataset(600, seed=7)
+    x = other.x_train.copy()
+    x[:, unused] = 0
+    depth = next(k for k in params if k.endswith("max_depth"))
+    switch, _ = make_target("bmv2", {})
+    plan_ = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
+    for d in range(int(params[depth]), 0, -1):
+        model = fam.train(params | {depth: d}, x, other.y_train, other.n_classes, other.widths, 7)
+        raw = switch.prepare(lower(model.quantised, other.features, other.class_labels, plan_,
+                                   model.winner_to_class))
+        try:
+            new = conform(raw, compiled)
+            break
+        except CapacityError:
+            continue
+    else:
+        pytest.fail("no depth fits the compiled tables")
+    xs = np.concatenate([ds.x_test, other.x_test] * 2)
+    np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
+    for t in versioned(new, 1).tables():
+        assert len(t.entries) <= capacity(compiled)[t.name]
+    plan = update_plan(old, new, 0, 1)
+    classes, seen = run_updates(old, plan, xs, 0)
+    assert set(seen.tolist()) == {0, 1}
+    want = np.where(seen == 0, simulate(old, xs).class_index, simulate(new, xs).class_index)
+    np.testing.assert_array_equal(classes, want)
+    # a model testing a feature a (smaller) compiled program does not encode cannot be fitted
+    small = lower_for_switch(trained_pipeline("dt", params | {depth: 1}, 0)[0])
+    keyed = {t.keys[0].name for t in small.encoders}
+    unused = [j for j, f in enumerate(small.features) if f.field.name not in keyed]
+    assert unused
+    only_unused = other.x_train * np.isin(np.arange(other.x_train.shape[1]), unused)
+    wide = fam.train(params | {depth: 1}, only_unused, other.y_train, other.n_classes,
+                     other.widths, 7)
+    raw = switch.prepare(lower(wide.quantised, other.features, other.class_labels, plan_,
+                               wide.winner_to_class))
+    with pytest.raises(CapacityError, match="does not encode"):
+        conform(raw, small)

@@ -501,6 +501,21 @@ def combine(votes: dict[str, Votes], order: Sequence[str], mapper: LabelMap,
     return labels, conf
 
 
+def sources(votes: dict[str, Votes], order: Sequence[str], mapper: LabelMap,
+            labels: np.ndarray) -> np.ndarray:
+    """Per sample, the name of the first agent (in ``order``) whose label, mapped, is the
+    combined label (None where nothing was labelled): the evidence a label rests on."""
+    out = np.full(len(labels), None, dtype=object)
+    for name in order:
+        v = votes.get(name)
+        if v is None:
+            continue
+        for i in np.flatnonzero(out == None):  # noqa: E711  (object array)
+            if labels[i] is not None and mapper(v.labels[i]) == labels[i]:
+                out[i] = name
+    return out
+
+
 HEURISTICS: dict[str, Callable[[], Agent]] = {
     "syn_flood": SynFloodAgent, "port_scan": PortScanAgent,
     "dns_amplification": DnsAmplificationAgent, "beacon": BeaconAgent,

@@ -34,7 +34,12 @@ from homunculus.adapt.agents import BENIGN, Votes, Window
 from homunculus.data.labels import flow_key
 from homunculus.errors import DataError, HomunculusError
 
-MALICIOUS = frozenset({"Malware", "Mining", "Cybersecurity"})
+MALICIOUS = frozenset({"Malware"})
+"""nDPI categories the DPI agent (``benign`` mode) calls an attack. Not ``Cybersecurity`` (nDPI
+files security vendors' own services there) nor ``Mining`` (crypto-mining pools: an operator's
+policy, not an attack on the network; the drifting scenario's nDPI captures of mining traffic
+are benign background, and calling them attacks taught retrained models to drop them).
+``DpiAgent(malicious=...)`` sets another list."""
 _CONF = re.compile(r"\[Confidence: (?P<conf>[^\]]+)\]")
 LT_ETHERNET = 1
 
@@ -167,6 +172,7 @@ class DpiAgent:
     mode: str = "benign"  # or "classes": the coarse nDPI class of the category
     name: str = "dpi"
     timeout_s: float = 30.0
+    malicious: frozenset[str] = MALICIOUS  # nDPI categories labelled as an attack
 
     def __post_init__(self) -> None:
         if self.mode not in ("benign", "classes"):
@@ -194,7 +200,7 @@ class DpiAgent:
             if self.mode == "classes":
                 labels[i] = category_class(flow.category)
             else:
-                labels[i] = "malware" if flow.category in MALICIOUS else BENIGN
+                labels[i] = "malware" if flow.category in self.malicious else BENIGN
             conf[i] = 0.9
         return Votes(labels, conf)
 

@@ -24,7 +24,15 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from homunculus.adapt.agents import Agent, AgentPool, LabelMap, Window, combine
+from homunculus.adapt.agents import (
+    Agent,
+    AgentPool,
+    AgentReport,
+    LabelMap,
+    Window,
+    combine,
+    sources,
+)
 from homunculus.adapt.model import Deployed, RetrainResult, RetrainWorker, predict
 from homunculus.adapt.policy import (
     DriftMonitor,
@@ -46,6 +54,8 @@ class LoopConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     detector: str = "adwin"
     per_class: int = 600  # balanced training draw: at most this many samples per class
+    by_source: bool = True  # a class's quota shared among the agents its labels came from
+    recent_first: bool = False  # each share from the recent windows before the reservoir
     recent_windows: int = 3
     reservoir: int = 4000
     agent_timeout_s: float = 20.0
@@ -151,6 +161,7 @@ class AdaptLoop:
         self.recent_x = np.zeros((0, len(deployed.recipe.decls)), dtype=np.int64)
         self.windows: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.combined = AgentReport(f"combined ({config.combine})")
 
     # -- retrains -----------------------------------------------------------------------------
 
@@ -221,6 +232,7 @@ class AdaptLoop:
         if self.judge and truth is not None and "_row" in samples.columns and len(samples):
             rows = samples["_row"].to_numpy(np.int64)
             self.pool.judge(votes, np.asarray(truth, dtype=object)[rows], self.mapper)
+            self._judge_combined(labels, np.asarray(truth, dtype=object)[rows])
         classes = np.asarray(self.deployed.classes, dtype=object)
         model = classes[samples["cls"].to_numpy(np.int64)] if len(samples) else classes[:0]
         known = np.array([v is not None for v in labels], dtype=bool)
@@ -228,7 +240,8 @@ class AdaptLoop:
             else None
         drifted = self.drift.update((labels[known] == model[known]).astype(float))
         if known.any():
-            self.buffer.add(x[known], labels[known])
+            source = sources(votes, self.order, self.mapper, labels)
+            self.buffer.add(x[known], labels[known], source[known])
         self.recent_x = x
         since = None if self.last_retrain is None else window.index - self.last_retrain
         counts = self.buffer.class_counts()
@@ -248,8 +261,24 @@ class AdaptLoop:
         self.log(record)
         return record
 
+    def _judge_combined(self, labels: np.ndarray, truth: np.ndarray) -> None:
+        """Against ground truth (evaluation only): how many combined labels -- the ones
+        retraining learns from -- are right."""
+        report = self.combined
+        report.samples += len(labels)
+        for label, true in zip(labels, truth, strict=True):
+            if label is None:
+                continue
+            report.labelled += 1
+            want = None if true is None else self.mapper(str(true))
+            if want is not None:
+                report.judged += 1
+                report.correct += int(label == want)
+
     def _start_retrain(self, window: int) -> None:
-        x_train, y_train, x_held, y_held = self.buffer.balanced(self.config.per_class)
+        x_train, y_train, x_held, y_held = self.buffer.balanced(
+            self.config.per_class, by_source=self.config.by_source,
+            recent_first=self.config.recent_first)
         verify = np.concatenate([x_train, x_held, self.recent_x])
         self.worker.submit(self.deployed.recipe, x_train, y_train, verify,
                            self.config.seed + window)
@@ -284,6 +313,7 @@ class AdaptLoop:
                 "installs": self.installs, "cpu_seconds": round(self.cpu_seconds, 4),
                 "mean_f1": float(np.mean(f1s)) if f1s else None,
                 "agents": [r.as_dict() for r in self.pool.reports.values()],
+                "combined": self.combined.as_dict(),
                 "config": self.config.as_dict(), "final_version": self.version}
 
 
@@ -316,7 +346,8 @@ def run_replay(deployed: Deployed, table: pd.DataFrame, agents: Sequence[Agent],
     if installer is None and deployed.recipe.target != "xdp":
         folder = Path(config.archive or deployed.recipe.out_dir) / "updates"
         arch = "v1model" if deployed.recipe.target == "bmv2" else "tna"
-        installer = SwitchInstaller(deployed.program, arch, folder)
+        installer = SwitchInstaller(deployed.meta.get("unversioned", deployed.program),
+                                    arch, folder)
     loop = AdaptLoop(deployed, agents, installer or ReplayInstaller(), config, log)
     mapper = loop.mapper
     mapped_truth = None if truth is None else np.array([mapper(str(t)) for t in truth],

@@ -50,6 +50,9 @@ class Recipe:
     seed: int
     capacity: dict[str, Any] | None = None  # XDP: the deployed program's
     object_file: str | None = None  # XDP: the deployed program's object
+    # switches: the compiled model's switch-lowered pipeline (unversioned): a retrained tree
+    # model is fitted into its tables (targets/p4/versioned.py conform)
+    switch_compiled: Any = None
 
 
 @dataclass
@@ -128,12 +131,17 @@ def load_deployed(out_dir: Path) -> Deployed:
                         features, config, {"snapshot": snap})
     adapt_path = out_dir / "runtime" / "adapt.json"
     if (out_dir / "runtime" / "entries.json").is_file():
+        from homunculus.ir.serialize import compiled_from_json
+        from homunculus.passes.switch import lower_for_switch
+
         pipeline, _ = load_compiled(out_dir)
         adapt = json.loads(adapt_path.read_text()) if adapt_path.is_file() else {}
         target = adapt.get("target") or _switch_target(out_dir)
-        return Deployed(Recipe(target=target, **common), pipeline,
+        compiled = lower_for_switch(compiled_from_json(json.loads(
+            (out_dir / "pipeline.json").read_text())))
+        return Deployed(Recipe(target=target, switch_compiled=compiled, **common), pipeline,
                         TelemetryConfig.from_json(adapt.get("telemetry")), features, config,
-                        {"adapt": adapt})
+                        {"adapt": adapt, "unversioned": compiled})
     raise DataError(f"{out_dir}: adaptation needs an xdp, tofino or bmv2 compile (no "
                     "xdp/snapshot.json or runtime/entries.json)")
 
@@ -176,9 +184,14 @@ def retrain(recipe: Recipe, x: np.ndarray, y: np.ndarray, x_verify: np.ndarray,
     y_idx = np.array([index[str(v)] for v in y], dtype=np.int64)
     widths = tuple(d.width for d in recipe.decls)
     params, shrunk = dict(recipe.params), ""
+    x = np.asarray(x, np.int64)
+    unused = switch_unencoded(recipe)
+    if unused:  # the compiled tables encode only these features: train on them alone
+        x = x.copy()
+        x[:, unused] = 0
     while True:
         try:
-            trained = get_family(recipe.family).train(params, np.asarray(x, np.int64), y_idx,
+            trained = get_family(recipe.family).train(params, x, y_idx,
                                                       len(recipe.class_labels), widths, seed)
             program = lower(recipe, trained)
             break
@@ -221,7 +234,25 @@ def lower(recipe: Recipe, trained: Any) -> Any:
     target, _ = make_target(recipe.target, {})
     pipeline = lower_tables(trained.quantised, recipe.decls, recipe.class_labels,
                             recipe.verdict, trained.winner_to_class)
-    return target.prepare(replace(pipeline, flow=recipe.flow))
+    program = target.prepare(replace(pipeline, flow=recipe.flow))
+    if recipe.family in TREE_FAMILIES and recipe.switch_compiled is not None:
+        from homunculus.targets.p4.versioned import conform
+
+        program = conform(program, recipe.switch_compiled)
+    return program
+
+
+TREE_FAMILIES = ("dt", "rf", "xgb")
+
+
+def switch_unencoded(recipe: Recipe) -> list[int]:
+    """Switches, tree families: the feature columns the compiled program does not encode (a
+    retrained tree may not test them: the program has no table for them)."""
+    if recipe.family not in TREE_FAMILIES or recipe.switch_compiled is None:
+        return []
+    keyed = {t.keys[0].name for t in recipe.switch_compiled.encoders if t.keys}
+    encoded = {f.name for f in recipe.switch_compiled.features if f.field.name in keyed}
+    return [j for j, d in enumerate(recipe.decls) if d.name not in encoded]
 
 
 def run_twin(recipe: Recipe, program: Any, x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ install gate.
   or drift is detected, at most once per cool-down and only with enough labelled samples of
   every class in the buffer; ``every`` retrains every window; ``never`` never does.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
-  (Algorithm R) of older ones; training sets are class-balanced draws, with a held-out part.
+  (Algorithm R) of older ones, each with the agent its label came from; training sets are
+  class-balanced draws in which a class's quota is shared among those sources, with a held-out
+  part.
 - Gate (LiteFlow): a verified snapshot is installed only if it is correct (its macro-F1 on the
   held-out labelled samples is not below the active model's by more than a margin) and
   necessary (its verdicts differ from the active model's on recent samples by more than the
@@ -107,67 +109,124 @@ class TriggerPolicy:
 @dataclass
 class ReplayBuffer:
     """Labelled samples: the last ``recent_windows`` windows whole, older ones in a reservoir
-    of ``reservoir_size`` (uniform over everything evicted so far)."""
+    of ``reservoir_size`` (uniform over everything evicted so far). Each sample keeps the name
+    of the agent whose label it carries (its source), so training draws can give every source
+    -- every kind of evidence the agents found -- its share of a class."""
 
     recent_windows: int = 3
     reservoir_size: int = 4000
     seed: int = 0
-    recent: deque = field(default_factory=deque)  # (x, y) per window
+    recent: deque = field(default_factory=deque)  # (x, y, source) per window
     reservoir_x: list[np.ndarray] = field(default_factory=list)
     reservoir_y: list[str] = field(default_factory=list)
+    reservoir_s: list[str] = field(default_factory=list)
     evicted: int = 0
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.recent.append((np.asarray(x, dtype=np.int64), np.asarray(y, dtype=object)))
+    def add(self, x: np.ndarray, y: np.ndarray, source: np.ndarray | None = None) -> None:
+        y = np.asarray(y, dtype=object)
+        src = np.full(len(y), "", dtype=object) if source is None else \
+            np.asarray(source, dtype=object).astype(str).astype(object)
+        self.recent.append((np.asarray(x, dtype=np.int64), y, src))
         while len(self.recent) > self.recent_windows:
-            old_x, old_y = self.recent.popleft()
-            for row, label in zip(old_x, old_y, strict=True):
-                self._reservoir(row, str(label))
+            old_x, old_y, old_s = self.recent.popleft()
+            for row, label, s in zip(old_x, old_y, old_s, strict=True):
+                self._reservoir(row, str(label), str(s))
 
-    def _reservoir(self, row: np.ndarray, label: str) -> None:
+    def _reservoir(self, row: np.ndarray, label: str, source: str) -> None:
         self.evicted += 1
         if len(self.reservoir_y) < self.reservoir_size:
             self.reservoir_x.append(row)
             self.reservoir_y.append(label)
+            self.reservoir_s.append(source)
             return
         j = int(self.rng.integers(0, self.evicted))
         if j < self.reservoir_size:
             self.reservoir_x[j], self.reservoir_y[j] = row, label
+            self.reservoir_s[j] = source
 
-    def all(self) -> tuple[np.ndarray, np.ndarray]:
-        xs = [x for x, _ in self.recent]
-        ys = [y for _, y in self.recent]
+    def _parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, source, is_recent) of every buffered sample, the recent windows first."""
+        xs = [x for x, _, _ in self.recent]
+        ys = [y for _, y, _ in self.recent]
+        ss = [s for _, _, s in self.recent]
+        fresh = [np.ones(len(y), dtype=bool) for y in ys]
         if self.reservoir_y:
             xs.append(np.stack(self.reservoir_x))
             ys.append(np.asarray(self.reservoir_y, dtype=object))
+            ss.append(np.asarray(self.reservoir_s, dtype=object))
+            fresh.append(np.zeros(len(self.reservoir_y), dtype=bool))
         if not xs or not sum(len(y) for y in ys):
-            return np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=object)
-        return np.concatenate([x for x in xs if len(x)]), np.concatenate(ys)
+            return (np.zeros((0, 0), dtype=np.int64), np.zeros(0, dtype=object),
+                    np.zeros(0, dtype=object), np.zeros(0, dtype=bool))
+        return (np.concatenate([x for x in xs if len(x)]), np.concatenate(ys),
+                np.concatenate(ss), np.concatenate(fresh))
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        x, y, _, _ = self._parts()
+        return x, y
 
     def class_counts(self) -> dict[str, int]:
         _, y = self.all()
         labels, counts = np.unique(y.astype(str), return_counts=True) if len(y) else ([], [])
         return {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
 
-    def balanced(self, per_class: int, holdout: float = 0.25
+    def balanced(self, per_class: int, holdout: float = 0.25, by_source: bool = True,
+                 recent_first: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A class-balanced draw (at most ``per_class`` of each class), split into training and
-        held-out parts per class: (x_train, y_train, x_held, y_held)."""
-        x, y = self.all()
+        held-out parts per class: (x_train, y_train, x_held, y_held).
+
+        With ``by_source``, a class's quota is shared evenly among the agents its labels came
+        from (a source with fewer samples leaves the rest to the others), so a rare kind of
+        evidence (a few beacons among thousands of flood packets) is not drowned. With
+        ``recent_first``, each share takes the recent windows' samples before the
+        reservoir's, so the draw follows the traffic as it is now while the reservoir keeps
+        the sources the recent windows lack (off by default: on the drifting scenario it
+        did not help, docs/benchmarks.md)."""
+        x, y, src, fresh = self._parts()
+        ys = y.astype(str)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for label in sorted(set(y.astype(str).tolist())):
-            idx = np.flatnonzero(y.astype(str) == label)
-            idx = self.rng.permutation(idx)[:per_class]
-            cut = max(1, int(round(len(idx) * holdout))) if len(idx) > 1 else 0
-            parts.append((x[idx[cut:]], y[idx[cut:]], x[idx[:cut]], y[idx[:cut]]))
+        for label in sorted(set(ys.tolist())):
+            in_class = np.flatnonzero(ys == label)
+            groups: dict[str, np.ndarray] = {}
+            for s in sorted(set(src[in_class].astype(str).tolist())) if by_source else [""]:
+                idx = in_class[src[in_class].astype(str) == s] if by_source else in_class
+                idx = self.rng.permutation(idx)
+                if recent_first:
+                    idx = np.concatenate([idx[fresh[idx]], idx[~fresh[idx]]])
+                groups[s] = idx
+            chosen = _share(groups, per_class)
+            for idx in chosen:
+                cut = max(1, int(round(len(idx) * holdout))) if len(idx) > 1 else 0
+                parts.append((x[idx[cut:]], y[idx[cut:]], x[idx[:cut]], y[idx[:cut]]))
         if not parts:
             empty = np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.int64)
             return empty, np.zeros(0, object), empty, np.zeros(0, object)
         return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))  # type: ignore
+
+
+def _share(groups: dict[str, np.ndarray], total: int) -> list[np.ndarray]:
+    """The first samples of each group, ``total`` in all, shared evenly (water-filling: a
+    group with fewer than its share gives the rest to the others)."""
+    sizes = {k: len(v) for k, v in groups.items()}
+    quota = dict.fromkeys(groups, 0)
+    left = total
+    open_ = [k for k in groups if sizes[k] > 0]
+    while left > 0 and open_:
+        each = max(1, left // len(open_))
+        for k in list(open_):
+            take = min(each, sizes[k] - quota[k], left)
+            quota[k] += take
+            left -= take
+            if quota[k] >= sizes[k]:
+                open_.remove(k)
+            if left <= 0:
+                break
+    return [groups[k][:quota[k]] for k in groups if quota[k] > 0]
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,78 @@ def _ordered(entries: list[Entry]) -> list[Entry]:
     """Entries in match order: within a version, insertion order (the first wins); versions
     never overlap (the version key is exact), so their relative order does not matter."""
     return entries
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+def capacity(compiled: Pipeline) -> dict[str, int]:
+    """Per model table, the entries one version may hold in the compiled program: the P4 table
+    is declared with ``2 * VERSION_TABLE_HEADROOM`` times the compiled model's entries (its
+    catch-all included), and an install holds two versions at once."""
+    from homunculus.targets.p4.codegen import VERSION_TABLE_HEADROOM
+
+    p = versioned(compiled, 0)
+    return {t.name: VERSION_TABLE_HEADROOM * max(1, len(t.entries)) for t in p.tables()}
+
+
+def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
+    """A retrained tree model (same family) in the compiled program's tables, so it can be
+    installed under the standby version: the same encoder tables, keyed on the same features,
+    their thermometer codes at the compiled widths (a code with fewer thresholds is padded
+    with bits that stay 0; a feature the new model does not test gets one entry giving code 0),
+    the leaf table keyed on the compiled code fields (wildcards on those it does not test), and
+    every table within :func:`capacity`. Raises ``CapacityError`` (the retrain then tries a
+    shallower model) when it does not fit, ValueError when the tables cannot correspond."""
+    from homunculus.targets.xdp.layout import CapacityError
+
+    a, b = lower_for_switch(compiled), lower_for_switch(new)
+    known = {t.name: t for t in a.encoders}
+    extra = [t.name for t in b.encoders if t.name not in known]
+    if extra:
+        raise CapacityError(f"the new model tests features the deployed program does not "
+                            f"encode ({', '.join(extra)})")
+    fresh = {t.name: t for t in b.encoders}
+    encoders = []
+    for t in a.encoders:
+        n = fresh.get(t.name)
+        if len(t.keys) != 1 or t.kinds != (MatchKind.RANGE,):
+            raise ValueError(f"table {t.name}: not a range encoder")
+        if n is None:
+            n = replace(t, entries=(Entry((Range(0, t.keys[0].max_value),), t.default),))
+        else:
+            if n.keys != t.keys or n.kinds != t.kinds or len(n.outputs) != len(t.outputs):
+                raise ValueError(f"table {t.name}: keys or code fields differ")
+            for got, room in zip(n.outputs, t.outputs, strict=True):
+                if got.name != room.name or got.width > room.width:
+                    raise CapacityError(f"table {t.name}: {got.width} thresholds in a code of "
+                                        f"{room.width} bits")
+            n = replace(n, outputs=t.outputs, default=t.default)
+        encoders.append(n)
+    if [t.name for t in b.lookups] != [t.name for t in a.lookups] or \
+            a.verdict.name != b.verdict.name:
+        raise ValueError("the new model has other lookup tables than the deployed program")
+    rest = [_rekey(t, n) for t, n in zip((*a.lookups, a.verdict), (*b.lookups, b.verdict),
+                                         strict=True)]
+    out = replace(b, encoders=tuple(encoders), lookups=tuple(rest[:-1]), verdict=rest[-1])
+    room = capacity(a)
+    for t in versioned(out, 1).tables():
+        if len(t.entries) > room.get(t.name, 0):
+            raise CapacityError(f"table {t.name}: {len(t.entries)} entries, the compiled "
+                                f"program holds {room.get(t.name, 0)} per version")
+    return out
+
+
+def _rekey(t: Table, n: Table) -> Table:
+    """``n`` keyed as the compiled ``t``: the same key fields in the same order (a ternary
+    wildcard on the ones ``n`` does not test)."""
+    if (n.keys, n.kinds, n.slices) == (t.keys, t.kinds, t.slices):
+        return n
+    names = [k.name for k in t.keys]
+    if any(k.name not in names for k in n.keys) or n.outputs != t.outputs or any(
+            k is not MatchKind.TERNARY for k in (*t.kinds, *n.kinds)) or n.slices or t.slices:
+        raise ValueError(f"table {t.name}: keys or outputs differ from the deployed program")
+    at = {k.name: i for i, k in enumerate(n.keys)}
+    entries = tuple(Entry(tuple(e.matches[at[k]] if k in at else Ternary(0, 0) for k in names),
+                          e.params) for e in n.entries)
+    return replace(n, keys=t.keys, kinds=t.kinds, entries=entries)

@@ -37,6 +37,22 @@ def test_table_keeps_values_seen_in_enough_groups_with_their_majority() -> None:
     assert hit.tolist() == [True, False, True] and classes[[0, 2]].tolist() == [2, 0]
 
 
+def test_table_class_is_the_majority_of_groups_not_of_rows() -> None:
+    # port 80: one long capture (group 0) of class 2, three short ones of class 1
+    column = np.array([80] * 10 + [80, 80, 80, 443, 443])
+    y = np.array([2] * 10 + [1, 1, 1, 0, 0])
+    groups = np.array([0] * 10 + [1, 2, 3, 0, 1])
+    assert learn_table(column, y, groups, 0, 3, size=8, support=1).classes == (1, 0)
+    assert learn_table(column, y, None, 0, 3, size=8, support=1).classes == (2, 0)  # rows
+    # a group's vote is shared among its rows' classes: class 1 has 4 rows of 7 but
+    # 0.75 + 0.5 = 1.25 votes, class 2 has 0.25 + 0.5 + 1 = 1.75
+    column = np.full(7, 7)
+    y = np.array([1, 1, 1, 2, 1, 2, 2])
+    groups = np.array([0, 0, 0, 0, 1, 1, 2])
+    assert learn_table(column, y, groups, 0, 3, size=8, support=1).classes == (2,)
+    assert learn_table(column, y, None, 0, 3, size=8, support=1).classes == (1,)
+
+
 def categorical_dataset(n: int = 900, seed: int = 0, wide: bool = False):
     """A 'service' feature whose frequent values decide the class, with rare values left to a
     numeric feature; ``wide``: the service is a 20-bit code (binary search on C)."""

@@ -31,7 +31,9 @@ class CProfile:
     neuron_ns: float = 0.64  # per dense output: requantisation, activation, store
     argmax_ns: float = 0.0  # per arg-max contender
     cores: int = 1  # classifications run in parallel (throughput scales, latency does not)
-    # "auto" (flat arrays for forests of score vectors, else if/else), "arrays" or "branches"
+    # "auto" (flat arrays for forests of score vectors, bitvector for boosted trees of at most
+    # 16 leaves over features of at most 16 bits, else if/else), "arrays", "branches" or
+    # "bitvector" (QuickScorer's layout for a batch, flat arrays for one row)
     tree_code: str = "auto"
 
     def default_limits(self) -> Limits:
@@ -40,8 +42,8 @@ class CProfile:
 
     def with_overrides(self, overrides: dict[str, object]) -> CProfile:
         profile = with_field_overrides(self, overrides, ("name",))
-        if profile.tree_code not in ("auto", "arrays", "branches"):
-            raise KeyError(f"tree_code must be 'auto', 'arrays' or 'branches' (got "
+        if profile.tree_code not in ("auto", "arrays", "branches", "bitvector"):
+            raise KeyError(f"tree_code must be 'auto', 'arrays', 'branches' or 'bitvector' (got "
                            f"{profile.tree_code!r})")
         return profile
 

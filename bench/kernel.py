@@ -601,9 +601,12 @@ def estimate_table(xdp: Sequence[XdpRun], c: Sequence[CRun]) -> str:
     within = [abs(r.estimate_ns / r.model_ns - 1) <= 0.25 for r in xdp]
     within_i = [abs(r.estimate_insns / r.insns - 1) <= 0.25 for r in xdp]
     within_c = [abs(r.estimate_ns / r.single_ns - 1) <= 0.25 for r in c]
+    misses = [f"{r.label} seed {r.seed} ({r.estimate_ns:.1f} vs {r.single_ns:.1f} ns)"
+              for r, ok in zip(c, within_c, strict=True) if not ok]
     summary = (f"\n\nWithin 25%: XDP latency {sum(within)}/{len(within)} runs, XDP verifier "
                f"instructions {sum(within_i)}/{len(within_i)}, C latency "
-               f"{sum(within_c)}/{len(within_c)}.")
+               f"{sum(within_c)}/{len(within_c)}"
+               + (f" (C misses: {'; '.join(misses)})." if misses else "."))
     return markdown_table(headers, body) + summary
 
 

@@ -4,8 +4,9 @@ The defaults were fitted on the development machine (2-vCPU Intel Xeon VM, gcc 1
 core) by ``python bench/kernel.py --fit``: every benchmark configuration's library is timed in C
 (``targets/c/timing.py``, one ``hmn_classify`` call per row, best of 40 runs of at least 2 ms)
 and the costs are the non-negative least-squares fit of those times against the operation
-counts (``resources.op_counts``). They are orders of magnitude for a server core, not guarantees: run
-the fit on the deployment machine and pass the printed values as profile overrides.
+counts (``resources.op_counts``). They are orders of magnitude for a server core, not
+guarantees: run the fit on the deployment machine and pass the printed values as profile
+overrides.
 """
 
 from __future__ import annotations

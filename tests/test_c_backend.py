@@ -343,3 +343,29 @@ def test_bitvector_boosted_trees_in_every_block(tmp_path) -> None:
     assert_agrees(lib, program, rows, expected)
     for n in (1, 63, 64, 65, 200):
         np.testing.assert_array_equal(lib.classify_batch(rows[:n]), expected[:n])
+
+
+def test_auto_tree_code_and_its_cost() -> None:
+    """``auto``: the bitvector code for >= 40 boosted trees of <= 16 leaves over <= 16-bit
+    features, if/else for fewer trees or wider features; its one-row cost is the flat arrays'."""
+    from homunculus.ir.cpu import FlatTree, TreeModel
+    from homunculus.targets.c import resources
+    from homunculus.targets.c.codegen import BITVECTOR_MIN_TREES, resolve_tree_code
+
+    stump = FlatTree((0, -1, -1), (5, 0, 1), (1, 1, 2), ((0,), (3,)), column=0, depth=1)
+    many = TreeModel("scalar", 2, (0, 0), (stump,) * BITVECTOR_MIN_TREES)
+    few = TreeModel("scalar", 2, (0, 0), (stump,) * (BITVECTOR_MIN_TREES - 1))
+    assert resolve_tree_code(many, "auto", [16, 8]) == "bitvector"
+    assert resolve_tree_code(many, "auto", [17, 8]) == "branches"
+    assert resolve_tree_code(few, "auto", [16, 8]) == "branches"
+    assert resolve_tree_code(many, "arrays", [16, 8]) == "arrays"
+    with pytest.raises(ValueError, match="tree_code must be"):
+        resolve_tree_code(many, "heap", [16, 8])
+    feats = (FeatureDecl("a", 16), FeatureDecl("b", 8))
+    trees = tuple(QTree((0, -2, -2), (5 + t, 0, 0), (1, -1, -1), (2, -1, -1),
+                        ((0, 0), (0, t), (0, -t)) if t % 2 else ((0, 0), (t, 0), (-t, 0)))
+                  for t in range(1, BITVECTOR_MIN_TREES + 1))
+    program = lower_cpu(QTreeEnsemble(trees, (0, 0)), feats, ("a", "b"), DSCP_PLAN)
+    assert program.model.mode == "scalar"
+    assert resources.op_counts(program) == resources.op_counts(program, "arrays")
+    assert resources.op_counts(program) != resources.op_counts(program, "branches")

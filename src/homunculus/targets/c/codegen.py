@@ -8,8 +8,11 @@ comments.
 
 Trees come in two forms (``tree_code``): ``arrays``, flat node arrays walked ``depth`` steps for a
 block of rows at once (the rows' walks interleave, so their loads overlap), and ``branches``,
-one nested if/else function per tree (what tl2cgen and m2cgen generate). Encoders of features of
-at most 16 bits index a table of every value; wider ones binary-search their sorted edges.
+one nested if/else function per tree (what tl2cgen and m2cgen generate), and ``bitvector``,
+QuickScorer's layout for the batch call (every split tested on a block of rows at once, the
+exit leaf the lowest bit left in the tree's lane; one row walks the flat arrays). Encoders of
+features of at most 16 bits index a table of every value; wider ones binary-search their sorted
+edges.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ ratios compare runs made under the same load:
    with a parse-only XDP program (Ethernet/VLAN/IPv4/TCP/UDP parse, then XDP_PASS; same clang
    flags). "Added" is the difference. Every frame is first checked against the reference.
 2. **C**: the library is timed in C (``targets/c/timing.py``: one ``hmn_classify`` call per row,
-   and ``hmn_classify_batch``, best of several runs), for trees in both tree codes (flat arrays
-   and if/else) and the default; against the float model's ``predict`` on the same rows
+   and ``hmn_classify_batch``, best of ``--runs`` runs of at least 2 ms: on a shared machine many
+   short runs find an undisturbed one, a few long ones rarely do), for trees in every tree code
+   (flat arrays, if/else, and for boosted trees the bitvector code) and the default; against
+   the float model's ``predict`` on the same rows
    (scikit-learn / xgboost, one thread; PyTorch for the MLP) and, for dt/rf/xgb, tl2cgen
    compiling the same float model (gcc, one thread; installed by this script into
    ``~/.cache/homunculus-bench``, never into the project).
@@ -24,7 +26,7 @@ ratios compare runs made under the same load:
    from this run's measurements.
 
     python bench/kernel.py [--seeds 0 1 2] [--sizes dt-d8 rf-t16 ...] [--repeat 100000]
-                           [--frames 8] [--batch 10000] [--runs 5] [--skip-xdp] [--skip-c]
+                           [--frames 8] [--batch 10000] [--runs 40] [--skip-xdp] [--skip-c]
                            [--no-tl2cgen] [--fit]
 
 Needs root (BPF programs), clang, gcc and libbpf. Build outputs go to a temporary directory.
@@ -58,6 +60,7 @@ from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import TrainedModel, get_family
 from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.targets.c import resources as c_resources
+from homunculus.targets.c.codegen import resolve_tree_code, tree_leaves
 from homunculus.targets.c.profiles import CProfile
 from homunculus.targets.c.timing import time_program
 from homunculus.targets.xdp import cost as xdp_cost
@@ -99,6 +102,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 XDP_GOALS = {"dt-d8": 20.0, "rf-t16": 200.0, "gnb-b8": 40.0, "gnb-b32": 40.0, "cnb-b16": 40.0,
              "svm-b16": 40.0, "kmeans-b16": 40.0, "mlp-2x32": 600.0}
 C_GOAL_SPEEDUP = 5.0
+RUN_MS = 2.0  # each C timing run lasts at least this long; the best of --runs runs counts
 C_GOAL_SINGLE_NS = {"dt-d8": 50.0}
 TREE_FAMILIES = ("dt", "rf", "xgb")
 
@@ -365,6 +369,7 @@ class CRun:
     estimate_ns: float
     twin_ok: bool
     counts: dict[str, int] = field(default_factory=dict)
+    auto: str = "-"  # the tree code "auto" chose
 
 
 def median_ns(fn: Callable[[], object], n_items: int, runs: int) -> float:
@@ -464,19 +469,21 @@ def c_run(model: Model, xb: np.ndarray, runs: int, tl2: bool, work: Path) -> CRu
     program = model.program
     codes = {}
     family = model.trained.family
-    default = time_program(program, xb, repeats=runs)
+    default = time_program(program, xb, repeats=runs, min_ms=RUN_MS)
     twin_ok = bool(np.array_equal(default.classes, model.trained.predict_quantised(xb)))
     if family in TREE_FAMILIES:
-        for code in ("arrays", "branches"):
-            t = time_program(program, xb, tree_code=code, repeats=runs)
+        bitvector = family == "xgb" and max(len(tree_leaves(t)) for t in program.model.trees) <= 64
+        for code in ("arrays", "branches", *(("bitvector",) * bitvector)):
+            t = time_program(program, xb, tree_code=code, repeats=runs, min_ms=RUN_MS)
             twin_ok &= bool(np.array_equal(t.classes, default.classes))
             codes[code] = (t.single_ns, t.batch_ns)
     name, float_ns = float_timing(model, xb, runs)
     tl2_ns = tl2cgen_timing(model, xb, runs, work) if tl2 and family in TREE_FAMILIES else None
     counts = c_resources.op_counts(program).__dict__
+    widths = [f.field.width for f in program.features]
     return CRun(model.label, model.seed, default.single_ns, default.batch_ns, codes, name,
                 float_ns, tl2_ns, c_resources.op_counts(program).latency_ns(CProfile()), twin_ok,
-                dict(counts))
+                dict(counts), resolve_tree_code(program.model, "auto", widths))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -547,21 +554,23 @@ def c_table(runs: Sequence[CRun]) -> str:
 
 
 def tree_code_table(runs: Sequence[CRun]) -> str:
-    headers = ["model", "arrays ns/call", "branches ns/call", "arrays ns/row (batch)",
-               "branches ns/row (batch)", "faster (batch)", "default (auto)"]
+    codes = ("arrays", "branches", "bitvector")
+    headers = ["model", *(f"{c} ns/call" for c in codes), *(f"{c} ns/row (batch)" for c in codes),
+               "fastest (batch)", "default (auto)"]
     body = []
     for label, rs in by_label(runs).items():
         if not rs[0].codes:
             continue
-        arr = [r.codes["arrays"] for r in rs]
-        br = [r.codes["branches"] for r in rs]
-        ratio = [b[1] / a[1] for a, b in zip(arr, br, strict=True)]
-        faster = "arrays" if statistics.fmean(ratio) > 1 else "branches"
-        default = "arrays" if CONFIGS[label][0] == "rf" else "branches"
-        body.append([label, mean_sd([a[0] for a in arr]), mean_sd([b[0] for b in br]),
-                     mean_sd([a[1] for a in arr]), mean_sd([b[1] for b in br]),
-                     f"{faster} ({mean_sd([max(x, 1 / x) for x in ratio], '{:.2f}x')})",
-                     default])
+        cells, means = [], {}
+        for i in (0, 1):
+            for c in codes:
+                vals = [r.codes[c][i] for r in rs if c in r.codes]
+                cells.append(mean_sd(vals) if vals else "-")
+                if i == 1 and vals:
+                    means[c] = statistics.fmean(vals)
+        best = min(means, key=means.__getitem__)
+        second = sorted(means.values())[1] if len(means) > 1 else means[best]
+        body.append([label, *cells, f"{best} ({second / means[best]:.2f}x next)", rs[0].auto])
     return markdown_table(headers, body)
 
 
@@ -592,9 +601,12 @@ def estimate_table(xdp: Sequence[XdpRun], c: Sequence[CRun]) -> str:
     within = [abs(r.estimate_ns / r.model_ns - 1) <= 0.25 for r in xdp]
     within_i = [abs(r.estimate_insns / r.insns - 1) <= 0.25 for r in xdp]
     within_c = [abs(r.estimate_ns / r.single_ns - 1) <= 0.25 for r in c]
+    misses = [f"{r.label} seed {r.seed} ({r.estimate_ns:.1f} vs {r.single_ns:.1f} ns)"
+              for r, ok in zip(c, within_c, strict=True) if not ok]
     summary = (f"\n\nWithin 25%: XDP latency {sum(within)}/{len(within)} runs, XDP verifier "
                f"instructions {sum(within_i)}/{len(within_i)}, C latency "
-               f"{sum(within_c)}/{len(within_c)}.")
+               f"{sum(within_c)}/{len(within_c)}"
+               + (f" (C misses: {'; '.join(misses)})." if misses else "."))
     return markdown_table(headers, body) + summary
 
 
@@ -661,7 +673,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         metavar="CONFIG", help=f"configurations (default all: {list(CONFIGS)})")
     parser.add_argument("--frames", type=int, default=8, help="distinct test frames per program")
     parser.add_argument("--batch", type=int, default=10_000, help="rows per batched call")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per C measurement")
+    parser.add_argument("--runs", type=int, default=40,
+                        help=f"timed runs (of >= {RUN_MS:g} ms) per C measurement; the best counts")
     parser.add_argument("--skip-xdp", action="store_true")
     parser.add_argument("--skip-c", action="store_true")
     parser.add_argument("--no-tl2cgen", action="store_true")
@@ -703,9 +716,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         + xdp_table(xdp_runs, base_insns))
     if c_runs:
         sections.append(f"### C library vs float model and tl2cgen (batch {args.batch:,} rows, "
-                        f"best of {args.runs} runs timed in C; mean ± sd over seeds {seeds})"
+                        f"best of {args.runs} runs of >= {RUN_MS:g} ms timed in C; mean ± sd "
+                        f"over seeds {seeds})"
                         "\n\n" + c_table(c_runs))
-        sections.append("### C trees: flat arrays vs if/else (same runs)\n\n"
+        sections.append("### C trees: flat arrays vs if/else vs bitvector (same runs)\n\n"
                         + tree_code_table(c_runs))
     sections.append("### Cost model: estimate next to measurement\n\n"
                     + estimate_table(xdp_runs, c_runs))

@@ -95,7 +95,7 @@ def family_data():
 
 @pytest.mark.parametrize("family,tree_code", [*((f, "auto") for f in FAMILIES),
                                               *((f, code) for f in TREES
-                                                for code in ("arrays", "branches"))])
+                                                for code in ("arrays", "branches", "bitvector"))])
 def test_family_library_equals_model_and_twin(family, tree_code, family_data, tmp_path) -> None:
     widths, x, y, probe = family_data
     ds, trained = train(family, widths, x, y)
@@ -245,7 +245,7 @@ def test_awkward_trees_and_ties(tmp_path) -> None:
     for trees in ((t0,), (t0, t1)):
         model = QTreeEnsemble(trees, (0, 0, 0))
         program = lower_cpu(model, feats, ("a", "b", "c"), DSCP_PLAN)
-        for code in ("arrays", "branches"):
+        for code in ("arrays", "branches", "bitvector"):
             lib = emit_and_load(program, tmp_path / f"{len(trees)}{code}", tree_code=code)
             assert_agrees(lib, program, rows, np.argmax(model.scores(rows), axis=1))
 
@@ -304,3 +304,68 @@ def test_compile_error_carries_gcc_output(tmp_path) -> None:
     src.write_text("int f(void) { int unused; return 0; }\n")
     with pytest.raises(CompileError, match="unused"):
         compile_shared([src], tmp_path)
+
+
+def test_bitvector_boosted_trees_in_every_block(tmp_path) -> None:
+    """Many boosted trees (one score column each) over 16-bit features: ``auto`` takes the
+    bitvector code (QuickScorer's layout) for batches; batches of 1, 63, 64, 65 and 200 rows
+    and single calls equal the model, including rows at the thresholds and the widths' ends."""
+    from homunculus.targets.c.codegen import build_context
+
+    rng = np.random.default_rng(3)
+    widths = (16, 8, 12)
+    trees = []
+    for t in range(45):  # depth 3, one split leaf-deep on the left, sometimes a split that
+        f = [int(v) for v in rng.integers(0, 3, 5)]  # never goes right (threshold at the max)
+        thr = [int(rng.integers(0, 1 << widths[v])) for v in f]
+        thr[4] = (1 << widths[f[4]]) - 1 if t % 3 == 0 else thr[4]
+        col = t % 3
+        leaf = [tuple(int(rng.integers(-50, 50)) if k == col else 0 for k in range(3))
+                for _ in range(6)]
+        zero = (0, 0, 0)
+        # nodes: 0 split(1, 2); 1 split(3, 4); 2 split(5, 6); 3 leaf; 4 split(7, 8); 5-8 leaves
+        trees.append(QTree((f[0], f[1], f[2], -2, f[4], -2, -2, -2, -2),
+                           (thr[0], thr[1], thr[2], 0, thr[4], 0, 0, 0, 0),
+                           (1, 3, 5, -1, 7, -1, -1, -1, -1), (2, 4, 6, -1, 8, -1, -1, -1, -1),
+                           (zero, zero, zero, leaf[0], zero, leaf[1], leaf[2], leaf[3],
+                            leaf[4])))
+    model = QTreeEnsemble(tuple(trees), (1, 0, 2))
+    feats = tuple(FeatureDecl(f"x{i}", w) for i, w in enumerate(widths))
+    program = lower_cpu(model, feats, ("a", "b", "c"), DSCP_PLAN)
+    assert program.model.mode == "scalar"
+    assert build_context(program, "m")["bv"]["lane"] == "uint16_t"
+    lib = emit_and_load(program, tmp_path)
+    edges = np.array([[tr.threshold[0] + d, tr.threshold[1] + d, tr.threshold[2] + d]
+                      for tr in trees[:20] for d in (0, 1)]) % np.array([1 << w for w in widths])
+    rows = np.vstack([np.stack([rng.integers(0, 1 << w, 160) for w in widths], axis=1), edges,
+                      extreme_rows(list(widths))])
+    expected = np.argmax(model.scores(masked(rows, list(widths))), axis=1)
+    assert_agrees(lib, program, rows, expected)
+    for n in (1, 63, 64, 65, 200):
+        np.testing.assert_array_equal(lib.classify_batch(rows[:n]), expected[:n])
+
+
+def test_auto_tree_code_and_its_cost() -> None:
+    """``auto``: the bitvector code for >= 40 boosted trees of <= 16 leaves over <= 16-bit
+    features, if/else for fewer trees or wider features; its one-row cost is the flat arrays'."""
+    from homunculus.ir.cpu import FlatTree, TreeModel
+    from homunculus.targets.c import resources
+    from homunculus.targets.c.codegen import BITVECTOR_MIN_TREES, resolve_tree_code
+
+    stump = FlatTree((0, -1, -1), (5, 0, 1), (1, 1, 2), ((0,), (3,)), column=0, depth=1)
+    many = TreeModel("scalar", 2, (0, 0), (stump,) * BITVECTOR_MIN_TREES)
+    few = TreeModel("scalar", 2, (0, 0), (stump,) * (BITVECTOR_MIN_TREES - 1))
+    assert resolve_tree_code(many, "auto", [16, 8]) == "bitvector"
+    assert resolve_tree_code(many, "auto", [17, 8]) == "branches"
+    assert resolve_tree_code(few, "auto", [16, 8]) == "branches"
+    assert resolve_tree_code(many, "arrays", [16, 8]) == "arrays"
+    with pytest.raises(ValueError, match="tree_code must be"):
+        resolve_tree_code(many, "heap", [16, 8])
+    feats = (FeatureDecl("a", 16), FeatureDecl("b", 8))
+    trees = tuple(QTree((0, -2, -2), (5 + t, 0, 0), (1, -1, -1), (2, -1, -1),
+                        ((0, 0), (0, t), (0, -t)) if t % 2 else ((0, 0), (t, 0), (-t, 0)))
+                  for t in range(1, BITVECTOR_MIN_TREES + 1))
+    program = lower_cpu(QTreeEnsemble(trees, (0, 0)), feats, ("a", "b"), DSCP_PLAN)
+    assert program.model.mode == "scalar"
+    assert resources.op_counts(program) == resources.op_counts(program, "arrays")
+    assert resources.op_counts(program) != resources.op_counts(program, "branches")

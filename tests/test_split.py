@@ -306,16 +306,16 @@ def test_a_yaml_chain_ending_on_a_host_compiles(tmp_path, example_csv, host) -> 
         assert (built / "xdp" / "snapshot.json").is_file()
     assert device["usage"]["latency_ns"] > 0
     bad = "".join(line.replace(f"target: {host}}}", f"target: {host}, constraints: "
-                               "{performance: {latency_ns: 5}}}") for line in
+                               "{performance: {latency_ns: 2}}}") for line in
                   spec.read_text().splitlines(keepends=True))
     spec.write_text(bad)
     result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o2"),
                                  "--no-progress"])
     assert result.exit_code == 2, result.output
     assert f"device 2 (sw2, {host} host)" in result.output
-    assert "latency_ns" in result.output and "limit 5 ns" in result.output
+    assert "latency_ns" in result.output and "limit 2 ns" in result.output
     assert not (tmp_path / "o2").exists()
-    roomy = bad.replace("latency_ns: 5}", "latency_ns: 100000}")
+    roomy = bad.replace("latency_ns: 2}", "latency_ns: 100000}")
     spec.write_text(roomy)
     result = runner.invoke(app, ["compile", str(spec), "-o", str(tmp_path / "o3"),
                                  "--no-progress"])

@@ -1,7 +1,8 @@
 """Resource and cost model of the generated C: parameter memory and the latency of one call.
 
 Latency is one ``hmn_classify`` call on one core: the call and feature masking, then per tree
-its walk (if/else levels, or flat-array steps, a forest's trees walked in groups side by side)
+its walk (if/else levels, or flat-array steps, a forest's trees walked in groups side by side;
+the bitvector code, a batch's, walks one row on flat arrays)
 and leaf row, per encoder its index or search steps and score row, per dense layer its
 multiply-accumulates and outputs, and the arg-max. The per-operation costs are a
 :class:`CProfile`'s; throughput is ``cores / latency``.
@@ -56,7 +57,8 @@ def op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
 def model_op_counts(program: CpuProgram, tree_code: str = "auto") -> OpCounts:
     model, nf = program.model, len(program.features)
     if isinstance(model, TreeModel):
-        code = resolve_tree_code(model, tree_code)
+        code = resolve_tree_code(model, tree_code, [f.field.width for f in program.features])
+        code = "arrays" if code == "bitvector" else code  # its single row walks flat arrays
         n = len(model.trees)
         if model.mode == WINNER:
             steps = {"branch_steps" if code == "branches" else "array_steps": model.depth}

@@ -3,12 +3,14 @@ retraining every window and (c) proxy-triggered retraining with the realistic ag
 heuristics and nDPI; never the oracle), with the CPU seconds spent retraining and the installs.
 
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
+        [--adapt "{sampling: first_k_rate, first_k: 4, one_in: 16}"]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
 capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: first 4
-packets per flow), then the three policies replayed over the same capture in simulated time
-(5-second windows). Goals (issue 12): after the drift (phases 1 and 2), (c) at least 25 F1
-points above (a), and within 2 points of (b) at no more than 40% of (b)'s retraining CPU time.
+packets per flow unless ``--adapt`` says otherwise), then the three policies replayed over
+the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
+(phases 1 and 2), (c) at least 25 F1 points above (a), and within 2 points of (b) at no more
+than 40% of (b)'s retraining CPU time.
 Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json and
 DIR/adaptation.png (F1 per window, seed 0).
 """

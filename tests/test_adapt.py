@@ -284,6 +284,38 @@ def test_first_k_rate_samples_flow_heads_then_one_in_n_of_later_packets() -> Non
         TelemetryConfig("sometimes")
 
 
+def test_set_telemetry_writes_every_and_refuses_first_k_rate_on_older_programs() -> None:
+    """hmn_tel_cfg is (mode, param, every) now; a program compiled before first_k_rate has
+    (mode, param) only: the other modes still work there, first_k_rate is refused."""
+    from homunculus.targets.xdp.snapshot import SnapshotError, set_telemetry
+
+    class FakeMap:
+        def __init__(self, value_size: int) -> None:
+            self.value_size, self.written = value_size, None
+
+        def update(self, key: int, value: bytes) -> None:
+            assert len(value) == self.value_size
+            self.written = value
+
+    class Maps:
+        def __init__(self, value_size: int) -> None:
+            self.cfg = FakeMap(value_size)
+
+        def map(self, name: str) -> FakeMap:
+            assert name == "hmn_tel_cfg"
+            return self.cfg
+
+    config = TelemetryConfig("first_k_rate", first_k=4, one_in=16)
+    new = Maps(12)
+    set_telemetry(new, config.mode, config.param, config.every)
+    assert np.frombuffer(new.cfg.written, "<u4").tolist() == [3, 4, 16]
+    old = Maps(8)
+    set_telemetry(old, 2, 4)
+    assert np.frombuffer(old.cfg.written, "<u4").tolist() == [2, 4]
+    with pytest.raises(SnapshotError, match="first_k_rate"):
+        set_telemetry(old, config.mode, config.param, config.every)
+
+
 @pytest.mark.parametrize(("target", "adapt", "message"), [
     ("xdp", "{sampling: first_k_rate, first_k: 4, one_in: 0}",
      "field 'adapt.one_in': Input should be greater than or equal to 1"),

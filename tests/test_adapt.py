@@ -255,6 +255,88 @@ def test_combination_by_priority_and_by_vote() -> None:
 # ----------------------------------------------------------------------------- policy
 
 
+def test_first_k_rate_samples_flow_heads_then_one_in_n_of_later_packets() -> None:
+    """first_k_rate: the first k packets of each flow, then its packets k + N, k + 2N, ...;
+    counted per flow (interleaving does not matter) and carried across windows."""
+    n_long, n_short = 40, 3
+    flows = [(1, 9, 1000, 53)] * n_long + [(2, 9, 2000, 53)] * n_short
+    order = np.random.default_rng(0).permutation(len(flows))
+    table = pd.DataFrame([flows[i] for i in order],
+                         columns=["ip_src", "ip_dst", "src_port", "dst_port"]).assign(
+        ip_proto=17, has_tcp=False, has_udp=True)
+    config = TelemetryConfig("first_k_rate", first_k=4, one_in=8)
+    mask = sample_mask(table, np.ones(len(table), bool), config)
+    long_at = np.flatnonzero(table["ip_src"].to_numpy() == 1)  # the long flow's packets, in order
+    assert np.flatnonzero(mask[long_at]).tolist() == [0, 1, 2, 3, 11, 19, 27, 35]
+    assert mask[table["ip_src"].to_numpy() == 2].all()
+    head_only = sample_mask(table, np.ones(len(table), bool), TelemetryConfig("first_k",
+                                                                              first_k=4))
+    assert (head_only <= mask).all() and mask.sum() == head_only.sum() + 4
+    counter: dict = {}
+    parts = [sample_mask(table.iloc[lo:hi], np.ones(hi - lo, bool), config, counter)
+             for lo, hi in ((0, 10), (10, 25), (25, len(table)))]
+    assert (np.concatenate(parts) == mask).all(), "windows sample as one pass"
+    assert config.mode == 3 and (config.param, config.every) == (4, 8)
+    assert TelemetryConfig("first_k", first_k=4).every == 0
+    with pytest.raises(ValueError, match="adapt.one_in"):
+        TelemetryConfig("first_k_rate", one_in=0)
+    with pytest.raises(ValueError, match="adapt.sampling"):
+        TelemetryConfig("sometimes")
+
+
+def test_set_telemetry_writes_every_and_refuses_first_k_rate_on_older_programs() -> None:
+    """hmn_tel_cfg is (mode, param, every) now; a program compiled before first_k_rate has
+    (mode, param) only: the other modes still work there, first_k_rate is refused."""
+    from homunculus.targets.xdp.snapshot import SnapshotError, set_telemetry
+
+    class FakeMap:
+        def __init__(self, value_size: int) -> None:
+            self.value_size, self.written = value_size, None
+
+        def update(self, key: int, value: bytes) -> None:
+            assert len(value) == self.value_size
+            self.written = value
+
+    class Maps:
+        def __init__(self, value_size: int) -> None:
+            self.cfg = FakeMap(value_size)
+
+        def map(self, name: str) -> FakeMap:
+            assert name == "hmn_tel_cfg"
+            return self.cfg
+
+    config = TelemetryConfig("first_k_rate", first_k=4, one_in=16)
+    new = Maps(12)
+    set_telemetry(new, config.mode, config.param, config.every)
+    assert np.frombuffer(new.cfg.written, "<u4").tolist() == [3, 4, 16]
+    old = Maps(8)
+    set_telemetry(old, 2, 4)
+    assert np.frombuffer(old.cfg.written, "<u4").tolist() == [2, 4]
+    with pytest.raises(SnapshotError, match="first_k_rate"):
+        set_telemetry(old, config.mode, config.param, config.every)
+
+
+@pytest.mark.parametrize(("target", "adapt", "message"), [
+    ("xdp", "{sampling: first_k_rate, first_k: 4, one_in: 0}",
+     "field 'adapt.one_in': Input should be greater than or equal to 1"),
+    ("xdp", "{sampling: first_k_rate, first_k: 0}",
+     "field 'adapt.first_k': Input should be greater than or equal to 1"),
+    ("xdp", "{sampling: sometimes}", "field 'adapt.sampling': Input should be 'rate', "
+                                     "'first_k' or 'first_k_rate'"),
+    ("bmv2", "{sampling: first_k_rate}", "field 'adapt.sampling': adapt.sampling: "
+                                         "first_k_rate needs per-flow counters"),
+    ("tofino", "{sampling: first_k}", "field 'adapt.sampling': adapt.sampling: first_k"),
+], ids=["one_in", "first_k", "sampling", "bmv2", "tofino"])
+def test_bad_sampling_knobs_name_the_field_and_exit_2(tmp_path: Path, target: str, adapt: str,
+                                                      message: str) -> None:
+    spec = DRIFT_SPEC.format(target=target, profile="{}").replace(
+        "{sampling: first_k, first_k: 4}", adapt)
+    (tmp_path / "spec.yaml").write_text(spec)
+    code, text = cli("compile", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"),
+                     "--no-progress")
+    assert code == 2 and message in text, text
+
+
 def test_trigger_policy() -> None:
     classes = ("benign", "attack")
     enough = {"benign": 50, "attack": 50}

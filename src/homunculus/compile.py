@@ -203,7 +203,9 @@ def make_target_and_limits(plan: Plan) -> tuple[Target, Limits]:
     try:
         target = with_adapt(target, plan.adapt)
     except KeyError as exc:
-        raise plan.error("adapt", str(exc.args[0])) from None
+        message = str(exc.args[0])
+        field = "adapt.sampling" if message.startswith("adapt.sampling") else "adapt"
+        raise plan.error(field, message) from None
     c = plan.platform.constraints
     wanted = {**c.resources.model_dump(exclude_none=True),
               **c.performance.model_dump(exclude_none=True)}

@@ -410,7 +410,12 @@ def run_live(deployed: Deployed, name: str | None, agents: Sequence[Agent],
         pins.close()
         raise DeployError(f"'{dep.name}' runs a program without telemetry (no hmn_samples "
                           "map): deploy a compile with an 'adapt:' section")
-    set_telemetry(pins, deployed.telemetry.mode, deployed.telemetry.param)
+    try:
+        set_telemetry(pins, deployed.telemetry.mode, deployed.telemetry.param,
+                      deployed.telemetry.every)
+    except ValueError as e:  # a program older than its compile's sampling mode
+        pins.close()
+        raise DeployError(f"'{dep.name}': {e}") from e
     loop = AdaptLoop(deployed, agents, XdpInstaller(dep.name), config, log)
     loop.version = dep.version
     ring = RingBuffer(pins.map("hmn_samples").fd)

@@ -222,9 +222,11 @@ class AdaptSpec(Strict):
     """Life after deployment (``homunculus adapt``): telemetry out of the data plane and, on
     switches, model tables keyed on a version register so installs are atomic."""
 
-    sampling: Literal["rate", "first_k"] = Field(
+    sampling: Literal["rate", "first_k", "first_k_rate"] = Field(
         default="first_k", description="rate: every one_in-th classified packet; first_k: the "
-                                       "first first_k packets of each flow")
+                                       "first first_k packets of each flow; first_k_rate: the "
+                                       "first first_k packets of each flow, then every "
+                                       "one_in-th of its later packets (XDP only)")
     one_in: int = Field(default=16, ge=1, le=1 << 20)
     first_k: int = Field(default=4, ge=1, le=1 << 16)
     versioned: bool = Field(default=True, description="switches: version-keyed model tables")

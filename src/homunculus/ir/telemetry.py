@@ -12,7 +12,12 @@ Sampling (deterministic, so the twins reproduce it):
 - ``rate``: every ``one_in``-th classified packet (a counter per CPU on XDP, one register on a
   switch; the twin counts the classified packets of a capture in order);
 - ``first_k``: the first ``first_k`` classified packets of each directional 5-tuple (XDP: an LRU
-  hash of 5-tuples; the twin: a dictionary, exact while fewer flows than the LRU's size are live).
+  hash of 5-tuples; the twin: a dictionary, exact while fewer flows than the LRU's size are live);
+- ``first_k_rate``: the first ``first_k`` packets of each flow, as ``first_k``, then every
+  ``one_in``-th of the flow's later packets (its packets number ``first_k + one_in``,
+  ``first_k + 2 one_in``, ...), so long flows keep being seen. Per flow, not per CPU: the count
+  lives in the same LRU entry (XDP keeps it modulo ``one_in`` past ``first_k``, so it never
+  wraps); switches keep no per-flow state and offer ``rate`` only.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SAMPLINGS = ("rate", "first_k")
-MODE_CODES = {"off": 0, "rate": 1, "first_k": 2}
+SAMPLINGS = ("rate", "first_k", "first_k_rate")
+MODE_CODES = {"off": 0, "rate": 1, "first_k": 2, "first_k_rate": 3}
 FLOW_TABLE = 65536
 """Entries of the XDP program's LRU table of sampled flows (first_k sampling)."""
 
@@ -41,16 +46,21 @@ class TelemetryConfig:
     """How the data plane samples the packets it classifies."""
 
     sampling: str = "first_k"
-    one_in: int = 16  # rate: every one_in-th classified packet
-    first_k: int = 4  # first_k: packets per flow
+    one_in: int = 16  # rate: every one_in-th classified packet; first_k_rate: of later packets
+    first_k: int = 4  # first_k, first_k_rate: the first packets of each flow
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, not {self.sampling!r}")
-        if not 1 <= self.one_in <= 1 << 20:
-            raise ValueError("one_in must be 1..2^20")
-        if not 1 <= self.first_k <= 1 << 16:
-            raise ValueError("first_k must be 1..65536")
+            raise ValueError(f"adapt.sampling must be one of {list(SAMPLINGS)}, not "
+                             f"{self.sampling!r}")
+        if isinstance(self.one_in, bool) or not isinstance(self.one_in, int) \
+                or not 1 <= self.one_in <= 1 << 20:
+            raise ValueError(f"adapt.one_in must be an integer in 1..{1 << 20}, not "
+                             f"{self.one_in!r}")
+        if isinstance(self.first_k, bool) or not isinstance(self.first_k, int) \
+                or not 1 <= self.first_k <= 1 << 16:
+            raise ValueError(f"adapt.first_k must be an integer in 1..{1 << 16}, not "
+                             f"{self.first_k!r}")
 
     @property
     def mode(self) -> int:
@@ -58,7 +68,13 @@ class TelemetryConfig:
 
     @property
     def param(self) -> int:
+        """The first knob of ``hmn_tel_cfg``: one_in (rate) or first_k (per-flow modes)."""
         return self.one_in if self.sampling == "rate" else self.first_k
+
+    @property
+    def every(self) -> int:
+        """The second knob of ``hmn_tel_cfg``: one_in for ``first_k_rate``, else 0."""
+        return self.one_in if self.sampling == "first_k_rate" else 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,12 +153,17 @@ def sample_mask(table: pd.DataFrame, classified: np.ndarray, config: TelemetryCo
                      np.where(ports, table["src_port"].to_numpy(np.int64), 0),
                      np.where(ports, table["dst_port"].to_numpy(np.int64), 0),
                      table["ip_proto"].to_numpy(np.int64)], axis=1)
+    later = config.sampling == "first_k_rate"
+    k, every = config.first_k, config.one_in
     for i in idx:
         key = tuple(keys[i].tolist())
         seen = flows.get(key, 0)
-        if seen < config.first_k:
+        if seen < k:
             flows[key] = seen + 1
             mask[i] = True
+        elif later:  # the flow's packet seen + 1: sampled when (seen + 1 - k) % every == 0
+            flows[key] = seen + 1
+            mask[i] = (seen + 1 - k) % every == 0
     return mask
 
 

@@ -38,7 +38,8 @@ def make_target(name: str, overrides: dict[str, Any]) -> tuple[Target, Limits]:
 
 def with_adapt(target: Target, adapt: Any) -> Target:
     """``target`` compiled for adaptation (the spec's ``adapt`` section): telemetry sampling
-    and, on switches, version-keyed model tables. KeyError for the C target (no data plane)."""
+    and, on switches, version-keyed model tables. KeyError for the C target (no data plane)
+    and for per-flow sampling on a switch."""
     from dataclasses import replace
 
     from homunculus.ir.telemetry import TelemetryConfig
@@ -49,6 +50,10 @@ def with_adapt(target: Target, adapt: Any) -> Target:
         raise KeyError("the C target classifies feature vectors for its caller: it has no "
                        "data plane to sample or install into (use xdp, tofino or bmv2)")
     telemetry = TelemetryConfig(adapt.sampling, adapt.one_in, adapt.first_k)
+    if target.name in SWITCHES and telemetry.sampling != "rate":
+        raise KeyError(f"adapt.sampling: {telemetry.sampling} needs per-flow counters that only "
+                       f"the XDP target keeps; {target.name} samples at a rate (adapt.sampling: "
+                       "rate, with adapt.one_in)")
     if target.name in SWITCHES:
         return replace(target, telemetry=telemetry, versioned=adapt.versioned)  # type: ignore
     return replace(target, telemetry=telemetry)  # type: ignore[type-var]

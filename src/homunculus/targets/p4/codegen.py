@@ -563,8 +563,9 @@ def adapt_context(context: dict[str, Any], pipeline: Pipeline, *, versioned: boo
     if telemetry is None:
         return
     if telemetry.sampling != "rate":
-        raise ValueError("switches sample at a rate (adapt.sampling: rate); first_k needs "
-                         "per-flow counters that only the XDP target keeps")
+        raise ValueError(f"adapt.sampling: {telemetry.sampling} needs per-flow counters that "
+                         "only the XDP target keeps; switches sample at a rate (adapt.sampling: "
+                         "rate)")
     direct = feature_keys(pipeline)
     features = [{"name": f"x{j}", "width": f.field.width,
                  "expr": direct.get(f.field.name, f"meta.{f.field.name}")}

@@ -279,9 +279,18 @@ def has_map(maps: MapSource, name: str) -> bool:
     return True
 
 
-def set_telemetry(maps: MapSource, mode: int, param: int) -> None:
-    """Turn sampling on (mode 1: every param-th packet, 2: first param per flow) or off (0)."""
-    maps.map("hmn_tel_cfg").update(0, mode.to_bytes(4, "little") + param.to_bytes(4, "little"))
+def set_telemetry(maps: MapSource, mode: int, param: int, every: int = 0) -> None:
+    """Turn sampling on (mode 1: every param-th packet, 2: first param per flow, 3: first param
+    per flow then every every-th later packet of the flow) or off (0). Programs compiled before
+    mode 3 have an 8-byte configuration (mode, param): they take modes 0-2 only."""
+    cfg = maps.map("hmn_tel_cfg")
+    value = mode.to_bytes(4, "little") + param.to_bytes(4, "little")
+    if cfg.value_size >= 12:
+        value += every.to_bytes(4, "little") + bytes(cfg.value_size - 12)
+    elif mode == 3:
+        raise SnapshotError("this program was compiled before first_k_rate sampling (adapt."
+                          "sampling): recompile it, or use first_k or rate")
+    cfg.update(0, value)
 
 
 def slot_versions(maps: MapSource) -> tuple[int, int]:

@@ -1,0 +1,61 @@
+"""How large a random forest the Tofino budget admits on the IoT example, against bmv2.
+
+Evaluates three fixed forests (the family's default, and two larger ones) on split 0 of
+``bench/small_tabular.py``'s IoT data for both switch targets: estimated stages and entries,
+feasibility under the target's default limits, and test accuracy, next to scikit-learn's
+default forest. Writes nothing into the source tree.
+
+    python bench/forest_fit.py [--split 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import load_setup, markdown_table
+from small_tabular import reference, spec_text, split, write_data
+
+from homunculus.search.problem import evaluate
+
+FORESTS = (
+    {"rf_n_estimators": 10, "rf_max_depth": 6, "rf_min_samples_leaf": 1,
+     "rf_max_features": 0.5, "rf_leaf_bits": 4},
+    {"rf_n_estimators": 10, "rf_max_depth": 10, "rf_min_samples_leaf": 1,
+     "rf_max_features": 0.4, "rf_leaf_bits": 4},
+    {"rf_n_estimators": 24, "rf_max_depth": 10, "rf_min_samples_leaf": 1,
+     "rf_max_features": 0.4, "rf_leaf_bits": 4},
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", type=int, default=0)
+    args = parser.parse_args()
+    x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
+    sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)
+                            == y_te))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_data(root, "iot", x_tr, x_te, y_tr, y_te)
+        for target in ("tofino", "bmv2"):
+            spec = root / f"{target}.yaml"
+            spec.write_text(spec_text("iot", widths, "rf", target, 1, args.split))
+            problem = load_setup(spec, args.split).problem
+            for params in FORESTS:
+                ev = evaluate(problem, "rf", params)
+                accuracy = float(np.mean(ev.trained.predict_quantised(x_te) == y_te))
+                rows.append([target, params["rf_n_estimators"], params["rf_max_depth"],
+                             ev.usage.stages, ev.usage.entries,
+                             "yes" if ev.feasibility.feasible else
+                             "; ".join(ev.feasibility.violations), f"{accuracy:.4f}"])
+    print(markdown_table(["target", "trees", "depth", "est. stages", "entries", "fits",
+                          "test acc."], rows))
+    print(f"\nscikit-learn's default forest (100 trees, unlimited depth): {sklearn:.4f}")
+
+
+if __name__ == "__main__":
+    main()

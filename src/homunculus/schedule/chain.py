@@ -73,13 +73,7 @@ class ChainResult:
 
     def summary(self) -> list[str]:
         r = self.report
-        m = r["metrics"]
-        lines = [f"{r['family']} split over {r['devices_used']} of {len(r['chain'])} "
-                 f"device(s) ({', '.join(d['name'] for d in r['devices'])}); carry header "
-                 f"{r['header_bytes']} bytes over {max(r['devices_used'] - 1, 0)} link(s)",
-                 f"  {r['metric']}: float {m['float']:.4f}, quantised {m['quantised']:.4f}, "
-                 f"chain {m['pipeline']:.4f} (agreement {m['agreement']:.2%} on "
-                 f"{m['test_samples']} test samples)"]
+        lines = headline(r, f"{r['family']} split", "device(s)")
         for d in r["devices"]:
             t = d["usage"]
             checked = "".join(f", {k} {v['used']:g} of {v['limit']:g}"
@@ -105,6 +99,31 @@ class ChainResult:
                          f"{one['family']} at {one['metric']:.4f} (cross-validated; the chain's "
                          f"model: {r['metrics']['validation_quantised']:.4f})")
         return lines
+
+
+def chain_budget(base: Any, options: Any) -> Budget:
+    """The search budget: the command line's trials and seconds, else the spec's."""
+    return Budget(options.trials if options.trials is not None else base.search.trials,
+                  options.seconds if options.seconds is not None else base.search.seconds)
+
+
+def chain_study(output: Any, base: Any, objectives: tuple[str, ...], seed: int,
+                budget: Budget) -> Any:
+    """The chain's Optuna study in OUT: new, resumed, or continued after a partial run."""
+    return open_study(output.study_path, sanitise_identifier(base.name, "study"), objectives,
+                      base.search.sampler, seed, budget, output.resumed is not None,
+                      missing_ok=output.resumed == "partial")
+
+
+def headline(report: dict[str, Any], subject: str, devices: str) -> list[str]:
+    """The first lines of a chain's summary: the split, the header, the metrics."""
+    r, m = report, report["metrics"]
+    return [f"{subject} over {r['devices_used']} of {len(r['chain'])} {devices} "
+            f"({', '.join(d['name'] for d in r['devices'])}); carry header "
+            f"{r['header_bytes']} bytes over {max(r['devices_used'] - 1, 0)} link(s)",
+            f"  {r['metric']}: float {m['float']:.4f}, quantised {m['quantised']:.4f}, "
+            f"chain {m['pipeline']:.4f} (agreement {m['agreement']:.2%} on "
+            f"{m['test_samples']} test samples)"]
 
 
 def chain_devices(plan: ChainPlan) -> list[Device]:
@@ -159,16 +178,12 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
         candidates, allowed = choose_candidates(problem, requested)
     except InfeasibleError as exc:
         raise InfeasibleError(why_nothing_fits(problem, target, requested, str(exc))) from None
-    budget = Budget(options.trials if options.trials is not None else base.search.trials,
-                    options.seconds if options.seconds is not None else base.search.seconds)
+    budget = chain_budget(base, options)
     out_dir = check_out_dir(options.out_dir, [*base.inputs, *options.inputs])
     objectives = tuple(base.model.objectives) if len(base.model.objectives) > 1 else OBJECTIVES
     with open_output(out_dir) as output:
         output.start(options.resume)
-        study = open_study(output.study_path, sanitise_identifier(base.name, "study"),
-                           objectives, base.search.sampler, seed, budget,
-                           output.resumed is not None,
-                           missing_ok=output.resumed == "partial")
+        study = chain_study(output, base, objectives, seed, budget)
         with search_progress(budget.trials, base.model.metric, options.progress) as progress:
             try:
                 result = run_search(problem, allowed, objectives, budget, study, progress)
@@ -253,17 +268,12 @@ def write_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Built, 
                                     f"{program}_{split.devices - 1}")
         twin = run_host(out, devices[-1], split, host, ds.x_test, carried, ds.features)
     produced = twin.class_index
-    bad = np.nonzero(expected != produced)[0]
-    if len(bad):
-        i = int(bad[0])
-        raise VerificationError(
-            f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
-            f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+    check_agreement(expected, produced)
     packets = None
     if ds.traffic is not None and ds.traffic.table is not None:
         packets = verify_chain_packets(split, installed, best, ds.traffic.table,
                                        None if host is None else (out, devices[-1], host))
-    write_model(out, _evaluation_view(best), ds, best.problem.verdict)
+    write_model(out, evaluation_view(best), ds, best.problem.verdict)
     metric = best.problem.metric
 
     def metric_of(pred: np.ndarray) -> float:
@@ -381,7 +391,18 @@ def within_limits(usage: dict[str, Any], limits: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _evaluation_view(best: Built) -> Any:
+def check_agreement(expected: np.ndarray, produced: np.ndarray) -> None:
+    """VerificationError unless the chain's classes equal the quantised model's on every test
+    sample."""
+    bad = np.nonzero(expected != produced)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise VerificationError(
+            f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
+            f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+
+
+def evaluation_view(best: Any) -> Any:
     """What compile.write_model reads of an Evaluation."""
     from types import SimpleNamespace
 

@@ -14,7 +14,7 @@ with the flow registers) inserts the carry header, the others strip and rewrite 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,14 @@ from homunculus.ir.names import sanitise_identifier
 from homunculus.outputs import check_out_dir, open_output
 from homunculus.progress import search_progress
 from homunculus.report.summary import candidates_section, confusion, trial_rows
+from homunculus.schedule.chain import (
+    ChainResult,
+    chain_budget,
+    chain_study,
+    check_agreement,
+    evaluation_view,
+    headline,
+)
 from homunculus.schedule.search import build
 from homunculus.schedule.split import Device
 from homunculus.schedule.split_mlp import (
@@ -48,7 +56,7 @@ from homunculus.schedule.split_mlp import (
 )
 from homunculus.search.metrics import score
 from homunculus.search.problem import make_problem
-from homunculus.search.study import Budget, open_study, run_search
+from homunculus.search.study import run_search
 from homunculus.targets.base import Limits, Usage
 
 OBJECTIVES = ("metric", "stages")
@@ -101,23 +109,13 @@ def chain_usage(split: MlpSplit, n_devices: int) -> Usage:
 
 
 @dataclass
-class MlpChainResult:
-    out_dir: Path
-    report: dict[str, Any] = field(repr=False)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.report["metrics"]
+class MlpChainResult(ChainResult):
+    """A compiled MLP chain of hosts: its directory and report (schedule/chain.py's result)."""
 
     def summary(self) -> list[str]:
         r = self.report
         m = r["metrics"]
-        lines = [f"mlp split by layers over {r['devices_used']} of {len(r['chain'])} host(s) "
-                 f"({', '.join(d['name'] for d in r['devices'])}); carry header "
-                 f"{r['header_bytes']} bytes over {max(r['devices_used'] - 1, 0)} link(s)",
-                 f"  {r['metric']}: float {m['float']:.4f}, quantised {m['quantised']:.4f}, "
-                 f"chain {m['pipeline']:.4f} (agreement {m['agreement']:.2%} on "
-                 f"{m['test_samples']} test samples)"]
+        lines = headline(r, "mlp split by layers", "host(s)")
         for d in r["devices"]:
             first, last = d["layers"]
             lines.append(f"  {d['name']} ({d['target']}): layers {first}..{last}, "
@@ -189,15 +187,11 @@ def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
                            base.search.cv_folds)
     check_smallest_fits(problem, target, base)
     candidates, _ = choose_candidates(problem, [MLP_FAMILY])
-    budget = Budget(options.trials if options.trials is not None else base.search.trials,
-                    options.seconds if options.seconds is not None else base.search.seconds)
+    budget = chain_budget(base, options)
     out_dir = check_out_dir(options.out_dir, [*base.inputs, *options.inputs])
     with open_output(out_dir) as output:
         output.start(options.resume)
-        study = open_study(output.study_path, sanitise_identifier(base.name, "study"),
-                           OBJECTIVES, base.search.sampler, seed, budget,
-                           output.resumed is not None,
-                           missing_ok=output.resumed == "partial")
+        study = chain_study(output, base, OBJECTIVES, seed, budget)
         with search_progress(budget.trials, base.model.metric, options.progress) as progress:
             result = run_search(problem, [MLP_FAMILY], OBJECTIVES, budget, study, progress)
         feasible = [t for t in result.trials if t.state.name == "COMPLETE"
@@ -340,20 +334,11 @@ def write_mlp_chain(out: Path, plan: ChainPlan, devices: list[Device], best: Any
     ds = best.problem.dataset
     expected = best.trained.predict_quantised(ds.x_test)
     produced = run_built_parts(out, split, devices, ds.x_test)["class_id"]
-    bad = np.nonzero(expected != produced)[0]
-    if len(bad):
-        i = int(bad[0])
-        raise VerificationError(
-            f"the chain disagrees with the quantised model on {len(bad)} of {len(expected)} test "
-            f"samples (first: row {i}, model class {expected[i]}, chain class {produced[i]})")
+    check_agreement(expected, produced)
     packets = None
     if ds.traffic is not None and ds.traffic.table is not None:
         packets = verify_chain_packets(out, split, devices, best.pipeline, ds.traffic.table)
-    from types import SimpleNamespace
-
-    write_model(out, SimpleNamespace(trained=best.trained, family=best.family,
-                                     params=best.params, problem=best.problem),
-                ds, best.problem.verdict)
+    write_model(out, evaluation_view(best), ds, best.problem.verdict)
     metric = best.problem.metric
 
     def metric_of(pred: np.ndarray) -> float:

@@ -3,7 +3,7 @@ retraining every window and (c) proxy-triggered retraining with the realistic ag
 heuristics and nDPI; never the oracle), with the CPU seconds spent retraining and the installs.
 
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
-        [--adapt "{sampling: first_k_rate, first_k: 4, one_in: 16}"]
+        [--adapt "{sampling: first_k_rate, first_k: 4, one_in: 16}"] [--proxy min_recall]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
 capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: first 4
@@ -56,7 +56,7 @@ POLICIES = {"a_offline": "never", "b_every_window": "every", "c_proxy": "proxy"}
 
 
 def run_seed(seed: int, phase_s: float, benign: int, work: Path,
-             adapt: str = DEFAULT_ADAPT) -> dict:
+             adapt: str = DEFAULT_ADAPT, proxy: str = "macro_f1") -> dict:
     from homunculus.adapt.dpi import PacketStore
     from homunculus.adapt.loop import LoopConfig, run_replay
     from homunculus.adapt.model import load_deployed
@@ -83,7 +83,8 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
     out = {}
     for key, policy in POLICIES.items():
         agents = build_agents(list(AGENTS), AdaptOptions(base / "out"), store)
-        config = LoopConfig(window_s=5.0, policy=TriggerPolicy(policy), seed=seed)
+        config = LoopConfig(window_s=5.0, policy=TriggerPolicy(policy, proxy=proxy),
+                            seed=seed)
         loop = run_replay(deployed, table, agents, config, lambda _r: None,
                           truth=truth.to_numpy(object))
         windows = loop.windows
@@ -165,13 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt", default=DEFAULT_ADAPT,
                         help="the spec's adapt section (YAML flow mapping): the telemetry "
                              f"sampling; default {DEFAULT_ADAPT}")
+    parser.add_argument("--proxy", default="macro_f1",
+                        help="(c)'s accuracy proxy: macro_f1, min_recall or mean_recall")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="hmn-bench-adapt-") as tmp:
         for seed in args.seeds:
             results[seed] = run_seed(seed, args.phase_seconds, args.benign_packets, Path(tmp),
-                                     args.adapt)
+                                     args.adapt, args.proxy)
             print(f"seed {seed} done", file=sys.stderr)
     text = table(results)
     print(text)

@@ -31,6 +31,7 @@ from homunculus.adapt.policy import (
     GateConfig,
     ReplayBuffer,
     TriggerPolicy,
+    accuracy_proxy,
     gate,
 )
 from homunculus.cli import app
@@ -357,6 +358,40 @@ def test_trigger_policy() -> None:
     assert not TriggerPolicy("never").decide(0.0, True, None, enough, classes)[0]
     with pytest.raises(ValueError, match="trigger policy"):
         TriggerPolicy("sometimes")
+
+
+def test_accuracy_proxy_per_class() -> None:
+    # 200 benign all right; 25 attack, 12 of them called benign
+    labels = np.array(["benign"] * 200 + ["attack"] * 25)
+    model = np.array(["benign"] * 200 + ["attack"] * 13 + ["benign"] * 12)
+    assert accuracy_proxy(labels, model, "macro_f1") == pytest.approx(
+        (2 * 0.52 / 1.52 + 2 * (200 / 212) / (1 + 200 / 212)) / 2)
+    assert accuracy_proxy(labels, model, "min_recall", 20) == pytest.approx(0.52)
+    assert accuracy_proxy(labels, model, "mean_recall", 20) == pytest.approx(0.76)
+    # a class with fewer than min_per_class labelled samples does not count
+    assert accuracy_proxy(labels, model, "min_recall", 30) == 1.0
+    assert accuracy_proxy(labels, model, "min_recall", 300) is None
+    with pytest.raises(ValueError, match="accuracy proxy"):
+        accuracy_proxy(labels, model, "accuracy")
+    with pytest.raises(ValueError, match="accuracy proxy"):
+        TriggerPolicy(proxy="accuracy")
+
+
+def test_min_recall_proxy_fires_on_a_small_class_the_macro_f1_proxy_misses() -> None:
+    classes = ("benign", "attack")
+    enough = {"benign": 500, "attack": 50}
+    labels = np.array(["benign"] * 200 + ["attack"] * 25)
+    model = np.array(["benign"] * 200 + ["attack"] * 13 + ["benign"] * 12)
+    per_sample = float(np.mean(labels == model))
+    assert per_sample > 0.9
+    default = TriggerPolicy("proxy")
+    assert default.proxy == "macro_f1"
+    fire, why = default.decide(default.measure(labels, model), False, None, enough, classes)
+    assert not fire and "proxy 0.828 >= 0.8" in why
+    per_class = TriggerPolicy("proxy", proxy="min_recall")
+    fire, why = per_class.decide(per_class.measure(labels, model), False, None, enough,
+                                 classes)
+    assert fire and "proxy 0.520 < 0.8" in why
 
 
 def test_drift_monitor_detects_a_drop_in_agreement() -> None:

@@ -535,6 +535,9 @@ def adapt_command(
     report: Annotated[Path | None, typer.Option(
         "--report", help="where the log and report go (default OUT/adapt)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    proxy: Annotated[str, typer.Option(
+        help="accuracy proxy: macro_f1, or min_recall / mean_recall (per class with "
+             "min-per-class labelled samples in the window)")] = "macro_f1",
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""
@@ -543,7 +546,7 @@ def adapt_command(
     options = AdaptOptions(out_dir, replay, labels, iface, netns, name, agents, rules, combine,
                            window, policy, threshold, cooldown, min_per_class, margin,
                            min_fidelity, detector, duration, windows, max_installs, report,
-                           seed)
+                           seed, proxy)
     with user_errors():
         try:
             summary, html_path = run_adapt(options, echo=lambda m: say(out, message(m)))

@@ -236,7 +236,7 @@ class AdaptLoop:
         classes = np.asarray(self.deployed.classes, dtype=object)
         model = classes[samples["cls"].to_numpy(np.int64)] if len(samples) else classes[:0]
         known = np.array([v is not None for v in labels], dtype=bool)
-        proxy = macro_f1(labels[known].astype(str), model[known].astype(str)) if known.any() \
+        proxy = self.config.policy.measure(labels[known], model[known]) if known.any() \
             else None
         drifted = self.drift.update((labels[known] == model[known]).astype(float))
         if known.any():

@@ -1,8 +1,11 @@
 """The accuracy proxy, drift detection, the retraining trigger, the replay buffer and the
 install gate.
 
-- Proxy: per window, the macro-F1 of the model's classes against the agents' combined labels,
-  over the samples some agent labelled (Caravan's accuracy proxy).
+- Proxy: per window, over the samples some agent labelled (Caravan's accuracy proxy):
+  ``macro_f1`` (default), the macro-F1 of the model's classes against the agents' combined
+  labels; or ``min_recall`` / ``mean_recall``, the minimum / mean over the classes with at least
+  ``min_per_class`` labelled samples in the window of the share of that class's labelled
+  samples the model gives that class (:func:`accuracy_proxy`).
 - Drift: river's ADWIN (default) or Page-Hinkley over the per-sample agreement (1: the model's
   class is the agents' label), in time order.
 - Trigger (:class:`TriggerPolicy`): ``proxy`` retrains when the proxy falls below a threshold
@@ -29,6 +32,7 @@ from sklearn.metrics import f1_score
 
 DETECTORS = ("adwin", "page_hinkley")
 POLICIES = ("proxy", "every", "never")
+PROXIES = ("macro_f1", "min_recall", "mean_recall")
 
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
@@ -37,6 +41,29 @@ def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
         return None
     labels = sorted(set(np.asarray(truth).tolist()) | set(np.asarray(pred).tolist()))
     return float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
+
+
+def accuracy_proxy(labels: np.ndarray, model: np.ndarray, kind: str = "macro_f1",
+                   min_per_class: int = 1) -> float | None:
+    """The accuracy proxy of a window's labelled samples (``labels``: the agents' combined
+    labels; ``model``: the model's classes for them). ``macro_f1``: their macro-F1.
+    ``min_recall`` / ``mean_recall``: per class with at least ``min_per_class`` labelled
+    samples, the share the model agrees with; their minimum / mean. None when no sample (or,
+    for the recall kinds, no class) qualifies."""
+    labels = np.asarray(labels).astype(str)
+    model = np.asarray(model).astype(str)
+    if kind == "macro_f1":
+        return macro_f1(labels, model)
+    if kind not in PROXIES:
+        raise ValueError(f"accuracy proxy must be one of {list(PROXIES)}, not {kind!r}")
+    recalls = []
+    for label in sorted(set(labels.tolist())):
+        mine = labels == label
+        if mine.sum() >= min_per_class:
+            recalls.append(float(np.mean(model[mine] == label)))
+    if not recalls:
+        return None
+    return min(recalls) if kind == "min_recall" else float(np.mean(recalls))
 
 
 def make_detector(kind: str) -> Any:
@@ -79,12 +106,19 @@ class TriggerPolicy:
     cooldown: int = 3  # windows between two retrains (proxy mode)
     min_per_class: int = 20  # labelled samples of every class the buffer must hold
     on_drift: bool = True  # a detected drift triggers too
+    proxy: str = "macro_f1"  # the accuracy proxy: one of PROXIES (accuracy_proxy)
 
     def __post_init__(self) -> None:
         if self.mode not in POLICIES:
             raise ValueError(f"trigger policy must be one of {list(POLICIES)}, not {self.mode!r}")
+        if self.proxy not in PROXIES:
+            raise ValueError(f"accuracy proxy must be one of {list(PROXIES)}, not {self.proxy!r}")
         if not 0 <= self.threshold <= 1 or self.cooldown < 0 or self.min_per_class < 1:
             raise ValueError("threshold in 0..1, cooldown >= 0, min_per_class >= 1")
+
+    def measure(self, labels: np.ndarray, model: np.ndarray) -> float | None:
+        """This policy's accuracy proxy of a window's labelled samples."""
+        return accuracy_proxy(labels, model, self.proxy, self.min_per_class)
 
     def decide(self, proxy: float | None, drifted: bool, windows_since: int | None,
                class_counts: dict[str, int], classes: tuple[str, ...]) -> tuple[bool, str]:
@@ -98,7 +132,7 @@ class TriggerPolicy:
             return True, "policy retrains every window"
         low = proxy is not None and proxy < self.threshold
         if not low and not (drifted and self.on_drift):
-            return False, ("proxy unknown (no labelled samples)" if proxy is None else
+            return False, ("proxy unknown (too few labelled samples)" if proxy is None else
                            f"proxy {proxy:.3f} >= {self.threshold:g}, no drift")
         if windows_since is not None and windows_since < self.cooldown:
             return False, f"cool-down ({windows_since} of {self.cooldown} windows)"

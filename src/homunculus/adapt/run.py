@@ -13,7 +13,7 @@ import numpy as np
 from homunculus.adapt.agents import COMBINERS, HEURISTICS, Agent, OracleAgent, RuleAgent
 from homunculus.adapt.loop import LoopConfig, run_live, run_replay, write_jsonl
 from homunculus.adapt.model import load_deployed
-from homunculus.adapt.policy import DETECTORS, GateConfig, TriggerPolicy
+from homunculus.adapt.policy import DETECTORS, PROXIES, GateConfig, TriggerPolicy
 from homunculus.adapt.report import write_report
 from homunculus.errors import DataError, SpecError
 
@@ -44,6 +44,7 @@ class AdaptOptions:
     max_installs: int | None = None
     report: Path | None = None
     seed: int = 0
+    proxy: str = "macro_f1"
 
 
 def check_options(o: AdaptOptions) -> list[str]:
@@ -58,6 +59,8 @@ def check_options(o: AdaptOptions) -> list[str]:
         raise SpecError("--agents rules needs --rules CSV (the operator's rule list)")
     if o.combine not in COMBINERS:
         raise SpecError(f"--combine must be one of {list(COMBINERS)}")
+    if o.proxy not in PROXIES:
+        raise SpecError(f"--proxy must be one of {list(PROXIES)}")
     if o.detector not in DETECTORS:
         raise SpecError(f"--detector must be one of {list(DETECTORS)}")
     if o.window <= 0:
@@ -98,7 +101,8 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
     deployed = load_deployed(o.out_dir)
     config = LoopConfig(
         window_s=o.window, combine=o.combine,
-        policy=TriggerPolicy(o.policy, o.threshold, o.cooldown, o.min_per_class),
+        policy=TriggerPolicy(o.policy, o.threshold, o.cooldown, o.min_per_class,
+                             proxy=o.proxy),
         gate=GateConfig(o.margin, o.min_fidelity), detector=o.detector,
         max_installs=o.max_installs, seed=o.seed)
     report = o.report or Path(o.out_dir) / "adapt"

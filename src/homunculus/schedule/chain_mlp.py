@@ -14,7 +14,7 @@ with the flow registers) inserts the carry header, the others strip and rewrite 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class HostChainTarget:
     arch: str = "cpu"
     supports_dense: bool = True
     lowering: str = "cpu"
-    flow_decisions: bool = False  # the last device keeps no flow state to decide per flow
 
     def limits(self) -> Limits:
         return Limits(stages=len(self.devices))
@@ -181,10 +180,11 @@ def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
                                                 "the flow registers)")
     verdict = verdict_plan(base, dataset)
     target = HostChainTarget(tuple(devices), verdict.default_port, cuts)
-    problem = make_problem(dataset, target, target.limits(), base.model.metric,
-                           positive_class(base, dataset), verdict, seed,
-                           base.search.validation_fraction, base.select_features,
-                           base.search.cv_folds)
+    problem = replace(make_problem(dataset, target, target.limits(), base.model.metric,
+                                   positive_class(base, dataset), verdict, seed,
+                                   base.search.validation_fraction, base.select_features,
+                                   base.search.cv_folds),
+                      flow_decisions=False)  # the last device keeps no flow state to decide
     check_smallest_fits(problem, target, base)
     candidates, _ = choose_candidates(problem, [MLP_FAMILY])
     budget = chain_budget(base, options)

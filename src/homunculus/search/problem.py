@@ -323,16 +323,14 @@ def with_flow(pipeline: Pipeline, dataset: Dataset, decide_at: int = 0) -> Pipel
 
 def decision_choices(problem: Problem) -> tuple[int, ...]:
     """The per-flow decision's design space: packet N in ``DECIDE_AT`` (0: per packet) when the
-    problem allows it (a schedule's models classify every packet), the data comes from packets,
-    the target keeps flow state (not C: it takes feature rows) and every packet that updates
-    flow state is classified (no feature reads a TCP- or UDP-only field), so the packet at
-    n == N always stores its class. A target may refuse it (``flow_decisions`` False: a chain
-    of hosts, whose last device keeps no flow state)."""
+    problem allows it, the data comes from packets, the target keeps flow state (not C: it
+    takes feature rows) and every packet that updates flow state is classified (no feature
+    reads a TCP- or UDP-only field), so the packet at n == N always stores its class.
+    ``Problem.flow_decisions`` False turns it off (a schedule's models classify every packet;
+    a chain of hosts' last device keeps no flow state)."""
     ds = problem.dataset
     if (not problem.flow_decisions or ds.flow_rows is None or ds.traffic is None
             or problem.target.name == "c"):
-        return ()
-    if not getattr(problem.target, "flow_decisions", True):
         return ()
     from homunculus.data.packets import required_header
 

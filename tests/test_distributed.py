@@ -86,10 +86,11 @@ def check_complete(storage: str, name: str, trials: int, out: Path) -> optuna.St
 
 
 def test_three_workers_finish_a_study_together(tmp_path, example_csv, pg_dsn) -> None:
-    coordinator, workers, _, out = shared_run(tmp_path, example_csv, pg_dsn, "three", 16, 3)
+    # 40 trials of a tenth of a second: enough that every worker joins before they are spent
+    coordinator, workers, _, out = shared_run(tmp_path, example_csv, pg_dsn, "three", 40, 3)
     outputs = finish([coordinator, *workers])
     assert [p.returncode for p in (coordinator, *workers)] == [0, 0, 0, 0], outputs
-    study = check_complete(pg_dsn, "three", 16, out)
+    study = check_complete(pg_dsn, "three", 40, out)
     host = socket.gethostname()
     ran = {t.user_attrs["worker"] for t in study.get_trials(states=COUNTED)}
     for w in workers:  # every worker ran trials of the study
@@ -99,32 +100,54 @@ def test_three_workers_finish_a_study_together(tmp_path, example_csv, pg_dsn) ->
     assert "worker done" in outputs[1]
 
 
+def running_trial_of(storage: optuna.storages.BaseStorage, name: str, mark: str) -> int | None:
+    """The number of a trial the worker ``mark`` is running with its configuration drawn."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # not created yet
+        return None
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") == mark and "family" in t.params:
+            return t.number
+    return None
+
+
+def kill_mid_trial(victim: subprocess.Popen, storage_url: str, name: str) -> int | None:
+    """SIGKILL ``victim`` while it runs a trial, and return that trial's number.
+
+    Trials here take a tenth of a second, so the worker is frozen (SIGSTOP) first and the
+    trial checked again: a trial it finished between the look and the kill is not counted as
+    killed, and the worker resumes."""
+    mark = f"{socket.gethostname()}:{victim.pid}"
+    storage = open_storage(parse_storage(storage_url))
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and victim.poll() is None:
+        if running_trial_of(storage, name, mark) is not None:
+            os.kill(victim.pid, signal.SIGSTOP)
+            number = running_trial_of(storage, name, mark)
+            if number is not None:
+                os.kill(victim.pid, signal.SIGKILL)
+                return number
+            os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    return None
+
+
 def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, example_csv,
                                                                  pg_dsn) -> None:
-    coordinator, workers, _, out = shared_run(tmp_path, example_csv, pg_dsn, "kill", 10, 2,
+    # 40 trials of a tenth of a second: the coordinator (which runs trials too) cannot spend
+    # the budget before the workers, polling for the study every second, join it
+    coordinator, workers, _, out = shared_run(tmp_path, example_csv, pg_dsn, "kill", 40, 2,
                                               heartbeat=1)
     victim = workers[0]
-    mark = f"{socket.gethostname()}:{victim.pid}"
-    storage = open_storage(parse_storage(pg_dsn))
-    killed = None
-    deadline = time.monotonic() + TIMEOUT_S
-    while killed is None and time.monotonic() < deadline and victim.poll() is None:
-        try:
-            study = optuna.load_study(study_name="kill", storage=storage)
-        except KeyError:
-            time.sleep(0.2)
-            continue
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == mark and "family" in t.params:  # mid-trial
-                os.kill(victim.pid, signal.SIGKILL)
-                killed = t.number
-                break
-        time.sleep(0.05)
-    assert killed is not None, "the victim never ran a trial"
+    killed = kill_mid_trial(victim, pg_dsn, "kill")
+    if killed is None:
+        outputs = finish([coordinator, *workers])
+        pytest.fail(f"the victim never ran a trial: {outputs}")
     outputs = finish([coordinator, *workers])
     assert victim.returncode == -signal.SIGKILL
     assert coordinator.returncode == 0 and workers[1].returncode == 0, outputs
-    study = check_complete(pg_dsn, "kill", 10, out)
+    study = check_complete(pg_dsn, "kill", 40, out)
     dead = study.trials[killed]
     assert dead.state == optuna.trial.TrialState.FAIL
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]

@@ -21,7 +21,7 @@ from homunculus.frontend.yaml_spec import plan_from_yaml
 from homunculus.ir.flow import lower_flow_features
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import get_family
-from homunculus.passes.lower import lower
+from homunculus.passes.lower import TreeCodes, lower
 from homunculus.schedule.host import host_program, partial_scores
 from homunculus.schedule.split import (
     ChainTarget,
@@ -59,13 +59,14 @@ def dataset(n: int = 1500, seed: int = 0):
     return make_dataset(feats, x[:cut], labels[:cut], x[cut:], labels[cut:], "t")
 
 
-def trained(family: str, params: dict | None = None, ds=None):
+def trained(family: str, params: dict | None = None, ds=None,
+            codes: TreeCodes = TreeCodes.SHARED):
     ds = ds or dataset()
     fam = get_family(family)
     model = fam.train(params or fam.default_params(), ds.x_train, ds.y_train, ds.n_classes,
                       ds.widths, 0)
     return ds, model, lower(model.quantised, ds.features, ds.class_labels, VERDICT,
-                            model.winner_to_class)
+                            model.winner_to_class, tree_codes=codes)
 
 
 def chain(n: int, stages: int, profile=TOFINO) -> list[Device]:
@@ -112,6 +113,21 @@ def test_a_model_split_over_a_chain_agrees_with_the_model(family, params, stages
     text = emit_p4(last, "tna", program_name="d")
     assert "state parse_hmn_cin" in text and "hmn_carry_strip();" in text
     assert "hdr.hmn_cin.isValid()" in text
+
+
+def test_a_forest_with_a_code_per_tree_splits_and_agrees() -> None:
+    """Trees with their own codes (several trees a stage): a device holding some of them gets
+    one code per feature again, over the thresholds its trees test, merged where two trees
+    test the same threshold."""
+    ds, model, pipeline = trained("rf", FOREST, codes=TreeCodes.PER_TREE)
+    assert any("__t1" in o.name for e in pipeline.encoders for o in e.outputs)
+    whole = SwitchTarget(TOFINO).estimate(SwitchTarget(TOFINO).prepare(pipeline))
+    assert whole.stages > 7
+    split = partition(pipeline, chain(4, 7))
+    assert split.feasible and split.devices >= 2
+    check_devices(split)
+    result = run_split(split, ds.x_test, lambda p, d, x, c: simulate(p, x, carried=c))
+    assert (result.class_index == model.predict_quantised(ds.x_test)).all()
 
 
 @pytest.mark.parametrize(("family", "params", "stages"), [

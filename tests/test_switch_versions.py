@@ -10,7 +10,7 @@ import pytest
 
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import get_family
-from homunculus.passes.lower import lower
+from homunculus.passes.lower import TreeCodes, codes_within, lower
 from homunculus.targets.p4.twin import simulate
 from homunculus.targets.p4.versioned import (
     Update,
@@ -162,3 +162,52 @@ def test_retrained_tree_fits_the_compiled_tables_and_flips_without_mixing() -> N
                                wide.winner_to_class))
     with pytest.raises(CapacityError, match="does not encode"):
         conform(raw, small)
+
+
+def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> None:
+    """A forest compiled with a thermometer code per tree: the retrained forest takes that
+    layout (adapt picks the one whose code fields the compiled program has), codes its trees
+    no longer need stay 0, and the version flip mixes nothing."""
+    from homunculus.passes.switch import lower_for_switch
+    from homunculus.targets.xdp.layout import CapacityError
+
+    fam = get_family("rf")
+    params = fam.default_params() | {"rf_n_estimators": 4, "rf_max_depth": 5}
+    ds = synthetic_dataset(600, seed=0)
+    plan_ = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
+    switch, _ = make_target("bmv2", {})
+    model = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
+    old = switch.prepare(lower(model.quantised, ds.features, ds.class_labels, plan_,
+                               model.winner_to_class, tree_codes=TreeCodes.PER_TREE))
+    compiled = lower_for_switch(old)
+    assert any("__t3" in o.name for e in compiled.encoders for o in e.outputs)
+    keyed = {t.keys[0].name for t in compiled.encoders}
+    unused = [j for j, f in enumerate(compiled.features) if f.field.name not in keyed]
+    other = synthetic_dataset(600, seed=7)
+    x = other.x_train.copy()
+    x[:, unused] = 0
+    for d in range(5, 0, -1):
+        retrained = fam.train(params | {"rf_max_depth": d}, x, other.y_train, other.n_classes,
+                              other.widths, 7)
+        shared, per_tree = (lower(retrained.quantised, other.features, other.class_labels,
+                                  plan_, retrained.winner_to_class, tree_codes=codes)
+                            for codes in (TreeCodes.SHARED, TreeCodes.PER_TREE))
+        assert codes_within(per_tree, compiled) or d > 1
+        assert not codes_within(shared, compiled)
+        raw = switch.prepare(per_tree)
+        try:
+            new = conform(raw, compiled)
+            break
+        except CapacityError:
+            continue
+    else:
+        pytest.fail("no depth fits the compiled tables")
+    xs = np.concatenate([ds.x_test, other.x_test] * 2)
+    np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
+    np.testing.assert_array_equal(simulate(raw, xs).class_index,
+                                  retrained.predict_quantised(xs))
+    plan = update_plan(old, new, 0, 1)
+    classes, seen = run_updates(old, plan, xs, 0)
+    assert set(seen.tolist()) == {0, 1}
+    want = np.where(seen == 0, simulate(old, xs).class_index, simulate(new, xs).class_index)
+    np.testing.assert_array_equal(classes, want)

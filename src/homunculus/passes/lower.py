@@ -11,6 +11,9 @@ single table left the arg-max is precomputed per entry and the table writes the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+
 import numpy as np
 
 from homunculus.data.dataset import FeatureDecl
@@ -37,6 +40,17 @@ from homunculus.passes.merge import merge_tables
 from homunculus.passes.score_table import ScoreTable
 
 
+class TreeCodes(StrEnum):
+    """How trees share thermometer codes. ``SHARED``: one code per feature over every tree's
+    thresholds (the fewest code bits). ``PER_TREE``: each tree its own code per feature, over its
+    own thresholds, all written by the feature's one encoder: more code bits, but each tree's key
+    is only as wide as its own thresholds, so several trees fit one stage's match crossbar (on
+    Tofino a shared code of a few hundred bits takes a stage per tree)."""
+
+    SHARED = "shared"
+    PER_TREE = "per_tree"
+
+
 def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...]:
     idents = unique_identifiers([f.name for f in features], "f")
     return tuple(FeatureInput(f.name, Field(i, f.width), f.field, flow=f.kind is not None)
@@ -45,14 +59,16 @@ def feature_inputs(features: tuple[FeatureDecl, ...]) -> tuple[FeatureInput, ...
 
 def lower(model: QuantisedModel, features: tuple[FeatureDecl, ...], class_labels: tuple[str, ...],
           verdict: VerdictPlan, winner_to_class: tuple[int, ...] | None = None,
-          max_lookup_tables: int | None = None) -> Pipeline:
+          max_lookup_tables: int | None = None,
+          tree_codes: TreeCodes = TreeCodes.SHARED) -> Pipeline:
     """Lower ``model`` to a Pipeline whose tables are partitions (disjoint and exhaustive).
 
     With ``max_lookup_tables``, score tables are merged (passes.merge) until that many remain.
+    ``tree_codes`` says how an ensemble's trees share thermometer codes (:class:`TreeCodes`).
     """
     inputs = feature_inputs(features)
     if isinstance(model, QTreeEnsemble):
-        encoders, score_tables, bias = lower_trees(model, inputs)
+        encoders, score_tables, bias = lower_trees(model, inputs, tree_codes)
     else:
         encoders, score_tables, bias = [], *lower_lookup_sum(model, inputs)
     if max_lookup_tables is not None:
@@ -72,11 +88,11 @@ def lower(model: QuantisedModel, features: tuple[FeatureDecl, ...], class_labels
 # ----------------------------------------------------------------------------- trees
 
 
-def _live_thresholds(model: QTreeEnsemble,
+def _live_thresholds(trees: tuple[QTree, ...],
                      inputs: tuple[FeatureInput, ...]) -> dict[int, list[int]]:
-    """Per feature, the sorted thresholds that can go either way for some input value."""
+    """Per feature, the sorted thresholds of ``trees`` that can go either way for some input."""
     out: dict[int, set[int]] = {}
-    for tree in model.trees:
+    for tree in trees:
         for f, t in zip(tree.feature, tree.threshold, strict=True):
             if f >= 0 and 0 <= t < inputs[f].field.max_value:
                 out.setdefault(f, set()).add(t)
@@ -86,45 +102,100 @@ def _live_thresholds(model: QTreeEnsemble,
 CODE_CHUNK_BITS = 32
 
 
-def code_chunks(feature: Field, n_thresholds: int) -> tuple[Field, ...]:
-    """The thermometer code of a feature, split into fields of at most CODE_CHUNK_BITS bits."""
-    stem = "c" + feature.name[1:]
+def code_chunks(feature: Field, n_thresholds: int, group: str = "") -> tuple[Field, ...]:
+    """The thermometer code of a feature (of one tree's ``group``, e.g. ``_t3``, when codes are
+    per tree), split into fields of at most CODE_CHUNK_BITS bits."""
+    stem = "c" + feature.name[1:] + group
     n = -(-n_thresholds // CODE_CHUNK_BITS)
     return tuple(Field(f"{stem}_{i}" if n > 1 else stem,
                        min(CODE_CHUNK_BITS, n_thresholds - i * CODE_CHUNK_BITS)) for i in range(n))
+
+
+def codes_within(pipeline: Pipeline, compiled: Pipeline) -> bool:
+    """Whether every code field ``pipeline``'s encoders write is one ``compiled``'s write (so a
+    retrained model can take the compiled program's code layout, shared or per tree)."""
+    have = {o.name for e in compiled.encoders for o in e.outputs}
+    return all(o.name in have for e in pipeline.encoders for o in e.outputs)
 
 
 def split_code(value: int, chunks: tuple[Field, ...]) -> tuple[int, ...]:
     return tuple((value >> (i * CODE_CHUNK_BITS)) & c.max_value for i, c in enumerate(chunks))
 
 
-def lower_trees(model: QTreeEnsemble, inputs: tuple[FeatureInput, ...]
+@dataclass(frozen=True)
+class CodeGroup:
+    """Trees that test one thermometer code per feature: its thresholds and code fields."""
+
+    trees: tuple[int, ...]
+    thresholds: dict[int, list[int]]
+    codes: dict[int, tuple[Field, ...]]
+
+
+def code_groups(model: QTreeEnsemble, inputs: tuple[FeatureInput, ...],
+                tree_codes: TreeCodes) -> list[CodeGroup]:
+    """The trees grouped by the codes they test: one group, or one per tree."""
+    if tree_codes is TreeCodes.SHARED or len(model.trees) < 2:
+        members = [tuple(range(len(model.trees)))]
+    else:
+        members = [(i,) for i in range(len(model.trees))]
+    groups = []
+    for trees in members:
+        thresholds = _live_thresholds(tuple(model.trees[i] for i in trees), inputs)
+        suffix = "" if len(members) == 1 else f"__t{trees[0]}"
+        codes = {f: code_chunks(inputs[f].field, len(ts), suffix) for f, ts in thresholds.items()}
+        groups.append(CodeGroup(trees, thresholds, codes))
+    names = [c.name for g in groups for cs in g.codes.values() for c in cs]
+    if len(groups) > 1 and len(set(names)) < len(names):  # odd feature names: share instead
+        return code_groups(model, inputs, TreeCodes.SHARED)
+    return groups
+
+
+def lower_trees(model: QTreeEnsemble, inputs: tuple[FeatureInput, ...],
+                tree_codes: TreeCodes = TreeCodes.SHARED
                 ) -> tuple[list[Table], list[ScoreTable], list[int]]:
-    thresholds = _live_thresholds(model, inputs)
-    codes = {f: code_chunks(inputs[f].field, len(ts)) for f, ts in thresholds.items()}
-    encoders = [thermometer_encoder(inputs[f].field, codes[f], ts)
-                for f, ts in thresholds.items()]
+    groups = code_groups(model, inputs, tree_codes)
+    features = sorted({f for g in groups for f in g.thresholds})
+    encoders = [thermometer_encoder(inputs[f].field,
+                                    tuple(c for g in groups for c in g.codes.get(f, ())),
+                                    [g.thresholds.get(f, []) for g in groups])
+                for f in features]
     bias = np.asarray(model.bias, dtype=np.int64)
     max_values = tuple(i.field.max_value for i in inputs)
     tables: list[ScoreTable] = []
-    for i, tree in enumerate(model.trees):
-        table = tree_leaf_table(f"tree{i}", tree, thresholds, codes, max_values)
-        if table.keys:
-            tables.append(table)
-        else:  # a tree without live splits always lands in the same leaf
-            bias = bias + table.scores[0]
+    for g in groups:
+        for i in g.trees:
+            table = tree_leaf_table(f"tree{i}", model.trees[i], g.thresholds, g.codes, max_values)
+            if table.keys:
+                tables.append(table)
+            else:  # a tree without live splits always lands in the same leaf
+                bias = bias + table.scores[0]
+    tables.sort(key=lambda t: int(t.name[4:]))
     return encoders, tables, bias.tolist()
 
 
-def thermometer_encoder(feature: Field, codes: tuple[Field, ...], thresholds: list[int]) -> Table:
-    """Range table: interval j (between thresholds j-1 and j) gets the code with j low bits set."""
-    bounds = [-1, *thresholds, feature.max_value]
-    entries = tuple(
-        Entry((Range(bounds[j] + 1, bounds[j + 1]),), split_code((1 << j) - 1, codes))
-        for j in range(len(bounds) - 1)
-    )
+def thermometer_encoder(feature: Field, codes: tuple[Field, ...],
+                        thresholds: list[int] | list[list[int]]) -> Table:
+    """Range table over the intervals between ``thresholds``: an interval above j thresholds of
+    a code gets that code with its j low bits set. ``thresholds`` is one code's sorted list, or
+    one list per code written (their chunks in ``codes``, in that order)."""
+    per_code = thresholds if thresholds and isinstance(thresholds[0], list) else [thresholds]
+    widths = [len(ts) for ts in per_code]  # type: ignore[arg-type]
+    chunk_sets, at = [], 0
+    for w in widths:
+        n = -(-w // CODE_CHUNK_BITS)
+        chunk_sets.append(codes[at:at + n])
+        at += n
+    cuts = sorted({t for ts in per_code for t in ts})  # type: ignore[union-attr]
+    bounds = [-1, *cuts, feature.max_value]
+    entries = []
+    for j in range(len(bounds) - 1):
+        params: tuple[int, ...] = ()
+        for ts, chunks in zip(per_code, chunk_sets, strict=True):
+            below = sum(1 for t in ts if t <= bounds[j])  # type: ignore[union-attr]
+            params += split_code((1 << below) - 1, chunks)
+        entries.append(Entry((Range(bounds[j] + 1, bounds[j + 1]),), params))
     return Table(name="enc" + feature.name[1:], role=TableRole.ENCODER, keys=(feature,),
-                 kinds=(MatchKind.RANGE,), outputs=codes, entries=entries,
+                 kinds=(MatchKind.RANGE,), outputs=codes, entries=tuple(entries),
                  default=(0,) * len(codes))
 
 

@@ -134,10 +134,12 @@ def _bits(value: int) -> list[int]:
 
 
 def _feature_pattern(entry: Any, table: Table, encoder: str,
-                     chunk_of: dict[str, tuple[Table, int]]) -> tuple[int, int]:
+                     chunk_of: dict[str, tuple[Table, int]],
+                     threshold_of: list[int]) -> tuple[int, int]:
     """An entry's (value, mask) over one encoder's whole code, narrowed to the two bits that
-    decide it: a thermometer code is ones then zeros, so "these bits set, those clear" is "the
-    highest of them set, the lowest of those clear"."""
+    decide it: every code bit means ``x > threshold_of[bit]``, so "these bits set, those clear"
+    is "the set bit of the highest threshold, the clear bit of the lowest" (codes may be one
+    thermometer or one per tree: the thresholds say, not the bit positions)."""
     value = mask = 0
     for i, k in enumerate(table.keys):
         if k.name in chunk_of and chunk_of[k.name][0].name == encoder:
@@ -145,9 +147,29 @@ def _feature_pattern(entry: Any, table: Table, encoder: str,
             offset = chunk_of[k.name][1]
             mask |= m.mask << offset
             value |= (m.value & m.mask) << offset
-    ones, zeros = value & mask, mask & ~value
-    keep = (1 << (ones.bit_length() - 1) if ones else 0) | (zeros & -zeros)
+    ones = _bits(value & mask)
+    zeros = _bits(mask & ~value)
+    keep = 0
+    if ones:
+        keep |= 1 << max(ones, key=lambda b: threshold_of[b])
+    if zeros:
+        keep |= 1 << min(zeros, key=lambda b: threshold_of[b])
     return value & keep, keep
+
+
+def bit_thresholds(encoder: Table) -> list[int]:
+    """Per bit of a thermometer encoder's code (its outputs concatenated), the threshold it
+    tests: the bit is set exactly for values above it (the encoder's ranges ascend)."""
+    width = sum(o.width for o in encoder.outputs)
+    out = [encoder.keys[0].max_value] * width
+    for entry in reversed(encoder.entries):
+        code, offset = 0, 0
+        for o, v in zip(encoder.outputs, entry.params, strict=True):
+            code |= v << offset
+            offset += o.width
+        for b in _bits(code):
+            out[b] = entry.matches[0].lo - 1  # type: ignore[union-attr]
+    return out
 
 
 def compact_codes(encoders: list[Table], tables: list[Table]) -> tuple[list[Table], list[Table]]:
@@ -165,11 +187,13 @@ def compact_codes(encoders: list[Table], tables: list[Table]) -> tuple[list[Tabl
         for o in e.outputs:
             chunk_of[o.name] = (e, offset)
             offset += o.width
+    threshold_of = {e.name: bit_thresholds(e) for e in encoders}
     patterns: dict[tuple[int, str], list[tuple[int, int]]] = {}  # (table, encoder) -> per entry
     used: dict[str, int] = {e.name: 0 for e in encoders}
     for ti, t in enumerate(tables):
         for name in {chunk_of[k.name][0].name for k in t.keys if k.name in chunk_of}:
-            rows = [_feature_pattern(entry, t, name, chunk_of) for entry in t.entries]
+            rows = [_feature_pattern(entry, t, name, chunk_of, threshold_of[name])
+                    for entry in t.entries]
             patterns[(ti, name)] = rows
             for _, m in rows:
                 used[name] |= m
@@ -179,10 +203,10 @@ def compact_codes(encoders: list[Table], tables: list[Table]) -> tuple[list[Tabl
         kept = _bits(used[e.name])
         if not kept:
             continue
-        thresholds = [entry.matches[0].hi for entry in e.entries[:-1]]  # type: ignore[union-attr]
-        chunks = code_chunks(e.keys[0], len(kept))
-        new_encoders.append(thermometer_encoder(e.keys[0], chunks, [thresholds[b] for b in kept]))
-        remap[e.name] = ({b: j for j, b in enumerate(kept)}, chunks)
+        thresholds = sorted({threshold_of[e.name][b] for b in kept})  # one shared code again
+        chunks = code_chunks(e.keys[0], len(thresholds))
+        new_encoders.append(thermometer_encoder(e.keys[0], chunks, thresholds))
+        remap[e.name] = ({b: thresholds.index(threshold_of[e.name][b]) for b in kept}, chunks)
     new_tables = []
     for ti, t in enumerate(tables):
         other = [(i, k) for i, k in enumerate(t.keys) if k.name not in chunk_of]
@@ -194,8 +218,11 @@ def compact_codes(encoders: list[Table], tables: list[Table]) -> tuple[list[Tabl
             position, chunks = remap[e.name]
             moved = []
             for v, m in patterns[(ti, e.name)]:
-                nv = sum(1 << position[b] for b in _bits(v))
-                nm = sum(1 << position[b] for b in _bits(m))
+                nv = nm = 0
+                for b in _bits(v):  # (bits of two trees' codes may test one threshold)
+                    nv |= 1 << position[b]
+                for b in _bits(m):
+                    nm |= 1 << position[b]
                 moved.append((nv, nm))
             for c, chunk in enumerate(chunks):
                 lo = c * 32

@@ -22,9 +22,10 @@ from homunculus.ir.cpu import CpuProgram
 from homunculus.ir.dense import QMLP
 from homunculus.ir.flow import FlowProgram, lower_flow_features
 from homunculus.ir.pipeline import Pipeline, VerdictPlan, class_rows_of, shortcut_of
+from homunculus.ir.quantised import QTreeEnsemble
 from homunculus.models.base import TrainedModel, get_family
 from homunculus.models.categorical import CategoryTable, learn_table, rest_rows, table_knobs
-from homunculus.passes.lower import lower
+from homunculus.passes.lower import TreeCodes, lower
 from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.search.metrics import score
 from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
@@ -262,14 +263,33 @@ def merge_budget(problem: Problem) -> int | None:
 
 def lower_model(model: Any, dataset: Dataset, verdict: VerdictPlan,
                 winner_to_class: tuple[int, ...] | None,
-                max_lookup_tables: int | None = None) -> Pipeline:
+                max_lookup_tables: int | None = None,
+                tree_codes: TreeCodes = TreeCodes.SHARED) -> Pipeline:
     """Lower any quantised model: tables for trees and lookup-sum models, a dense stage for MLPs."""
     if isinstance(model, QMLP):
         from homunculus.passes.lower_mlp import lower_mlp
 
         return lower_mlp(model, dataset.features, dataset.class_labels, verdict, winner_to_class)
     return lower(model, dataset.features, dataset.class_labels, verdict, winner_to_class,
-                 max_lookup_tables)
+                 max_lookup_tables, tree_codes)
+
+
+def code_choices(model: Any) -> tuple[TreeCodes, ...]:
+    """The thermometer-code layouts worth lowering ``model`` with: both for an ensemble of
+    several trees, else the shared one (the same program)."""
+    if isinstance(model, QTreeEnsemble) and len(model.trees) > 1:
+        return (TreeCodes.SHARED, TreeCodes.PER_TREE)
+    return (TreeCodes.SHARED,)
+
+
+def fewest_stages(target: Target, pipelines: list[Pipeline]) -> Pipeline:
+    """Of equivalent pipelines, the one the target's estimate puts in the fewest stages (then
+    the fewest PHV bits; the first on a tie)."""
+    if len(pipelines) == 1:
+        return pipelines[0]
+    usages = [target.estimate(p) for p in pipelines]
+    best = min(range(len(pipelines)), key=lambda i: (usages[i].stages, usages[i].phv_bits, i))
+    return pipelines[best]
 
 
 def cpu_lowering(target: Target) -> bool:
@@ -290,12 +310,16 @@ def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan
         program = lower_cpu(model, dataset.features, dataset.class_labels, verdict,
                             winner_to_class, flow_program(dataset, decide_at))
         return target.prepare(replace(program, shortcut=shortcut))
-    pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables)
     attach = getattr(target, "attach_model", None)  # a chain ending on a host (schedule/split.py)
-    if attach is not None:
-        pipeline = attach(pipeline, model, dataset, verdict, winner_to_class)
-    return target.prepare(replace(with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
-                                  class_rows=class_rows_of(verdict, dataset.n_classes)))
+    prepared = []
+    for codes in code_choices(model) if attach is None else (TreeCodes.SHARED,):
+        pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables, codes)
+        if attach is not None:
+            pipeline = attach(pipeline, model, dataset, verdict, winner_to_class)
+        prepared.append(target.prepare(replace(
+            with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
+            class_rows=class_rows_of(verdict, dataset.n_classes))))
+    return fewest_stages(target, prepared)
 
 
 def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False,

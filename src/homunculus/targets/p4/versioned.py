@@ -303,13 +303,7 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
         if n is None:
             n = replace(t, entries=(Entry((Range(0, t.keys[0].max_value),), t.default),))
         else:
-            if n.keys != t.keys or n.kinds != t.kinds or len(n.outputs) != len(t.outputs):
-                raise ValueError(f"table {t.name}: keys or code fields differ")
-            for got, room in zip(n.outputs, t.outputs, strict=True):
-                if got.name != room.name or got.width > room.width:
-                    raise CapacityError(f"table {t.name}: {got.width} thresholds in a code of "
-                                        f"{room.width} bits")
-            n = replace(n, outputs=t.outputs, default=t.default)
+            n = into_code_fields(n, t)
         encoders.append(n)
     if [t.name for t in b.lookups] != [t.name for t in a.lookups] or \
             a.verdict.name != b.verdict.name:
@@ -323,6 +317,28 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
             raise CapacityError(f"table {t.name}: {len(t.entries)} entries, the compiled "
                                 f"program holds {room.get(t.name, 0)} per version")
     return out
+
+
+def into_code_fields(n: Table, t: Table) -> Table:
+    """The new encoder ``n`` writing the compiled encoder ``t``'s code fields: a code with fewer
+    thresholds is padded with bits that stay 0, and a code field ``n`` does not write (a chunk,
+    or a tree's own code, that the new model does not need) stays 0."""
+    from homunculus.targets.xdp.layout import CapacityError
+
+    if n.keys != t.keys or n.kinds != t.kinds:
+        raise ValueError(f"table {t.name}: keys differ")
+    room = {o.name: o for o in t.outputs}
+    for got in n.outputs:
+        if got.name not in room:
+            raise CapacityError(f"table {t.name}: the new model needs a code field ({got.name}) "
+                                "the deployed program does not have")
+        if got.width > room[got.name].width:
+            raise CapacityError(f"table {t.name}: {got.width} thresholds in a code of "
+                                f"{room[got.name].width} bits")
+    at = {o.name: i for i, o in enumerate(n.outputs)}
+    entries = tuple(Entry(e.matches, tuple(e.params[at[o.name]] if o.name in at else 0
+                                           for o in t.outputs)) for e in n.entries)
+    return replace(n, outputs=t.outputs, default=t.default, entries=entries)
 
 
 def _rekey(t: Table, n: Table) -> Table:

@@ -11,6 +11,7 @@ single table left the arg-max is precomputed per entry and the table writes the 
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -119,7 +120,10 @@ def codes_within(pipeline: Pipeline, compiled: Pipeline) -> bool:
 
 
 def split_code(value: int, chunks: tuple[Field, ...]) -> tuple[int, ...]:
-    return tuple((value >> (i * CODE_CHUNK_BITS)) & c.max_value for i, c in enumerate(chunks))
+    if len(chunks) == 1:  # (the common case, on every leaf and encoder entry)
+        return (value & ((1 << chunks[0].width) - 1),)
+    return tuple((value >> (i * CODE_CHUNK_BITS)) & ((1 << c.width) - 1)
+                 for i, c in enumerate(chunks))
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ def thermometer_encoder(feature: Field, codes: tuple[Field, ...],
     for j in range(len(bounds) - 1):
         params: tuple[int, ...] = ()
         for ts, chunks in zip(per_code, chunk_sets, strict=True):
-            below = sum(1 for t in ts if t <= bounds[j])  # type: ignore[union-attr]
+            below = bisect_right(ts, bounds[j])  # type: ignore[type-var]
             params += split_code((1 << below) - 1, chunks)
         entries.append(Entry((Range(bounds[j] + 1, bounds[j + 1]),), params))
     return Table(name="enc" + feature.name[1:], role=TableRole.ENCODER, keys=(feature,),

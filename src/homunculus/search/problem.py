@@ -274,10 +274,14 @@ def lower_model(model: Any, dataset: Dataset, verdict: VerdictPlan,
                  max_lookup_tables, tree_codes)
 
 
-def code_choices(model: Any) -> tuple[TreeCodes, ...]:
-    """The thermometer-code layouts worth lowering ``model`` with: both for an ensemble of
-    several trees, else the shared one (the same program)."""
-    if isinstance(model, QTreeEnsemble) and len(model.trees) > 1:
+def code_choices(target: Target, model: Any) -> tuple[TreeCodes, ...]:
+    """The thermometer-code layouts worth lowering ``model`` with for ``target``: both for an
+    ensemble of several trees on a switch whose stages limit a key's crossbar (Tofino), else
+    the shared one (a single tree has one layout; without that limit, narrower keys save no
+    stage)."""
+    profile = getattr(target, "profile", None)
+    limited = getattr(profile, "ternary_xbar_groups_per_stage", None) is not None
+    if limited and isinstance(model, QTreeEnsemble) and len(model.trees) > 1:
         return (TreeCodes.SHARED, TreeCodes.PER_TREE)
     return (TreeCodes.SHARED,)
 
@@ -312,7 +316,7 @@ def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan
         return target.prepare(replace(program, shortcut=shortcut))
     attach = getattr(target, "attach_model", None)  # a chain ending on a host (schedule/split.py)
     prepared = []
-    for codes in code_choices(model) if attach is None else (TreeCodes.SHARED,):
+    for codes in code_choices(target, model) if attach is None else (TreeCodes.SHARED,):
         pipeline = lower_model(model, dataset, verdict, winner_to_class, max_lookup_tables, codes)
         if attach is not None:
             pipeline = attach(pipeline, model, dataset, verdict, winner_to_class)

@@ -14,8 +14,10 @@ policies replayed over
 the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
 (phases 1 and 2), (c) at least 25 F1 points above (a), and within 2 points of (b) at no more
 than 40% of (b)'s retraining CPU time.
-Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json and
-DIR/adaptation.png (F1 per window, seed 0).
+Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json,
+DIR/adaptation.png (F1 per window, seed 0) and each run's decisions (every window: samples,
+proxy, drift, trigger and why, F1; every retrain: the gate's verdict) as
+DIR/decisions/seed<S>-<policy>.jsonl.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ POLICIES = {"a_offline": "never", "b_every_window": "every", "c_proxy": "proxy"}
 
 def run_seed(seed: int, phase_s: float, benign: int, work: Path,
              adapt: str = DEFAULT_ADAPT, proxy: str = "macro_f1",
-             trigger: dict | None = None) -> dict:
+             trigger: dict | None = None, logs: Path | None = None) -> dict:
     from homunculus.adapt.dpi import PacketStore
-    from homunculus.adapt.loop import LoopConfig, run_replay
+    from homunculus.adapt.loop import LoopConfig, run_replay, write_jsonl
     from homunculus.adapt.model import load_deployed
     from homunculus.adapt.policy import TriggerPolicy
     from homunculus.adapt.run import AdaptOptions, build_agents
@@ -90,7 +92,9 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
         config = LoopConfig(window_s=5.0,
                             policy=TriggerPolicy(policy, proxy=proxy, **(trigger or {})),
                             seed=seed)
-        loop = run_replay(deployed, table, agents, config, lambda _r: None,
+        log = (lambda _r: None) if logs is None else write_jsonl(
+            logs / f"seed{seed}-{key}.jsonl")
+        loop = run_replay(deployed, table, agents, config, log,
                           truth=truth.to_numpy(object))
         windows = loop.windows
         starts = np.array([w["start_us"] for w in windows])
@@ -124,7 +128,7 @@ def table(results: dict[int, dict]) -> str:
         gain, gap = c["after_drift"] - a["after_drift"], b["after_drift"] - c["after_drift"]
         ratio = c["cpu_seconds"] / b["cpu_seconds"] if b["cpu_seconds"] else float("nan")
         met = [gain >= 0.25, gap <= 0.02, ratio <= 0.40]
-        goals.append(f"| {seed} | {100 * gain:+.1f} pts | {100 * gap:+.1f} pts | {ratio:.2f} | "
+        goals.append(f"| {seed} | {100 * gain:+.2f} pts | {100 * gap:+.2f} pts | {ratio:.2f} | "
                      f"{'+25: ' + ('yes' if met[0] else 'no')}, "
                      f"{'<=2: ' + ('yes' if met[1] else 'no')}, "
                      f"{'<=40%: ' + ('yes' if met[2] else 'no')} |")
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hmn-bench-adapt-") as tmp:
         for seed in args.seeds:
             results[seed] = run_seed(seed, args.phase_seconds, args.benign_packets, Path(tmp),
-                                     args.adapt, args.proxy, trigger)
+                                     args.adapt, args.proxy, trigger,
+                                     args.out / "decisions")
             print(f"seed {seed} done", file=sys.stderr)
     text = table(results)
     print(text)

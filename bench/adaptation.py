@@ -3,16 +3,21 @@ retraining every window and (c) proxy-triggered retraining with the realistic ag
 heuristics and nDPI; never the oracle), with the CPU seconds spent retraining and the installs.
 
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
-        [--adapt "{sampling: first_k_rate, first_k: 4, one_in: 16}"] [--proxy min_recall]
+        [--adapt "{sampling: first_k, first_k: 4}"] [--proxy min_recall]
+        [--sag 0.02] [--patience 2] [--cooldown-from install]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
-capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: first 4
-packets per flow unless ``--adapt`` says otherwise), then the three policies replayed over
+capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: the first 4
+packets of each flow and 1 in 16 of its later ones unless ``--adapt`` says otherwise; (c)'s
+trigger: ``homunculus adapt``'s defaults unless the options say otherwise), then the three
+policies replayed over
 the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
 (phases 1 and 2), (c) at least 25 F1 points above (a), and within 2 points of (b) at no more
 than 40% of (b)'s retraining CPU time.
-Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json and
-DIR/adaptation.png (F1 per window, seed 0).
+Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json,
+DIR/adaptation.png (F1 per window, seed 0) and each run's decisions (every window: samples,
+proxy, drift, trigger and why, F1; every retrain: the gate's verdict) as
+DIR/decisions/seed<S>-<policy>.jsonl.
 """
 
 from __future__ import annotations
@@ -50,15 +55,16 @@ platform:
 search: {trials: 8, seed: SEED}
 adapt: ADAPT
 """
-DEFAULT_ADAPT = "{sampling: first_k, first_k: 4}"
+DEFAULT_ADAPT = "{sampling: first_k_rate, first_k: 4, one_in: 16}"
 AGENTS = ("syn_flood", "port_scan", "dns_amplification", "beacon", "dpi")
 POLICIES = {"a_offline": "never", "b_every_window": "every", "c_proxy": "proxy"}
 
 
 def run_seed(seed: int, phase_s: float, benign: int, work: Path,
-             adapt: str = DEFAULT_ADAPT, proxy: str = "macro_f1") -> dict:
+             adapt: str = DEFAULT_ADAPT, proxy: str = "macro_f1",
+             trigger: dict | None = None, logs: Path | None = None) -> dict:
     from homunculus.adapt.dpi import PacketStore
-    from homunculus.adapt.loop import LoopConfig, run_replay
+    from homunculus.adapt.loop import LoopConfig, run_replay, write_jsonl
     from homunculus.adapt.model import load_deployed
     from homunculus.adapt.policy import TriggerPolicy
     from homunculus.adapt.run import AdaptOptions, build_agents
@@ -83,9 +89,12 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
     out = {}
     for key, policy in POLICIES.items():
         agents = build_agents(list(AGENTS), AdaptOptions(base / "out"), store)
-        config = LoopConfig(window_s=5.0, policy=TriggerPolicy(policy, proxy=proxy),
+        config = LoopConfig(window_s=5.0,
+                            policy=TriggerPolicy(policy, proxy=proxy, **(trigger or {})),
                             seed=seed)
-        loop = run_replay(deployed, table, agents, config, lambda _r: None,
+        log = (lambda _r: None) if logs is None else write_jsonl(
+            logs / f"seed{seed}-{key}.jsonl")
+        loop = run_replay(deployed, table, agents, config, log,
                           truth=truth.to_numpy(object))
         windows = loop.windows
         starts = np.array([w["start_us"] for w in windows])
@@ -119,7 +128,7 @@ def table(results: dict[int, dict]) -> str:
         gain, gap = c["after_drift"] - a["after_drift"], b["after_drift"] - c["after_drift"]
         ratio = c["cpu_seconds"] / b["cpu_seconds"] if b["cpu_seconds"] else float("nan")
         met = [gain >= 0.25, gap <= 0.02, ratio <= 0.40]
-        goals.append(f"| {seed} | {100 * gain:+.1f} pts | {100 * gap:+.1f} pts | {ratio:.2f} | "
+        goals.append(f"| {seed} | {100 * gain:+.2f} pts | {100 * gap:+.2f} pts | {ratio:.2f} | "
                      f"{'+25: ' + ('yes' if met[0] else 'no')}, "
                      f"{'<=2: ' + ('yes' if met[1] else 'no')}, "
                      f"{'<=40%: ' + ('yes' if met[2] else 'no')} |")
@@ -168,13 +177,30 @@ def main(argv: list[str] | None = None) -> int:
                              f"sampling; default {DEFAULT_ADAPT}")
     parser.add_argument("--proxy", default="macro_f1",
                         help="(c)'s accuracy proxy: macro_f1, min_recall or mean_recall")
+    parser.add_argument("--sag", type=float, default=None,
+                        help="(c): retrain when the proxy stays more than this below the "
+                             "active model's installed level (0: off; default: adapt's)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="(c): windows in a row the proxy must sag (default: adapt's)")
+    parser.add_argument("--cooldown-from", default=None, choices=["retrain", "install"],
+                        help="(c): the cool-down counts from the last retrain or the last "
+                             "installed one (default: adapt's)")
     args = parser.parse_args(argv)
+    trigger = {k: v for k, v in (("sag", args.sag), ("patience", args.patience),
+                                 ("cooldown_from", args.cooldown_from)) if v is not None}
+    try:
+        from homunculus.adapt.policy import TriggerPolicy
+
+        TriggerPolicy(proxy=args.proxy, **trigger)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="hmn-bench-adapt-") as tmp:
         for seed in args.seeds:
             results[seed] = run_seed(seed, args.phase_seconds, args.benign_packets, Path(tmp),
-                                     args.adapt, args.proxy)
+                                     args.adapt, args.proxy, trigger,
+                                     args.out / "decisions")
             print(f"seed {seed} done", file=sys.stderr)
     text = table(results)
     print(text)

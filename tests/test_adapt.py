@@ -30,6 +30,7 @@ from homunculus.adapt.dpi import DpiAgent, PacketStore
 from homunculus.adapt.policy import (
     DriftMonitor,
     GateConfig,
+    LevelWatch,
     ReplayBuffer,
     TriggerPolicy,
     accuracy_proxy,
@@ -367,6 +368,49 @@ def test_trigger_policy() -> None:
         TriggerPolicy("sometimes")
 
 
+def test_sag_rule_fires_when_the_proxy_stays_below_the_installed_level() -> None:
+    watch = LevelWatch(sag=0.02, patience=2)
+    watch.update(0.5)  # the deployed model has no level: the sag rule does not apply
+    assert watch.run == 0 and watch.sagging() is None
+    watch.installed(0.99)
+    watch.update(0.96)  # more than 0.02 below 0.99: one window
+    assert watch.run == 1 and watch.sagging() is None
+    watch.update(None)  # no proxy: neither counts nor breaks the run
+    assert watch.run == 1
+    watch.update(0.95)
+    why = watch.sagging()
+    assert why is not None and "0.950 more than 0.02 below" in why and "0.990 for 2" in why
+    watch.update(0.975)  # within 0.02 of the level: the run is broken
+    assert watch.run == 0 and watch.sagging() is None
+    watch.update(0.9)
+    watch.installed(0.9)  # a new model: a new level, a new run
+    assert watch.run == 0 and watch.level == 0.9
+    off = LevelWatch(sag=0.0)
+    off.installed(1.0)
+    off.update(0.0)
+    off.update(0.0)
+    assert off.sagging() is None
+
+    classes = ("benign", "attack")
+    enough = {"benign": 50, "attack": 50}
+    policy = TriggerPolicy("proxy", threshold=0.8, cooldown=3, sag=0.02, patience=2,
+                           cooldown_from="retrain")
+    assert policy.decide(0.95, False, None, enough, classes, why) == (True, why)
+    fire, reason = policy.decide(0.95, False, 2, enough, classes, why)
+    assert not fire and "cool-down (2 of 3 windows since the last retrain)" in reason
+    assert policy.decide(0.5, False, None, enough, classes, why)[1] == "proxy 0.500 < 0.8"
+    assert not policy.decide(0.95, False, None, enough, classes, None)[0]
+    # on by default (the gate's margin); --sag 0 turns it off
+    assert TriggerPolicy("proxy").decide(0.95, False, None, enough, classes, why)[0]
+    assert not TriggerPolicy("proxy", sag=0).decide(0.95, False, None, enough, classes, why)[0]
+    assert TriggerPolicy().sag == GateConfig().margin
+    for bad, message in (({"sag": -0.1}, "sag must be in"), ({"sag": 1.0}, "sag must be in"),
+                         ({"patience": 0}, "patience must be"),
+                         ({"cooldown_from": "ever"}, "cooldown_from must be one of")):
+        with pytest.raises(ValueError, match=message):
+            TriggerPolicy(**bad)
+
+
 def test_accuracy_proxy_per_class() -> None:
     # 200 benign all right; 25 attack, 12 of them called benign
     labels = np.array(["benign"] * 200 + ["attack"] * 25)
@@ -573,6 +617,47 @@ def test_retrain_that_fails_verification_is_never_installed(drift_dir: Path,
     assert loop.version == 0 and loop.active is deployed.program
 
 
+def test_installed_level_and_cooldown_from_install_in_the_loop(
+        drift_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each install sets the sag rule's level to the gate's held-out macro-F1 of the new
+    model; with ``cooldown_from="install"`` a refused retrain starts no cool-down."""
+    from homunculus.adapt import loop as loop_mod
+    from homunculus.adapt.loop import LoopConfig, run_replay
+    from homunculus.adapt.model import RetrainResult, load_deployed
+    from homunculus.data.labels import label_from_file
+    from homunculus.data.pcap import ingest
+
+    deployed = load_deployed(drift_dir / "out")
+    table, _ = ingest([drift_dir / "eval.pcap"])
+    truth = label_from_file(table, drift_dir / "eval.csv", default="benign")["label"]
+    truth = truth.to_numpy(object)
+    events: list[dict] = []
+    loop = run_replay(deployed, table, [OracleAgent()],
+                      LoopConfig(window_s=5.0, policy=TriggerPolicy(sag=0.02)), events.append,
+                      truth=truth)
+    installed = [e for e in events if e["event"] == "retrain" and e["installed"]]
+    assert installed and loop.level.level == installed[-1]["gate"]["new_metric"]
+    assert loop.last_install == installed[-1]["triggered_in"]
+
+    class BrokenWorker(loop_mod.RetrainWorker):
+        def result(self, wait: bool) -> RetrainResult | None:
+            got = super().result(wait)
+            return None if got is None else RetrainResult(False, "refused", got.program,
+                                                          got.cpu_seconds)
+
+    monkeypatch.setattr(loop_mod, "RetrainWorker", BrokenWorker)
+    gaps = {}
+    for start in ("retrain", "install"):
+        events = []
+        policy = TriggerPolicy(threshold=1.0, cooldown=3, cooldown_from=start)
+        run_replay(deployed, table, [OracleAgent()], LoopConfig(window_s=5.0, policy=policy),
+                   events.append, truth=truth)
+        at = [e["triggered_in"] for e in events if e["event"] == "retrain"]
+        assert len(at) >= 2
+        gaps[start] = min(np.diff(at))
+    assert gaps["retrain"] >= 3 and gaps["install"] == 1
+
+
 def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"this is not a capture at all")
@@ -588,6 +673,12 @@ def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
         (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--agents", "rules"),
          "needs --rules"),
         (("adapt", out), "give --replay PCAP"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--sag", "1.5"),
+         "--sag must be in [0, 1) (0: off), not 1.5"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--patience", "0"),
+         "--patience must be at least 1, not 0"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--cooldown-from", "ever"),
+         "--cooldown-from must be one of ['retrain', 'install']"),
         (("adapt", str(tmp_path), "--replay", str(drift_dir / "eval.pcap")),
          "not a compiled output directory"),
     ]

@@ -538,6 +538,14 @@ def adapt_command(
     proxy: Annotated[str, typer.Option(
         help="accuracy proxy: macro_f1, or min_recall / mean_recall (per class with "
              "min-per-class labelled samples in the window)")] = "macro_f1",
+    sag: Annotated[float, typer.Option(
+        help="also retrain when the proxy stays more than this below the active model's "
+             "level at install (its held-out macro-F1) for --patience windows; 0: off")] = 0.02,
+    patience: Annotated[int, typer.Option(
+        help="windows in a row the proxy must sag before --sag retrains")] = 2,
+    cooldown_from: Annotated[str, typer.Option(
+        help="the cool-down counts from the last installed retrain (install) or from the "
+             "last retrain (retrain)")] = "install",
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""
@@ -546,7 +554,7 @@ def adapt_command(
     options = AdaptOptions(out_dir, replay, labels, iface, netns, name, agents, rules, combine,
                            window, policy, threshold, cooldown, min_per_class, margin,
                            min_fidelity, detector, duration, windows, max_installs, report,
-                           seed, proxy)
+                           seed, proxy, sag, patience, cooldown_from)
     with user_errors():
         try:
             summary, html_path = run_adapt(options, echo=lambda m: say(out, message(m)))

@@ -37,6 +37,7 @@ from homunculus.adapt.model import Deployed, RetrainResult, RetrainWorker, predi
 from homunculus.adapt.policy import (
     DriftMonitor,
     GateConfig,
+    LevelWatch,
     ReplayBuffer,
     TriggerPolicy,
     gate,
@@ -157,6 +158,8 @@ class AdaptLoop:
         self.retrains = 0
         self.cpu_seconds = 0.0
         self.last_retrain: int | None = None
+        self.last_install: int | None = None
+        self.level = LevelWatch(config.policy.sag, config.policy.patience)
         self.pending: Pending | None = None
         self.recent_x = np.zeros((0, len(deployed.recipe.decls)), dtype=np.int64)
         self.windows: list[dict[str, Any]] = []
@@ -213,6 +216,8 @@ class AdaptLoop:
                 return event
             self.active, self.version = result.program, version
             self.installs += 1
+            self.last_install = pending.window  # the window whose retrain was installed
+            self.level.installed(verdict.new_metric)
             self._archive(result.program, version)
             event["installed"] = True
             event["version"] = version
@@ -243,10 +248,13 @@ class AdaptLoop:
             source = sources(votes, self.order, self.mapper, labels)
             self.buffer.add(x[known], labels[known], source[known])
         self.recent_x = x
-        since = None if self.last_retrain is None else window.index - self.last_retrain
+        self.level.update(proxy)
+        last = self.last_install if self.config.policy.cooldown_from == "install" else \
+            self.last_retrain
+        since = None if last is None else window.index - last
         counts = self.buffer.class_counts()
         trigger, why = self.config.policy.decide(proxy, drifted, since, counts,
-                                                 self.deployed.classes)
+                                                 self.deployed.classes, self.level.sagging())
         busy = self.pending is not None
         if trigger and busy:
             trigger, why = False, why + "; a retrain is already running"

@@ -8,9 +8,11 @@ install gate.
   samples the model gives that class (:func:`accuracy_proxy`).
 - Drift: river's ADWIN (default) or Page-Hinkley over the per-sample agreement (1: the model's
   class is the agents' label), in time order.
-- Trigger (:class:`TriggerPolicy`): ``proxy`` retrains when the proxy falls below a threshold
-  or drift is detected, at most once per cool-down and only with enough labelled samples of
-  every class in the buffer; ``every`` retrains every window; ``never`` never does.
+- Trigger (:class:`TriggerPolicy`): ``proxy`` retrains when the proxy falls below a threshold,
+  when it stays more than ``sag`` below the level the active model reached at install
+  (:class:`LevelWatch`), or when drift is detected; at most once per cool-down (counted from
+  the last installed retrain) and only with enough labelled samples of every class in the
+  buffer; ``every`` retrains every window; ``never`` never does.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
   (Algorithm R) of older ones, each with the agent its label came from; training sets are
   class-balanced draws in which a class's quota is shared among those sources, with a held-out
@@ -33,6 +35,7 @@ from sklearn.metrics import f1_score
 DETECTORS = ("adwin", "page_hinkley")
 POLICIES = ("proxy", "every", "never")
 PROXIES = ("macro_f1", "min_recall", "mean_recall")
+COOLDOWN_FROM = ("retrain", "install")
 
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
@@ -107,6 +110,15 @@ class TriggerPolicy:
     min_per_class: int = 20  # labelled samples of every class the buffer must hold
     on_drift: bool = True  # a detected drift triggers too
     proxy: str = "macro_f1"  # the accuracy proxy: one of PROXIES (accuracy_proxy)
+    # sag: also retrain when the proxy stays more than ``sag`` below the level the active
+    # model reached when it was installed (the gate's held-out macro-F1), ``patience`` windows
+    # in a row (0: off). The default is the gate's default margin: the drop within which the
+    # gate calls two models equally good. See :class:`LevelWatch`.
+    sag: float = 0.02
+    patience: int = 2
+    # the cool-down counts from the last retrain that was installed ("install": a retrain the
+    # gate refused changed nothing to wait for) or from the last retrain ("retrain")
+    cooldown_from: str = "install"
 
     def __post_init__(self) -> None:
         if self.mode not in POLICIES:
@@ -115,14 +127,23 @@ class TriggerPolicy:
             raise ValueError(f"accuracy proxy must be one of {list(PROXIES)}, not {self.proxy!r}")
         if not 0 <= self.threshold <= 1 or self.cooldown < 0 or self.min_per_class < 1:
             raise ValueError("threshold in 0..1, cooldown >= 0, min_per_class >= 1")
+        if not 0 <= self.sag < 1:
+            raise ValueError(f"sag must be in [0, 1) (0: off), not {self.sag!r}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, not {self.patience!r}")
+        if self.cooldown_from not in COOLDOWN_FROM:
+            raise ValueError(f"cooldown_from must be one of {list(COOLDOWN_FROM)}, not "
+                             f"{self.cooldown_from!r}")
 
     def measure(self, labels: np.ndarray, model: np.ndarray) -> float | None:
         """This policy's accuracy proxy of a window's labelled samples."""
         return accuracy_proxy(labels, model, self.proxy, self.min_per_class)
 
     def decide(self, proxy: float | None, drifted: bool, windows_since: int | None,
-               class_counts: dict[str, int], classes: tuple[str, ...]) -> tuple[bool, str]:
-        """(retrain now?, why)."""
+               class_counts: dict[str, int], classes: tuple[str, ...],
+               sagging: str | None = None) -> tuple[bool, str]:
+        """(retrain now?, why). ``sagging``: why the proxy counts as sagging below the active
+        model's installed level (:meth:`LevelWatch.sagging`), or None."""
         if self.mode == "never":
             return False, "policy never retrains"
         short = [c for c in classes if class_counts.get(c, 0) < self.min_per_class]
@@ -131,13 +152,48 @@ class TriggerPolicy:
         if self.mode == "every":
             return True, "policy retrains every window"
         low = proxy is not None and proxy < self.threshold
-        if not low and not (drifted and self.on_drift):
+        sag = sagging is not None and self.sag > 0
+        if not low and not sag and not (drifted and self.on_drift):
             return False, ("proxy unknown (too few labelled samples)" if proxy is None else
                            f"proxy {proxy:.3f} >= {self.threshold:g}, no drift")
         if windows_since is not None and windows_since < self.cooldown:
-            return False, f"cool-down ({windows_since} of {self.cooldown} windows)"
-        why = f"proxy {proxy:.3f} < {self.threshold:g}" if low else "drift detected"
-        return True, why
+            return False, (f"cool-down ({windows_since} of {self.cooldown} windows since the "
+                           f"last {self.cooldown_from})")
+        if low:
+            return True, f"proxy {proxy:.3f} < {self.threshold:g}"
+        return True, sagging if sag else "drift detected"  # type: ignore[return-value]
+
+
+@dataclass
+class LevelWatch:
+    """The sag rule's state: the level the active model reached when it was installed (its
+    macro-F1 on the held-out part of its training draw, labelled by the agents: what the
+    proxy reads while the traffic stays like the traffic it was trained on) and how many
+    windows in a row the proxy has been more than ``sag`` below it (``sag`` 0: off). A window
+    without a proxy neither counts nor breaks the run. The deployed (offline) model has no
+    level: only the threshold and drift apply to it."""
+
+    sag: float = 0.0
+    patience: int = 2
+    level: float | None = None
+    run: int = 0
+    last: float | None = None
+
+    def installed(self, level: float | None) -> None:
+        self.level, self.run = level, 0
+
+    def update(self, proxy: float | None) -> None:
+        if not self.sag or self.level is None or proxy is None:
+            return
+        self.last = proxy
+        self.run = self.run + 1 if proxy < self.level - self.sag else 0
+
+    def sagging(self) -> str | None:
+        """Why the proxy sags (None if it does not)."""
+        if not self.sag or self.level is None or self.run < self.patience:
+            return None
+        return (f"proxy {self.last:.3f} more than {self.sag:g} below the active model's "
+                f"installed level {self.level:.3f} for {self.run} windows")
 
 
 @dataclass

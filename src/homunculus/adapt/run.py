@@ -13,7 +13,13 @@ import numpy as np
 from homunculus.adapt.agents import COMBINERS, HEURISTICS, Agent, OracleAgent, RuleAgent
 from homunculus.adapt.loop import LoopConfig, run_live, run_replay, write_jsonl
 from homunculus.adapt.model import load_deployed
-from homunculus.adapt.policy import DETECTORS, PROXIES, GateConfig, TriggerPolicy
+from homunculus.adapt.policy import (
+    COOLDOWN_FROM,
+    DETECTORS,
+    PROXIES,
+    GateConfig,
+    TriggerPolicy,
+)
 from homunculus.adapt.report import write_report
 from homunculus.errors import DataError, SpecError
 
@@ -45,6 +51,9 @@ class AdaptOptions:
     report: Path | None = None
     seed: int = 0
     proxy: str = "macro_f1"
+    sag: float = 0.02
+    patience: int = 2
+    cooldown_from: str = "install"
 
 
 def check_options(o: AdaptOptions) -> list[str]:
@@ -61,6 +70,12 @@ def check_options(o: AdaptOptions) -> list[str]:
         raise SpecError(f"--combine must be one of {list(COMBINERS)}")
     if o.proxy not in PROXIES:
         raise SpecError(f"--proxy must be one of {list(PROXIES)}")
+    if not 0 <= o.sag < 1:
+        raise SpecError(f"--sag must be in [0, 1) (0: off), not {o.sag:g}")
+    if o.patience < 1:
+        raise SpecError(f"--patience must be at least 1, not {o.patience}")
+    if o.cooldown_from not in COOLDOWN_FROM:
+        raise SpecError(f"--cooldown-from must be one of {list(COOLDOWN_FROM)}")
     if o.detector not in DETECTORS:
         raise SpecError(f"--detector must be one of {list(DETECTORS)}")
     if o.window <= 0:
@@ -102,7 +117,8 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
     config = LoopConfig(
         window_s=o.window, combine=o.combine,
         policy=TriggerPolicy(o.policy, o.threshold, o.cooldown, o.min_per_class,
-                             proxy=o.proxy),
+                             proxy=o.proxy, sag=o.sag, patience=o.patience,
+                             cooldown_from=o.cooldown_from),
         gate=GateConfig(o.margin, o.min_fidelity), detector=o.detector,
         max_installs=o.max_installs, seed=o.seed)
     report = o.report or Path(o.out_dir) / "adapt"

@@ -25,6 +25,7 @@ reported with ``--report-only``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -60,6 +61,7 @@ from homunculus.search.study import (
     pick_best,
     run_search,
     table_space,
+    warm_features,
     warm_start,
 )
 
@@ -148,10 +150,11 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
     study = optuna.create_study(directions=directions(setup.objectives), sampler=sampler)
     budget = Budget(trials=trials)
     if warm and factory is None:  # run_search queues the warm start itself
-        run_search(setup.problem, setup.families, setup.objectives, budget, study)
+        with contextlib.suppress(InfeasibleError):  # none feasible: "no feasible" below
+            run_search(setup.problem, setup.families, setup.objectives, budget, study)
     elif warm:
         warm_start(study, setup.families, budget, table_space(setup.problem),
-                   decision_choices(setup.problem))
+                   decision_choices(setup.problem), warm_features(setup.problem))
     if factory is not None or not warm:
         study.optimize(make_objective(setup.problem, setup.families, setup.objectives),
                        n_trials=trials - len(study.get_trials(
@@ -167,6 +170,9 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
     return {"app": app, "seed": seed, "method": method, "short": scored(setup, short),
             "full": scored(setup, full), "curve": curve, "seconds": seconds,
             "evaluations": len(done),
+            "log": [[t.params.get("family"), t.user_attrs.get("metric"),
+                     bool(t.user_attrs.get("feasible")), bool(t.user_attrs.get("default"))]
+                    for t in done],
             "infeasible": sum(not t.user_attrs.get("feasible", False) for t in done)}
 
 

@@ -10,7 +10,8 @@ exactly a 20-trial search.
 Methods:
 
 - ``bo``: the compiler's search (``make_sampler(spec's sampler)`` + ``run_search``: the warm
-  start queues each allowed family's default configuration first);
+  start queues each allowed family's default configuration first, on ``warm_features`` when
+  the search selects features);
 - ``random``: uniform random search over the same design space, same N, no warm start;
 - ``default``: each allowed family's ``default_params()``, the best feasible on validation;
 - experimental variants (``--methods``) for choosing the sampler: see VARIANTS.

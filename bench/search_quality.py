@@ -10,7 +10,8 @@ exactly a 20-trial search.
 Methods:
 
 - ``bo``: the compiler's search (``make_sampler(spec's sampler)`` + ``run_search``: the warm
-  start queues each allowed family's default configuration first);
+  start queues each allowed family's default configuration first, on ``warm_features`` when
+  the search selects features);
 - ``random``: uniform random search over the same design space, same N, no warm start;
 - ``default``: each allowed family's ``default_params()``, the best feasible on validation;
 - experimental variants (``--methods``) for choosing the sampler: see VARIANTS.
@@ -25,6 +26,7 @@ reported with ``--report-only``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -60,6 +62,7 @@ from homunculus.search.study import (
     pick_best,
     run_search,
     table_space,
+    warm_features,
     warm_start,
 )
 
@@ -82,13 +85,13 @@ def _tpe(**kwargs: Any) -> Callable[[int, int], optuna.samplers.BaseSampler]:
     return make
 
 
-def _family(temperature: float, startup: int = 6
+def _family(temperature: float, startup: int = 6, local: float = 0.0
             ) -> Callable[[int, int], optuna.samplers.BaseSampler]:
     def make(seed: int, _n_warm: int) -> optuna.samplers.BaseSampler:
         from homunculus.search.study import FamilySampler
 
         tpe = _tpe(n_startup_trials=startup)(seed, 0)
-        return FamilySampler(tpe, seed + 1, temperature)
+        return FamilySampler(tpe, seed + 1, temperature, local)
     return make
 
 
@@ -105,6 +108,12 @@ VARIANTS: dict[str, tuple[Callable[[int, int], optuna.samplers.BaseSampler] | No
     "fam02": (_family(0.02), True),
     "fam05": (_family(0.05), True),
     "fam01": (_family(0.01), True),
+    # issue 13's second round: local moves (fam05-local02 draws what bo draws)
+    "fam05-local01": (_family(0.05, local=0.1), True),
+    "fam05-local02": (_family(0.05, local=0.2), True),
+    "fam05-local03": (_family(0.05, local=0.3), True),
+    "fam05-local05": (_family(0.05, local=0.5), True),
+    "fam03-local02": (_family(0.03, local=0.2), True),
 }
 
 
@@ -148,10 +157,11 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
     study = optuna.create_study(directions=directions(setup.objectives), sampler=sampler)
     budget = Budget(trials=trials)
     if warm and factory is None:  # run_search queues the warm start itself
-        run_search(setup.problem, setup.families, setup.objectives, budget, study)
+        with contextlib.suppress(InfeasibleError):  # none feasible: "no feasible" below
+            run_search(setup.problem, setup.families, setup.objectives, budget, study)
     elif warm:
         warm_start(study, setup.families, budget, table_space(setup.problem),
-                   decision_choices(setup.problem))
+                   decision_choices(setup.problem), warm_features(setup.problem))
     if factory is not None or not warm:
         study.optimize(make_objective(setup.problem, setup.families, setup.objectives),
                        n_trials=trials - len(study.get_trials(
@@ -167,6 +177,9 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
     return {"app": app, "seed": seed, "method": method, "short": scored(setup, short),
             "full": scored(setup, full), "curve": curve, "seconds": seconds,
             "evaluations": len(done),
+            "log": [[t.params.get("family"), t.user_attrs.get("metric"),
+                     bool(t.user_attrs.get("feasible")), bool(t.user_attrs.get("default"))]
+                    for t in done],
             "infeasible": sum(not t.user_attrs.get("feasible", False) for t in done)}
 
 
@@ -190,18 +203,26 @@ def metric_of(row: dict[str, Any] | None, which: str, split: str) -> float | Non
 
 def head_to_head(rows: list[dict[str, Any]], app: str, a: str, b: str, which: str,
                  split: str) -> str:
+    """Seeds where ``a`` is better / tied / worse than ``b`` and the mean difference. A seed
+    where only one method found a feasible configuration counts for that method but not in
+    the mean (said in a note)."""
     by = {(r["method"], r["seed"]): r for r in rows if r["app"] == app}
     seeds = sorted({s for (m, s) in by if m == a} & {s for (m, s) in by if m == b})
-    diffs = []
+    diffs, only_a, only_b = [], 0, 0
     for s in seeds:
         x, y = metric_of(by[a, s], which, split), metric_of(by[b, s], which, split)
         if x is not None and y is not None:
             diffs.append(x - y)
-    if not diffs:
+        only_a += x is not None and y is None
+        only_b += x is None and y is not None
+    if not diffs and not only_a and not only_b:
         return "-"
     wins, ties = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
-    return (f"{wins}/{ties}/{len(diffs) - wins - ties} "
-            f"({100 * statistics.fmean(diffs):+.2f} pts)")
+    worse = len(diffs) - wins - ties + only_b
+    mean = f"{100 * statistics.fmean(diffs):+.2f} pts" if diffs else "no common seed"
+    note = "".join(f"; {n} seed{'s' * (n > 1)} only {m} feasible"
+                   for n, m in ((only_a, a), (only_b, b)) if n)
+    return f"{wins + only_a}/{ties}/{worse} ({mean}{note})"
 
 
 def reach(rows: list[dict[str, Any]], app: str, method: str, short: int) -> str:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pytest
 
-from homunculus.search.study import FAMILY_TEMPERATURE, FamilySampler, make_sampler
+from homunculus.search.problem import feature_param
+from homunculus.search.study import (
+    FAMILY_TEMPERATURE,
+    STARTUP_TRIALS,
+    Budget,
+    FamilySampler,
+    best_feasible,
+    make_sampler,
+    perturb,
+    warm_features,
+    warm_start,
+)
 
 FAMILIES = ["dt", "rf", "gnb", "cnb"]
 
@@ -64,3 +77,81 @@ def test_a_short_search_is_the_start_of_a_long_one() -> None:
     assert drawn[0] == drawn[1][:12]
     late = [p["family"] for p in drawn[1][12:]]
     assert late.count("dt") > late.count("gnb")  # the leader gets most of the later trials
+
+
+def test_a_neighbour_keeps_the_family_and_stays_in_range() -> None:
+    dists = {"family": optuna.distributions.CategoricalDistribution(FAMILIES),
+             "dt_depth": optuna.distributions.IntDistribution(1, 12),
+             "dt_leaf": optuna.distributions.IntDistribution(1, 32, log=True),
+             "dt_rate": optuna.distributions.FloatDistribution(0.05, 1.0, log=True),
+             "merge": optuna.distributions.CategoricalDistribution([False, True])}
+    params = {"family": "dt", "dt_depth": 12, "dt_leaf": 1, "dt_rate": 0.05, "merge": False}
+    incumbent = optuna.trial.create_trial(params=params, distributions=dists, values=[0.9],
+                                          user_attrs={"metric": 0.9, "feasible": True})
+    rng = np.random.RandomState(0)
+    moved = {name: 0 for name in params}
+    for _ in range(200):
+        out = perturb(incumbent, rng)
+        assert out["family"] == "dt" and set(out) == set(params)
+        changed = [n for n in params if out[n] != params[n]]
+        assert changed  # every move changes something
+        for name in changed:
+            moved[name] += 1
+            assert dists[name]._contains(dists[name].to_internal_repr(out[name]))
+    assert moved["family"] == 0 and min(moved[n] for n in params if n != "family") > 20
+
+
+def test_best_feasible_skips_infeasible_trials() -> None:
+    trials = [finished("dt", 0.8), finished("rf", 0.95, feasible=False), finished("gnb", 0.85),
+              finished("cnb", 0.85)]
+    assert best_feasible(trials) is trials[2]  # the earlier of two equal ones
+    assert best_feasible(trials[1:2]) is None
+
+
+def test_local_trials_perturb_the_best_feasible_trial() -> None:
+    """With ``local`` = 1 every trial after the start-up is a neighbour of the incumbent: same
+    family, and its parameter near the incumbent's; with ``local`` = 0 none is."""
+    drawn = {}
+    for share in (0.0, 1.0):
+        study = optuna.create_study(direction="maximize",
+                                    sampler=make_sampler("tpe", 3, 30, local=share))
+        for family in FAMILIES:
+            study.enqueue_trial({"family": family, f"{family}_x": 0.9})
+        study.optimize(toy, n_trials=30)
+        drawn[share] = study.trials
+    local = drawn[1.0]
+
+    def incumbent(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
+        return max(trials, key=lambda u: (u.user_attrs["metric"], -u.number))
+
+    for t in local[STARTUP_TRIALS:]:
+        best = incumbent(local[:t.number])
+        assert t.params["family"] == best.params["family"] and t.params != best.params
+    assert incumbent(local).user_attrs["metric"] > incumbent(
+        local[:STARTUP_TRIALS]).user_attrs["metric"] + 0.05  # the moves climb
+    plain = drawn[0.0]  # the same start-up trials, then TPE's draws
+    assert [t.params for t in plain[:STARTUP_TRIALS]] == [t.params for t in
+                                                          local[:STARTUP_TRIALS]]
+    assert [t.params for t in plain[STARTUP_TRIALS:]] != [t.params for t in
+                                                          local[STARTUP_TRIALS:]]
+
+
+def test_the_warm_start_uses_the_features_the_default_tree_splits_on() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (400, 6))
+    y = (x[:, 2] > 128).astype(int) + 2 * (x[:, 4] > 64).astype(int)
+    data = SimpleNamespace(x_train=x, y_train=y)
+    chosen = warm_features(SimpleNamespace(select_features=True, dataset=data, seed=0))
+    assert chosen == {feature_param(i): i in (2, 4) for i in range(6)}
+    assert warm_features(SimpleNamespace(select_features=False, dataset=data, seed=0)) == {}
+    flat = SimpleNamespace(x_train=x, y_train=np.zeros(400, dtype=int))
+    assert warm_features(SimpleNamespace(select_features=True, dataset=flat, seed=0)) == {}
+
+
+def test_the_warm_start_queues_the_feature_set_with_every_default() -> None:
+    study = optuna.create_study(direction="maximize")
+    features = {feature_param(0): True, feature_param(1): False}
+    warm_start(study, ["dt", "rf"], Budget(trials=10), features=features)
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]
+    assert [q["family"] for q in queued] == ["dt", "rf"]
+    assert all(q[feature_param(0)] is True and q[feature_param(1)] is False for q in queued)

@@ -76,6 +76,7 @@ from homunculus.search.study import (
     run_search,
     table_space,
     trial_index,
+    warm_features,
     warm_start,
 )
 from homunculus.targets.base import Limits, Target
@@ -449,7 +450,8 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
     tables, decisions = table_space(problem), decision_choices(problem)
     study = open_coordinated(options.shared, settings, directions(objectives), budget.trials,
                              budget.seconds,
-                             lambda st: warm_start(st, allowed, budget, tables, decisions))
+                             lambda st: warm_start(st, allowed, budget, tables, decisions,
+                                                   warm_features(problem)))
     sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
                            concurrent=True)
     study = with_sampler(study, options.shared, sampler)

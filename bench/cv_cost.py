@@ -6,6 +6,7 @@ per fold for the metric. Medians of repeated evaluations of each family's defaul
 configuration, measured side by side.
 
     python bench/cv_cost.py [--spec examples/iot/spec.yaml] [--folds 1 3 5] [--repeats 5]
+                            [--families svm kmeans]
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--families", nargs="+", help="default: the spec's algorithms")
     args = parser.parse_args()
     before = source_state()
     problem, requested = build_problem(plan_from_yaml(args.spec), 0)
-    families = requested or ["dt", "rf", "xgb", "gnb", "cnb", "svm", "kmeans"]
+    families = args.families or requested or ["dt", "rf", "xgb", "gnb", "cnb", "svm", "kmeans"]
     rows = []
     for family in families:
         params = get_family(family).default_params()

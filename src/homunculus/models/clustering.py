@@ -12,6 +12,7 @@ the lowest inertia (docs/benchmarks.md, `bench/small_tabular.py`).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import optuna
 from sklearn.cluster import KMeans
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
+from threadpoolctl import ThreadpoolController
 
 from homunculus.ir.quantised import QuantisedModel
 from homunculus.models.base import TrainedModel, register, two_bin_lookup
@@ -41,7 +43,8 @@ def best_restart(z: np.ndarray, y: np.ndarray, k: int, n_classes: int, seed: int
     most accurate on the training rows (then the lowest inertia), with that map."""
     best: tuple[tuple[float, float], KMeans, np.ndarray] | None = None
     for r in range(restarts):
-        km = KMeans(n_clusters=k, n_init=1, random_state=seed + 7919 * r).fit(z)
+        with openmp().limit(limits=1, user_api="openmp"):
+            km = KMeans(n_clusters=k, n_init=1, random_state=seed + 7919 * r).fit(z)
         mapping = majority_map(km.labels_, y, k, n_classes)
         key = (float(np.mean(mapping[km.labels_] == y)), -float(km.inertia_))
         if best is None or key > best[0]:
@@ -88,6 +91,15 @@ class KMeansFamily:
                              params["kmeans_score_bits"])
         return TrainedModel(self.name, params, MappedClassifier(model, mapping), q,
                             winner_to_class=tuple(int(v) for v in mapping))
+
+
+@cache
+def openmp() -> ThreadpoolController:
+    """The native thread pools, found once (looking them up costs ~2 ms a call). k-means fits
+    run on one OpenMP thread: on a trial's few thousand rows the threads' synchronisation costs
+    ~10x the CPU time of the fit on a 2-core machine (bench/cv_cost.py), and one thread gives
+    the same centroids on every machine, whatever its core count."""
+    return ThreadpoolController()
 
 
 register(KMeansFamily())

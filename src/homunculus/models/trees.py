@@ -205,7 +205,7 @@ class XGBoostFamily:
 def _base_margin(booster: xgb.Booster, x1: np.ndarray, arrays: list[Any],
                  margin_classes: int) -> np.ndarray:
     """The model's base margin per class: predicted margin minus the sum of its leaf values."""
-    dm = xgb.DMatrix(x1.astype(np.float64))
+    dm = xgb.DMatrix(x1.astype(np.float64), nthread=1)  # one row: threads only cost
     margin = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64).reshape(-1)
     leaves = np.asarray(booster.predict(dm, pred_leaf=True)).reshape(-1)
     sums = np.zeros(margin_classes)

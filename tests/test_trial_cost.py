@@ -1,0 +1,111 @@
+"""The shortcuts that make a cross-validated trial cheaper compute the same numbers as the code
+they replace: scikit-learn's metrics, ``np.median`` per bin, tree-by-tree traversal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from homunculus.ir.quantised import QTree, QTreeEnsemble
+from homunculus.models.binning import bin_medians, fit_binning
+from homunculus.search.metrics import class_indices, fast_accuracy, fast_f1_macro, score
+
+
+def label_pairs(seed: int, count: int):
+    """Random true/predicted class indices, some classes absent from either side."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        n, k = int(rng.integers(1, 400)), int(rng.integers(2, 9))
+        y_true = rng.integers(0, int(rng.integers(1, k + 1)), n)
+        right = rng.random(n) < rng.random()
+        yield np.where(right, y_true, rng.integers(0, k, n)), y_true, k
+
+
+def test_fast_metrics_equal_scikit_learn_bit_for_bit() -> None:
+    for y_pred, y_true, k in label_pairs(0, 500):
+        expected = float(f1_score(y_true, y_pred, labels=list(range(k)), average="macro",
+                                  zero_division=0))
+        assert fast_f1_macro(y_true, y_pred, k) == expected
+        assert score("f1_macro", y_true, y_pred, k, None) == expected
+        assert fast_accuracy(y_true, y_pred, k) == float(accuracy_score(y_true, y_pred))
+
+
+def test_labels_outside_the_classes_go_to_scikit_learn() -> None:
+    y_true, y_pred = np.array([0, 1, 2]), np.array([0, 1, 1])
+    assert class_indices(y_true, y_pred, 3)
+    assert not class_indices(y_true, y_pred, 2)  # class 2 is not a class index of 2 classes
+    assert not class_indices(y_true, y_pred.astype(float), 3)
+    assert not class_indices(y_true[:0], y_pred[:0], 3)
+    expected = float(f1_score(y_true, y_pred, labels=[0, 1], average="macro", zero_division=0))
+    assert score("f1_macro", y_true, y_pred, 2, None) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float64])
+def test_bin_medians_are_numpy_medians(dtype) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        values = rng.integers(0, int(rng.choice([4, 50, 60000])), int(rng.integers(1, 300)))
+        values = values.astype(dtype)
+        edges = np.unique(rng.integers(0, 65535, int(rng.integers(1, 40)))).astype(np.int64)
+        edges = np.unique(np.append(edges, 65535))
+        idx = np.searchsorted(edges, values, side="left")
+        expected = [np.median(values[idx == b]) if (idx == b).any() else np.nan
+                    for b in range(len(edges))]
+        np.testing.assert_array_equal(bin_medians(values, edges), expected)
+
+
+def test_fit_binning_represents_empty_bins_by_their_middle() -> None:
+    binning = fit_binning(np.array([0, 0, 10, 11]), 4, 8)
+    np.testing.assert_array_equal(binning.upper_edges, [5, 10, 15])
+    np.testing.assert_array_equal(binning.representatives, [0.0, 10.0, 11.0])
+    sparse = fit_binning(np.array([3, 3, 3]), 4, 2)  # one distinct value: one bin to the top
+    np.testing.assert_array_equal(sparse.representatives, [3.0])
+
+
+def random_tree(rng: np.random.Generator, n_features: int, n_classes: int,
+                depth: int) -> QTree:
+    """A random tree whose node ids are not in depth-first order (as xgboost numbers them)."""
+    feature, threshold, left, right, scores = [], [], [], [], []
+
+    def add(level: int) -> int:
+        node = len(feature)
+        feature.append(-2)
+        threshold.append(0)
+        left.append(-1)
+        right.append(-1)
+        scores.append(tuple(int(v) for v in rng.integers(-50, 50, n_classes)))
+        if level < depth and rng.random() < 0.8:
+            feature[node] = int(rng.integers(0, n_features))
+            threshold[node] = int(rng.integers(0, 256))
+            left[node], right[node] = add(level + 1), add(level + 1)
+        return node
+
+    add(0)
+    return QTree(tuple(feature), tuple(threshold), tuple(left), tuple(right), tuple(scores))
+
+
+def walk(tree: QTree, row: np.ndarray) -> int:
+    """The leaf one row lands in, one node at a time."""
+    node = 0
+    while tree.feature[node] >= 0:
+        go_left = row[tree.feature[node]] <= tree.threshold[node]
+        node = tree.left[node] if go_left else tree.right[node]
+    return node
+
+
+def test_forest_walk_equals_row_by_row_walks() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n_features, n_classes = int(rng.integers(1, 5)), int(rng.integers(2, 6))
+        trees = tuple(random_tree(rng, n_features, n_classes, int(rng.integers(0, 7)))
+                      for _ in range(int(rng.integers(1, 12))))
+        ensemble = QTreeEnsemble(trees, tuple(int(v) for v in rng.integers(-9, 9, n_classes)))
+        x = rng.integers(0, 256, (int(rng.integers(1, 200)), n_features))
+        leaves = [[walk(tree, row) for row in x] for tree in trees]
+        for tree, leaf in zip(trees, leaves, strict=True):
+            np.testing.assert_array_equal(tree.leaf_index(x), leaf)
+        expected = np.asarray(ensemble.bias) + sum(
+            np.asarray(tree.leaf_scores)[leaf] for tree, leaf in zip(trees, leaves, strict=True))
+        np.testing.assert_array_equal(ensemble.scores(x), expected)
+    assert ensemble.scores(x[:0]).shape == (0, n_classes)

@@ -154,6 +154,11 @@ class QLookupSum:
 QuantisedModel = QTreeEnsemble | QLookupSum | QMLP
 
 
+def int_rows(rows: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """An integer matrix as tuples of Python ints (one C-level conversion, not one per value)."""
+    return tuple(map(tuple, np.asarray(rows, dtype=np.int64).tolist()))
+
+
 def predict_index(model: QuantisedModel, x: np.ndarray) -> np.ndarray:
     """Class indices the quantised model predicts for integer feature rows ``x``."""
     return np.argmax(model.scores(np.asarray(x, dtype=np.int64)), axis=1)

@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from homunculus.ir.quantised import QTree, QTreeEnsemble
 from homunculus.models.binning import bin_medians, fit_binning
+from homunculus.models.clustering import distinct_rows
 from homunculus.search.metrics import class_indices, fast_accuracy, fast_f1_macro, score
 
 
@@ -52,7 +53,7 @@ def test_bin_medians_are_numpy_medians(dtype) -> None:
         idx = np.searchsorted(edges, values, side="left")
         expected = [np.median(values[idx == b]) if (idx == b).any() else np.nan
                     for b in range(len(edges))]
-        np.testing.assert_array_equal(bin_medians(values, edges), expected)
+        np.testing.assert_array_equal(bin_medians(np.sort(values), edges), expected)
 
 
 def test_fit_binning_represents_empty_bins_by_their_middle() -> None:
@@ -61,6 +62,21 @@ def test_fit_binning_represents_empty_bins_by_their_middle() -> None:
     np.testing.assert_array_equal(binning.representatives, [0.0, 10.0, 11.0])
     sparse = fit_binning(np.array([3, 3, 3]), 4, 2)  # one distinct value: one bin to the top
     np.testing.assert_array_equal(sparse.representatives, [3.0])
+    none = fit_binning(np.array([], dtype=np.int64), 4, 2)
+    np.testing.assert_array_equal(none.representatives, [7.5])
+
+
+def test_quantile_cuts_are_numpy_lower_quantiles() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        values = rng.geometric(0.01, int(rng.integers(50, 500))).clip(0, 4095)
+        n_bins = int(rng.integers(2, 20))
+        if len(np.unique(values)) <= n_bins:
+            continue
+        qs = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1], method="lower")
+        cuts = np.unique(qs.astype(np.int64))
+        expected = np.unique(np.concatenate([cuts[cuts < 4095], [4095]]))
+        np.testing.assert_array_equal(fit_binning(values, 12, n_bins).upper_edges, expected)
 
 
 def random_tree(rng: np.random.Generator, n_features: int, n_classes: int,
@@ -109,3 +125,13 @@ def test_forest_walk_equals_row_by_row_walks() -> None:
             np.asarray(tree.leaf_scores)[leaf] for tree, leaf in zip(trees, leaves, strict=True))
         np.testing.assert_array_equal(ensemble.scores(x), expected)
     assert ensemble.scores(x[:0]).shape == (0, n_classes)
+
+
+def test_distinct_rows_caps_the_count_of_unique_rows() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        n, levels = int(rng.integers(0, 400)), int(rng.integers(1, 4))
+        x = rng.integers(0, levels, (n, int(rng.integers(1, 3))))
+        x[rng.random(n) < 0.9] = 0  # mostly one row: the distinct ones sit late
+        cap = int(rng.integers(1, 17))
+        assert distinct_rows(x, cap) == min(cap, len(np.unique(x, axis=0)))

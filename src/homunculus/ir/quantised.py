@@ -92,8 +92,7 @@ class FlatForest:
     roots: np.ndarray  # (n_trees,)
     column: np.ndarray  # feature tested at each node (0 at leaves)
     threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
+    children: np.ndarray  # node 2i + 1: left child of node i (x <= threshold), 2i: right child
     leaf: np.ndarray  # bool
     leaf_scores: np.ndarray  # (n_nodes, n_classes)
 
@@ -109,7 +108,7 @@ class FlatForest:
         right = np.where(leaf, nodes, np.concatenate([t.right for t in trees]) + shift)
         return FlatForest(roots, np.where(leaf, 0, feature),
                           np.concatenate([t.threshold for t in trees]).astype(np.int64),
-                          left, right, leaf,
+                          np.stack([right, left], axis=1).reshape(-1), leaf,
                           np.concatenate([np.asarray(t.leaf_scores, dtype=np.int64).reshape(
                               len(t.feature), -1) for t in trees]))
 
@@ -117,8 +116,8 @@ class FlatForest:
         """(n_rows, n_trees) node of the leaf each row lands in, per tree."""
         node = np.tile(self.roots, (len(x), 1))
         while not self.leaf[node].all():
-            value = np.take_along_axis(x, self.column[node], axis=1)
-            node = np.where(value <= self.threshold[node], self.left[node], self.right[node])
+            go_left = np.take_along_axis(x, self.column[node], axis=1) <= self.threshold[node]
+            node = self.children[2 * node + go_left]
         return node
 
 

@@ -80,7 +80,7 @@ class QTreeEnsemble:
         if not self.trees or not len(x):
             return total
         flat = FlatForest.of(self.trees)
-        return total + flat.leaf_scores[flat.leaf_index(x)].sum(axis=1)
+        return total + flat.leaf_scores[flat.leaf_index(x)].sum(axis=0)
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,14 @@ class FlatForest:
                               len(t.feature), -1) for t in trees]))
 
     def leaf_index(self, x: np.ndarray) -> np.ndarray:
-        """(n_rows, n_trees) node of the leaf each row lands in, per tree."""
-        node = np.tile(self.roots, (len(x), 1))
+        """(n_trees, n_rows) node of the leaf each row lands in, per tree (tree-major: each
+        level's gathers and the final sum over trees run on contiguous rows)."""
+        n = len(x)
+        by_feature = np.ascontiguousarray(x.T).reshape(-1)  # feature j of row i at j * n + i
+        rows = np.arange(n)
+        node = np.repeat(self.roots[:, None], n, axis=1)
         while not self.leaf[node].all():
-            go_left = np.take_along_axis(x, self.column[node], axis=1) <= self.threshold[node]
+            go_left = by_feature[self.column[node] * n + rows] <= self.threshold[node]
             node = self.children[2 * node + go_left]
         return node
 

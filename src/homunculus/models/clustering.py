@@ -43,7 +43,7 @@ def best_restart(z: np.ndarray, y: np.ndarray, k: int, n_classes: int, seed: int
     most accurate on the training rows (then the lowest inertia), with that map."""
     best: tuple[tuple[float, float], KMeans, np.ndarray] | None = None
     for r in range(restarts):
-        with openmp().limit(limits=1, user_api="openmp"):
+        with thread_pools().limit(limits=1):
             km = KMeans(n_clusters=k, n_init=1, random_state=seed + 7919 * r).fit(z)
         mapping = majority_map(km.labels_, y, k, n_classes)
         key = (float(np.mean(mapping[km.labels_] == y)), -float(km.inertia_))
@@ -105,11 +105,11 @@ def distinct_rows(x: np.ndarray, cap: int) -> int:
 
 
 @cache
-def openmp() -> ThreadpoolController:
-    """The native thread pools, found once (looking them up costs ~2 ms a call). k-means fits
-    run on one OpenMP thread: on a trial's few thousand rows the threads' synchronisation costs
-    ~10x the CPU time of the fit on a 2-core machine (bench/cv_cost.py), and one thread gives
-    the same centroids on every machine, whatever its core count."""
+def thread_pools() -> ThreadpoolController:
+    """The native thread pools (OpenMP, BLAS), found once (looking them up costs ~2 ms a call).
+    k-means fits run on one thread of each: on a trial's few thousand rows the threads'
+    synchronisation costs ~10x the CPU time of the fit on a 2-core machine (bench/cv_cost.py),
+    and one thread gives the same centroids on every machine, whatever its core count."""
     return ThreadpoolController()
 
 

@@ -135,3 +135,24 @@ def test_distinct_rows_caps_the_count_of_unique_rows() -> None:
         x[rng.random(n) < 0.9] = 0  # mostly one row: the distinct ones sit late
         cap = int(rng.integers(1, 17))
         assert distinct_rows(x, cap) == min(cap, len(np.unique(x, axis=0)))
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_xgboost_on_float32_labels_is_the_same_booster(n_classes) -> None:
+    import xgboost as xgb
+
+    from homunculus.models.base import get_family
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (300, 3))
+    y = (x[:, 0] // (256 // n_classes)).clip(0, n_classes - 1)
+    family = get_family("xgb")
+    params = family.default_params()
+    trained = family.train(params, x, y, n_classes, (8, 8, 8), 0)
+    reference = xgb.XGBClassifier(
+        n_estimators=params["xgb_n_estimators"], max_depth=params["xgb_max_depth"],
+        learning_rate=params["xgb_learning_rate"], random_state=0, n_jobs=1, tree_method="hist",
+        objective="binary:logistic" if n_classes == 2 else "multi:softprob",
+    ).fit(x.astype(np.float64), y)
+    assert trained.float_model.get_booster().save_raw() == reference.get_booster().save_raw()
+    np.testing.assert_array_equal(trained.float_model.classes_, np.arange(n_classes))

@@ -31,17 +31,17 @@ class QTree:
 
     def leaf_index(self, x: np.ndarray) -> np.ndarray:
         """Index of the leaf each row of ``x`` (n, n_features) lands in."""
+        feature = np.asarray(self.feature, dtype=np.int64)
+        leaf = feature < 0
+        # Every row steps down one level per pass; a leaf is its own child on both sides, so
+        # rows that reached one stay there (no per-pass selection of the rows still moving).
+        nodes = np.arange(len(feature))
+        left, right = np.where(leaf, nodes, self.left), np.where(leaf, nodes, self.right)
+        column, threshold = np.where(leaf, 0, feature), np.asarray(self.threshold, np.int64)
+        rows = np.arange(len(x))
         node = np.zeros(len(x), dtype=np.int64)
-        feature = np.asarray(self.feature)
-        threshold = np.asarray(self.threshold, dtype=np.int64)
-        left, right = np.asarray(self.left), np.asarray(self.right)
-        active = feature[node] >= 0
-        while active.any():
-            idx = np.nonzero(active)[0]
-            f = feature[node[idx]]
-            go_left = x[idx, f] <= threshold[node[idx]]
-            node[idx] = np.where(go_left, left[node[idx]], right[node[idx]])
-            active = feature[node] >= 0
+        while not leaf[node].all():
+            node = np.where(x[rows, column[node]] <= threshold[node], left[node], right[node])
         return node
 
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -77,9 +77,52 @@ class QTreeEnsemble:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         total = np.tile(np.asarray(self.bias, dtype=np.int64), (len(x), 1))
-        for tree in self.trees:
-            total += tree.scores(x)
-        return total
+        if not self.trees or not len(x):
+            return total
+        flat = FlatForest.of(self.trees)
+        return total + flat.leaf_scores[flat.leaf_index(x)].sum(axis=0)
+
+
+@dataclass(frozen=True)
+class FlatForest:
+    """All trees of an ensemble as one array of nodes (tree ``t``'s node ``i`` is node
+    ``offset[t] + i``), so a batch of rows walks every tree at once: one pass per level instead
+    of one per level and tree. A leaf is its own child on both sides."""
+
+    roots: np.ndarray  # (n_trees,)
+    column: np.ndarray  # feature tested at each node (0 at leaves)
+    threshold: np.ndarray
+    children: np.ndarray  # node 2i + 1: left child of node i (x <= threshold), 2i: right child
+    leaf: np.ndarray  # bool
+    leaf_scores: np.ndarray  # (n_nodes, n_classes)
+
+    @staticmethod
+    def of(trees: tuple[QTree, ...]) -> FlatForest:
+        sizes = np.array([len(t.feature) for t in trees])
+        roots = np.cumsum(sizes) - sizes
+        shift = np.repeat(roots, sizes)
+        feature = np.concatenate([t.feature for t in trees]).astype(np.int64)
+        leaf = feature < 0
+        nodes = np.arange(len(feature))
+        left = np.where(leaf, nodes, np.concatenate([t.left for t in trees]) + shift)
+        right = np.where(leaf, nodes, np.concatenate([t.right for t in trees]) + shift)
+        return FlatForest(roots, np.where(leaf, 0, feature),
+                          np.concatenate([t.threshold for t in trees]).astype(np.int64),
+                          np.stack([right, left], axis=1).reshape(-1), leaf,
+                          np.concatenate([np.asarray(t.leaf_scores, dtype=np.int64).reshape(
+                              len(t.feature), -1) for t in trees]))
+
+    def leaf_index(self, x: np.ndarray) -> np.ndarray:
+        """(n_trees, n_rows) node of the leaf each row lands in, per tree (tree-major: each
+        level's gathers and the final sum over trees run on contiguous rows)."""
+        n = len(x)
+        by_feature = np.ascontiguousarray(x.T).reshape(-1)  # feature j of row i at j * n + i
+        rows = np.arange(n)
+        node = np.repeat(self.roots[:, None], n, axis=1)
+        while not self.leaf[node].all():
+            go_left = by_feature[self.column[node] * n + rows] <= self.threshold[node]
+            node = self.children[2 * node + go_left]
+        return node
 
 
 @dataclass(frozen=True)
@@ -112,6 +155,11 @@ class QLookupSum:
 
 
 QuantisedModel = QTreeEnsemble | QLookupSum | QMLP
+
+
+def int_rows(rows: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """An integer matrix as tuples of Python ints (one C-level conversion, not one per value)."""
+    return tuple(map(tuple, np.asarray(rows, dtype=np.int64).tolist()))
 
 
 def predict_index(model: QuantisedModel, x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ the lowest inertia (docs/benchmarks.md, `bench/small_tabular.py`).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import optuna
 from sklearn.cluster import KMeans
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
+from threadpoolctl import ThreadpoolController
 
 from homunculus.ir.quantised import QuantisedModel
 from homunculus.models.base import TrainedModel, register, two_bin_lookup
@@ -41,7 +43,8 @@ def best_restart(z: np.ndarray, y: np.ndarray, k: int, n_classes: int, seed: int
     most accurate on the training rows (then the lowest inertia), with that map."""
     best: tuple[tuple[float, float], KMeans, np.ndarray] | None = None
     for r in range(restarts):
-        km = KMeans(n_clusters=k, n_init=1, random_state=seed + 7919 * r).fit(z)
+        with thread_pools().limit(limits=1):
+            km = KMeans(n_clusters=k, n_init=1, random_state=seed + 7919 * r).fit(z)
         mapping = majority_map(km.labels_, y, k, n_classes)
         key = (float(np.mean(mapping[km.labels_] == y)), -float(km.inertia_))
         if best is None or key > best[0]:
@@ -73,7 +76,7 @@ class KMeansFamily:
 
     def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
               widths: tuple[int, ...], seed: int) -> TrainedModel:
-        k = max(min(params["kmeans_clusters"], len(np.unique(x, axis=0))), 1)
+        k = max(distinct_rows(x, params["kmeans_clusters"]), 1)
         scaler = MinMaxScaler().fit(x.astype(np.float64))
         km, mapping = best_restart(scaler.transform(x.astype(np.float64)), y, k, n_classes,
                                    seed)
@@ -88,6 +91,26 @@ class KMeansFamily:
                              params["kmeans_score_bits"])
         return TrainedModel(self.name, params, MappedClassifier(model, mapping), q,
                             winner_to_class=tuple(int(v) for v in mapping))
+
+
+def distinct_rows(x: np.ndarray, cap: int) -> int:
+    """``min(cap, number of distinct rows of x)``, from the shortest prefix of ``x`` (growing
+    4x at a time) that shows ``cap`` of them: all rows' ``np.unique`` costs ~2 ms a fit."""
+    n = 4 * max(cap, 1)
+    while True:
+        seen = len(np.unique(x[:n], axis=0))
+        if seen >= cap or n >= len(x):
+            return min(seen, cap)
+        n *= 4
+
+
+@cache
+def thread_pools() -> ThreadpoolController:
+    """The native thread pools (OpenMP, BLAS), found once (looking them up costs ~2 ms a call).
+    k-means fits run on one thread of each: on a trial's few thousand rows the threads'
+    synchronisation costs ~10x the CPU time of the fit on a 2-core machine (bench/cv_cost.py),
+    and one thread gives the same centroids on every machine, whatever its core count."""
+    return ThreadpoolController()
 
 
 register(KMeansFamily())

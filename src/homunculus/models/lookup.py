@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from homunculus.ir.quantised import FeatureBins, QLookupSum, ScoreQuantiser
+from homunculus.ir.quantised import FeatureBins, QLookupSum, ScoreQuantiser, int_rows
 from homunculus.models.binning import Binning
 
 
@@ -30,21 +30,16 @@ def build_lookup_sum(binnings: list[Binning], contributions: list[np.ndarray],
             int_bias = int_bias + rows[0]
             continue
         edges, kept = _merge_equal_neighbours(binning.upper_edges, rows)
-        bins.append(FeatureBins(feature, tuple(int(e) for e in edges),
-                                tuple(tuple(int(v) for v in r) for r in kept)))
+        bins.append(FeatureBins(feature, tuple(edges.tolist()), int_rows(kept)))
     return QLookupSum(bins=tuple(bins), bias=tuple(int(v) for v in int_bias))
 
 
-def _merge_equal_neighbours(edges: np.ndarray, rows: np.ndarray) -> tuple[list[int], list[Any]]:
-    out_edges: list[int] = []
-    out_rows: list[Any] = []
-    for edge, row in zip(edges, rows, strict=True):
-        if out_rows and np.array_equal(out_rows[-1], row):
-            out_edges[-1] = int(edge)
-        else:
-            out_edges.append(int(edge))
-            out_rows.append(row)
-    return out_edges, out_rows
+def _merge_equal_neighbours(edges: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of adjacent bins with equal score vectors as one bin: the run's first vector, up to
+    its last edge."""
+    starts = np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])
+    ends = np.append(starts[1:], True)
+    return np.asarray(edges, dtype=np.int64)[ends], rows[starts]
 
 
 def representatives_scaled(binnings: list[Binning], mean: np.ndarray,

@@ -18,7 +18,7 @@ import xgboost as xgb
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
-from homunculus.ir.quantised import QTree, QTreeEnsemble, QuantisedModel, ScoreQuantiser
+from homunculus.ir.quantised import QTree, QTreeEnsemble, QuantisedModel, ScoreQuantiser, int_rows
 from homunculus.models.base import TrainedModel, register, stump_ensemble
 
 
@@ -35,11 +35,11 @@ def sklearn_tree_to_qtree(estimator: Any, leaf_rows: np.ndarray) -> QTree:
     thresholds = [int(math.floor(v)) if f >= 0 else 0 for f, v in zip(t.feature, t.threshold,
                                                                         strict=True)]
     return QTree(
-        feature=tuple(int(f) for f in t.feature),
+        feature=tuple(t.feature.tolist()),
         threshold=tuple(thresholds),
-        left=tuple(int(v) for v in t.children_left),
-        right=tuple(int(v) for v in t.children_right),
-        leaf_scores=tuple(tuple(int(v) for v in row) for row in leaf_rows),
+        left=tuple(t.children_left.tolist()),
+        right=tuple(t.children_right.tolist()),
+        leaf_scores=int_rows(leaf_rows),
     )
 
 
@@ -175,7 +175,9 @@ class XGBoostFamily:
             learning_rate=params["xgb_learning_rate"], random_state=seed, n_jobs=1,
             tree_method="hist", objective="binary:logistic" if n_classes == 2
             else "multi:softprob",
-        ).fit(x.astype(np.float64), y)
+        ).fit(x.astype(np.float64), y.astype(np.float32))  # xgboost keeps float32 labels:
+        # handing them over as such gives the same booster, byte for byte, at half the fit's
+        # CPU time (xgboost's int64 label path costs ~5 ms a pass over the data)
         return TrainedModel(self.name, params, model, self.quantise(model, x, n_classes,
                                                                      params["xgb_score_bits"]))
 
@@ -198,14 +200,14 @@ class XGBoostFamily:
             rows = np.zeros((len(leaf), n_classes), dtype=np.int64)
             rows[:, column] = quant(np.asarray(leaf))
             trees.append(QTree(tuple(feature), tuple(threshold), tuple(left), tuple(right),
-                               tuple(tuple(int(v) for v in r) for r in rows)))
+                               int_rows(rows)))
         return QTreeEnsemble(trees=tuple(trees), bias=tuple(int(v) for v in quant(bias_float)))
 
 
 def _base_margin(booster: xgb.Booster, x1: np.ndarray, arrays: list[Any],
                  margin_classes: int) -> np.ndarray:
     """The model's base margin per class: predicted margin minus the sum of its leaf values."""
-    dm = xgb.DMatrix(x1.astype(np.float64))
+    dm = xgb.DMatrix(x1.astype(np.float64), nthread=1)  # one row: threads only cost
     margin = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64).reshape(-1)
     leaves = np.asarray(booster.predict(dm, pred_leaf=True)).reshape(-1)
     sums = np.zeros(margin_classes)

@@ -147,8 +147,8 @@ def train_present(family: str, params: dict[str, Any], x: np.ndarray, y: np.ndar
 
 def default_folds(n_rows: int) -> int:
     """Cross-validation folds by data size, cheap enough to stay the default (1 = holdout): on
-    the IoT example (4,200 rows) 3 folds cost 2.0-3.0x the old single 75 % training per trial
-    for six of seven families (bench numbers in the issue note)."""
+    the IoT example (4,200 rows) a 3-fold trial costs 1.9-2.9x the CPU time of the old single
+    75 % training (bench/cv_cost.py; docs/benchmarks.md)."""
     if n_rows <= 1_000:
         return 5
     if n_rows <= 50_000:

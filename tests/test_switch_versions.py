@@ -39,6 +39,30 @@ def trained_pipeline(family: str, params: dict, seed: int, target: str = "bmv2")
     return switch.prepare(pipeline), ds
 
 
+def first_that_fits(build, depths, compiled):  # noqa: ANN001, ANN201
+    """The first depth whose retrained pipeline ``build(depth)`` fits the compiled tables, as
+    adapt's retrain does: (the pipeline as lowered, the same conformed to the tables)."""
+    from homunculus.targets.xdp.layout import CapacityError
+
+    for d in depths:
+        raw = build(d)
+        try:
+            return raw, conform(raw, compiled)
+        except CapacityError:
+            continue
+    pytest.fail("no depth fits the compiled tables")
+
+
+def assert_flip_never_mixes(old, new, xs: np.ndarray) -> None:  # noqa: ANN001
+    """Install ``new`` as version 1 beside ``old`` while ``xs`` flows: both versions classify
+    some packets, and each packet is classified wholly by the one its version bit names."""
+    plan = update_plan(old, new, 0, 1)
+    classes, seen = run_updates(old, plan, xs, 0)
+    assert set(seen.tolist()) == {0, 1}
+    want = np.where(seen == 0, simulate(old, xs).class_index, simulate(new, xs).class_index)
+    np.testing.assert_array_equal(classes, want)
+
+
 @pytest.mark.parametrize("family", ["gnb", "cnb"])
 def test_version_flip_never_mixes_models(family: str) -> None:
     old, ds = trained_pipeline(family, get_family(family).default_params() | {}, 0)
@@ -130,26 +154,17 @@ def test_retrained_tree_fits_the_compiled_tables_and_flips_without_mixing() -> N
     depth = next(k for k in params if k.endswith("max_depth"))
     switch, _ = make_target("bmv2", {})
     plan_ = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
-    for d in range(int(params[depth]), 0, -1):
+    def build(d: int):  # noqa: ANN202
         model = fam.train(params | {depth: d}, x, other.y_train, other.n_classes, other.widths, 7)
-        raw = switch.prepare(lower(model.quantised, other.features, other.class_labels, plan_,
-                                   model.winner_to_class))
-        try:
-            new = conform(raw, compiled)
-            break
-        except CapacityError:
-            continue
-    else:
-        pytest.fail("no depth fits the compiled tables")
+        return switch.prepare(lower(model.quantised, other.features, other.class_labels, plan_,
+                                    model.winner_to_class))
+
+    raw, new = first_that_fits(build, range(int(params[depth]), 0, -1), compiled)
     xs = np.concatenate([ds.x_test, other.x_test] * 2)
     np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
     for t in versioned(new, 1).tables():
         assert len(t.entries) <= capacity(compiled)[t.name]
-    plan = update_plan(old, new, 0, 1)
-    classes, seen = run_updates(old, plan, xs, 0)
-    assert set(seen.tolist()) == {0, 1}
-    want = np.where(seen == 0, simulate(old, xs).class_index, simulate(new, xs).class_index)
-    np.testing.assert_array_equal(classes, want)
+    assert_flip_never_mixes(old, new, xs)
     # a model testing a feature a (smaller) compiled program does not encode cannot be fitted
     small = lower_for_switch(trained_pipeline("dt", params | {depth: 1}, 0)[0])
     keyed = {t.keys[0].name for t in small.encoders}
@@ -169,7 +184,6 @@ def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> N
     layout (adapt picks the one whose code fields the compiled program has), codes its trees
     no longer need stay 0, and the version flip mixes nothing."""
     from homunculus.passes.switch import lower_for_switch
-    from homunculus.targets.xdp.layout import CapacityError
 
     fam = get_family("rf")
     params = fam.default_params() | {"rf_n_estimators": 4, "rf_max_depth": 5}
@@ -186,28 +200,21 @@ def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> N
     other = synthetic_dataset(600, seed=7)
     x = other.x_train.copy()
     x[:, unused] = 0
-    for d in range(5, 0, -1):
-        retrained = fam.train(params | {"rf_max_depth": d}, x, other.y_train, other.n_classes,
-                              other.widths, 7)
-        shared, per_tree = (lower(retrained.quantised, other.features, other.class_labels,
-                                  plan_, retrained.winner_to_class, tree_codes=codes)
+    retrained = {}
+
+    def build(d: int):  # noqa: ANN202
+        retrained[d] = fam.train(params | {"rf_max_depth": d}, x, other.y_train,
+                                 other.n_classes, other.widths, 7)
+        shared, per_tree = (lower(retrained[d].quantised, other.features, other.class_labels,
+                                  plan_, retrained[d].winner_to_class, tree_codes=codes)
                             for codes in (TreeCodes.SHARED, TreeCodes.PER_TREE))
         assert codes_within(per_tree, compiled) or d > 1
         assert not codes_within(shared, compiled)
-        raw = switch.prepare(per_tree)
-        try:
-            new = conform(raw, compiled)
-            break
-        except CapacityError:
-            continue
-    else:
-        pytest.fail("no depth fits the compiled tables")
+        return switch.prepare(per_tree)
+
+    raw, new = first_that_fits(build, range(5, 0, -1), compiled)
     xs = np.concatenate([ds.x_test, other.x_test] * 2)
     np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
     np.testing.assert_array_equal(simulate(raw, xs).class_index,
-                                  retrained.predict_quantised(xs))
-    plan = update_plan(old, new, 0, 1)
-    classes, seen = run_updates(old, plan, xs, 0)
-    assert set(seen.tolist()) == {0, 1}
-    want = np.where(seen == 0, simulate(old, xs).class_index, simulate(new, xs).class_index)
-    np.testing.assert_array_equal(classes, want)
+                                  retrained[min(retrained)].predict_quantised(xs))
+    assert_flip_never_mixes(old, new, xs)

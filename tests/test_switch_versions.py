@@ -10,7 +10,7 @@ import pytest
 
 from homunculus.ir.pipeline import VerdictKind, VerdictPlan
 from homunculus.models.base import get_family
-from homunculus.passes.lower import TreeCodes, codes_within, lower
+from homunculus.passes.lower import TreeCodes, codes_within, lower, lower_like
 from homunculus.targets.p4.twin import simulate
 from homunculus.targets.p4.versioned import (
     Update,
@@ -205,15 +205,17 @@ def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> N
     def build(d: int):  # noqa: ANN202
         retrained[d] = fam.train(params | {"rf_max_depth": d}, x, other.y_train,
                                  other.n_classes, other.widths, 7)
-        shared, per_tree = (lower(retrained[d].quantised, other.features, other.class_labels,
-                                  plan_, retrained[d].winner_to_class, tree_codes=codes)
-                            for codes in (TreeCodes.SHARED, TreeCodes.PER_TREE))
-        assert codes_within(per_tree, compiled) or d > 1
+        shared = lower(retrained[d].quantised, other.features, other.class_labels, plan_,
+                       retrained[d].winner_to_class)
         assert not codes_within(shared, compiled)
-        return switch.prepare(per_tree)
+        like = lower_like(compiled, retrained[d].quantised, other.features,
+                          other.class_labels, plan_, retrained[d].winner_to_class)
+        return switch.prepare(like)
 
     raw, new = first_that_fits(build, range(5, 0, -1), compiled)
     xs = np.concatenate([ds.x_test, other.x_test] * 2)
+    assert codes_within(raw, compiled)  # the retrain took the compiled per-tree layout
+    assert any("__t" in o.name for e in raw.encoders for o in e.outputs)
     np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
     np.testing.assert_array_equal(simulate(raw, xs).class_index,
                                   retrained[min(retrained)].predict_quantised(xs))

@@ -228,20 +228,17 @@ def lower(recipe: Recipe, trained: Any) -> Any:
         return program
     from dataclasses import replace
 
-    from homunculus.passes.lower import TreeCodes, codes_within
     from homunculus.passes.lower import lower as lower_tables
+    from homunculus.passes.lower import lower_like
     from homunculus.targets.registry import make_target
 
     target, _ = make_target(recipe.target, {})
-    pipeline = lower_tables(trained.quantised, recipe.decls, recipe.class_labels,
-                            recipe.verdict, trained.winner_to_class)
     if recipe.switch_compiled is not None:  # the compiled program's code layout
-        per_tree = lower_tables(trained.quantised, recipe.decls, recipe.class_labels,
-                                recipe.verdict, trained.winner_to_class,
-                                tree_codes=TreeCodes.PER_TREE)
-        if codes_within(per_tree, recipe.switch_compiled) and not codes_within(
-                pipeline, recipe.switch_compiled):
-            pipeline = per_tree
+        pipeline = lower_like(recipe.switch_compiled, trained.quantised, recipe.decls,
+                              recipe.class_labels, recipe.verdict, trained.winner_to_class)
+    else:
+        pipeline = lower_tables(trained.quantised, recipe.decls, recipe.class_labels,
+                                recipe.verdict, trained.winner_to_class)
     program = target.prepare(replace(pipeline, flow=recipe.flow))
     if recipe.family in TREE_FAMILIES and recipe.switch_compiled is not None:
         from homunculus.targets.p4.versioned import conform

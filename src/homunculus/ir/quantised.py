@@ -31,18 +31,7 @@ class QTree:
 
     def leaf_index(self, x: np.ndarray) -> np.ndarray:
         """Index of the leaf each row of ``x`` (n, n_features) lands in."""
-        feature = np.asarray(self.feature, dtype=np.int64)
-        leaf = feature < 0
-        # Every row steps down one level per pass; a leaf is its own child on both sides, so
-        # rows that reached one stay there (no per-pass selection of the rows still moving).
-        nodes = np.arange(len(feature))
-        left, right = np.where(leaf, nodes, self.left), np.where(leaf, nodes, self.right)
-        column, threshold = np.where(leaf, 0, feature), np.asarray(self.threshold, np.int64)
-        rows = np.arange(len(x))
-        node = np.zeros(len(x), dtype=np.int64)
-        while not leaf[node].all():
-            node = np.where(x[rows, column[node]] <= threshold[node], left[node], right[node])
-        return node
+        return FlatForest.of((self,)).leaf_index(np.asarray(x, dtype=np.int64))[0]
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.leaf_scores, dtype=np.int64)[self.leaf_index(x)]

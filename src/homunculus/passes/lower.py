@@ -119,6 +119,20 @@ def codes_within(pipeline: Pipeline, compiled: Pipeline) -> bool:
     return all(o.name in have for e in pipeline.encoders for o in e.outputs)
 
 
+def lower_like(compiled: Pipeline, model: QuantisedModel, features: tuple[FeatureDecl, ...],
+               class_labels: tuple[str, ...], verdict: VerdictPlan,
+               winner_to_class: tuple[int, ...] | None = None) -> Pipeline:
+    """``model`` (a retrained one) lowered with the thermometer-code layout of the ``compiled``
+    program: shared codes, or a code per tree when those are the compiled program's fields."""
+    shared = lower(model, features, class_labels, verdict, winner_to_class)
+    if codes_within(shared, compiled) or not (
+            isinstance(model, QTreeEnsemble) and len(model.trees) > 1):
+        return shared
+    per_tree = lower(model, features, class_labels, verdict, winner_to_class,
+                     tree_codes=TreeCodes.PER_TREE)
+    return per_tree if codes_within(per_tree, compiled) else shared
+
+
 def split_code(value: int, chunks: tuple[Field, ...]) -> tuple[int, ...]:
     if len(chunks) == 1:  # (the common case, on every leaf and encoder entry)
         return (value & ((1 << chunks[0].width) - 1),)

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
+from homunculus.models.base import default_configurations, get_family, sqrt_feature_share
 from homunculus.search.problem import feature_param
 from homunculus.search.study import (
     FAMILY_TEMPERATURE,
@@ -16,6 +17,7 @@ from homunculus.search.study import (
     Budget,
     FamilySampler,
     best_feasible,
+    data_default_features,
     make_sampler,
     perturb,
     warm_features,
@@ -151,7 +153,43 @@ def test_the_warm_start_uses_the_features_the_default_tree_splits_on() -> None:
 def test_the_warm_start_queues_the_feature_set_with_every_default() -> None:
     study = optuna.create_study(direction="maximize")
     features = {feature_param(0): True, feature_param(1): False}
-    warm_start(study, ["dt", "rf"], Budget(trials=10), features=features)
+    warm_start(study, ["dt", "rf"], Budget(trials=10), features=features, n_features=2)
     queued = [t.system_attrs["fixed_params"] for t in study.trials]
-    assert [q["family"] for q in queued] == ["dt", "rf"]
+    assert [q["family"] for q in queued] == ["dt", "rf", "rf"]  # rf: a default per data size
     assert all(q[feature_param(0)] is True and q[feature_param(1)] is False for q in queued)
+    assert queued[2]["rf_max_features"] == 1.0  # sqrt(1) of the one selected feature
+
+
+def test_the_warm_start_queues_every_first_default_before_the_data_defaults() -> None:
+    study = optuna.create_study(direction="maximize")
+    warm_start(study, ["rf", "xgb", "dt"], Budget(trials=10), n_features=13)
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]
+    assert [q["family"] for q in queued] == ["rf", "xgb", "dt", "rf", "xgb"]
+    assert queued[0]["rf_max_features"] == 0.5 and queued[3]["rf_max_features"] == 0.2308
+    assert queued[1]["xgb_colsample"] == 1.0 and queued[4]["xgb_colsample"] == 0.5
+    capped = optuna.create_study(direction="maximize")
+    warm_start(capped, ["rf", "xgb", "dt"], Budget(trials=8), n_features=13)
+    assert [t.system_attrs["fixed_params"]["family"] for t in capped.trials] == \
+        ["rf", "xgb", "dt", "rf"]  # at most half the budget
+    large = optuna.create_study(direction="maximize")  # large data: the first defaults only
+    warm_start(large, ["rf", "xgb", "dt"], Budget(trials=10))
+    assert [t.system_attrs["fixed_params"]["family"] for t in large.trials] == ["rf", "xgb", "dt"]
+    data = SimpleNamespace(features=[object()] * 13)
+    assert data_default_features(SimpleNamespace(dataset=data, cv_ratio=0.25)) == 13
+    assert data_default_features(SimpleNamespace(dataset=data, cv_ratio=None)) is None
+
+
+def test_the_data_defaults_follow_the_number_of_features() -> None:
+    assert sqrt_feature_share(13, 0.2, 1.0) == 0.2308  # floor(sqrt(13)) = 3 of 13
+    assert sqrt_feature_share(4, 0.2, 1.0) == 0.5
+    assert sqrt_feature_share(100, 0.2, 1.0) == 0.2  # within the search space
+    assert get_family("xgb").data_defaults(3) == []  # too few features to draw from
+    first, second = default_configurations(get_family("xgb"), 13)
+    assert first == get_family("xgb").default_params() and second["xgb_colsample"] == 0.5
+    assert default_configurations(get_family("dt"), 13) == [get_family("dt").default_params()]
+    rng = np.random.default_rng(0)  # the column draw reaches xgboost
+    x = rng.integers(0, 256, (300, 8))
+    y = (x[:, 0] + x[:, 3] > 256).astype(int)
+    xgb = get_family("xgb")
+    models = [xgb.train(c, x, y, 2, (8,) * 8, 0).quantised for c in (first, second)]
+    assert models[0] != models[1]

@@ -68,6 +68,7 @@ from homunculus.search.study import (
     Budget,
     SearchResult,
     choose_best,
+    data_default_features,
     directions,
     make_objective,
     make_sampler,
@@ -451,7 +452,8 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
     study = open_coordinated(options.shared, settings, directions(objectives), budget.trials,
                              budget.seconds,
                              lambda st: warm_start(st, allowed, budget, tables, decisions,
-                                                   warm_features(problem)))
+                                                   warm_features(problem),
+                                                   data_default_features(problem)))
     sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
                            concurrent=True)
     study = with_sampler(study, options.shared, sampler)

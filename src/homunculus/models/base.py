@@ -70,6 +70,21 @@ DENSE_REASON = ("its multiply-accumulate layers do not map to match-action table
                 "or C targets")
 
 
+def default_configurations(family: Family, n_features: int) -> list[dict[str, Any]]:
+    """The family's hand-tuned default first, then the further defaults it proposes for data
+    with ``n_features`` features (an optional ``data_defaults(n_features)`` method): the
+    configurations a search tries before sampling."""
+    more = getattr(family, "data_defaults", None)
+    return [family.default_params(), *(more(n_features) if more is not None else [])]
+
+
+def sqrt_feature_share(n_features: int, low: float, high: float) -> float:
+    """scikit-learn's ``max_features="sqrt"`` as a share of ``n_features`` (``floor(sqrt(n))``
+    of them), within the search space's ``[low, high]``."""
+    share = max(1, int(n_features ** 0.5)) / max(n_features, 1)
+    return round(min(max(share, low), high), 4)
+
+
 def requires_dense(family: Family) -> bool:
     return bool(getattr(family, "requires_dense", False))
 

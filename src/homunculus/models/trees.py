@@ -19,7 +19,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from homunculus.ir.quantised import QTree, QTreeEnsemble, QuantisedModel, ScoreQuantiser, int_rows
-from homunculus.models.base import TrainedModel, register, stump_ensemble
+from homunculus.models.base import TrainedModel, register, sqrt_feature_share, stump_ensemble
+
+RF_FEATURE_SHARE = (0.2, 1.0)  # the search space of rf_max_features
 
 
 def _full_class_rows(values: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -81,19 +83,29 @@ class DecisionTreeFamily:
 class RandomForestFamily:
     name = "rf"
     description = "random forest (per-tree leaf tables, class-distribution votes summed)"
+    size_param = "rf_n_estimators"  # fewer: the first trees of the same seeded forest
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
             "rf_n_estimators": trial.suggest_int("rf_n_estimators", 2, 24),
             "rf_max_depth": trial.suggest_int("rf_max_depth", 1, 10),
             "rf_min_samples_leaf": trial.suggest_int("rf_min_samples_leaf", 1, 32, log=True),
-            "rf_max_features": trial.suggest_float("rf_max_features", 0.2, 1.0),
+            "rf_max_features": trial.suggest_float("rf_max_features", *RF_FEATURE_SHARE),
             "rf_leaf_bits": trial.suggest_int("rf_leaf_bits", 1, 8),
         }
 
     def default_params(self) -> dict[str, Any]:
         return {"rf_n_estimators": 10, "rf_max_depth": 6, "rf_min_samples_leaf": 1,
                 "rf_max_features": 0.5, "rf_leaf_bits": 4}
+
+    def data_defaults(self, n_features: int) -> list[dict[str, Any]]:
+        """scikit-learn's forest in a switch's size: a split looks at sqrt(n) of the features
+        (its default), and 16 trees up to depth 10, which small data keeps shallow anyway. On
+        wine (13 features, 124 rows) it fits 10 Tofino stages and matches scikit-learn's 100
+        trees (docs/benchmarks.md); a target that cannot hold it rules it out as infeasible."""
+        return [{"rf_n_estimators": 16, "rf_max_depth": 10, "rf_min_samples_leaf": 1,
+                 "rf_max_features": sqrt_feature_share(n_features, *RF_FEATURE_SHARE),
+                 "rf_leaf_bits": 4}]
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""
@@ -147,6 +159,7 @@ def _xgb_tree_arrays(tree_json: dict[str, Any]) -> tuple[list[int], list[int], l
 class XGBoostFamily:
     name = "xgb"
     description = "gradient-boosted trees (xgboost; per-tree leaf tables, margins summed)"
+    size_param = "xgb_n_estimators"  # fewer: the first rounds of the same seeded booster
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {
@@ -154,11 +167,19 @@ class XGBoostFamily:
             "xgb_max_depth": trial.suggest_int("xgb_max_depth", 1, 6),
             "xgb_learning_rate": trial.suggest_float("xgb_learning_rate", 0.05, 1.0, log=True),
             "xgb_score_bits": trial.suggest_int("xgb_score_bits", 6, 16),
+            "xgb_colsample": trial.suggest_float("xgb_colsample", 0.3, 1.0),
         }
 
     def default_params(self) -> dict[str, Any]:
         return {"xgb_n_estimators": 10, "xgb_max_depth": 4, "xgb_learning_rate": 0.3,
-                "xgb_score_bits": 12}
+                "xgb_score_bits": 12, "xgb_colsample": 1.0}
+
+    def data_defaults(self, n_features: int) -> list[dict[str, Any]]:
+        """The default with half the features drawn for each split (xgboost's
+        ``colsample_bynode``), as a forest does: with ten rounds on small data it decorrelates
+        the trees (wine: 0.957 -> 0.980 over ten splits, docs/benchmarks.md). Only worth a
+        trial with a few features or more."""
+        return [] if n_features < 4 else [{**self.default_params(), "xgb_colsample": 0.5}]
 
     def smallest_model(self, widths: tuple[int, ...], n_classes: int) -> QuantisedModel:
         """The smallest pipeline this family can produce (for candidate selection)."""
@@ -166,13 +187,14 @@ class XGBoostFamily:
 
     def minimal_params(self) -> dict[str, Any]:
         return {"xgb_n_estimators": 1, "xgb_max_depth": 1, "xgb_learning_rate": 0.3,
-                "xgb_score_bits": 6}
+                "xgb_score_bits": 6, "xgb_colsample": 1.0}
 
     def train(self, params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_classes: int,
               widths: tuple[int, ...], seed: int) -> TrainedModel:
         model = xgb.XGBClassifier(
             n_estimators=params["xgb_n_estimators"], max_depth=params["xgb_max_depth"],
             learning_rate=params["xgb_learning_rate"], random_state=seed, n_jobs=1,
+            colsample_bynode=params.get("xgb_colsample", 1.0),  # absent in older recipes
             tree_method="hist", objective="binary:logistic" if n_classes == 2
             else "multi:softprob",
         ).fit(x.astype(np.float64), y.astype(np.float32))  # xgboost keeps float32 labels:

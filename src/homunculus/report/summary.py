@@ -9,7 +9,7 @@ import optuna
 from sklearn.metrics import confusion_matrix
 
 from homunculus.search.candidates import Candidate
-from homunculus.search.study import trial_index
+from homunculus.search.study import FITTED_ATTR, trial_index
 from homunculus.targets.base import LIMIT_KEYS, Feasibility, Limits, Usage
 
 
@@ -21,6 +21,8 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
             "number": trial_index(t),
             "family": t.user_attrs.get("family", t.params.get("family")),
             "params": {k: v for k, v in t.params.items() if k != "family"},
+            # the size the model shipped with, when sized down to the limits
+            "fitted_to_limits": t.user_attrs.get(FITTED_ATTR),
             "state": t.state.name,
             "feasible": bool(t.user_attrs.get("feasible", False)),
             "metric": t.user_attrs.get("metric"),

@@ -28,7 +28,7 @@ from homunculus.models.categorical import CategoryTable, learn_table, rest_rows,
 from homunculus.passes.lower import TreeCodes, lower
 from homunculus.passes.lower_cpu import lower_cpu
 from homunculus.search.metrics import score
-from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
+from homunculus.targets.base import CapacityExceeded, Feasibility, Limits, Target, Usage, assess
 
 MERGE_PARAM = "merge_tables"  # design-space knob: fuse lookup tables to save tables/stages
 DECIDE_PARAM = "flow_decide"  # design-space knob: per-flow decision at packet N (0: per packet)
@@ -394,20 +394,64 @@ def cross_validate(problem: Problem, family: str, params: dict[str, Any]
     return tuple(scores)
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """A configuration trained on the whole training set, lowered and costed: what it ships."""
+
+    params: dict[str, Any]
+    trained: TrainedModel
+    pipeline: Pipeline | CpuProgram
+    usage: Usage
+    feasibility: Feasibility
+
+
+def ship(problem: Problem, family: str, params: dict[str, Any]) -> Shipped:
+    """Train ``params`` on the whole training set, lower it and cost it against the limits."""
+    trained = train_configuration(problem, family, params)
+    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)),
+                              int(params.get(DECIDE_PARAM, 0) or 0))
+    usage = problem.target.estimate(pipeline)
+    return Shipped(params, trained, pipeline, usage, assess(usage, problem.limits))
+
+
+def fit_to_limits(problem: Problem, family: str, params: dict[str, Any]) -> Shipped:
+    """:func:`ship`, and when the model exceeds the limits and its family has a size knob
+    (``size_param``: a forest's trees, boosting's rounds, whose smaller values train the first
+    trees of the same seeded model), the largest size that fits, found by bisection (resources
+    grow with the knob). A forest sampled larger than the switch holds then ships as the
+    largest prefix of it that fits, instead of costing a trial for nothing. Unchanged when
+    even size 1 does not fit."""
+    first = ship(problem, family, params)
+    knob = getattr(get_family(family), "size_param", None)
+    if first.feasibility.feasible or knob is None or int(params[knob]) <= 1:
+        return first
+    best, low, high = None, 1, int(params[knob]) - 1
+    while low <= high:
+        size = (low + high) // 2
+        try:
+            candidate = ship(problem, family, {**params, knob: size})
+        except CapacityExceeded:
+            candidate = None
+        if candidate is not None and candidate.feasibility.feasible:
+            best, low = candidate, size + 1
+        else:
+            high = size - 1
+    return best or first
+
+
 def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:
     """Train ``family`` with ``params`` on the whole training set (the model this configuration
-    ships: its pipeline, resources, feasibility) and score it by cross-validation."""
+    ships: its pipeline, resources, feasibility; sized to the limits by :func:`fit_to_limits`,
+    so the evaluation's ``params`` may hold a smaller size than asked) and score it by
+    cross-validation."""
     chosen = chosen_features(problem, params)
     if not chosen:
         raise ValueError("a configuration must use at least one feature")
     if len(chosen) < len(problem.dataset.features):
         problem = problem.restricted(chosen)
     ds = problem.dataset
-    trained = train_configuration(problem, family, params)
-    pipeline = build_pipeline(problem, trained, bool(params.get(MERGE_PARAM, False)),
-                              int(params.get(DECIDE_PARAM, 0) or 0))
-    usage = problem.target.estimate(pipeline)
-    feasibility = assess(usage, problem.limits)
+    shipped = fit_to_limits(problem, family, params)
+    params, trained = shipped.params, shipped.trained
     folds = cross_validate(problem, family, params)
     # The shipped model's fit on its own training data bounds what it can do: when even that is
     # below the folds' mean, the folds' models were luckier than this one (an unstable
@@ -415,5 +459,5 @@ def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluatio
     fit = score(problem.metric, ds.y_train,
                 decided(problem, params, trained.predict_quantised(ds.x_train)), ds.n_classes,
                 problem.positive)
-    return Evaluation(family, params, trained, pipeline, usage, feasibility,
-                      min(float(np.mean(folds)), fit), problem, folds)
+    return Evaluation(family, params, trained, shipped.pipeline, shipped.usage,
+                      shipped.feasibility, min(float(np.mean(folds)), fit), problem, folds)

@@ -28,7 +28,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from homunculus.errors import InfeasibleError, ResumeError
 from homunculus.faults import checkpoint
-from homunculus.models.base import get_family
+from homunculus.models.base import default_configurations, get_family
 from homunculus.models.categorical import (
     CAT_FEATURE,
     CAT_SUPPORT,
@@ -110,6 +110,7 @@ FAMILY_PARAM = "family"
 DEFAULT_ATTR = "default"  # a family's default configuration, queued by warm_start
 FOLDS_ATTR = "fold_metrics"  # the trial's metric on each cross-validation fold
 SIGNIFICANT_T = 2.0
+FITTED_ATTR = "fitted_to_limits"  # the size knobs a trial shipped with, when sized down
 """Corrected t statistic a configuration needs to replace the defaults on small data (about a
 one-sided 5 % test). On iris and wine (bench/small_tabular.py, docs/benchmarks.md) 2.0 left 8 of
 28 family x target rows below scikit-learn's default, 1.0 left 9, and the best metric over
@@ -438,6 +439,9 @@ def record(trial: optuna.Trial, ev: Evaluation, verdict: OracleVerdict | None = 
     trial.set_user_attr("violations", violations)
     trial.set_user_attr("usage", {k: ev.usage.totals()[k] for k in LIMIT_KEYS})
     trial.set_user_attr(FOLDS_ATTR, [float(m) for m in ev.fold_metrics])
+    fitted = {k: v for k, v in ev.params.items() if k in trial.params and trial.params[k] != v}
+    if fitted:  # sized down to the limits (problem.fit_to_limits): what it ships with
+        trial.set_user_attr(FITTED_ATTR, fitted)
     for key, value in ev.feasibility.constraint_values().items():
         trial.set_constraint(key, value)  # <= 0 is feasible; the sampler learns the boundary
     if verdict is not None:
@@ -612,17 +616,43 @@ def warm_features(problem: Problem) -> dict[str, bool]:
 
 def warm_start(study: optuna.Study, families: list[str], budget: Budget,
                tables: TableSpace = TableSpace(), decisions: tuple[int, ...] = (),
-               features: dict[str, bool] | None = None) -> None:
-    """Queue each family's hand-tuned default configuration (with the default category table
-    when the data has categorical features, and ``features``, :func:`warm_features`) as the
-    first trials of a new study (at most half the trial budget): strong baselines the sampler
-    then improves on."""
-    n = len(families) if budget.trials is None else min(len(families), budget.trials // 2)
-    for family in families[:n]:
-        study.enqueue_trial({"family": family, **get_family(family).default_params(),
+               features: dict[str, bool] | None = None, n_features: int | None = None) -> None:
+    """Queue the families' default configurations (with the default category table when the
+    data has categorical features, and ``features``, :func:`warm_features`) as the first
+    trials of a new study, at most half the trial budget: every family's hand-tuned default,
+    then, given ``n_features`` (:func:`data_default_features`), the further defaults the
+    families propose for data with that many features (:func:`default_configurations`; the
+    features ``features`` selects, if any). Strong baselines the sampler then improves on."""
+    if features and n_features is not None:
+        n_features = sum(features.values())
+    queue = warm_configurations(families, n_features)
+    n = len(queue) if budget.trials is None else min(len(queue), budget.trials // 2)
+    for family, params in queue[:n]:
+        study.enqueue_trial({"family": family, **params,
                              **tables.defaults(), **({DECIDE_PARAM: 0} if decisions else {}),
                              **(features or {})},
                             user_attrs={DEFAULT_ATTR: True}, skip_if_exists=True)
+
+
+def data_default_features(problem: Problem) -> int | None:
+    """The number of features the families' data defaults are drawn for, on small data only
+    (``Problem.cv_ratio`` set): there a configuration must beat the best default significantly
+    to be chosen, so the defaults decide, and a forest or boosting default sized for the data
+    is worth its trial. On larger data the cross-validated metric is reliable and the sampler
+    sizes models itself (None: each family's first default only)."""
+    return len(problem.dataset.features) if problem.cv_ratio is not None else None
+
+
+def warm_configurations(families: list[str], n_features: int | None
+                        ) -> list[tuple[str, dict[str, Any]]]:
+    """(family, configuration) in the warm start's order: each family's first default, then
+    (given ``n_features``) each family's second, and so on."""
+    if n_features is None:
+        return [(f, get_family(f).default_params()) for f in families]
+    per_family = [default_configurations(get_family(f), n_features) for f in families]
+    depth = max((len(c) for c in per_family), default=0)
+    return [(f, configs[i]) for i in range(depth)
+            for f, configs in zip(families, per_family, strict=True) if i < len(configs)]
 
 
 def make_objective(problem: Problem, families: list[str], objectives: tuple[str, ...],
@@ -674,7 +704,7 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
 
     # queues only what is not queued or run yet
     warm_start(study, families, budget, table_space(problem), decision_choices(problem),
-               warm_features(problem))
+               warm_features(problem), data_default_features(problem))
     remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
                                                        0)
     start = time.monotonic()

@@ -1,0 +1,68 @@
+"""A forest or booster sampled larger than the switch holds ships as the largest prefix of it
+that fits (search/problem.py, ``fit_to_limits``), and the trial records the size it shipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from homunculus.data.dataset import FeatureDecl, make_dataset
+from homunculus.ir.pipeline import VerdictPlan
+from homunculus.models.base import get_family
+from homunculus.report.summary import trial_rows
+from homunculus.search.problem import evaluate, make_problem
+from homunculus.search.study import FITTED_ATTR, record
+from homunculus.targets.registry import make_target
+
+
+def noisy_dataset(n: int = 1200, seed: int = 0):
+    """Four 8-bit features, three classes with overlapping boundaries: deep trees, many leaves."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 4))
+    y = ((x[:, 0] + x[:, 1] // 2 + rng.integers(0, 90, n)) // 130).clip(0, 2)
+    labels = np.array([f"c{v}" for v in y])
+    feats = [FeatureDecl(f"f{i}", 8) for i in range(4)]
+    cut = int(n * 0.7)
+    return make_dataset(feats, x[:cut], labels[:cut], x[cut:], labels[cut:], "noisy")
+
+
+@pytest.mark.parametrize("family", ["rf", "xgb"])
+def test_an_oversized_ensemble_ships_as_the_largest_prefix_that_fits(family) -> None:
+    ds = noisy_dataset()
+    target, limits = make_target("bmv2", {})
+    knob = get_family(family).size_param
+    big = {**get_family(family).default_params(), knob: 12}
+    free = evaluate(make_problem(ds, target, limits, "accuracy", None, VerdictPlan(), 0),
+                    family, big)
+    assert free.params[knob] == 12 and free.feasibility.feasible
+    cap = free.usage.entries * 2 // 3  # an entry limit the 12-tree model breaks
+    problem = make_problem(ds, target, limits.merged({"entries": cap}), "accuracy", None,
+                           VerdictPlan(), 0)
+    ev = evaluate(problem, family, big)
+    size = ev.params[knob]
+    assert ev.feasibility.feasible and ev.usage.entries <= cap and 1 <= size < 12
+    bigger = evaluate(problem, family, {**big, knob: size + 1})  # the largest that fits
+    assert bigger.params[knob] == size  # one more is sized down to the same model
+    same = evaluate(problem, family, {**big, knob: size})
+    assert same.metric == ev.metric and same.usage.entries == ev.usage.entries
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({knob: 12})
+    queued = study.ask({knob: optuna.distributions.IntDistribution(1, 24)})
+    record(queued, ev)
+    assert queued.user_attrs[FITTED_ATTR] == {knob: size}
+    study.tell(queued, ev.metric)
+    (row,) = trial_rows(study.trials)  # the report shows the size it shipped with
+    assert row["params"][knob] == 12 and row["fitted_to_limits"] == {knob: size}
+
+
+def test_a_model_that_fits_or_cannot_shrink_is_unchanged() -> None:
+    ds = noisy_dataset()
+    target, limits = make_target("bmv2", {})
+    problem = make_problem(ds, target, limits.merged({"entries": 3}), "accuracy", None,
+                           VerdictPlan(), 0)
+    rf = {**get_family("rf").default_params(), "rf_n_estimators": 4}
+    ev = evaluate(problem, "rf", rf)  # not even one tree fits 3 entries: left as asked
+    assert not ev.feasibility.feasible and ev.params["rf_n_estimators"] == 4
+    dt = evaluate(problem, "dt", get_family("dt").default_params())  # no size knob
+    assert not dt.feasibility.feasible

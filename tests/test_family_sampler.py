@@ -167,6 +167,7 @@ def test_the_warm_start_queues_every_first_default_before_the_data_defaults() ->
     assert [q["family"] for q in queued] == ["rf", "xgb", "dt", "rf", "xgb"]
     assert queued[0]["rf_max_features"] == 0.5 and queued[3]["rf_max_features"] == 0.2308
     assert queued[1]["xgb_colsample"] == 1.0 and queued[4]["xgb_colsample"] == 0.5
+    assert all(q["merge_tables"] is False for q in queued)  # a default is the plain layout
     capped = optuna.create_study(direction="maximize")
     warm_start(capped, ["rf", "xgb", "dt"], Budget(trials=8), n_features=13)
     assert [t.system_attrs["fixed_params"]["family"] for t in capped.trials] == \

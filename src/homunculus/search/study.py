@@ -628,7 +628,9 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget,
     queue = warm_configurations(families, n_features)
     n = len(queue) if budget.trials is None else min(len(queue), budget.trials // 2)
     for family, params in queue[:n]:
-        study.enqueue_trial({"family": family, **params,
+        # unmerged tables (ignored where merging is not in the space): a default is the plain
+        # layout, not a draw of the resource knob that trades entries for stages
+        study.enqueue_trial({"family": family, **params, MERGE_PARAM: False,
                              **tables.defaults(), **({DECIDE_PARAM: 0} if decisions else {}),
                              **(features or {})},
                             user_attrs={DEFAULT_ATTR: True}, skip_if_exists=True)

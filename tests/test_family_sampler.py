@@ -17,7 +17,6 @@ from homunculus.search.study import (
     Budget,
     FamilySampler,
     best_feasible,
-    data_default_features,
     make_sampler,
     perturb,
     warm_features,
@@ -172,12 +171,9 @@ def test_the_warm_start_queues_every_first_default_before_the_data_defaults() ->
     warm_start(capped, ["rf", "xgb", "dt"], Budget(trials=8), n_features=13)
     assert [t.system_attrs["fixed_params"]["family"] for t in capped.trials] == \
         ["rf", "xgb", "dt", "rf"]  # at most half the budget
-    large = optuna.create_study(direction="maximize")  # large data: the first defaults only
-    warm_start(large, ["rf", "xgb", "dt"], Budget(trials=10))
-    assert [t.system_attrs["fixed_params"]["family"] for t in large.trials] == ["rf", "xgb", "dt"]
-    data = SimpleNamespace(features=[object()] * 13)
-    assert data_default_features(SimpleNamespace(dataset=data, cv_ratio=0.25)) == 13
-    assert data_default_features(SimpleNamespace(dataset=data, cv_ratio=None)) is None
+    plain = optuna.create_study(direction="maximize")  # no feature count: first defaults only
+    warm_start(plain, ["rf", "xgb", "dt"], Budget(trials=10))
+    assert [t.system_attrs["fixed_params"]["family"] for t in plain.trials] == ["rf", "xgb", "dt"]
 
 
 def test_the_data_defaults_follow_the_number_of_features() -> None:

@@ -68,7 +68,6 @@ from homunculus.search.study import (
     Budget,
     SearchResult,
     choose_best,
-    data_default_features,
     directions,
     make_objective,
     make_sampler,
@@ -453,7 +452,7 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
                              budget.seconds,
                              lambda st: warm_start(st, allowed, budget, tables, decisions,
                                                    warm_features(problem),
-                                                   data_default_features(problem)))
+                                                   len(problem.dataset.features)))
     sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
                            concurrent=True)
     study = with_sampler(study, options.shared, sampler)

@@ -620,9 +620,10 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget,
     """Queue the families' default configurations (with the default category table when the
     data has categorical features, and ``features``, :func:`warm_features`) as the first
     trials of a new study, at most half the trial budget: every family's hand-tuned default,
-    then, given ``n_features`` (:func:`data_default_features`), the further defaults the
-    families propose for data with that many features (:func:`default_configurations`; the
-    features ``features`` selects, if any). Strong baselines the sampler then improves on."""
+    then, given ``n_features``, the further defaults the families propose for data with that
+    many features (:func:`default_configurations`; the features ``features`` selects, if
+    any), such as scikit-learn's forest, shipped as large as the target holds. Strong
+    baselines the sampler then improves on."""
     if features and n_features is not None:
         n_features = sum(features.values())
     queue = warm_configurations(families, n_features)
@@ -634,15 +635,6 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget,
                              **tables.defaults(), **({DECIDE_PARAM: 0} if decisions else {}),
                              **(features or {})},
                             user_attrs={DEFAULT_ATTR: True}, skip_if_exists=True)
-
-
-def data_default_features(problem: Problem) -> int | None:
-    """The number of features the families' data defaults are drawn for, on small data only
-    (``Problem.cv_ratio`` set): there a configuration must beat the best default significantly
-    to be chosen, so the defaults decide, and a forest or boosting default sized for the data
-    is worth its trial. On larger data the cross-validated metric is reliable and the sampler
-    sizes models itself (None: each family's first default only)."""
-    return len(problem.dataset.features) if problem.cv_ratio is not None else None
 
 
 def warm_configurations(families: list[str], n_features: int | None
@@ -706,7 +698,7 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
 
     # queues only what is not queued or run yet
     warm_start(study, families, budget, table_space(problem), decision_choices(problem),
-               warm_features(problem), data_default_features(problem))
+               warm_features(problem), len(problem.dataset.features))
     remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
                                                        0)
     start = time.monotonic()

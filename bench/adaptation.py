@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="(c): the cool-down counts from the last retrain or the last "
                              "installed one (default: adapt's)")
     parser.add_argument("--label-shift", type=int, default=None,
-                        help="(c): retrain at once when an agent's label no retrain has "
-                             "learned from labels at least this many of a window's samples "
-                             "(0: off; default: adapt's)")
+                        help="(c): retrain at once when an agent's label that no retrain "
+                             "has learned from, or that the recent windows lacked, labels at "
+                             "least this many of a window's samples (0: off; default: "
+                             "adapt's)")
     args = parser.parse_args(argv)
     trigger = {k: v for k, v in (("sag", args.sag), ("patience", args.patience),
                                  ("cooldown_from", args.cooldown_from),

@@ -547,9 +547,10 @@ def adapt_command(
         help="the cool-down counts from the last installed retrain (install) or from the "
              "last retrain (retrain)")] = "install",
     label_shift: Annotated[int, typer.Option(
-        help="retrain at once, cool-down or not, when an agent's label no retrain has learned "
-             "from (a new attack kind) labels at least this many of a window's samples; "
-             "0: off")] = 20,
+        help="retrain at once, cool-down or not, when an agent's label that no retrain has "
+             "learned from (a new attack kind), or that labelled fewer in each of the 3 "
+             "windows before (one coming back), labels at least this many of a window's "
+             "samples; 0: off")] = 20,
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""

@@ -4,7 +4,7 @@ heuristics and nDPI; never the oracle), with the CPU seconds spent retraining an
 
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
         [--adapt "{sampling: first_k, first_k: 4}"] [--proxy min_recall]
-        [--sag 0.02] [--patience 2] [--cooldown-from install]
+        [--sag 0.02] [--patience 2] [--cooldown-from install] [--label-shift 20]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
 capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: the first 4
@@ -185,9 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cooldown-from", default=None, choices=["retrain", "install"],
                         help="(c): the cool-down counts from the last retrain or the last "
                              "installed one (default: adapt's)")
+    parser.add_argument("--label-shift", type=int, default=None,
+                        help="(c): retrain at once when an agent's label that no retrain "
+                             "has learned from, or that the recent windows lacked, labels at "
+                             "least this many of a window's samples (0: off; default: "
+                             "adapt's)")
     args = parser.parse_args(argv)
     trigger = {k: v for k, v in (("sag", args.sag), ("patience", args.patience),
-                                 ("cooldown_from", args.cooldown_from)) if v is not None}
+                                 ("cooldown_from", args.cooldown_from),
+                                 ("label_shift", args.label_shift)) if v is not None}
     try:
         from homunculus.adapt.policy import TriggerPolicy
 

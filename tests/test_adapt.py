@@ -30,11 +30,15 @@ from homunculus.adapt.dpi import DpiAgent, PacketStore
 from homunculus.adapt.policy import (
     DriftMonitor,
     GateConfig,
+    LabelShift,
     LevelWatch,
     ReplayBuffer,
     TriggerPolicy,
     accuracy_proxy,
     gate,
+    label_keys,
+    new_keys,
+    returning_keys,
 )
 from homunculus.cli import app
 from homunculus.data import attacks
@@ -411,6 +415,60 @@ def test_sag_rule_fires_when_the_proxy_stays_below_the_installed_level() -> None
             TriggerPolicy(**bad)
 
 
+def test_label_shift_fires_on_an_agent_label_no_retrain_learned_from() -> None:
+    labels = np.array(["attack"] * 3 + ["benign"] * 2 + [None], dtype=object)
+    source = np.array(["syn_flood", "syn_flood", "dpi", "dpi", "dpi", None], dtype=object)
+    assert label_keys(labels, source) == {"syn_flood:attack": 2, "dpi:attack": 1,
+                                          "dpi:benign": 2}
+    assert new_keys({"a:attack": 25, "b:attack": 19, "c:attack": 30}, {"c:attack"}, 20) == \
+        ["a:attack"]
+
+    watch = LabelShift(minimum=20)
+    window = {"syn_flood:attack": 300, "dns_amplification:attack": 40}
+    assert watch.shifted(window) is None  # the offline model: no retrain learned anything yet
+    # the first retrain drew from a buffer with syn floods; 5 DNS answers are too few to learn
+    watch.learned({"syn_flood:attack": 600, "dpi:benign": 900, "dns_amplification:attack": 5})
+    why = watch.shifted(window)
+    assert why is not None and "dns_amplification:attack (40)" in why
+    assert "syn_flood" not in why
+    assert watch.shifted({"dns_amplification:attack": 19}) is None  # below the minimum
+    watch.learned({"dns_amplification:attack": 45})  # a retrain drew on them: learned
+    assert watch.shifted(window) is None
+    assert watch.known == {"syn_flood:attack", "dpi:benign", "dns_amplification:attack"}
+    off = LabelShift(minimum=0)
+    off.learned({"syn_flood:attack": 600})
+    assert off.shifted({"beacon:attack": 100}) is None
+
+    # a learned kind that comes back after the recent windows (3) held fewer than 20 of it
+    quiet = {"dpi:benign": 80, "dns_amplification:attack": 19}
+    assert returning_keys({"a": 20}, [], 20) == []
+    assert returning_keys({"a": 20, "b": 30}, [{"a": 19}, {"b": 20}], 20) == ["a"]
+    for _ in range(4):
+        assert watch.shifted(quiet) is None
+        watch.record(quiet)
+    assert len(watch.history) == 3
+    back = watch.shifted(window)
+    assert back is not None and "dns_amplification:attack (40) back after 3 windows" in back
+    watch.record(window)
+    assert watch.shifted(window) is None  # the window before held 40 of it
+
+    classes = ("benign", "attack")
+    enough = {"benign": 50, "attack": 50}
+    policy = TriggerPolicy("proxy", threshold=0.8, cooldown=3)
+    assert policy.label_shift == policy.min_per_class == 20
+    # a shift retrains in the cool-down, with the proxy high and no drift
+    assert policy.decide(0.99, False, 1, enough, classes, None, why) == (True, why)
+    fire, reason = policy.decide(0.5, False, 1, enough, classes, None, None)
+    assert not fire and "cool-down" in reason
+    # but not without enough labelled samples of every class, nor when off
+    assert not policy.decide(0.99, False, 1, {"benign": 50, "attack": 3}, classes, None,
+                             why)[0]
+    assert not TriggerPolicy(label_shift=0).decide(0.99, False, None, enough, classes, None,
+                                                   why)[0]
+    with pytest.raises(ValueError, match="label_shift must be >= 0"):
+        TriggerPolicy(label_shift=-1)
+
+
 def test_accuracy_proxy_per_class() -> None:
     # 200 benign all right; 25 attack, 12 of them called benign
     labels = np.array(["benign"] * 200 + ["attack"] * 25)
@@ -638,6 +696,10 @@ def test_installed_level_and_cooldown_from_install_in_the_loop(
     installed = [e for e in events if e["event"] == "retrain" and e["installed"]]
     assert installed and loop.level.level == installed[-1]["gate"]["new_metric"]
     assert loop.last_install == installed[-1]["triggered_in"]
+    # the label-shift rule learns the agents' labels each retrain drew on
+    assert loop.shift.known == {"oracle:attack", "oracle:benign"}
+    windows = [e for e in events if e["event"] == "window"]
+    assert all(sum(w["labels_by_agent"].values()) == w["labelled"] for w in windows)
 
     class BrokenWorker(loop_mod.RetrainWorker):
         def result(self, wait: bool) -> RetrainResult | None:
@@ -679,6 +741,8 @@ def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
          "--patience must be at least 1, not 0"),
         (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--cooldown-from", "ever"),
          "--cooldown-from must be one of ['retrain', 'install']"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--label-shift", "-1"),
+         "--label-shift must be at least 0 (0: off), not -1"),
         (("adapt", str(tmp_path), "--replay", str(drift_dir / "eval.pcap")),
          "not a compiled output directory"),
     ]

@@ -546,6 +546,11 @@ def adapt_command(
     cooldown_from: Annotated[str, typer.Option(
         help="the cool-down counts from the last installed retrain (install) or from the "
              "last retrain (retrain)")] = "install",
+    label_shift: Annotated[int, typer.Option(
+        help="retrain at once, cool-down or not, when an agent's label that no retrain has "
+             "learned from (a new attack kind), or that labelled fewer in each of the 3 "
+             "windows before (one coming back), labels at least this many of a window's "
+             "samples; 0: off")] = 20,
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""
@@ -554,7 +559,7 @@ def adapt_command(
     options = AdaptOptions(out_dir, replay, labels, iface, netns, name, agents, rules, combine,
                            window, policy, threshold, cooldown, min_per_class, margin,
                            min_fidelity, detector, duration, windows, max_installs, report,
-                           seed, proxy, sag, patience, cooldown_from)
+                           seed, proxy, sag, patience, cooldown_from, label_shift)
     with user_errors():
         try:
             summary, html_path = run_adapt(options, echo=lambda m: say(out, message(m)))

@@ -37,10 +37,12 @@ from homunculus.adapt.model import Deployed, RetrainResult, RetrainWorker, predi
 from homunculus.adapt.policy import (
     DriftMonitor,
     GateConfig,
+    LabelShift,
     LevelWatch,
     ReplayBuffer,
     TriggerPolicy,
     gate,
+    label_keys,
     macro_f1,
 )
 from homunculus.errors import DataError
@@ -132,6 +134,7 @@ class Pending:
     x_held: np.ndarray
     y_held: np.ndarray
     train_rows: int
+    shift: bool = False  # triggered by a label shift: leaves no cool-down behind
 
 
 class AdaptLoop:
@@ -160,6 +163,8 @@ class AdaptLoop:
         self.last_retrain: int | None = None
         self.last_install: int | None = None
         self.level = LevelWatch(config.policy.sag, config.policy.patience)
+        self.shift = LabelShift(config.policy.label_shift if config.policy.mode == "proxy"
+                                else 0, config.recent_windows)
         self.pending: Pending | None = None
         self.recent_x = np.zeros((0, len(deployed.recipe.decls)), dtype=np.int64)
         self.windows: list[dict[str, Any]] = []
@@ -216,7 +221,10 @@ class AdaptLoop:
                 return event
             self.active, self.version = result.program, version
             self.installs += 1
-            self.last_install = pending.window  # the window whose retrain was installed
+            # the window whose retrain was installed; a label-shift retrain's model is
+            # provisional (learned from the first samples of a new kind): no cool-down
+            # (_start_retrain)
+            self.last_install = None if pending.shift else pending.window
             self.level.installed(verdict.new_metric)
             self._archive(result.program, version)
             event["installed"] = True
@@ -244,27 +252,32 @@ class AdaptLoop:
         proxy = self.config.policy.measure(labels[known], model[known]) if known.any() \
             else None
         drifted = self.drift.update((labels[known] == model[known]).astype(float))
+        keys: dict[str, int] = {}
         if known.any():
             source = sources(votes, self.order, self.mapper, labels)
             self.buffer.add(x[known], labels[known], source[known])
+            keys = label_keys(labels[known], source[known])
         self.recent_x = x
         self.level.update(proxy)
         last = self.last_install if self.config.policy.cooldown_from == "install" else \
             self.last_retrain
         since = None if last is None else window.index - last
         counts = self.buffer.class_counts()
+        shifted = self.shift.shifted(keys)
+        self.shift.record(keys)
         trigger, why = self.config.policy.decide(proxy, drifted, since, counts,
-                                                 self.deployed.classes, self.level.sagging())
+                                                 self.deployed.classes, self.level.sagging(),
+                                                 shifted)
         busy = self.pending is not None
         if trigger and busy:
             trigger, why = False, why + "; a retrain is already running"
         if trigger:
-            self._start_retrain(window.index)
+            self._start_retrain(window.index, shift=shifted is not None and why == shifted)
         record = {"event": "window", "window": window.index, "start_us": window.start_us,
                   "end_us": window.end_us, "samples": len(samples),
                   "labelled": int(known.sum()), "proxy": proxy, "drift": drifted,
                   "trigger": trigger, "why": why, "f1": f1, "version": self.version,
-                  "buffer": counts, **(extra or {})}
+                  "buffer": counts, "labels_by_agent": keys, **(extra or {})}
         self.windows.append(record)
         self.log(record)
         return record
@@ -283,15 +296,21 @@ class AdaptLoop:
                 report.judged += 1
                 report.correct += int(label == want)
 
-    def _start_retrain(self, window: int) -> None:
+    def _start_retrain(self, window: int, shift: bool = False) -> None:
+        """Draw a training set from the buffer and submit it to the worker. A retrain a label
+        shift triggered (``shift``) clears the cool-down rather than starting one, and so does
+        its install: the cool-down was for the traffic before the shift, and the new model,
+        learned from the first samples of a new kind, is provisional -- the other triggers
+        must stay free to replace it as more of that traffic arrives."""
         x_train, y_train, x_held, y_held = self.buffer.balanced(
             self.config.per_class, by_source=self.config.by_source,
             recent_first=self.config.recent_first)
         verify = np.concatenate([x_train, x_held, self.recent_x])
         self.worker.submit(self.deployed.recipe, x_train, y_train, verify,
                            self.config.seed + window)
-        self.pending = Pending(window, x_held, y_held, len(y_train))
-        self.last_retrain = window
+        self.pending = Pending(window, x_held, y_held, len(y_train), shift)
+        self.shift.learned(self.buffer.key_counts())
+        self.last_retrain = None if shift else window
         self.retrains += 1
 
     def _archive(self, program: Any, version: int) -> None:

@@ -12,7 +12,10 @@ install gate.
   when it stays more than ``sag`` below the level the active model reached at install
   (:class:`LevelWatch`), or when drift is detected; at most once per cool-down (counted from
   the last installed retrain) and only with enough labelled samples of every class in the
-  buffer; ``every`` retrains every window; ``never`` never does.
+  buffer; and at once, cool-down or not, when the labels shift: an agent's label (a kind of
+  evidence, e.g. a new attack kind) that no retrain has learned from yet, or that the recent
+  windows lacked, labels enough of the window's samples (:class:`LabelShift`). ``every``
+  retrains every window; ``never`` never does.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
   (Algorithm R) of older ones, each with the agent its label came from; training sets are
   class-balanced draws in which a class's quota is shared among those sources, with a held-out
@@ -26,6 +29,7 @@ install gate.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +123,11 @@ class TriggerPolicy:
     # the cool-down counts from the last retrain that was installed ("install": a retrain the
     # gate refused changed nothing to wait for) or from the last retrain ("retrain")
     cooldown_from: str = "install"
+    # label shift: retrain at once (cool-down or not) when an agent's label that no retrain
+    # has learned from, or that labelled fewer in each of the recent windows, labels at least
+    # this many of a window's samples (0: off). The default is min_per_class: the labelled
+    # samples the policy already asks of a class to learn it. See :class:`LabelShift`.
+    label_shift: int = 20
 
     def __post_init__(self) -> None:
         if self.mode not in POLICIES:
@@ -134,6 +143,8 @@ class TriggerPolicy:
         if self.cooldown_from not in COOLDOWN_FROM:
             raise ValueError(f"cooldown_from must be one of {list(COOLDOWN_FROM)}, not "
                              f"{self.cooldown_from!r}")
+        if self.label_shift < 0:
+            raise ValueError(f"label_shift must be >= 0 (0: off), not {self.label_shift!r}")
 
     def measure(self, labels: np.ndarray, model: np.ndarray) -> float | None:
         """This policy's accuracy proxy of a window's labelled samples."""
@@ -141,9 +152,11 @@ class TriggerPolicy:
 
     def decide(self, proxy: float | None, drifted: bool, windows_since: int | None,
                class_counts: dict[str, int], classes: tuple[str, ...],
-               sagging: str | None = None) -> tuple[bool, str]:
+               sagging: str | None = None, shifted: str | None = None) -> tuple[bool, str]:
         """(retrain now?, why). ``sagging``: why the proxy counts as sagging below the active
-        model's installed level (:meth:`LevelWatch.sagging`), or None."""
+        model's installed level (:meth:`LevelWatch.sagging`), or None. ``shifted``: why the
+        window's labels count as shifted (:meth:`LabelShift.shifted`), or None; a shift
+        retrains whatever the cool-down says."""
         if self.mode == "never":
             return False, "policy never retrains"
         short = [c for c in classes if class_counts.get(c, 0) < self.min_per_class]
@@ -151,6 +164,8 @@ class TriggerPolicy:
             return False, f"too few labelled samples of {short} (< {self.min_per_class})"
         if self.mode == "every":
             return True, "policy retrains every window"
+        if shifted is not None and self.label_shift > 0:
+            return True, shifted
         low = proxy is not None and proxy < self.threshold
         sag = sagging is not None and self.sag > 0
         if not low and not sag and not (drifted and self.on_drift):
@@ -194,6 +209,87 @@ class LevelWatch:
             return None
         return (f"proxy {self.last:.3f} more than {self.sag:g} below the active model's "
                 f"installed level {self.level:.3f} for {self.run} windows")
+
+
+def label_keys(labels: np.ndarray, source: np.ndarray) -> dict[str, int]:
+    """How many samples carry each agent's label: ``"agent:label"`` (``source``: the agent
+    each combined label came from, :func:`~homunculus.adapt.agents.sources`) -> count.
+    Samples without a label or a source are left out."""
+    counts: dict[str, int] = {}
+    for label, agent in zip(labels, source, strict=True):
+        if label is None or agent is None or str(agent) in ("", "None"):
+            continue
+        key = f"{agent}:{label}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def new_keys(window: dict[str, int], known: set[str], minimum: int) -> list[str]:
+    """The agents' labels that label at least ``minimum`` of a window's samples and are not
+    ``known``, sorted."""
+    return sorted(k for k, n in window.items() if n >= minimum and k not in known)
+
+
+def returning_keys(window: dict[str, int], history: Sequence[dict[str, int]],
+                   minimum: int) -> list[str]:
+    """The agents' labels that label at least ``minimum`` of a window's samples after
+    labelling fewer than ``minimum`` in each of the windows of ``history`` (at least one),
+    sorted."""
+    if not history:
+        return []
+    return sorted(k for k, n in window.items()
+                  if n >= minimum and all(h.get(k, 0) < minimum for h in history))
+
+
+@dataclass
+class LabelShift:
+    """The label-shift rule's state. The agents' labels (``"agent:label"``, e.g.
+    ``"dns_amplification:attack"``) count by window; a window has shifted when one of them
+    labels at least ``minimum`` of its samples and either
+
+    - retraining has not learned from it: the buffer never held ``minimum`` samples of it
+      when a retrain drew from it (a kind of evidence no retrained model has seen, such as a
+      new attack kind), or
+    - it comes back: it labelled fewer than ``minimum`` samples in each of the ``recent``
+      windows before (the replay buffer's recent windows, which a draw takes whole; older
+      samples survive only in the reservoir's sample: an attack kind that returns, perhaps
+      at another rate or from other hosts).
+
+    A new kind of traffic is the strongest reason to retrain. The deployed (offline) model was
+    not trained on the agents' labels, so the rule applies from the first retrain on
+    (``minimum`` 0: off)."""
+
+    minimum: int = 0
+    recent: int = 3
+    known: set[str] | None = None
+    history: deque = field(default_factory=deque)
+
+    def learned(self, buffered: dict[str, int]) -> None:
+        """A retrain drew from a buffer holding ``buffered`` samples per agent's label."""
+        if not self.minimum:
+            return
+        fresh = {k for k, n in buffered.items() if n >= self.minimum}
+        self.known = fresh if self.known is None else self.known | fresh
+
+    def shifted(self, window: dict[str, int]) -> str | None:
+        """Why the window's labels count as shifted (None if they do not)."""
+        if not self.minimum or self.known is None:
+            return None
+        fresh = new_keys(window, self.known, self.minimum)
+        back = [k for k in returning_keys(window, list(self.history), self.minimum)
+                if k not in fresh]
+        if not fresh and not back:
+            return None
+        parts = [f"{k} ({window[k]}) not yet learned from" for k in fresh] + \
+            [f"{k} ({window[k]}) back after {len(self.history)} windows below {self.minimum}"
+             for k in back]
+        return "label shift: " + "; ".join(parts)
+
+    def record(self, window: dict[str, int]) -> None:
+        """Remember a window's counts (after :meth:`shifted` judged it)."""
+        self.history.append(dict(window))
+        while len(self.history) > self.recent:
+            self.history.popleft()
 
 
 @dataclass
@@ -258,6 +354,11 @@ class ReplayBuffer:
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         x, y, _, _ = self._parts()
         return x, y
+
+    def key_counts(self) -> dict[str, int]:
+        """Buffered samples per agent's label (``"agent:label"``, :func:`label_keys`)."""
+        _, y, src, _ = self._parts()
+        return label_keys(y, src)
 
     def class_counts(self) -> dict[str, int]:
         _, y = self.all()

@@ -54,6 +54,7 @@ class AdaptOptions:
     sag: float = 0.02
     patience: int = 2
     cooldown_from: str = "install"
+    label_shift: int = 20
 
 
 def check_options(o: AdaptOptions) -> list[str]:
@@ -76,6 +77,8 @@ def check_options(o: AdaptOptions) -> list[str]:
         raise SpecError(f"--patience must be at least 1, not {o.patience}")
     if o.cooldown_from not in COOLDOWN_FROM:
         raise SpecError(f"--cooldown-from must be one of {list(COOLDOWN_FROM)}")
+    if o.label_shift < 0:
+        raise SpecError(f"--label-shift must be at least 0 (0: off), not {o.label_shift}")
     if o.detector not in DETECTORS:
         raise SpecError(f"--detector must be one of {list(DETECTORS)}")
     if o.window <= 0:
@@ -118,7 +121,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
         window_s=o.window, combine=o.combine,
         policy=TriggerPolicy(o.policy, o.threshold, o.cooldown, o.min_per_class,
                              proxy=o.proxy, sag=o.sag, patience=o.patience,
-                             cooldown_from=o.cooldown_from),
+                             cooldown_from=o.cooldown_from, label_shift=o.label_shift),
         gate=GateConfig(o.margin, o.min_fidelity), detector=o.detector,
         max_installs=o.max_installs, seed=o.seed)
     report = o.report or Path(o.out_dir) / "adapt"

@@ -110,11 +110,11 @@ FAMILY_PARAM = "family"
 DEFAULT_ATTR = "default"  # a family's default configuration, queued by warm_start
 FOLDS_ATTR = "fold_metrics"  # the trial's metric on each cross-validation fold
 SIGNIFICANT_T = 2.0
-FITTED_ATTR = "fitted_to_limits"  # the size knobs a trial shipped with, when sized down
 """Corrected t statistic a configuration needs to replace the defaults on small data (about a
 one-sided 5 % test). On iris and wine (bench/small_tabular.py, docs/benchmarks.md) 2.0 left 8 of
 28 family x target rows below scikit-learn's default, 1.0 left 9, and the best metric over
 one unrepeated 5-fold partition left 10: all within a test sample or two."""
+FITTED_ATTR = "fitted_to_limits"  # the size knobs a trial shipped with, when sized down
 # Chosen by bench/search_quality.py (docs/benchmarks.md): a softmax temperature of 0.05 metric
 # points beat 0.02 and plain TPE; the start-up count does not depend on the budget, so the first
 # 20 trials of a 50-trial search are exactly a 20-trial search.

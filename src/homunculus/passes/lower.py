@@ -11,7 +11,7 @@ single table left the arg-max is precomputed per entry and the table writes the 
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -221,8 +221,9 @@ def _leaf_pattern(conds: list[tuple[int, int, bool]], thresholds: dict[int, list
                   max_values: tuple[int, ...]) -> dict[int, tuple[int, int]] | None:
     """Ternary (value, mask) per feature code for one leaf path; None if it is unreachable.
 
-    The path confines feature f to ``low < x <= high``; on a thermometer code that is: every bit
-    whose threshold is <= low is set, every bit whose threshold is >= high is clear.
+    The path confines feature f to ``low < x <= high``; on a thermometer code (thresholds
+    ascending) that is: every bit whose threshold is <= low is set, every bit whose threshold
+    is >= high is clear: two bisections, not a pass over the thresholds.
     """
     lo: dict[int, int] = {}
     hi: dict[int, int] = {}
@@ -236,13 +237,10 @@ def _leaf_pattern(conds: list[tuple[int, int, bool]], thresholds: dict[int, list
         low, high = lo.get(f, -1), hi.get(f, max_values[f])
         if low >= high:
             return None  # no integer x with low < x <= high
-        value = mask = 0
-        for bit, t in enumerate(thresholds.get(f, [])):
-            if t <= low:
-                value, mask = value | (1 << bit), mask | (1 << bit)
-            elif t >= high:
-                mask |= 1 << bit
-        pattern[f] = (value, mask)
+        ts = thresholds.get(f, [])  # ascending: bits [0, set) are <= low, [clear, n) >= high
+        set_bits, clear_from = bisect_right(ts, low), bisect_left(ts, high)
+        value = (1 << set_bits) - 1
+        pattern[f] = (value, value | (((1 << len(ts)) - 1) & ~((1 << clear_from) - 1)))
     return pattern
 
 

@@ -11,8 +11,9 @@ from homunculus.data.dataset import FeatureDecl, make_dataset
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.report.summary import trial_rows
-from homunculus.search.problem import evaluate, make_problem
+from homunculus.search.problem import evaluate, make_problem, size_bound
 from homunculus.search.study import FITTED_ATTR, record
+from homunculus.targets.base import Feasibility
 from homunculus.targets.registry import make_target
 
 
@@ -66,3 +67,12 @@ def test_a_model_that_fits_or_cannot_shrink_is_unchanged() -> None:
     assert not ev.feasibility.feasible and ev.params["rf_n_estimators"] == 4
     dt = evaluate(problem, "dt", get_family("dt").default_params())  # no size knob
     assert not dt.feasibility.feasible
+
+
+def test_the_size_bound_is_where_linear_usage_would_reach_the_limit() -> None:
+    over = Feasibility(False, "stages", {"stages": 47 / 12, "entries": 0.5}, ("stages",))
+    assert size_bound(64, over) == 17  # ceil(64 * 12 / 47)
+    worst = Feasibility(False, "phv", {"stages": 2.0, "phv": 4.0}, ("stages", "phv"))
+    assert size_bound(64, worst) == 16  # the worst ratio decides
+    assert size_bound(3, Feasibility(False, "stages", {"stages": 1.01}, ("stages",))) == 2
+    assert size_bound(64, Feasibility(False, "stages", {"stages": 100.0}, ("stages",))) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -420,12 +421,36 @@ def fit_to_limits(problem: Problem, family: str, params: dict[str, Any]) -> Ship
     trees of the same seeded model), the largest size that fits, found by bisection (resources
     grow with the knob). A forest sampled larger than the switch holds then ships as the
     largest prefix of it that fits, instead of costing a trial for nothing. Unchanged when
-    even size 1 does not fit."""
+    even size 1 does not fit.
+
+    The bisection first searches below :func:`size_bound` (the size at which usage that grows
+    linearly from a fixed part would reach the limit), and above it only if the bound itself
+    fits: lowering costs more than linearly in the trees, so the large sizes are skipped."""
     first = ship(problem, family, params)
     knob = getattr(get_family(family), "size_param", None)
     if first.feasibility.feasible or knob is None or int(params[knob]) <= 1:
         return first
-    best, low, high = None, 1, int(params[knob]) - 1
+    asked = int(params[knob])
+    bound = size_bound(asked, first.feasibility)
+    best = largest_fitting(problem, family, params, knob, 1, bound)
+    if best is not None and int(best.params[knob]) == bound and bound < asked - 1:
+        best = largest_fitting(problem, family, params, knob, bound + 1, asked - 1) or best
+    return best or first
+
+
+def size_bound(size: int, feasibility: Feasibility) -> int:
+    """An upper estimate of the largest size that fits, from one model of ``size`` that does
+    not: ``size / r`` for the worst usage-to-limit ratio r. Usage ``a + b * size`` with a fixed
+    part ``a >= 0`` fits only below it."""
+    worst = max((feasibility.ratios[k] for k in feasibility.ratios
+                 if feasibility.ratios[k] > 1.0), default=1.0)
+    return max(1, min(size - 1, math.ceil(size / worst)))
+
+
+def largest_fitting(problem: Problem, family: str, params: dict[str, Any], knob: str,
+                    low: int, high: int) -> Shipped | None:
+    """The largest size in ``[low, high]`` whose model fits, by bisection (None: none does)."""
+    best = None
     while low <= high:
         size = (low + high) // 2
         try:
@@ -436,7 +461,7 @@ def fit_to_limits(problem: Problem, family: str, params: dict[str, Any]) -> Ship
             best, low = candidate, size + 1
         else:
             high = size - 1
-    return best or first
+    return best
 
 
 def evaluate(problem: Problem, family: str, params: dict[str, Any]) -> Evaluation:

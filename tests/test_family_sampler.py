@@ -154,7 +154,7 @@ def test_the_warm_start_queues_the_feature_set_with_every_default() -> None:
     features = {feature_param(0): True, feature_param(1): False}
     warm_start(study, ["dt", "rf"], Budget(trials=10), features=features, n_features=2)
     queued = [t.system_attrs["fixed_params"] for t in study.trials]
-    assert [q["family"] for q in queued] == ["dt", "rf", "rf", "rf"]  # rf: data defaults
+    assert [q["family"] for q in queued] == ["dt", "rf", "rf"]  # rf: a data default
     assert all(q[feature_param(0)] is True and q[feature_param(1)] is False for q in queued)
     assert queued[2]["rf_max_features"] == 1.0  # sqrt(1) of the one selected feature
 
@@ -163,9 +163,9 @@ def test_the_warm_start_queues_every_first_default_before_the_data_defaults() ->
     study = optuna.create_study(direction="maximize")
     warm_start(study, ["rf", "xgb", "dt"], Budget(trials=12), n_features=13)
     queued = [t.system_attrs["fixed_params"] for t in study.trials]
-    assert [q["family"] for q in queued] == ["rf", "xgb", "dt", "rf", "xgb", "rf"]
-    assert [queued[i]["rf_max_features"] for i in (0, 3, 5)] == [0.5, 0.2308, 0.5]
-    assert queued[3]["rf_n_estimators"] == 64 and queued[5]["rf_max_depth"] == 10
+    assert [q["family"] for q in queued] == ["rf", "xgb", "dt", "rf", "xgb"]
+    assert [queued[i]["rf_max_features"] for i in (0, 3)] == [0.5, 0.2308]
+    assert queued[3]["rf_n_estimators"] == 64 and queued[3]["rf_max_depth"] == 10
     assert queued[1]["xgb_colsample"] == 1.0 and queued[4]["xgb_colsample"] == 0.5
     assert all(q["merge_tables"] is False for q in queued)  # a default is the plain layout
     capped = optuna.create_study(direction="maximize")

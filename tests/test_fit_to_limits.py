@@ -12,7 +12,7 @@ from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.report.summary import trial_rows
 from homunculus.search.problem import evaluate, make_problem, size_bound
-from homunculus.search.study import FITTED_ATTR, record
+from homunculus.search.study import FITTED_ATTR, record, shipped_configuration
 from homunculus.targets.base import Feasibility
 from homunculus.targets.registry import make_target
 
@@ -48,13 +48,16 @@ def test_an_oversized_ensemble_ships_as_the_largest_prefix_that_fits(family) -> 
     same = evaluate(problem, family, {**big, knob: size})
     assert same.metric == ev.metric and same.usage.entries == ev.usage.entries
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial({knob: 12})
-    queued = study.ask({knob: optuna.distributions.IntDistribution(1, 24)})
+    study.enqueue_trial({"family": family, knob: 12})
+    queued = study.ask({"family": optuna.distributions.CategoricalDistribution([family]),
+                        knob: optuna.distributions.IntDistribution(1, 24)})
     record(queued, ev)
     assert queued.user_attrs[FITTED_ATTR] == {knob: size}
     study.tell(queued, ev.metric)
     (row,) = trial_rows(study.trials)  # the report shows the size it shipped with
     assert row["params"][knob] == 12 and row["fitted_to_limits"] == {knob: size}
+    # rebuilding the trial (the compile's refit, a schedule's build) takes the shipped size
+    assert shipped_configuration(study.trials[0]) == (family, {knob: size})
 
 
 def test_a_model_that_fits_or_cannot_shrink_is_unchanged() -> None:

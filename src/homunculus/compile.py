@@ -74,6 +74,7 @@ from homunculus.search.study import (
     open_study,
     pick_best,
     run_search,
+    shipped_configuration,
     table_space,
     trial_index,
     warm_features,
@@ -389,8 +390,7 @@ def compile_plan(plan: Plan, options: CompileOptions) -> CompileResult:
                 result = run_search(problem, allowed, objectives, budget, study, progress,
                                     oracle)
         best = result.best_trial
-        family = best.params["family"]
-        params = {k: v for k, v in best.params.items() if k != "family"}
+        family, params = shipped_configuration(best)
         ev = evaluate(problem, family, params)  # trained on the whole training set
         shared = None if options.shared is None else shared_section(options.shared,
                                                                      result.trials)

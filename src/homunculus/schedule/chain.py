@@ -50,7 +50,7 @@ from homunculus.schedule.split import (
 )
 from homunculus.search.metrics import score
 from homunculus.search.problem import make_problem
-from homunculus.search.study import Budget, open_study, run_search
+from homunculus.search.study import Budget, open_study, run_search, shipped_configuration
 from homunculus.targets.p4.codegen import carry_layout
 from homunculus.targets.p4.entries import read_runtime_entries
 from homunculus.targets.p4.twin import simulate, with_installed_entries
@@ -191,8 +191,7 @@ def compile_chain(plan: ChainPlan, options: CompileOptions) -> Any:
                 raise InfeasibleError(why_nothing_fits(problem, target, allowed,
                                                        str(exc))) from None
         best_trial = result.best_trial
-        family = best_trial.params["family"]
-        params = {k: v for k, v in best_trial.params.items() if k != "family"}
+        family, params = shipped_configuration(best_trial)
         best = build(problem, family, params, best_trial.user_attrs["metric"],
                      best_trial.number)
         split = target.split(best.pipeline)

@@ -56,7 +56,7 @@ from homunculus.schedule.split_mlp import (
 )
 from homunculus.search.metrics import score
 from homunculus.search.problem import make_problem
-from homunculus.search.study import run_search
+from homunculus.search.study import run_search, shipped_configuration
 from homunculus.targets.base import Limits, Usage
 
 OBJECTIVES = ("metric", "stages")
@@ -197,7 +197,7 @@ def compile_mlp_chain(plan: ChainPlan, options: CompileOptions,
         feasible = [t for t in result.trials if t.state.name == "COMPLETE"
                     and t.user_attrs.get("feasible")]
         best_trial = result.best_trial
-        params = {k: v for k, v in best_trial.params.items() if k != "family"}
+        params = shipped_configuration(best_trial)[1]
         best = build(problem, MLP_FAMILY, params, best_trial.user_attrs["metric"],
                      best_trial.number)
         split = target.split(best.pipeline)

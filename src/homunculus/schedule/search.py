@@ -33,7 +33,13 @@ from homunculus.search.problem import (
     chosen_features,
     make_problem,
 )
-from homunculus.search.study import Budget, SearchResult, open_study, run_search
+from homunculus.search.study import (
+    Budget,
+    SearchResult,
+    open_study,
+    run_search,
+    shipped_configuration,
+)
 from homunculus.targets.base import Feasibility, Limits, Target, Usage, assess
 
 SWITCH_OBJECTIVES = ("metric", "stages", "tcam_kbit")
@@ -134,7 +140,7 @@ def make_model_problem(plan: ModelPlan, dataset: Dataset, target: Target, limits
 def build(problem: Problem, family: str, params: dict[str, Any], metric: float,
           trial: int) -> Built:
     """Train ``family`` with ``params`` on the whole training set and lower it (the same model
-    the search's trial built: training is seeded)."""
+    the search's trial built, given its :func:`shipped_configuration`: training is seeded)."""
     chosen = chosen_features(problem, params)
     if len(chosen) < len(problem.dataset.features):
         problem = problem.restricted(chosen)
@@ -145,10 +151,6 @@ def build(problem: Problem, family: str, params: dict[str, Any], metric: float,
     usage = problem.target.estimate(pipeline)
     return Built(family, params, trained, pipeline, usage, assess(usage, problem.limits),
                  problem, metric, trial)
-
-
-def _config(trial: Any) -> tuple[str, dict[str, Any]]:
-    return trial.params["family"], {k: v for k, v in trial.params.items() if k != "family"}
 
 
 def front_trials(result: SearchResult, k: int) -> list[Any]:
@@ -182,11 +184,11 @@ def search_model(plan: ModelPlan, index: int, dataset: Dataset, target: Target, 
                        objectives, plan.search.sampler, seed, budget, resume)
     result = run_search(problem, allowed, objectives, budget, study, progress)
     best_trial = result.best_trial
-    family, params = _config(best_trial)
+    family, params = shipped_configuration(best_trial)
     best = build(problem, family, params, best_trial.user_attrs["metric"], best_trial.number)
     front = []
     for t in front_trials(result, k):
-        f, p = _config(t)
+        f, p = shipped_configuration(t)
         front.append(best if t.number == best_trial.number else
                      build(problem, f, p, t.user_attrs["metric"], t.number))
     if not any(b is best for b in front):  # the best is always a candidate

@@ -450,6 +450,14 @@ def record(trial: optuna.Trial, ev: Evaluation, verdict: OracleVerdict | None = 
         trial.set_constraint(ORACLE_KEY, verdict.constraint)
 
 
+def shipped_configuration(trial: optuna.trial.FrozenTrial) -> tuple[str, dict[str, Any]]:
+    """A trial's family and the configuration it shipped: its parameters, with the sizes
+    :func:`~homunculus.search.problem.fit_to_limits` cut down to the limits (``FITTED_ATTR``),
+    so rebuilding it gives the trial's model without sizing it again."""
+    params = {k: v for k, v in trial.params.items() if k != FAMILY_PARAM}
+    return trial.params[FAMILY_PARAM], {**params, **trial.user_attrs.get(FITTED_ATTR, {})}
+
+
 def objective_values(ev: Evaluation, objectives: tuple[str, ...]) -> list[float]:
     values = []
     for name in objectives:

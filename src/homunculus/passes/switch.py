@@ -3,8 +3,10 @@
 The rules are Tofino's (the strictest target; bmv2 accepts the same forms):
 
 * An action performs one ALU operation per destination field, and every field operand has the
-  destination's width (no casts). A score sum therefore becomes an adder tree: one two-operand
-  add per destination, one level per action (one stage), accumulating in place.
+  destination's width (no casts). A score sum therefore becomes an adder tree of two-operand
+  adds, accumulating in place, scheduled as the terms arrive (:func:`adder_steps`): the adds
+  that can start while later trees are still being matched do, so the sum ends about two
+  stages after the last tree instead of one level per stage after it.
 * A condition (gateway) compares a field with a constant or tests bits; it never compares two
   computed values. The arg-max subtracts scores (one subtraction per pair, one stage; scores are
   one bit wider than their largest value so the difference's top bit is the sign) and a table
@@ -22,7 +24,9 @@ The result is a pipeline whose ``alu`` steps replace ``score_sum``/``argmax`` an
 
 from __future__ import annotations
 
-from dataclasses import replace
+import heapq
+import math
+from dataclasses import dataclass, field, replace
 
 from homunculus.ir.pipeline import (
     VERDICT_FIELDS,
@@ -224,27 +228,89 @@ def _widen(table: Table, width: int) -> Table:
     return replace(table, outputs=tuple(Field(o.name, width) for o in table.outputs))
 
 
-def adder_tree(terms: list[Operand], level_ops: list[list[AluOp]]) -> Operand:
-    """Reduce ``terms`` pairwise, in place, one level per list of ``level_ops``; return the
-    operand holding the total. At most one term is a constant, and it comes last."""
-    if not terms:
-        raise ValueError("an adder tree needs at least one term")
-    level = 0
-    while len(terms) > 1:
-        if len(level_ops) <= level:
-            level_ops.append([])
-        reduced: list[Operand] = []
-        for a, b in zip(terms[0::2], terms[1::2], strict=False):
-            if not isinstance(a, Field):
-                a, b = b, a
-            assert isinstance(a, Field)
-            level_ops[level].append(AluOp(a, AluKind.ADD, a, b))
-            reduced.append(a)
-        if len(terms) % 2:
-            reduced.append(terms[-1])
-        terms = reduced
-        level += 1
-    return terms[0]
+STAGE_TERNARY_GROUPS = 12
+"""Tofino's ternary match crossbar per stage: 12 groups of 5 bytes (so is the units' model)."""
+STAGE_TERNARY_TABLES = 8
+STAGE_EXACT_BYTES = 128
+
+
+def term_arrival(lookups: tuple[Table, ...]) -> dict[str, int]:
+    """The stage, counted from the lookups' first, after which each lookup output can be read,
+    estimated from the keys alone: tables fill stages in order until a stage's match crossbar
+    (or its ternary tables) is full. Entries are not counted, so a retrained model in the same
+    tables gets the same estimate, and the same adder steps."""
+    arrival: dict[str, int] = {}
+    stage, groups, ternary, exact = 0, 0, 0, 0
+    for table in lookups:
+        n_bytes = math.ceil(table.key_width / 8)
+        if table.keys and table.match_kind is MatchKind.EXACT:
+            if exact and exact + n_bytes > STAGE_EXACT_BYTES:
+                stage, groups, ternary, exact = stage + 1, 0, 0, 0
+            exact += n_bytes
+            span = math.ceil(n_bytes / STAGE_EXACT_BYTES)
+        else:
+            need = math.ceil(n_bytes / 5)
+            if ternary and (groups + need > STAGE_TERNARY_GROUPS
+                            or ternary == STAGE_TERNARY_TABLES):
+                stage, groups, ternary, exact = stage + 1, 0, 0, 0
+            groups, ternary = groups + need, ternary + 1
+            span = math.ceil(need / STAGE_TERNARY_GROUPS)
+        for out in table.outputs:
+            arrival[out.name] = stage + max(span, 1)
+    return arrival
+
+
+@dataclass(frozen=True, order=True)
+class _Partial:
+    """A partial sum of one class: when it is ready, which term sources it holds, its field."""
+
+    ready: int
+    sources: tuple[int, ...]
+    operand: Operand = field(compare=False)
+
+
+def _combine(partials: list[_Partial]) -> tuple[list[tuple[int, AluOp]], Operand | None]:
+    """Reduce one class's partial sums to one, always adding the two that are ready first (the
+    minimax order: the total is ready as early as two-operand adds allow); in-place adds, a
+    constant only ever as the second operand. Returns each add with its result's ready time,
+    and the operand holding the total (None without terms)."""
+    heap = list(partials)
+    heapq.heapify(heap)
+    ops: list[tuple[int, AluOp]] = []
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        if not isinstance(a.operand, Field):
+            a, b = b, a
+        assert isinstance(a.operand, Field), "at most one term of a class is a constant"
+        ready = max(a.ready, b.ready) + 1  # an add takes a stage
+        ops.append((ready, AluOp(a.operand, AluKind.ADD, a.operand, b.operand)))
+        heapq.heappush(heap, _Partial(ready, tuple(sorted(a.sources + b.sources)), a.operand))
+    return ops, heap[0].operand if heap else None
+
+
+def adder_steps(terms: list[list[tuple[int, Operand]]]) -> tuple[list[list[AluOp]],
+                                                                  list[Operand | None]]:
+    """Sum each class's terms, given as (ready time, operand) with the ready time in stages
+    (:func:`term_arrival`; constants and carried values earlier).
+
+    Every class is reduced by :func:`_combine`, and adds whose results are ready at the same
+    time run together in one step, one per class: a step waits only for what it adds, so the
+    switch starts summing the first trees while later ones are still matched, instead of
+    adding level by level after the last tree. Returns the steps' operations in dependency
+    order and each class's total (None for a class without terms)."""
+    by_time: dict[tuple[int, int], list[AluOp]] = {}
+    totals: list[Operand | None] = []
+    for class_terms in terms:
+        partials = [_Partial(ready, (i,), operand)
+                    for i, (ready, operand) in enumerate(class_terms)]
+        ops, total = _combine(partials)
+        seen: dict[int, int] = {}
+        for ready, op in ops:
+            k = seen.get(ready, 0)
+            seen[ready] = k + 1
+            by_time.setdefault((ready, k), []).append(op)
+        totals.append(total)
+    return [by_time[key] for key in sorted(by_time)], totals
 
 
 def fold_biases(lookups: tuple[Table, ...], terms: tuple[tuple[Field, ...], ...],
@@ -279,16 +345,15 @@ def lower_scores(pipeline: Pipeline) -> Pipeline:
     width = score_width(pipeline)
     lookups, bias = fold_biases(tuple(_widen(t, width) for t in pipeline.lookups),
                                 ss.terms, ss.bias)
-    level_ops: list[list[AluOp]] = []
+    arrival = term_arrival(lookups)
+    level_ops, totals = adder_steps([[(arrival[t.name], Field(t.name, width)) for t in terms]
+                                     for terms in ss.terms])
     setup: list[AluOp] = []
     scores: list[Field] = []
-    for c, terms in enumerate(ss.terms):
-        operands: list[Operand] = [Field(t.name, width) for t in terms]
-        total = adder_tree(operands, level_ops) if operands else None
+    for c, total in enumerate(totals):
         if total is None:  # a class without terms: its score is a constant
-            field = Field(f"score{c}", width)
-            setup.append(AluOp(field, AluKind.SET, bias[c]))
-            total = field
+            total = Field(f"score{c}", width)
+            setup.append(AluOp(total, AluKind.SET, bias[c]))
         assert isinstance(total, Field)
         scores.append(total)
     if setup and level_ops:

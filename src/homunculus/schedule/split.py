@@ -41,10 +41,11 @@ from homunculus.ir.pipeline import (
 from homunculus.passes.encode import encode_for_target
 from homunculus.passes.switch import (
     MAX_SIGN_CLASSES,
-    adder_tree,
+    adder_steps,
     fold_biases,
     score_width,
     sign_table,
+    term_arrival,
     tournament,
 )
 from homunculus.targets.base import Limits, Usage, assess
@@ -306,18 +307,21 @@ def device_pipeline(model: _Model, tables: list[Table], carried_in: list[int], l
     terms = tuple(tuple(own[c]) for c in range(n))
     bias = p.score_sum.bias if last else (0,) * n
     lookups, left = fold_biases(tuple(widened), terms, bias)
-    level_ops: list[list[AluOp]] = []
+    arrival = term_arrival(lookups)
+    carried_terms = [[(0, carried[c])] if c in carried else [] for c in range(n)]
+    level_ops, sums = adder_steps(
+        [carried_terms[c] + [(arrival[f.name], f) for f in own[c]]
+         + ([(-1, left[c])] if left[c] and (own[c] or c in carried) else []) for c in range(n)])
     totals: dict[int, Field] = {}
     setup: list[AluOp] = []
     for c in range(n):
-        fields: list[Field | int] = ([carried[c]] if c in carried else []) + list(own[c])
-        if not fields:
+        if sums[c] is None:
             if last:  # a class no table moves: its score is its bias
                 score = Field(f"score{c}", w)
                 setup.append(AluOp(score, AluKind.SET, left[c]))
                 totals[c] = score
             continue
-        total = adder_tree(fields + ([left[c]] if left[c] else []), level_ops)
+        total = sums[c]
         assert isinstance(total, Field)
         totals[c] = total
     if setup and level_ops:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from homunculus.ir.pipeline import VerdictPlan
+from homunculus.ir.pipeline import Field, VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.passes.allocate import StageCaps, Unit, pack_narrow, place, span_of
 from homunculus.passes.lower import lower
@@ -100,10 +100,15 @@ def test_encoders_before_trees_and_the_verdict_last(small_dataset) -> None:
     ops = [op for s in usage.per_stage for op in s.ops]
     levels = [op for op in ops if op.startswith("action sum")]
     assert levels and any(op == "action argmax_diff" for op in ops)
-    # one adder level per stage, after every lookup, and the differences after the sums
+    # each add after the trees it adds (the first ones beside later trees: adder_steps), and
+    # the differences after the last add
     stage_of = {op: s.stage for s in usage.per_stage for op in s.ops}
-    assert len({stage_of[op] for op in levels}) == len(levels)
-    assert min(stage_of[op] for op in levels) > max(order[t.name] for t in prepared.lookups)
+    tree_of = {o.name: order[t.name] for t in prepared.lookups for o in t.outputs}
+    for step in prepared.alu:
+        if step.name.startswith("sum"):
+            added = [tree_of[f.name] for op in step.ops for f in (op.a, op.b)
+                     if isinstance(f, Field)]
+            assert stage_of[f"action {step.name}"] > max(added)
     assert stage_of["action argmax_diff"] > max(stage_of[op] for op in levels)
 
 

@@ -52,8 +52,10 @@ MAX_SIGN_CLASSES = 8
 Operand = Field | int
 
 
-def lower_for_switch(pipeline: Pipeline) -> Pipeline:
-    """The switch form of ``pipeline`` (idempotent; MLP pipelines are not for switches)."""
+def lower_for_switch(pipeline: Pipeline, staged: bool = True) -> Pipeline:
+    """The switch form of ``pipeline`` (idempotent; MLP pipelines are not for switches).
+    ``staged``: the target places tables in stages, and sums are scheduled for the stages
+    the lookups are estimated to take (:func:`term_arrival`); without, they are balanced."""
     if pipeline.notes.get("switch_lowered"):
         return pipeline
     if pipeline.mlp is not None:
@@ -61,7 +63,7 @@ def lower_for_switch(pipeline: Pipeline) -> Pipeline:
     if pipeline.score_sum is None or pipeline.argmax is None:
         lowered = fold_verdict(pipeline)
     else:
-        lowered = lower_scores(pipeline)
+        lowered = lower_scores(pipeline, staged)
     if lowered.shortcut is not None:
         lowered = attach_shortcut(lowered)
     if lowered.flow is not None and lowered.flow.decision is not None:
@@ -234,11 +236,14 @@ STAGE_TERNARY_TABLES = 8
 STAGE_EXACT_BYTES = 128
 
 
-def term_arrival(lookups: tuple[Table, ...]) -> dict[str, int]:
+def term_arrival(lookups: tuple[Table, ...], staged: bool = True) -> dict[str, int]:
     """The stage, counted from the lookups' first, after which each lookup output can be read,
     estimated from the keys alone: tables fill stages in order until a stage's match crossbar
     (or its ternary tables) is full. Entries are not counted, so a retrained model in the same
-    tables gets the same estimate, and the same adder steps."""
+    tables gets the same estimate, and the same adder steps. Without ``staged`` (a target
+    without stage limits, bmv2) every lookup is read at once, and the sum is balanced."""
+    if not staged:
+        return {o.name: 0 for t in lookups for o in t.outputs}
     arrival: dict[str, int] = {}
     stage, groups, ternary, exact = 0, 0, 0, 0
     for table in lookups:
@@ -294,21 +299,18 @@ def adder_steps(terms: list[list[tuple[int, Operand]]]) -> tuple[list[list[AluOp
     (:func:`term_arrival`; constants and carried values earlier).
 
     Every class is reduced by :func:`_combine`, and adds whose results are ready at the same
-    time run together in one step, one per class: a step waits only for what it adds, so the
+    time run together in one step (one action): a step waits only for what it adds, so the
     switch starts summing the first trees while later ones are still matched, instead of
     adding level by level after the last tree. Returns the steps' operations in dependency
     order and each class's total (None for a class without terms)."""
-    by_time: dict[tuple[int, int], list[AluOp]] = {}
+    by_time: dict[int, list[AluOp]] = {}
     totals: list[Operand | None] = []
     for class_terms in terms:
         partials = [_Partial(ready, (i,), operand)
                     for i, (ready, operand) in enumerate(class_terms)]
         ops, total = _combine(partials)
-        seen: dict[int, int] = {}
-        for ready, op in ops:
-            k = seen.get(ready, 0)
-            seen[ready] = k + 1
-            by_time.setdefault((ready, k), []).append(op)
+        for ready, op in ops:  # independent: a partial sum is added once, when it is ready
+            by_time.setdefault(ready, []).append(op)
         totals.append(total)
     return [by_time[key] for key in sorted(by_time)], totals
 
@@ -338,14 +340,14 @@ def fold_biases(lookups: tuple[Table, ...], terms: tuple[tuple[Field, ...], ...]
     return tuple(out), left
 
 
-def lower_scores(pipeline: Pipeline) -> Pipeline:
+def lower_scores(pipeline: Pipeline, staged: bool = True) -> Pipeline:
     """Adder trees, then the sign-table arg-max (or a tournament) that carries the verdict."""
     ss, am = pipeline.score_sum, pipeline.argmax
     assert ss is not None and am is not None
     width = score_width(pipeline)
     lookups, bias = fold_biases(tuple(_widen(t, width) for t in pipeline.lookups),
                                 ss.terms, ss.bias)
-    arrival = term_arrival(lookups)
+    arrival = term_arrival(lookups, staged)
     level_ops, totals = adder_steps([[(arrival[t.name], Field(t.name, width)) for t in terms]
                                      for terms in ss.terms])
     setup: list[AluOp] = []

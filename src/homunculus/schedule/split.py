@@ -50,6 +50,7 @@ from homunculus.passes.switch import (
 )
 from homunculus.targets.base import Limits, Usage, assess
 from homunculus.targets.p4.codegen import carry_layout
+from homunculus.targets.p4.profiles import SwitchProfile
 
 CARRY_PREFIX = "part_s"
 """Carried-in partial score of class c: the meta field ``part_s<c>``."""
@@ -289,10 +290,11 @@ def carried_columns(model: _Model, tables: list[Table]) -> set[int]:
 
 
 def device_pipeline(model: _Model, tables: list[Table], carried_in: list[int], last: bool,
-                    name: str, supports_range: bool, requires: tuple[str, ...]
+                    name: str, profile: SwitchProfile, requires: tuple[str, ...]
                     ) -> tuple[Pipeline, list[int]]:
     """The program of one device: ``tables`` plus the partial scores ``carried_in`` (class
     columns, in order); returns it and the columns it carries out (none when ``last``)."""
+    supports_range = profile.supports_range
     p = model.pipeline
     assert p.score_sum is not None and p.argmax is not None
     w = model.width
@@ -307,7 +309,7 @@ def device_pipeline(model: _Model, tables: list[Table], carried_in: list[int], l
     terms = tuple(tuple(own[c]) for c in range(n))
     bias = p.score_sum.bias if last else (0,) * n
     lookups, left = fold_biases(tuple(widened), terms, bias)
-    arrival = term_arrival(lookups)
+    arrival = term_arrival(lookups, profile.stages is not None)
     carried_terms = [[(0, carried[c])] if c in carried else [] for c in range(n)]
     level_ops, sums = adder_steps(
         [carried_terms[c] + [(arrival[f.name], f) for f in own[c]]
@@ -404,15 +406,14 @@ def _fill(model: _Model, order: list[Table], devices: list[Device], requires: tu
     pool = list(switches) + ([] if host else [devices[-1]] * spare)
     for d, device in enumerate(pool):
         name = f"d{d}"
-        supports_range = device.target.profile.supports_range
         best: tuple[int, Pipeline, Usage, list[int]] | None = None
         lo, hi = 1, len(order) - i
         while lo <= hi:  # the longest run that fits (fitting is monotone in the run's length)
             k = (lo + hi) // 2
             run = order[i:i + k]
             last = i + k == len(order)
-            program, out_cols = device_pipeline(model, run, carried, last, name, supports_range,
-                                                requires)
+            program, out_cols = device_pipeline(model, run, carried, last, name,
+                                                device.target.profile, requires)
             ok, usage, why = _fits(device, program)
             if ok:
                 best = (k, program, usage, out_cols)
@@ -463,8 +464,7 @@ def _to_host(model: _Model, order: list[Table], devices: list[Device],
             out_cols = list(carried_out_columns(program))
         else:
             program, out_cols = device_pipeline(model, order[start:end], carried_before, False,
-                                                name, devices[d].target.profile.supports_range,
-                                                requires)
+                                                name, devices[d].target.profile, requires)
             ok, usage, _ = _fits(devices[d], program)
             if not ok:  # fitting is monotone in the run's length: not expected
                 continue

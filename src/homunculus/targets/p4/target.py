@@ -46,7 +46,8 @@ class SwitchTarget:
     def prepare(self, pipeline: Pipeline) -> Pipeline:
         """Target-specific passes: ternary prefixes where range matching is missing, then the
         switch lowering (adder trees, sign-table arg-max, the verdict in the deciding table)."""
-        return lower_for_switch(encode_for_target(pipeline, self.profile.supports_range))
+        return lower_for_switch(encode_for_target(pipeline, self.profile.supports_range),
+                                staged=self.profile.stages is not None)
 
     def estimate(self, pipeline: Pipeline) -> Usage:
         keyed = versioned(pipeline, 0) if self.versioned else pipeline

@@ -35,7 +35,7 @@ def trained_pipeline(family: str, params: dict, seed: int, target: str = "bmv2")
     model = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, seed)
     plan = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
     pipeline = lower(model.quantised, ds.features, ds.class_labels, plan, model.winner_to_class)
-    switch, _ = make_target(target, {})
+    switch, _ = make_target("bmv2", {})
     return switch.prepare(pipeline), ds
 
 
@@ -182,7 +182,8 @@ def test_retrained_tree_fits_the_compiled_tables_and_flips_without_mixing() -> N
 def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> None:
     """A forest compiled with a thermometer code per tree: the retrained forest takes that
     layout (adapt picks the one whose code fields the compiled program has), codes its trees
-    no longer need stay 0, and the version flip mixes nothing."""
+    no longer need stay 0, it runs through the compiled program's score steps, and the
+    version flip mixes nothing."""
     from homunculus.passes.switch import lower_for_switch
 
     fam = get_family("rf")
@@ -216,6 +217,7 @@ def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> N
     xs = np.concatenate([ds.x_test, other.x_test] * 2)
     assert codes_within(raw, compiled)  # the retrain took the compiled per-tree layout
     assert any("__t" in o.name for e in raw.encoders for o in e.outputs)
+    assert new.alu == compiled.alu
     np.testing.assert_array_equal(simulate(new, xs).class_index, simulate(raw, xs).class_index)
     np.testing.assert_array_equal(simulate(raw, xs).class_index,
                                   retrained[min(retrained)].predict_quantised(xs))

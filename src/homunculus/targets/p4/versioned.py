@@ -310,7 +310,10 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
         raise ValueError("the new model has other lookup tables than the deployed program")
     rest = [_rekey(t, n) for t, n in zip((*a.lookups, a.verdict), (*b.lookups, b.verdict),
                                          strict=True)]
-    out = replace(b, encoders=tuple(encoders), lookups=tuple(rest[:-1]), verdict=rest[-1])
+    # the compiled program's score steps: its code is what runs (the sums' schedule follows the
+    # compiled keys, which the new model's own keys, before rekeying, need not match)
+    out = replace(b, encoders=tuple(encoders), lookups=tuple(rest[:-1]), verdict=rest[-1],
+                  alu=a.alu, order=a.order)
     room = capacity(a)
     for t in versioned(out, 1).tables():
         if len(t.entries) > room.get(t.name, 0):

@@ -197,11 +197,15 @@ class LevelWatch:
     def installed(self, level: float | None) -> None:
         self.level, self.run = level, 0
 
+    def below(self, proxy: float) -> bool:
+        """Is ``proxy`` more than ``sag`` below the installed level (False without either)?"""
+        return bool(self.sag) and self.level is not None and proxy < self.level - self.sag
+
     def update(self, proxy: float | None) -> None:
         if not self.sag or self.level is None or proxy is None:
             return
         self.last = proxy
-        self.run = self.run + 1 if proxy < self.level - self.sag else 0
+        self.run = self.run + 1 if self.below(proxy) else 0
 
     def sagging(self) -> str | None:
         """Why the proxy sags (None if it does not)."""
@@ -209,6 +213,48 @@ class LevelWatch:
             return None
         return (f"proxy {self.last:.3f} more than {self.sag:g} below the active model's "
                 f"installed level {self.level:.3f} for {self.run} windows")
+
+
+@dataclass
+class ResearchWatch:
+    """The re-search rule's state. A window's proxy is low when it is below the trigger's
+    threshold or sags below the active model's installed level (:meth:`LevelWatch.below`).
+    ``run`` counts the low windows in a row since a retrain (installed or refused) was judged
+    within the current low stretch; when it reaches ``after`` (0: off), the retrain the policy
+    triggers next is a short re-search of the hyperparameters
+    (:func:`~homunculus.adapt.model.research`) rather than a retrain with the active ones:
+    retraining did not bring the proxy back. A window whose proxy is not low ends the stretch;
+    a window without a proxy neither counts nor ends it; a re-search starts the count afresh
+    (it counts again once the re-search is judged). The offline model's low proxy before any
+    retrain is a reason to retrain, not yet to search."""
+
+    after: int = 0
+    run: int = 0
+    tried: bool = False  # a retrain was judged within the current low stretch
+
+    def judged(self) -> None:
+        """A retrain's (or a re-search's) result was judged."""
+        self.tried = True
+
+    def update(self, low: bool | None) -> None:
+        """A window's proxy was low (True), not (False) or unknown (None)."""
+        if not self.after or low is None:
+            return
+        if not low:
+            self.run, self.tried = 0, False
+        elif self.tried:
+            self.run += 1
+
+    def searched(self) -> None:
+        """A re-search started: count afresh once it is judged."""
+        self.run, self.tried = 0, False
+
+    def due(self) -> str | None:
+        """Why the next retrain should be a re-search (None: it should not)."""
+        if not self.after or not self.tried or self.run < self.after:
+            return None
+        return (f"proxy low for {self.run} window{'s' * (self.run > 1)} after a retrain "
+                f"(re-search after {self.after})")
 
 
 def label_keys(labels: np.ndarray, source: np.ndarray) -> dict[str, int]:

@@ -59,6 +59,16 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def research_cell(research: dict[str, Any] | None) -> str:
+    """A retrain's re-search in one line: why, trials, the choice and its validation score
+    against the active hyperparameters' ('' for a plain retrain)."""
+    if not research:
+        return ""
+    return (f"{research['why']}; {len(research['trials'])} trials in "
+            f"{research['cpu_seconds']:.2f} CPU s; chose {research['chosen']} "
+            f"(validation macro-F1 {research['score']} vs active {research['active_score']})")
+
+
 def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any]],
                  events: list[dict[str, Any]], title: str) -> Path:
     """Write summary.json and report.html into ``out``; the HTML's path."""
@@ -68,7 +78,8 @@ def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any
     retrains = [{"window": e["window"], "triggered in": e["triggered_in"],
                  "samples": e["train_samples"], "CPU s": e["cpu_seconds"],
                  "verified": e["verified"], "gate": e["gate"]["reason"],
-                 "installed": e.get("version") if e["installed"] else "no"}
+                 "installed": e.get("version") if e["installed"] else "no",
+                 "re-search": research_cell(e.get("research"))}
                 for e in events if e.get("event") == "retrain"]
     agents = summary.get("agents", [])
     page = f"""<!doctype html><html><head><meta charset="utf-8">
@@ -86,7 +97,7 @@ installs; {summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
                  'coverage', 'precision', 'last_error'])}
 <h2>Retrains and the install gate</h2>
 {_table(retrains, ['window', 'triggered in', 'samples', 'CPU s', 'verified', 'gate',
-                   'installed'])}
+                   'installed', 're-search'])}
 <h2>Windows</h2>
 {_table(windows, ['window', 'samples', 'labelled', 'proxy', 'f1', 'drift', 'trigger', 'why',
                   'version'])}

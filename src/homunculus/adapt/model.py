@@ -9,6 +9,10 @@ capacity (XDP) and verified 100% against the twin before the gate ever sees it -
 deployed object file itself, loaded afresh, with the candidate in a slot, run over the
 verification rows with BPF_PROG_TEST_RUN; switches: the P4 twin over the candidate's entries.
 
+A retrain may first re-search the hyperparameters (:func:`research`: a few seeded Optuna TPE
+trials of the same family on part of the draw, each fitted to the deployed program); the
+choice is trained, lowered and verified like any retrain.
+
 :class:`RetrainWorker` runs retrains in one worker process (spawned once), so training never
 blocks telemetry; each result carries the worker's CPU seconds.
 """

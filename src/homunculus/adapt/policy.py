@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 DETECTORS = ("adwin", "page_hinkley")
 POLICIES = ("proxy", "every", "never")
@@ -46,11 +45,19 @@ COOLDOWN_FROM = ("retrain", "install")
 
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
-    """Macro-F1 over the classes present in either (None for no samples)."""
+    """Macro-F1 over the classes present in either (None for no samples): scikit-learn's
+    ``f1_score(average="macro", zero_division=0)`` over those labels, the same arithmetic
+    (per class 2 tp / (true + predicted), then their mean) without its input validation,
+    which cost more than the rest of a re-search's trial."""
     if len(truth) == 0:
         return None
-    labels = sorted(set(np.asarray(truth).tolist()) | set(np.asarray(pred).tolist()))
-    return float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    labels = sorted(set(truth.tolist()) | set(pred.tolist()))
+    tp = np.array([np.sum((truth == c) & (pred == c)) for c in labels], dtype=np.float64)
+    denom = np.array([np.sum(truth == c) + np.sum(pred == c) for c in labels],
+                     dtype=np.float64)
+    scores = np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(np.average(scores))
 
 
 def accuracy_proxy(labels: np.ndarray, model: np.ndarray, kind: str = "macro_f1",

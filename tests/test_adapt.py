@@ -416,6 +416,22 @@ def test_sag_rule_fires_when_the_proxy_stays_below_the_installed_level() -> None
             TriggerPolicy(**bad)
 
 
+def test_macro_f1_is_scikit_learns() -> None:
+    from sklearn.metrics import f1_score
+
+    from homunculus.adapt.policy import macro_f1
+
+    rng = np.random.default_rng(0)
+    names = np.array(["benign", "attack", "scan"], dtype=object)
+    for _ in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+        truth, pred = names[rng.integers(0, k, n)], names[rng.integers(0, k, n)]
+        labels = sorted(set(truth.tolist()) | set(pred.tolist()))
+        assert macro_f1(truth, pred) == f1_score(truth, pred, labels=labels, average="macro",
+                                                 zero_division=0)
+    assert macro_f1(np.array([]), np.array([])) is None
+
+
 def test_research_is_due_only_when_the_proxy_stays_low_after_a_retrain() -> None:
     watch = ResearchWatch(after=2)
     for low in (True, True, True):  # the offline model: low, but nothing was retrained yet

@@ -445,15 +445,19 @@ def test_research_is_due_only_when_the_proxy_stays_low_after_a_retrain() -> None
     watch.update(True)
     why = watch.due()
     assert why is not None and "proxy low for 2 windows after a retrain" in why
-    watch.searched()  # the re-search runs: count afresh once it is judged
-    watch.update(True)
-    assert watch.due() is None
+    watch.searched()  # the re-search runs: none other in this low stretch
     watch.judged()
-    watch.update(True)
+    for _ in range(4):
+        watch.update(True)
+    assert watch.due() is None
     watch.update(False)  # the proxy recovered: the stretch ends
     watch.update(True)
     watch.update(True)
-    assert watch.due() is None
+    assert watch.due() is None, "a new stretch: nothing counts before a retrain is judged"
+    watch.judged()
+    watch.update(True)
+    watch.update(True)
+    assert watch.due() is not None
     off = ResearchWatch(after=0)
     off.judged()
     for _ in range(5):

@@ -233,14 +233,16 @@ class ResearchWatch:
     within the current low stretch; when it reaches ``after`` (0: off), the retrain the policy
     triggers next is a short re-search of the hyperparameters
     (:func:`~homunculus.adapt.model.research`) rather than a retrain with the active ones:
-    retraining did not bring the proxy back. A window whose proxy is not low ends the stretch;
-    a window without a proxy neither counts nor ends it; a re-search starts the count afresh
-    (it counts again once the re-search is judged). The offline model's low proxy before any
-    retrain is a reason to retrain, not yet to search."""
+    retraining did not bring the proxy back. One re-search per low stretch: the retrains after
+    it keep the hyperparameters it chose, and another waits until the proxy has recovered and
+    fallen again (each re-search costs about as much CPU as a retrain). A window whose proxy is
+    not low ends the stretch; a window without a proxy neither counts nor ends it. The offline
+    model's low proxy before any retrain is a reason to retrain, not yet to search."""
 
     after: int = 0
     run: int = 0
     tried: bool = False  # a retrain was judged within the current low stretch
+    spent: bool = False  # this low stretch had its re-search
 
     def judged(self) -> None:
         """A retrain's (or a re-search's) result was judged."""
@@ -251,17 +253,17 @@ class ResearchWatch:
         if not self.after or low is None:
             return
         if not low:
-            self.run, self.tried = 0, False
+            self.run, self.tried, self.spent = 0, False, False
         elif self.tried:
             self.run += 1
 
     def searched(self) -> None:
-        """A re-search started: count afresh once it is judged."""
-        self.run, self.tried = 0, False
+        """A re-search started: none other until the stretch ends."""
+        self.spent = True
 
     def due(self) -> str | None:
         """Why the next retrain should be a re-search (None: it should not)."""
-        if not self.after or not self.tried or self.run < self.after:
+        if not self.after or self.spent or not self.tried or self.run < self.after:
             return None
         return (f"proxy low for {self.run} window{'s' * (self.run > 1)} after a retrain "
                 f"(re-search after {self.after})")

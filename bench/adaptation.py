@@ -109,7 +109,7 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
                     "samples": int(sum(w["samples"] for w in windows)),
                     "cpu_seconds": loop.cpu_seconds, "retrains": loop.retrains,
                     "installs": loop.installs,
-                    "researches": sum("research" in e for e in loop.events),
+                    "researches": loop.summary()["researches"],
                     "agents": {a["name"]: a for a in loop.summary()["agents"]},
                     "combined": loop.summary()["combined"]}
     del phase_of

@@ -364,6 +364,7 @@ class AdaptLoop:
     def summary(self) -> dict[str, Any]:
         f1s = [w["f1"] for w in self.windows if w.get("f1") is not None]
         return {"windows": len(self.windows), "retrains": self.retrains,
+                "researches": sum("research" in e for e in self.events),
                 "installs": self.installs, "cpu_seconds": round(self.cpu_seconds, 4),
                 "mean_f1": float(np.mean(f1s)) if f1s else None,
                 "agents": [r.as_dict() for r in self.pool.reports.values()],

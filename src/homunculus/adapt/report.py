@@ -87,8 +87,9 @@ def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any
 <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse;
 margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{summary.get('windows')} windows; {summary.get('retrains')} retrains; {summary.get('installs')}
-installs; {summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
+<p>{summary.get('windows')} windows; {summary.get('retrains')} retrains
+({summary.get('researches', 0)} with a re-search); {summary.get('installs')} installs;
+{summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
 {_cell(summary.get('mean_f1'))}.</p>
 <img alt="F1 and proxy over time" src="data:image/png;base64,{png}">
 <p>Orange lines: windows that triggered a retrain; green triangles: installs.</p>

@@ -5,15 +5,15 @@ heuristics and nDPI; never the oracle), with the CPU seconds spent retraining an
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
         [--adapt "{sampling: first_k, first_k: 4}"] [--proxy min_recall]
         [--sag 0.02] [--patience 2] [--cooldown-from install] [--label-shift 20]
-        [--research-after 0] [--research-trials 8]
+        [--research-after 1] [--research-trials 4]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
 capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: the first 4
 packets of each flow and 1 in 16 of its later ones unless ``--adapt`` says otherwise; (c)'s
-trigger: ``homunculus adapt``'s defaults unless the options say otherwise; ``--research-after``
-lets (c) re-search its hyperparameters when the proxy stays low after a retrain, (b) always
-keeps the deployed ones), then the three policies replayed over
-the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
+trigger, including the re-search of its hyperparameters when the proxy stays low after a
+retrain: ``homunculus adapt``'s defaults unless the options say otherwise; (a) and (b) never
+re-search: (b) always keeps the deployed hyperparameters), then the three policies replayed
+over the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
 (phases 1 and 2), (c) at least 25 F1 points above (a), and within 2 points of (b) at no more
 than 40% of (b)'s retraining CPU time.
 Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json,
@@ -94,7 +94,8 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
         agents = build_agents(list(AGENTS), AdaptOptions(base / "out"), store)
         config = LoopConfig(window_s=5.0,
                             policy=TriggerPolicy(policy, proxy=proxy, **(trigger or {})),
-                            seed=seed, **((research or {}) if key == "c_proxy" else {}))
+                            seed=seed, **((research or {}) if key == "c_proxy" else
+                                          {"research_after": 0}))
         log = (lambda _r: None) if logs is None else write_jsonl(
             logs / f"seed{seed}-{key}.jsonl")
         loop = run_replay(deployed, table, agents, config, log,

@@ -554,10 +554,10 @@ def adapt_command(
     research_after: Annotated[int, typer.Option(
         help="when the proxy stays low (below --threshold, or sagging) this many windows "
              "after a retrain, the next retrain re-searches the model family's "
-             "hyperparameters within the deployed program's capacity; 0: off")] = 0,
+             "hyperparameters within the deployed program's capacity; 0: off")] = 1,
     research_trials: Annotated[int, typer.Option(
         help="trials of a re-search (seeded Optuna TPE, the active hyperparameters "
-             "first)")] = 8,
+             "first)")] = 4,
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""

@@ -68,9 +68,10 @@ class LoopConfig:
     archive: str | None = None  # where each installed model is kept (installed/v<N>.json)
     # re-search: when the proxy stays low this many windows after a retrain, the next
     # retrain searches the family's hyperparameters (research_trials trials); 0: off.
-    # See :class:`~homunculus.adapt.policy.ResearchWatch`.
-    research_after: int = 0
-    research_trials: int = 8
+    # See :class:`~homunculus.adapt.policy.ResearchWatch`; the defaults from the drifting
+    # scenario's bench (docs/benchmarks.md, issue-12 section).
+    research_after: int = 1
+    research_trials: int = 4
 
     def __post_init__(self) -> None:
         if self.research_after < 0:

@@ -55,8 +55,8 @@ class AdaptOptions:
     patience: int = 2
     cooldown_from: str = "install"
     label_shift: int = 20
-    research_after: int = 0
-    research_trials: int = 8
+    research_after: int = 1
+    research_trials: int = 4
 
 
 def check_options(o: AdaptOptions) -> list[str]:

@@ -375,7 +375,7 @@ class AdaptLoop:
 
 def research_record(why: str, result: RetrainResult) -> dict[str, Any]:
     """A re-search's entry in the decision log: why it ran, its trials, the hyperparameters
-    it chose and their validation scores (the deployed ones' first), and its CPU seconds
+    it chose and their validation scores (the active ones' first), and its CPU seconds
     (the retrain's include them)."""
     search = result.search or {}
     return {"why": why, "trials": search.get("trials", []), "chosen": search.get("params"),

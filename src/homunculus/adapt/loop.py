@@ -379,6 +379,7 @@ def research_record(why: str, result: RetrainResult) -> dict[str, Any]:
     (the retrain's include them)."""
     search = result.search or {}
     return {"why": why, "trials": search.get("trials", []), "chosen": search.get("params"),
+            "kept_active": search.get("best") == 0,
             "score": search.get("score"), "active_score": search.get("active_score"),
             "cpu_seconds": round(float(search.get("cpu_seconds", 0.0)), 4)}
 

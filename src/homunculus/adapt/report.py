@@ -64,8 +64,10 @@ def research_cell(research: dict[str, Any] | None) -> str:
     against the active hyperparameters' ('' for a plain retrain)."""
     if not research:
         return ""
+    choice = "kept the active hyperparameters" if research.get("kept_active") else \
+        f"chose {research['chosen']}"
     return (f"{research['why']}; {len(research['trials'])} trials in "
-            f"{research['cpu_seconds']:.2f} CPU s; chose {research['chosen']} "
+            f"{research['cpu_seconds']:.2f} CPU s; {choice} "
             f"(validation macro-F1 {research['score']} vs active {research['active_score']})")
 
 

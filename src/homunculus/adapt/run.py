@@ -20,7 +20,7 @@ from homunculus.adapt.policy import (
     GateConfig,
     TriggerPolicy,
 )
-from homunculus.adapt.report import write_report
+from homunculus.adapt.report import research_cell, write_report
 from homunculus.errors import DataError, SpecError
 
 AGENT_NAMES = (*HEURISTICS, "rules", "dpi", "oracle")
@@ -139,9 +139,7 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
         log(record)
         if record.get("event") == "retrain":
             if "research" in record:
-                echo(f"window {record['window']}: re-search ({record['research']['why']}): "
-                     f"{len(record['research']['trials'])} trials, chose "
-                     f"{record['research']['chosen']}")
+                echo(f"window {record['window']}: re-search: {research_cell(record['research'])}")
             echo(f"window {record['window']}: retrain ({record['cpu_seconds']:.2f} CPU s) "
                  f"verified={record['verified']}; gate: {record['gate']['reason']}"
                  + (f"; installed version {record['version']}" if record["installed"] else ""))

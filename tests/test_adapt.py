@@ -957,6 +957,7 @@ def test_research_in_the_loop_goes_through_verification_and_the_gate(
     for e in searched:
         r = e["research"]
         assert "proxy low for" in r["why"] and len(r["trials"]) == 3 and r["chosen"]
+        assert r["kept_active"] == (r["chosen"] == r["trials"][0]["params"])
         assert 0 < r["cpu_seconds"] <= e["cpu_seconds"] and e["verified"] and "gate" in e
     assert loop.cpu_seconds == pytest.approx(sum(e["cpu_seconds"] for e in retrains),
                                              abs=1e-3)

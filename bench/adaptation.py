@@ -5,13 +5,15 @@ heuristics and nDPI; never the oracle), with the CPU seconds spent retraining an
     .venv/bin/python bench/adaptation.py --seeds 0 1 2 [--phase-seconds 60] [--out DIR]
         [--adapt "{sampling: first_k, first_k: 4}"] [--proxy min_recall]
         [--sag 0.02] [--patience 2] [--cooldown-from install] [--label-shift 20]
+        [--research-after 1] [--research-trials 4]
 
 Per seed: a training capture (phase 0 conditions, another seed) and the 3-phase evaluation
 capture (``homunculus scenario drift``), an XDP compile (decision tree, telemetry: the first 4
 packets of each flow and 1 in 16 of its later ones unless ``--adapt`` says otherwise; (c)'s
-trigger: ``homunculus adapt``'s defaults unless the options say otherwise), then the three
-policies replayed over
-the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
+trigger, including the re-search of its hyperparameters when the proxy stays low after a
+retrain: ``homunculus adapt``'s defaults unless the options say otherwise; (a) and (b) never
+re-search: (b) always keeps the deployed hyperparameters), then the three policies replayed
+over the same capture in simulated time (5-second windows). Goals (issue 12): after the drift
 (phases 1 and 2), (c) at least 25 F1 points above (a), and within 2 points of (b) at no more
 than 40% of (b)'s retraining CPU time.
 Writes a markdown table (stdout and DIR/adaptation.md), DIR/adaptation.json,
@@ -62,7 +64,8 @@ POLICIES = {"a_offline": "never", "b_every_window": "every", "c_proxy": "proxy"}
 
 def run_seed(seed: int, phase_s: float, benign: int, work: Path,
              adapt: str = DEFAULT_ADAPT, proxy: str = "macro_f1",
-             trigger: dict | None = None, logs: Path | None = None) -> dict:
+             trigger: dict | None = None, logs: Path | None = None,
+             research: dict | None = None) -> dict:
     from homunculus.adapt.dpi import PacketStore
     from homunculus.adapt.loop import LoopConfig, run_replay, write_jsonl
     from homunculus.adapt.model import load_deployed
@@ -91,7 +94,8 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
         agents = build_agents(list(AGENTS), AdaptOptions(base / "out"), store)
         config = LoopConfig(window_s=5.0,
                             policy=TriggerPolicy(policy, proxy=proxy, **(trigger or {})),
-                            seed=seed)
+                            seed=seed, **((research or {}) if key == "c_proxy" else
+                                          {"research_after": 0}))
         log = (lambda _r: None) if logs is None else write_jsonl(
             logs / f"seed{seed}-{key}.jsonl")
         loop = run_replay(deployed, table, agents, config, log,
@@ -106,6 +110,7 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
                     "samples": int(sum(w["samples"] for w in windows)),
                     "cpu_seconds": loop.cpu_seconds, "retrains": loop.retrains,
                     "installs": loop.installs,
+                    "researches": loop.summary()["researches"],
                     "agents": {a["name"]: a for a in loop.summary()["agents"]},
                     "combined": loop.summary()["combined"]}
     del phase_of
@@ -113,13 +118,14 @@ def run_seed(seed: int, phase_s: float, benign: int, work: Path,
 
 
 def table(results: dict[int, dict]) -> str:
-    rows = ["| seed | policy | F1 phase 0 | F1 after drift | retrains | installs | "
-            "retrain CPU s | samples |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| seed | policy | F1 phase 0 | F1 after drift | retrains | re-searches | "
+            "installs | retrain CPU s | samples |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for seed, res in results.items():
         for key in POLICIES:
             r = res[key]
             rows.append(f"| {seed} | {key} | {r['phase0']:.3f} | {r['after_drift']:.3f} | "
-                        f"{r['retrains']} | {r['installs']} | {r['cpu_seconds']:.2f} | "
+                        f"{r['retrains']} | {r['researches']} | {r['installs']} | "
+                        f"{r['cpu_seconds']:.2f} | "
                         f"{r['samples']} |")
     goals = ["", "| seed | (c) - (a) after drift | (b) - (c) after drift | CPU (c)/(b) | "
              "goals met |", "|---|---:|---:|---:|---|"]
@@ -190,14 +196,23 @@ def main(argv: list[str] | None = None) -> int:
                              "has learned from, or that the recent windows lacked, labels at "
                              "least this many of a window's samples (0: off; default: "
                              "adapt's)")
+    parser.add_argument("--research-after", type=int, default=None,
+                        help="(c): re-search the hyperparameters when the proxy stays low "
+                             "this many windows after a retrain (0: off; default: adapt's)")
+    parser.add_argument("--research-trials", type=int, default=None,
+                        help="(c): trials of a re-search (default: adapt's)")
     args = parser.parse_args(argv)
     trigger = {k: v for k, v in (("sag", args.sag), ("patience", args.patience),
                                  ("cooldown_from", args.cooldown_from),
                                  ("label_shift", args.label_shift)) if v is not None}
+    research = {k: v for k, v in (("research_after", args.research_after),
+                                  ("research_trials", args.research_trials)) if v is not None}
     try:
+        from homunculus.adapt.loop import LoopConfig
         from homunculus.adapt.policy import TriggerPolicy
 
         TriggerPolicy(proxy=args.proxy, **trigger)
+        LoopConfig(**research)
     except ValueError as exc:
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             results[seed] = run_seed(seed, args.phase_seconds, args.benign_packets, Path(tmp),
                                      args.adapt, args.proxy, trigger,
-                                     args.out / "decisions")
+                                     args.out / "decisions", research)
             print(f"seed {seed} done", file=sys.stderr)
     text = table(results)
     print(text)

@@ -33,6 +33,7 @@ from homunculus.adapt.policy import (
     LabelShift,
     LevelWatch,
     ReplayBuffer,
+    ResearchWatch,
     TriggerPolicy,
     accuracy_proxy,
     gate,
@@ -415,6 +416,55 @@ def test_sag_rule_fires_when_the_proxy_stays_below_the_installed_level() -> None
             TriggerPolicy(**bad)
 
 
+def test_macro_f1_is_scikit_learns() -> None:
+    from sklearn.metrics import f1_score
+
+    from homunculus.adapt.policy import macro_f1
+
+    rng = np.random.default_rng(0)
+    names = np.array(["benign", "attack", "scan"], dtype=object)
+    for _ in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+        truth, pred = names[rng.integers(0, k, n)], names[rng.integers(0, k, n)]
+        labels = sorted(set(truth.tolist()) | set(pred.tolist()))
+        assert macro_f1(truth, pred) == f1_score(truth, pred, labels=labels, average="macro",
+                                                 zero_division=0)
+    assert macro_f1(np.array([]), np.array([])) is None
+
+
+def test_research_is_due_only_when_the_proxy_stays_low_after_a_retrain() -> None:
+    watch = ResearchWatch(after=2)
+    for low in (True, True, True):  # the offline model: low, but nothing was retrained yet
+        watch.update(low)
+    assert watch.due() is None
+    watch.judged()  # a retrain (installed or refused) did not bring the proxy back
+    watch.update(True)
+    assert watch.due() is None
+    watch.update(None)  # no proxy: neither counts nor ends the stretch
+    watch.judged()  # another retrain within the stretch does not restart the count
+    watch.update(True)
+    why = watch.due()
+    assert why is not None and "proxy low for 2 windows after a retrain" in why
+    watch.searched()  # the re-search runs: none other in this low stretch
+    watch.judged()
+    for _ in range(4):
+        watch.update(True)
+    assert watch.due() is None
+    watch.update(False)  # the proxy recovered: the stretch ends
+    watch.update(True)
+    watch.update(True)
+    assert watch.due() is None, "a new stretch: nothing counts before a retrain is judged"
+    watch.judged()
+    watch.update(True)
+    watch.update(True)
+    assert watch.due() is not None
+    off = ResearchWatch(after=0)
+    off.judged()
+    for _ in range(5):
+        off.update(True)
+    assert off.due() is None
+
+
 def test_label_shift_fires_on_an_agent_label_no_retrain_learned_from() -> None:
     labels = np.array(["attack"] * 3 + ["benign"] * 2 + [None], dtype=object)
     source = np.array(["syn_flood", "syn_flood", "dpi", "dpi", "dpi", None], dtype=object)
@@ -743,6 +793,10 @@ def test_adapt_bad_input_exits_2(drift_dir: Path, tmp_path: Path) -> None:
          "--cooldown-from must be one of ['retrain', 'install']"),
         (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--label-shift", "-1"),
          "--label-shift must be at least 0 (0: off), not -1"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--research-after", "-1"),
+         "--research-after must be at least 0 (0: off), not -1"),
+        (("adapt", out, "--replay", str(drift_dir / "eval.pcap"), "--research-trials", "0"),
+         "--research-trials must be at least 1, not 0"),
         (("adapt", str(tmp_path), "--replay", str(drift_dir / "eval.pcap")),
          "not a compiled output directory"),
     ]
@@ -815,3 +869,112 @@ def test_replay_on_a_switch_installs_a_retrained_tree(drift_dir: Path) -> None:
                          ).with_suffix(".p4runtime.json").read_text())
     kinds = [u["type"] for u in update["updates"]]
     assert kinds.count("MODIFY") == 1 and kinds[0] == "INSERT" and kinds[-1] == "DELETE"
+
+
+def drift_training(drift_dir: Path) -> tuple:
+    """The deployed recipe of the drift fixture and a class-balanced draw of its training
+    capture's features (ground-truth labels), as a retrain would get them."""
+    from homunculus.adapt.loop import data_plane_features
+    from homunculus.adapt.model import load_deployed
+    from homunculus.data.labels import label_from_file
+    from homunculus.data.pcap import ingest
+
+    deployed = load_deployed(drift_dir / "out")
+    table, _ = ingest([drift_dir / "train.pcap"])
+    truth = label_from_file(table, drift_dir / "train.csv", default="benign")["label"]
+    values, classified = data_plane_features(deployed, table)
+    buffer = ReplayBuffer(seed=0)
+    buffer.add(values[classified], truth.to_numpy(object)[classified])
+    x, y, _, _ = buffer.balanced(200)
+    index = {c: i for i, c in enumerate(deployed.classes)}
+    return deployed, x, np.array([index[str(v)] for v in y], dtype=np.int64), y
+
+
+def test_research_is_seeded_and_fits_the_deployed_capacity(drift_dir: Path) -> None:
+    """A re-search: the active hyperparameters first, the same trials and choice for the same
+    seed, and every trial fitted to the compiled capacity (a capacity cut to depth 3 here:
+    deeper trials are trained shallower, the choice still fits)."""
+    from dataclasses import replace
+
+    from homunculus.adapt.model import fit_deployed, research
+    from homunculus.targets.xdp.layout import Capacity, CapacityError, check_fits
+
+    deployed, x, y_idx, _ = drift_training(drift_dir)
+    recipe = deployed.recipe
+    first = research(recipe, x, y_idx, seed=3, trials=4)
+    again = research(recipe, x, y_idx, seed=3, trials=4)
+    assert first["trials"] == again["trials"] and first["params"] == again["params"]
+    assert len(first["trials"]) == 4 and first["trials"][0]["params"] == recipe.params
+    assert first["score"] >= first["active_score"] == first["trials"][0]["score"]
+    assert first["fit_rows"] + first["validation_rows"] == len(y_idx)
+
+    # labels shuffled (trees grow as deep as allowed) and a capacity cut to depth 3
+    noisy = np.random.default_rng(0).permutation(y_idx)
+    cap = {**recipe.capacity, "depth": 3}
+    tight = replace(recipe, capacity=cap)
+    found = research(tight, x, noisy, seed=3, trials=6)
+    assert any("to fit the deployed capacity" in t["note"] for t in found["trials"]), found
+    _, program, _ = fit_deployed(tight, found["params"], x, noisy, 3)
+    check_fits(program, Capacity.from_json(cap))
+    with pytest.raises(CapacityError):
+        check_fits(fit_deployed(recipe, found["params"], x, noisy, 3)[1], Capacity.from_json(
+            {**cap, "depth": 2}))
+
+
+def test_research_in_the_loop_goes_through_verification_and_the_gate(
+        drift_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``research_after``, a retrain triggered while the proxy stays low after a retrain
+    re-searches (logged: why, trials, choice, CPU seconds counted in the retrain's) and its
+    snapshot is verified and gated like any retrain's: refused when verification fails.
+    Without a low proxy, no re-search runs."""
+    from homunculus.adapt import loop as loop_mod
+    from homunculus.adapt.loop import LoopConfig, run_replay
+    from homunculus.adapt.model import RetrainResult, load_deployed
+    from homunculus.adapt.report import write_report
+    from homunculus.data.labels import label_from_file
+    from homunculus.data.pcap import ingest
+
+    deployed = load_deployed(drift_dir / "out")
+    table, _ = ingest([drift_dir / "eval.pcap"])
+    truth = label_from_file(table, drift_dir / "eval.csv", default="benign")["label"]
+    truth = truth.to_numpy(object)
+
+    def replay(policy: TriggerPolicy) -> tuple[loop_mod.AdaptLoop, list[dict]]:
+        events: list[dict] = []
+        config = LoopConfig(window_s=5.0, policy=policy, research_after=1, research_trials=3)
+        return run_replay(deployed, table, [OracleAgent()], config, events.append,
+                          truth=truth), events
+
+    # never low (threshold 0, no sag): retrains every window, never a re-search
+    loop, events = replay(TriggerPolicy("every", threshold=0.0, sag=0.0))
+    assert loop.retrains > 2 and not any("research" in e for e in events)
+
+    # always low (threshold 1): after the first retrain, re-searches
+    loop, events = replay(TriggerPolicy(threshold=1.0, cooldown=1, sag=0.0))
+    retrains = [e for e in events if e["event"] == "retrain"]
+    searched = [e for e in retrains if "research" in e]
+    assert searched and "research" not in retrains[0], "not before a retrain was judged"
+    for e in searched:
+        r = e["research"]
+        assert "proxy low for" in r["why"] and len(r["trials"]) == 3 and r["chosen"]
+        assert r["kept_active"] == (r["chosen"] == r["trials"][0]["params"])
+        assert 0 < r["cpu_seconds"] <= e["cpu_seconds"] and e["verified"] and "gate" in e
+    assert loop.cpu_seconds == pytest.approx(sum(e["cpu_seconds"] for e in retrains),
+                                             abs=1e-3)
+    page = write_report(drift_dir / "report_research", loop.summary(), loop.windows,
+                        loop.events, "re-search").read_text()
+    assert "re-search" in page and "trials in" in page
+
+    class BrokenWorker(loop_mod.RetrainWorker):
+        def result(self, wait: bool) -> RetrainResult | None:
+            got = super().result(wait)
+            return None if got is None else RetrainResult(
+                False, "the data plane disagrees", got.program, got.cpu_seconds,
+                params=got.params, search=got.search)
+
+    monkeypatch.setattr(loop_mod, "RetrainWorker", BrokenWorker)
+    loop, events = replay(TriggerPolicy(threshold=1.0, cooldown=1, sag=0.0))
+    searched = [e for e in events if "research" in e]
+    assert searched and not any(e["installed"] for e in searched)
+    assert all("not verified" in e["gate"]["reason"] for e in searched)
+    assert loop.version == 0 and loop.params == deployed.recipe.params

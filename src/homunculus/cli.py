@@ -551,6 +551,13 @@ def adapt_command(
              "learned from (a new attack kind), or that labelled fewer in each of the 3 "
              "windows before (one coming back), labels at least this many of a window's "
              "samples; 0: off")] = 20,
+    research_after: Annotated[int, typer.Option(
+        help="when the proxy stays low (below --threshold, or sagging) this many windows "
+             "after a retrain, the next retrain re-searches the model family's "
+             "hyperparameters within the deployed program's capacity; 0: off")] = 1,
+    research_trials: Annotated[int, typer.Option(
+        help="trials of a re-search (seeded Optuna TPE, the active hyperparameters "
+             "first)")] = 4,
 ) -> None:
     """Adapt a deployed model: agents label sampled traffic, the accuracy proxy triggers
     retraining, the gate decides, installs are atomic; every decision is logged."""
@@ -559,7 +566,8 @@ def adapt_command(
     options = AdaptOptions(out_dir, replay, labels, iface, netns, name, agents, rules, combine,
                            window, policy, threshold, cooldown, min_per_class, margin,
                            min_fidelity, detector, duration, windows, max_installs, report,
-                           seed, proxy, sag, patience, cooldown_from, label_shift)
+                           seed, proxy, sag, patience, cooldown_from, label_shift,
+                           research_after, research_trials)
     with user_errors():
         try:
             summary, html_path = run_adapt(options, echo=lambda m: say(out, message(m)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from homunculus.adapt.policy import (
     LabelShift,
     LevelWatch,
     ReplayBuffer,
+    ResearchWatch,
     TriggerPolicy,
     gate,
     label_keys,
@@ -65,6 +66,19 @@ class LoopConfig:
     max_installs: int | None = None
     seed: int = 0
     archive: str | None = None  # where each installed model is kept (installed/v<N>.json)
+    # re-search: when the proxy stays low this many windows after a retrain, the next
+    # retrain searches the family's hyperparameters (research_trials trials); 0: off.
+    # See :class:`~homunculus.adapt.policy.ResearchWatch`; the defaults from the drifting
+    # scenario's bench (docs/benchmarks.md, issue-12 section).
+    research_after: int = 1
+    research_trials: int = 4
+
+    def __post_init__(self) -> None:
+        if self.research_after < 0:
+            raise ValueError(f"research_after must be >= 0 (0: off), not "
+                             f"{self.research_after!r}")
+        if self.research_trials < 1:
+            raise ValueError(f"research_trials must be >= 1, not {self.research_trials!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +149,7 @@ class Pending:
     y_held: np.ndarray
     train_rows: int
     shift: bool = False  # triggered by a label shift: leaves no cool-down behind
+    research: str | None = None  # why this retrain re-searches the hyperparameters
 
 
 class AdaptLoop:
@@ -163,6 +178,8 @@ class AdaptLoop:
         self.last_retrain: int | None = None
         self.last_install: int | None = None
         self.level = LevelWatch(config.policy.sag, config.policy.patience)
+        self.research = ResearchWatch(config.research_after)
+        self.params = dict(deployed.recipe.params)  # the active model's hyperparameters
         self.shift = LabelShift(config.policy.label_shift if config.policy.mode == "proxy"
                                 else 0, config.recent_windows)
         self.pending: Pending | None = None
@@ -182,6 +199,7 @@ class AdaptLoop:
             return None
         pending, self.pending = self.pending, None
         event = self._judge_retrain(result, pending, window)
+        self.research.judged()
         self.events.append(event)
         self.log(event)
         return event
@@ -194,6 +212,8 @@ class AdaptLoop:
             "train_samples": pending.train_rows, "cpu_seconds": round(result.cpu_seconds, 4),
             "wall_seconds": round(result.wall_seconds, 4), "verified": result.ok,
             "verification": result.note, "installed": False}
+        if pending.research is not None:
+            event["research"] = research_record(pending.research, result)
         held = pending.y_held
         if result.ok:
             labels = np.asarray(self.deployed.classes, dtype=object)
@@ -220,6 +240,8 @@ class AdaptLoop:
                 event["install"] = f"failed: {type(exc).__name__}: {exc}"
                 return event
             self.active, self.version = result.program, version
+            if result.search is not None and result.params is not None:
+                self.params = dict(result.params)  # later retrains keep the searched ones
             self.installs += 1
             # the window whose retrain was installed; a label-shift retrain's model is
             # provisional (learned from the first samples of a new kind): no cool-down
@@ -259,6 +281,8 @@ class AdaptLoop:
             keys = label_keys(labels[known], source[known])
         self.recent_x = x
         self.level.update(proxy)
+        self.research.update(None if proxy is None else
+                             proxy < self.config.policy.threshold or self.level.below(proxy))
         last = self.last_install if self.config.policy.cooldown_from == "install" else \
             self.last_retrain
         since = None if last is None else window.index - last
@@ -306,9 +330,13 @@ class AdaptLoop:
             self.config.per_class, by_source=self.config.by_source,
             recent_first=self.config.recent_first)
         verify = np.concatenate([x_train, x_held, self.recent_x])
-        self.worker.submit(self.deployed.recipe, x_train, y_train, verify,
-                           self.config.seed + window)
-        self.pending = Pending(window, x_held, y_held, len(y_train), shift)
+        research = self.research.due()
+        if research is not None:
+            self.research.searched()
+        recipe = replace(self.deployed.recipe, params=dict(self.params))
+        self.worker.submit(recipe, x_train, y_train, verify, self.config.seed + window,
+                           self.config.research_trials if research is not None else 0)
+        self.pending = Pending(window, x_held, y_held, len(y_train), shift, research)
         self.shift.learned(self.buffer.key_counts())
         self.last_retrain = None if shift else window
         self.retrains += 1
@@ -337,11 +365,23 @@ class AdaptLoop:
     def summary(self) -> dict[str, Any]:
         f1s = [w["f1"] for w in self.windows if w.get("f1") is not None]
         return {"windows": len(self.windows), "retrains": self.retrains,
+                "researches": sum("research" in e for e in self.events),
                 "installs": self.installs, "cpu_seconds": round(self.cpu_seconds, 4),
                 "mean_f1": float(np.mean(f1s)) if f1s else None,
                 "agents": [r.as_dict() for r in self.pool.reports.values()],
                 "combined": self.combined.as_dict(),
                 "config": self.config.as_dict(), "final_version": self.version}
+
+
+def research_record(why: str, result: RetrainResult) -> dict[str, Any]:
+    """A re-search's entry in the decision log: why it ran, its trials, the hyperparameters
+    it chose and their validation scores (the active ones' first), and its CPU seconds
+    (the retrain's include them)."""
+    search = result.search or {}
+    return {"why": why, "trials": search.get("trials", []), "chosen": search.get("params"),
+            "kept_active": search.get("best") == 0,
+            "score": search.get("score"), "active_score": search.get("active_score"),
+            "cpu_seconds": round(float(search.get("cpu_seconds", 0.0)), 4)}
 
 
 # ----------------------------------------------------------------------------- replay

@@ -9,6 +9,10 @@ capacity (XDP) and verified 100% against the twin before the gate ever sees it -
 deployed object file itself, loaded afresh, with the candidate in a slot, run over the
 verification rows with BPF_PROG_TEST_RUN; switches: the P4 twin over the candidate's entries.
 
+A retrain may first re-search the hyperparameters (:func:`research`: a few seeded Optuna TPE
+trials of the same family on part of the draw, each fitted to the deployed program); the
+choice is trained, lowered and verified like any retrain.
+
 :class:`RetrainWorker` runs retrains in one worker process (spawned once), so training never
 blocks telemetry; each result carries the worker's CPU seconds.
 """
@@ -166,43 +170,44 @@ class RetrainResult:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     verified_rows: int = 0
+    params: dict[str, Any] | None = None  # the hyperparameters trained (before any shrink)
+    search: dict[str, Any] | None = None  # a re-search's trials and choice (:func:`research`)
 
 
 def retrain(recipe: Recipe, x: np.ndarray, y: np.ndarray, x_verify: np.ndarray,
-            seed: int) -> RetrainResult:
-    """Train, quantise, lower and verify (runs in the worker process)."""
-    from homunculus.models.base import get_family
+            seed: int, search_trials: int = 0) -> RetrainResult:
+    """Train, quantise, lower and verify (runs in the worker process). With
+    ``search_trials``, a short re-search (:func:`research`) first chooses the hyperparameters
+    among the deployed family's; its CPU seconds count in the result's."""
     from homunculus.targets.xdp.layout import CapacityError
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    params: dict[str, Any] = dict(recipe.params)
+    search: dict[str, Any] | None = None
 
     def done(ok: bool, note: str, program: Any = None, rows: int = 0) -> RetrainResult:
         return RetrainResult(ok, note, program, time.process_time() - cpu0,
-                             time.perf_counter() - wall0, rows)
+                             time.perf_counter() - wall0, rows, params, search)
 
     index = {c: i for i, c in enumerate(recipe.class_labels)}
     y_idx = np.array([index[str(v)] for v in y], dtype=np.int64)
-    widths = tuple(d.width for d in recipe.decls)
-    params, shrunk = dict(recipe.params), ""
     x = np.asarray(x, np.int64)
     unused = switch_unencoded(recipe)
     if unused:  # the compiled tables encode only these features: train on them alone
         x = x.copy()
         x[:, unused] = 0
-    while True:
+    if search_trials:
         try:
-            trained = get_family(recipe.family).train(params, x, y_idx,
-                                                      len(recipe.class_labels), widths, seed)
-            program = lower(recipe, trained)
-            break
-        except CapacityError as exc:  # same family, shallower, until it fits the capacity
-            depth = next((k for k in params if k.endswith("_max_depth")), None)
-            if depth is None or params[depth] <= 1:
-                return done(False, f"does not fit the deployed program: {exc}")
-            params[depth] -= 1
-            shrunk = f" ({depth} {params[depth]} to fit the deployed capacity)"
-        except Exception as exc:  # a model that cannot be built is a failed retrain
-            return done(False, f"training failed: {type(exc).__name__}: {exc}")
+            search = research(recipe, x, y_idx, seed, search_trials)
+        except Exception as exc:  # a search that cannot run is a failed retrain
+            return done(False, f"re-search failed: {type(exc).__name__}: {exc}")
+        params = dict(search["params"])
+    try:
+        trained, program, shrunk = fit_deployed(recipe, params, x, y_idx, seed)
+    except CapacityError as exc:
+        return done(False, f"does not fit the deployed program: {exc}")
+    except Exception as exc:  # a model that cannot be built is a failed retrain
+        return done(False, f"training failed: {type(exc).__name__}: {exc}")
     x_verify = np.asarray(x_verify, dtype=np.int64)
     expected = trained.predict_quantised(x_verify)
     try:
@@ -214,6 +219,93 @@ def retrain(recipe: Recipe, x: np.ndarray, y: np.ndarray, x_verify: np.ndarray,
         return done(False, f"the data plane disagrees with the quantised model on {bad} of "
                            f"{len(x_verify)} rows", program, len(x_verify))
     return done(True, f"verified on {len(x_verify)} rows{shrunk}", program, len(x_verify))
+
+
+def fit_deployed(recipe: Recipe, params: dict[str, Any], x: np.ndarray, y_idx: np.ndarray,
+                 seed: int) -> tuple[Any, Any, str]:
+    """``params`` of the deployed family trained on ``x``/``y_idx`` and lowered for the
+    deployed target: (trained, program, a note on any shrink). Same family, shallower (its
+    ``*_max_depth`` one less at a time) until it fits the deployed program (XDP: its compiled
+    capacity; switches: its compiled tables); ``CapacityError`` when even depth 1 does not."""
+    from homunculus.models.base import get_family
+    from homunculus.targets.xdp.layout import CapacityError
+
+    params, shrunk = dict(params), ""
+    widths = tuple(d.width for d in recipe.decls)
+    while True:
+        try:
+            trained = get_family(recipe.family).train(params, x, y_idx,
+                                                      len(recipe.class_labels), widths, seed)
+            return trained, lower(recipe, trained), shrunk
+        except CapacityError:
+            depth = next((k for k in params if k.endswith("_max_depth")), None)
+            if depth is None or params[depth] <= 1:
+                raise
+            params[depth] -= 1
+            shrunk = f" ({depth} {params[depth]} to fit the deployed capacity)"
+
+
+SEARCH_VALIDATION = 0.25  # a re-search's share of the training draw held out to score trials
+SEARCH_STARTUP = 3  # random trials before TPE models the others
+
+
+def validation_split(y_idx: np.ndarray, share: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (fit, validation): ``share`` of each class's rows (at least one of a class
+    with two or more) held out, seeded."""
+    rng = np.random.default_rng(seed)
+    fit: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    for label in np.unique(y_idx):
+        rows = rng.permutation(np.flatnonzero(y_idx == label))
+        cut = max(1, int(round(len(rows) * share))) if len(rows) > 1 else 0
+        held.append(rows[:cut])
+        fit.append(rows[cut:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def research(recipe: Recipe, x: np.ndarray, y_idx: np.ndarray, seed: int,
+             trials: int) -> dict[str, Any]:
+    """A short seeded re-search over the deployed family's hyperparameters (Optuna TPE, the
+    family's own search space; the family stays: the deployed program's code is the
+    family's): ``trials`` trials, ``recipe.params`` (the active model's) first, each trained
+    on part of the draw (:func:`validation_split`), fitted to the deployed program
+    (:func:`fit_deployed`: shallower until it fits; a trial that cannot fit scores 0) and
+    scored by the macro-F1 of its quantised model on the rest. The best trial wins; a tie
+    keeps the earlier one, so the active hyperparameters stay unless a trial beats them.
+    Returns the choice and every trial (params, score, note) as a plain dict."""
+    import optuna
+
+    from homunculus.adapt.policy import macro_f1
+    from homunculus.models.base import get_family
+    from homunculus.targets.xdp.layout import CapacityError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cpu0 = time.process_time()
+    family = get_family(recipe.family)
+    fit, val = validation_split(y_idx, SEARCH_VALIDATION, seed)
+    log: list[dict[str, Any]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**recipe.params, **family.suggest(trial)}  # keeps non-family ones
+        try:
+            trained, _, shrunk = fit_deployed(recipe, params, x[fit], y_idx[fit], seed)
+        except CapacityError as exc:
+            log.append({"params": params, "score": 0.0, "note": f"does not fit: {exc}"})
+            return 0.0
+        score = macro_f1(y_idx[val], trained.predict_quantised(x[val])) or 0.0
+        log.append({"params": params, "score": round(score, 4), "note": shrunk.strip()})
+        return score
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=SEARCH_STARTUP)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial(dict(recipe.params))
+    study.optimize(objective, n_trials=trials)
+    best = max(range(len(log)), key=lambda i: (log[i]["score"], -i))
+    return {"trials": log, "best": best, "params": log[best]["params"],
+            "active_score": log[0]["score"], "score": log[best]["score"],
+            "fit_rows": len(fit), "validation_rows": len(val),
+            "cpu_seconds": time.process_time() - cpu0}
 
 
 def lower(recipe: Recipe, trained: Any) -> Any:
@@ -305,11 +397,12 @@ class RetrainWorker:
         return self.future is not None and not self.future.done()
 
     def submit(self, recipe: Recipe, x: np.ndarray, y: np.ndarray, x_verify: np.ndarray,
-               seed: int) -> None:
+               seed: int, search_trials: int = 0) -> None:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
             self._pool.submit(warm_up).result()  # imports are not retraining compute
-        self.future = self._pool.submit(retrain, recipe, x, y, x_verify, seed)
+        self.future = self._pool.submit(retrain, recipe, x, y, x_verify, seed,
+                                        search_trials)
 
     def result(self, wait: bool) -> RetrainResult | None:
         """The finished retrain (None while it runs and ``wait`` is False, or none submitted)."""

@@ -16,6 +16,9 @@ install gate.
   evidence, e.g. a new attack kind) that no retrain has learned from yet, or that the recent
   windows lacked, labels enough of the window's samples (:class:`LabelShift`). ``every``
   retrains every window; ``never`` never does.
+- Re-search (:class:`ResearchWatch`, off by default): when the proxy stays low -- below the
+  threshold or sagging -- ``after`` windows after a retrain, the next retrain searches the
+  family's hyperparameters (adapt/model.py ``research``) instead of keeping the active ones.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
   (Algorithm R) of older ones, each with the agent its label came from; training sets are
   class-balanced draws in which a class's quota is shared among those sources, with a held-out
@@ -34,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 DETECTORS = ("adwin", "page_hinkley")
 POLICIES = ("proxy", "every", "never")
@@ -43,11 +45,19 @@ COOLDOWN_FROM = ("retrain", "install")
 
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
-    """Macro-F1 over the classes present in either (None for no samples)."""
+    """Macro-F1 over the classes present in either (None for no samples): scikit-learn's
+    ``f1_score(average="macro", zero_division=0)`` over those labels, the same arithmetic
+    (per class 2 tp / (true + predicted), then their mean) without its input validation,
+    which cost more than the rest of a re-search's trial."""
     if len(truth) == 0:
         return None
-    labels = sorted(set(np.asarray(truth).tolist()) | set(np.asarray(pred).tolist()))
-    return float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0))
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    labels = sorted(set(truth.tolist()) | set(pred.tolist()))
+    tp = np.array([np.sum((truth == c) & (pred == c)) for c in labels], dtype=np.float64)
+    denom = np.array([np.sum(truth == c) + np.sum(pred == c) for c in labels],
+                     dtype=np.float64)
+    scores = np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(np.average(scores))
 
 
 def accuracy_proxy(labels: np.ndarray, model: np.ndarray, kind: str = "macro_f1",
@@ -197,11 +207,15 @@ class LevelWatch:
     def installed(self, level: float | None) -> None:
         self.level, self.run = level, 0
 
+    def below(self, proxy: float) -> bool:
+        """Is ``proxy`` more than ``sag`` below the installed level (False without either)?"""
+        return bool(self.sag) and self.level is not None and proxy < self.level - self.sag
+
     def update(self, proxy: float | None) -> None:
         if not self.sag or self.level is None or proxy is None:
             return
         self.last = proxy
-        self.run = self.run + 1 if proxy < self.level - self.sag else 0
+        self.run = self.run + 1 if self.below(proxy) else 0
 
     def sagging(self) -> str | None:
         """Why the proxy sags (None if it does not)."""
@@ -209,6 +223,50 @@ class LevelWatch:
             return None
         return (f"proxy {self.last:.3f} more than {self.sag:g} below the active model's "
                 f"installed level {self.level:.3f} for {self.run} windows")
+
+
+@dataclass
+class ResearchWatch:
+    """The re-search rule's state. A window's proxy is low when it is below the trigger's
+    threshold or sags below the active model's installed level (:meth:`LevelWatch.below`).
+    ``run`` counts the low windows in a row since a retrain (installed or refused) was judged
+    within the current low stretch; when it reaches ``after`` (0: off), the retrain the policy
+    triggers next is a short re-search of the hyperparameters
+    (:func:`~homunculus.adapt.model.research`) rather than a retrain with the active ones:
+    retraining did not bring the proxy back. One re-search per low stretch: the retrains after
+    it keep the hyperparameters it chose, and another waits until the proxy has recovered and
+    fallen again (each re-search costs about as much CPU as a retrain). A window whose proxy is
+    not low ends the stretch; a window without a proxy neither counts nor ends it. The offline
+    model's low proxy before any retrain is a reason to retrain, not yet to search."""
+
+    after: int = 0
+    run: int = 0
+    tried: bool = False  # a retrain was judged within the current low stretch
+    spent: bool = False  # this low stretch had its re-search
+
+    def judged(self) -> None:
+        """A retrain's (or a re-search's) result was judged."""
+        self.tried = True
+
+    def update(self, low: bool | None) -> None:
+        """A window's proxy was low (True), not (False) or unknown (None)."""
+        if not self.after or low is None:
+            return
+        if not low:
+            self.run, self.tried, self.spent = 0, False, False
+        elif self.tried:
+            self.run += 1
+
+    def searched(self) -> None:
+        """A re-search started: none other until the stretch ends."""
+        self.spent = True
+
+    def due(self) -> str | None:
+        """Why the next retrain should be a re-search (None: it should not)."""
+        if not self.after or self.spent or not self.tried or self.run < self.after:
+            return None
+        return (f"proxy low for {self.run} window{'s' * (self.run > 1)} after a retrain "
+                f"(re-search after {self.after})")
 
 
 def label_keys(labels: np.ndarray, source: np.ndarray) -> dict[str, int]:

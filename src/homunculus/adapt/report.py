@@ -59,6 +59,18 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def research_cell(research: dict[str, Any] | None) -> str:
+    """A retrain's re-search in one line: why, trials, the choice and its validation score
+    against the active hyperparameters' ('' for a plain retrain)."""
+    if not research:
+        return ""
+    choice = "kept the active hyperparameters" if research.get("kept_active") else \
+        f"chose {research['chosen']}"
+    return (f"{research['why']}; {len(research['trials'])} trials in "
+            f"{research['cpu_seconds']:.2f} CPU s; {choice} "
+            f"(validation macro-F1 {research['score']} vs active {research['active_score']})")
+
+
 def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any]],
                  events: list[dict[str, Any]], title: str) -> Path:
     """Write summary.json and report.html into ``out``; the HTML's path."""
@@ -68,7 +80,8 @@ def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any
     retrains = [{"window": e["window"], "triggered in": e["triggered_in"],
                  "samples": e["train_samples"], "CPU s": e["cpu_seconds"],
                  "verified": e["verified"], "gate": e["gate"]["reason"],
-                 "installed": e.get("version") if e["installed"] else "no"}
+                 "installed": e.get("version") if e["installed"] else "no",
+                 "re-search": research_cell(e.get("research"))}
                 for e in events if e.get("event") == "retrain"]
     agents = summary.get("agents", [])
     page = f"""<!doctype html><html><head><meta charset="utf-8">
@@ -76,8 +89,9 @@ def write_report(out: Path, summary: dict[str, Any], windows: list[dict[str, Any
 <style>body{{font-family:sans-serif;margin:2em;max-width:72em}}table{{border-collapse:collapse;
 margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{summary.get('windows')} windows; {summary.get('retrains')} retrains; {summary.get('installs')}
-installs; {summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
+<p>{summary.get('windows')} windows; {summary.get('retrains')} retrains
+({summary.get('researches', 0)} with a re-search); {summary.get('installs')} installs;
+{summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
 {_cell(summary.get('mean_f1'))}.</p>
 <img alt="F1 and proxy over time" src="data:image/png;base64,{png}">
 <p>Orange lines: windows that triggered a retrain; green triangles: installs.</p>
@@ -86,7 +100,7 @@ installs; {summary.get('cpu_seconds')} CPU seconds retraining; mean macro-F1
                  'coverage', 'precision', 'last_error'])}
 <h2>Retrains and the install gate</h2>
 {_table(retrains, ['window', 'triggered in', 'samples', 'CPU s', 'verified', 'gate',
-                   'installed'])}
+                   'installed', 're-search'])}
 <h2>Windows</h2>
 {_table(windows, ['window', 'samples', 'labelled', 'proxy', 'f1', 'drift', 'trigger', 'why',
                   'version'])}

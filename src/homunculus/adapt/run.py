@@ -20,7 +20,7 @@ from homunculus.adapt.policy import (
     GateConfig,
     TriggerPolicy,
 )
-from homunculus.adapt.report import write_report
+from homunculus.adapt.report import research_cell, write_report
 from homunculus.errors import DataError, SpecError
 
 AGENT_NAMES = (*HEURISTICS, "rules", "dpi", "oracle")
@@ -55,6 +55,8 @@ class AdaptOptions:
     patience: int = 2
     cooldown_from: str = "install"
     label_shift: int = 20
+    research_after: int = 1
+    research_trials: int = 4
 
 
 def check_options(o: AdaptOptions) -> list[str]:
@@ -79,6 +81,10 @@ def check_options(o: AdaptOptions) -> list[str]:
         raise SpecError(f"--cooldown-from must be one of {list(COOLDOWN_FROM)}")
     if o.label_shift < 0:
         raise SpecError(f"--label-shift must be at least 0 (0: off), not {o.label_shift}")
+    if o.research_after < 0:
+        raise SpecError(f"--research-after must be at least 0 (0: off), not {o.research_after}")
+    if o.research_trials < 1:
+        raise SpecError(f"--research-trials must be at least 1, not {o.research_trials}")
     if o.detector not in DETECTORS:
         raise SpecError(f"--detector must be one of {list(DETECTORS)}")
     if o.window <= 0:
@@ -123,7 +129,8 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
                              proxy=o.proxy, sag=o.sag, patience=o.patience,
                              cooldown_from=o.cooldown_from, label_shift=o.label_shift),
         gate=GateConfig(o.margin, o.min_fidelity), detector=o.detector,
-        max_installs=o.max_installs, seed=o.seed)
+        max_installs=o.max_installs, seed=o.seed, research_after=o.research_after,
+        research_trials=o.research_trials)
     report = o.report or Path(o.out_dir) / "adapt"
     config = replace(config, archive=str(report))
     log = write_jsonl(report / "decisions.jsonl")
@@ -131,6 +138,8 @@ def run_adapt(o: AdaptOptions, echo: Callable[[str], None] = print) -> tuple[dic
     def logged(record: dict[str, Any]) -> None:
         log(record)
         if record.get("event") == "retrain":
+            if "research" in record:
+                echo(f"window {record['window']}: re-search: {research_cell(record['research'])}")
             echo(f"window {record['window']}: retrain ({record['cpu_seconds']:.2f} CPU s) "
                  f"verified={record['verified']}; gate: {record['gate']['reason']}"
                  + (f"; installed version {record['version']}" if record["installed"] else ""))

@@ -16,9 +16,10 @@ install gate.
   evidence, e.g. a new attack kind) that no retrain has learned from yet, or that the recent
   windows lacked, labels enough of the window's samples (:class:`LabelShift`). ``every``
   retrains every window; ``never`` never does.
-- Re-search (:class:`ResearchWatch`, off by default): when the proxy stays low -- below the
-  threshold or sagging -- ``after`` windows after a retrain, the next retrain searches the
-  family's hyperparameters (adapt/model.py ``research``) instead of keeping the active ones.
+- Re-search (:class:`ResearchWatch`; on by default, ``after`` 1): when the proxy stays low
+  -- below the threshold or sagging -- ``after`` windows after a retrain, the next retrain
+  searches the family's hyperparameters (adapt/model.py ``research``) instead of keeping the
+  active ones.
 - Replay buffer: the labelled samples of the most recent windows plus a seeded reservoir
   (Algorithm R) of older ones, each with the agent its label came from; training sets are
   class-balanced draws in which a class's quota is shared among those sources, with a held-out

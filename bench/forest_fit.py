@@ -7,6 +7,11 @@ target's default limits, test accuracy and the evaluation's CPU seconds, next to
 scikit-learn's default forest. Writes nothing into the source tree.
 
     python bench/forest_fit.py [--split 0]
+    python bench/forest_fit.py --float-grid [--splits 0 1 2]
+
+``--float-grid``: no compile; scikit-learn forests of n trees and depth d (sqrt of the
+features per split, ``random_state`` = split) in floating point, mean test accuracy over the
+splits: how many trees of which depth the data asks for.
 """
 
 from __future__ import annotations
@@ -34,10 +39,38 @@ FORESTS = (
 )
 
 
+GRID_TREES = (9, 13, 24, 64, 100)
+GRID_DEPTHS = (10, 12, None)
+
+
+def float_grid(splits: list[int]) -> None:
+    """Mean test accuracy of floating-point forests over ``splits``, trees x depth."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = [split("iot", s) for s in splits]
+    rows = []
+    for n in GRID_TREES:
+        row = [n]
+        for depth in GRID_DEPTHS:
+            accs = [np.mean(RandomForestClassifier(n, max_depth=depth, max_features="sqrt",
+                                                   random_state=s).fit(x_tr, y_tr)
+                            .predict(x_te) == y_te)
+                    for s, (x_tr, x_te, y_tr, y_te, _) in zip(splits, data, strict=True)]
+            row.append(f"{np.mean(accs):.4f}")
+        rows.append(row)
+    print(markdown_table(["trees"] + [f"depth {d or 'unlimited'}" for d in GRID_DEPTHS], rows))
+    print(f"\nIoT splits {splits}, floating point, mean test accuracy.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=int, default=0)
+    parser.add_argument("--float-grid", action="store_true")
+    parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
+    if args.float_grid:
+        float_grid(args.splits)
+        return
     x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
     sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)
                             == y_te))

@@ -416,6 +416,26 @@ def test_sag_rule_fires_when_the_proxy_stays_below_the_installed_level() -> None
             TriggerPolicy(**bad)
 
 
+def test_timed_retrain_reports_the_least_cpu_of_its_runs(monkeypatch) -> None:
+    """The bench's ``cpu_repeats``: the first run's result, the least CPU seconds of all."""
+    from homunculus.adapt import model
+    from homunculus.adapt.loop import LoopConfig
+
+    seconds = iter([0.30, 0.10, 0.20])
+    runs: list[tuple] = []
+
+    def fake(*args):  # noqa: ANN002, ANN202
+        runs.append(args)
+        return model.RetrainResult(True, f"run {len(runs)}", cpu_seconds=next(seconds))
+
+    monkeypatch.setattr(model, "retrain", fake)
+    result = model.timed_retrain(3, "recipe", "x", "y", "xv", 7, 0)
+    assert (result.note, result.cpu_seconds) == ("run 1", 0.10)
+    assert runs == [("recipe", "x", "y", "xv", 7, 0)] * 3
+    with pytest.raises(ValueError, match="cpu_repeats"):
+        LoopConfig(cpu_repeats=0)
+
+
 def test_macro_f1_is_scikit_learns() -> None:
     from sklearn.metrics import f1_score
 

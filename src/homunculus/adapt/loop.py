@@ -72,8 +72,14 @@ class LoopConfig:
     # scenario's bench (docs/benchmarks.md, issue-12 section).
     research_after: int = 1
     research_trials: int = 4
+    # measurement only (bench/adaptation.py): each retrain runs this many times in the
+    # worker, the result is the first's and its CPU seconds the least of them (timeit's
+    # minimum: what the retrain costs, without the other jobs' interference)
+    cpu_repeats: int = 1
 
     def __post_init__(self) -> None:
+        if self.cpu_repeats < 1:
+            raise ValueError(f"cpu_repeats must be >= 1, not {self.cpu_repeats!r}")
         if self.research_after < 0:
             raise ValueError(f"research_after must be >= 0 (0: off), not "
                              f"{self.research_after!r}")
@@ -167,7 +173,7 @@ class AdaptLoop:
         self.mapper = LabelMap.for_classes(deployed.classes)
         self.buffer = ReplayBuffer(config.recent_windows, config.reservoir, config.seed)
         self.drift = DriftMonitor(config.detector)
-        self.worker = RetrainWorker()
+        self.worker = RetrainWorker(config.cpu_repeats)
         self.log = log
         self.judge = judge
         self.active = deployed.program

@@ -179,18 +179,19 @@ def test_retrained_tree_fits_the_compiled_tables_and_flips_without_mixing() -> N
         conform(raw, small)
 
 
-def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables() -> None:
+@pytest.mark.parametrize("target", ["bmv2", "tofino"])
+def test_a_retrained_forest_with_a_code_per_tree_fits_the_compiled_tables(target) -> None:
     """A forest compiled with a thermometer code per tree: the retrained forest takes that
     layout (adapt picks the one whose code fields the compiled program has), codes its trees
     no longer need stay 0, it runs through the compiled program's score steps, and the
-    version flip mixes nothing."""
+    version flip mixes nothing. On Tofino the encoders are ternary prefixes."""
     from homunculus.passes.switch import lower_for_switch
 
     fam = get_family("rf")
     params = fam.default_params() | {"rf_n_estimators": 4, "rf_max_depth": 5}
     ds = synthetic_dataset(600, seed=0)
     plan_ = VerdictPlan(VerdictKind.DROP, drop=frozenset({1}))
-    switch, _ = make_target("bmv2", {})
+    switch, _ = make_target(target, {})
     model = fam.train(params, ds.x_train, ds.y_train, ds.n_classes, ds.widths, 0)
     old = switch.prepare(lower(model.quantised, ds.features, ds.class_labels, plan_,
                                model.winner_to_class, tree_codes=TreeCodes.PER_TREE))

@@ -282,7 +282,8 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
     """A retrained tree model (same family) in the compiled program's tables, so it can be
     installed under the standby version: the same encoder tables, keyed on the same features,
     their thermometer codes at the compiled widths (a code with fewer thresholds is padded
-    with bits that stay 0; a feature the new model does not test gets one entry giving code 0),
+    with bits that stay 0; a feature the new model does not test gets one entry giving code 0;
+    range encoders, or their ternary prefixes on Tofino),
     the leaf table keyed on the compiled code fields (wildcards on those it does not test), and
     every table within :func:`capacity`. Raises ``CapacityError`` (the retrain then tries a
     shallower model) when it does not fit, ValueError when the tables cannot correspond."""
@@ -298,10 +299,10 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
     encoders = []
     for t in a.encoders:
         n = fresh.get(t.name)
-        if len(t.keys) != 1 or t.kinds != (MatchKind.RANGE,):
-            raise ValueError(f"table {t.name}: not a range encoder")
+        if len(t.keys) != 1 or t.kinds not in ((MatchKind.RANGE,), (MatchKind.TERNARY,)):
+            raise ValueError(f"table {t.name}: not a range encoder (or its ternary prefixes)")
         if n is None:
-            n = replace(t, entries=(Entry((Range(0, t.keys[0].max_value),), t.default),))
+            n = replace(t, entries=(Entry((_everything(t),), t.default),))
         else:
             n = into_code_fields(n, t)
         encoders.append(n)
@@ -339,9 +340,19 @@ def into_code_fields(n: Table, t: Table) -> Table:
             raise CapacityError(f"table {t.name}: {got.width} thresholds in a code of "
                                 f"{room[got.name].width} bits")
     at = {o.name: i for i, o in enumerate(n.outputs)}
-    entries = tuple(Entry(e.matches, tuple(e.params[at[o.name]] if o.name in at else 0
-                                           for o in t.outputs)) for e in n.entries)
+
+    def coded(params: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(params[at[o.name]] if o.name in at else 0 for o in t.outputs)
+
+    entries = tuple(Entry(e.matches, coded(e.params)) for e in n.entries)
+    if coded(n.default) != t.default:  # the default is not versioned: a catch-all entry
+        entries += (Entry((_everything(t),), coded(n.default)),)
     return replace(n, outputs=t.outputs, default=t.default, entries=entries)
+
+
+def _everything(t: Table) -> Range | Ternary:
+    """A match of every value of a one-key encoder ``t`` (range, or ternary prefixes)."""
+    return Range(0, t.keys[0].max_value) if t.kinds == (MatchKind.RANGE,) else Ternary(0, 0)
 
 
 def _rekey(t: Table, n: Table) -> Table:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from homunculus.search.metrics import fast_f1_macro
+
 DETECTORS = ("adwin", "page_hinkley")
 POLICIES = ("proxy", "every", "never")
 PROXIES = ("macro_f1", "min_recall", "mean_recall")
@@ -47,18 +49,14 @@ COOLDOWN_FROM = ("retrain", "install")
 
 def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float | None:
     """Macro-F1 over the classes present in either (None for no samples): scikit-learn's
-    ``f1_score(average="macro", zero_division=0)`` over those labels, the same arithmetic
-    (per class 2 tp / (true + predicted), then their mean) without its input validation,
-    which cost more than the rest of a re-search's trial."""
+    ``f1_score(average="macro", zero_division=0)`` over those labels, through the search's
+    :func:`~homunculus.search.metrics.fast_f1_macro` on the labels' indices (scikit-learn's
+    input validation cost more than the rest of a re-search's trial)."""
     if len(truth) == 0:
         return None
-    truth, pred = np.asarray(truth), np.asarray(pred)
-    labels = sorted(set(truth.tolist()) | set(pred.tolist()))
-    tp = np.array([np.sum((truth == c) & (pred == c)) for c in labels], dtype=np.float64)
-    denom = np.array([np.sum(truth == c) + np.sum(pred == c) for c in labels],
-                     dtype=np.float64)
-    scores = np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
-    return float(np.average(scores))
+    labels, codes = np.unique(np.concatenate([np.asarray(truth), np.asarray(pred)]),
+                              return_inverse=True)
+    return fast_f1_macro(codes[:len(truth)], codes[len(truth):], len(labels))
 
 
 def accuracy_proxy(labels: np.ndarray, model: np.ndarray, kind: str = "macro_f1",

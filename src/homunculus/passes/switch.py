@@ -116,7 +116,8 @@ SHORTCUT_CODE = "cat_code"
 """The category table's output: 0 on a miss, class + 1 on a hit."""
 
 
-def _wildcard(kind: MatchKind, key: Field) -> Ternary | Range:
+def wildcard(kind: MatchKind, key: Field) -> Ternary | Range:
+    """A match of every value of ``key`` under ``kind`` (range or ternary)."""
     return Range(0, key.max_value) if kind is MatchKind.RANGE else Ternary(0, 0)
 
 
@@ -148,7 +149,7 @@ def attach_shortcut(pipeline: Pipeline) -> Pipeline:
     if any(n not in roles for n in names):
         raise ValueError(f"deciding table {deciding.name}: unexpected outputs {names}")
     kinds = tuple(MatchKind.TERNARY if k is MatchKind.EXACT else k for k in deciding.kinds)
-    wild = tuple(_wildcard(k, key) for k, key in zip(kinds, deciding.keys, strict=True))
+    wild = tuple(wildcard(k, key) for k, key in zip(kinds, deciding.keys, strict=True))
     ahead = tuple(Entry((*wild, Ternary(c + 1, code.max_value)),
                         tuple(by_class[c][roles[n]] for n in names)) for c in sorted(by_class))
     kept = tuple(Entry((*(_as_wildcardable(m, k, key) for m, k, key in

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from homunculus.ir.pipeline import Entry, Exact, Field, MatchKind, Pipeline, Range, Table, Ternary
-from homunculus.passes.switch import lower_for_switch
+from homunculus.passes.switch import lower_for_switch, wildcard
 
 VERSION_FIELD = Field("model_version", 8)
 REGISTER = "hmn_version"
@@ -302,7 +302,7 @@ def conform(new: Pipeline, compiled: Pipeline) -> Pipeline:
         if len(t.keys) != 1 or t.kinds not in ((MatchKind.RANGE,), (MatchKind.TERNARY,)):
             raise ValueError(f"table {t.name}: not a range encoder (or its ternary prefixes)")
         if n is None:
-            n = replace(t, entries=(Entry((_everything(t),), t.default),))
+            n = replace(t, entries=(Entry((wildcard(t.kinds[0], t.keys[0]),), t.default),))
         else:
             n = into_code_fields(n, t)
         encoders.append(n)
@@ -346,13 +346,8 @@ def into_code_fields(n: Table, t: Table) -> Table:
 
     entries = tuple(Entry(e.matches, coded(e.params)) for e in n.entries)
     if coded(n.default) != t.default:  # the default is not versioned: a catch-all entry
-        entries += (Entry((_everything(t),), coded(n.default)),)
+        entries += (Entry((wildcard(t.kinds[0], t.keys[0]),), coded(n.default)),)
     return replace(n, outputs=t.outputs, default=t.default, entries=entries)
-
-
-def _everything(t: Table) -> Range | Ternary:
-    """A match of every value of a one-key encoder ``t`` (range, or ternary prefixes)."""
-    return Range(0, t.keys[0].max_value) if t.kinds == (MatchKind.RANGE,) else Ternary(0, 0)
 
 
 def _rekey(t: Table, n: Table) -> Table:

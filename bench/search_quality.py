@@ -162,7 +162,7 @@ def run_method(app: str, seed: int, method: str, trials: int) -> dict[str, Any]:
     elif warm:
         warm_start(study, setup.families, budget, table_space(setup.problem),
                    decision_choices(setup.problem), warm_features(setup.problem),
-                   len(setup.problem.dataset.features))
+                   len(setup.problem.dataset.features), setup.problem.limits.entries)
     if factory is not None or not warm:
         study.optimize(make_objective(setup.problem, setup.families, setup.objectives),
                        n_trials=trials - len(study.get_trials(

@@ -177,6 +177,26 @@ def test_the_warm_start_queues_every_first_default_before_the_data_defaults() ->
     assert [t.system_attrs["fixed_params"]["family"] for t in plain.trials] == ["rf", "xgb", "dt"]
 
 
+def test_the_forest_default_keeps_a_few_trees_under_an_entries_limit() -> None:
+    rf = get_family("rf")
+    (free,) = rf.data_defaults(7)
+    assert free["rf_max_depth"] == 10 and free["rf_max_features"] == 0.2857  # 2 of 7
+    (tight,) = rf.data_defaults(7, max_entries=2000)  # 250 leaves a tree: depth 7
+    assert tight["rf_max_depth"] == 7 and tight["rf_max_features"] == 0.5
+    assert rf.data_defaults(7, max_entries=10**6)[0]["rf_max_depth"] == 10
+    assert rf.data_defaults(7, max_entries=3)[0]["rf_max_depth"] == 1
+    study = optuna.create_study(direction="maximize")
+    warm_start(study, ["rf"], Budget(trials=10), n_features=7, max_entries=2000)
+    queued = [t.system_attrs["fixed_params"] for t in study.trials]
+    assert queued[1]["rf_max_depth"] == 7
+    # a forest of the default's size fits the limit it was sized for
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3000, 7))
+    y = (x[:, 0] + rng.integers(0, 64, 3000) > x[:, 1]).astype(int)
+    model = rf.train({**tight, "rf_n_estimators": 8}, x, y, 2, (8,) * 7, 0).quantised
+    assert sum(sum(f < 0 for f in t.feature) for t in model.trees) <= 2000
+
+
 def test_the_data_defaults_follow_the_number_of_features() -> None:
     assert sqrt_feature_share(13, 0.2, 1.0) == 0.2308  # floor(sqrt(13)) = 3 of 13
     assert sqrt_feature_share(4, 0.2, 1.0) == 0.5

@@ -452,7 +452,8 @@ def coordinate(plan: Plan, problem: Problem, allowed: list[str], budget: Budget,
                              budget.seconds,
                              lambda st: warm_start(st, allowed, budget, tables, decisions,
                                                    warm_features(problem),
-                                                   len(problem.dataset.features)))
+                                                   len(problem.dataset.features),
+                                                   problem.limits.entries))
     sampler = make_sampler(plan.search.sampler, process_seed(settings["seed"]), budget.trials,
                            concurrent=True)
     study = with_sampler(study, options.shared, sampler)

@@ -70,12 +70,15 @@ DENSE_REASON = ("its multiply-accumulate layers do not map to match-action table
                 "or C targets")
 
 
-def default_configurations(family: Family, n_features: int) -> list[dict[str, Any]]:
+def default_configurations(family: Family, n_features: int, max_entries: int | None = None
+                           ) -> list[dict[str, Any]]:
     """The family's hand-tuned default first, then the further defaults it proposes for data
-    with ``n_features`` features (an optional ``data_defaults(n_features)`` method): the
-    configurations a search tries before sampling."""
+    with ``n_features`` features on a target limited to ``max_entries`` table entries (an
+    optional ``data_defaults(n_features, max_entries)`` method): the configurations a search
+    tries before sampling."""
     more = getattr(family, "data_defaults", None)
-    return [family.default_params(), *(more(n_features) if more is not None else [])]
+    return [family.default_params(),
+            *(more(n_features, max_entries) if more is not None else [])]
 
 
 def sqrt_feature_share(n_features: int, low: float, high: float) -> float:

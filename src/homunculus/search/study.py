@@ -624,17 +624,19 @@ def warm_features(problem: Problem) -> dict[str, bool]:
 
 def warm_start(study: optuna.Study, families: list[str], budget: Budget,
                tables: TableSpace = TableSpace(), decisions: tuple[int, ...] = (),
-               features: dict[str, bool] | None = None, n_features: int | None = None) -> None:
+               features: dict[str, bool] | None = None, n_features: int | None = None,
+               max_entries: int | None = None) -> None:
     """Queue the families' default configurations (with the default category table when the
     data has categorical features, and ``features``, :func:`warm_features`) as the first
     trials of a new study, at most half the trial budget: every family's hand-tuned default,
     then, given ``n_features``, the further defaults the families propose for data with that
-    many features (:func:`default_configurations`; the features ``features`` selects, if
-    any), such as scikit-learn's forest, shipped as large as the target holds. Strong
-    baselines the sampler then improves on."""
+    many features on a target of at most ``max_entries`` table entries
+    (:func:`default_configurations`; the features ``features`` selects, if any), such as
+    scikit-learn's forest, shipped as large as the target holds. Strong baselines the
+    sampler then improves on."""
     if features and n_features is not None:
         n_features = sum(features.values())
-    queue = warm_configurations(families, n_features)
+    queue = warm_configurations(families, n_features, max_entries)
     n = len(queue) if budget.trials is None else min(len(queue), budget.trials // 2)
     for family, params in queue[:n]:
         # unmerged tables (ignored where merging is not in the space): a default is the plain
@@ -645,13 +647,14 @@ def warm_start(study: optuna.Study, families: list[str], budget: Budget,
                             user_attrs={DEFAULT_ATTR: True}, skip_if_exists=True)
 
 
-def warm_configurations(families: list[str], n_features: int | None
-                        ) -> list[tuple[str, dict[str, Any]]]:
+def warm_configurations(families: list[str], n_features: int | None,
+                        max_entries: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(family, configuration) in the warm start's order: each family's first default, then
     (given ``n_features``) each family's second, and so on."""
     if n_features is None:
         return [(f, get_family(f).default_params()) for f in families]
-    per_family = [default_configurations(get_family(f), n_features) for f in families]
+    per_family = [default_configurations(get_family(f), n_features, max_entries)
+                  for f in families]
     depth = max((len(c) for c in per_family), default=0)
     return [(f, configs[i]) for i in range(depth)
             for f, configs in zip(families, per_family, strict=True) if i < len(configs)]
@@ -706,7 +709,7 @@ def run_search(problem: Problem, families: list[str], objectives: tuple[str, ...
 
     # queues only what is not queued or run yet
     warm_start(study, families, budget, table_space(problem), decision_choices(problem),
-               warm_features(problem), len(problem.dataset.features))
+               warm_features(problem), len(problem.dataset.features), problem.limits.entries)
     remaining = None if budget.trials is None else max(budget.trials - len(counted_trials(study)),
                                                        0)
     start = time.monotonic()

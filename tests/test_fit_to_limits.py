@@ -44,8 +44,11 @@ def test_an_oversized_ensemble_ships_as_the_largest_prefix_that_fits(family) -> 
     size = ev.params[knob]
     assert ev.feasibility.feasible and ev.usage.entries <= cap and 1 <= size < 12
     bigger = evaluate(problem, family, {**big, knob: size + 1})  # the largest that fits
-    assert bigger.params[knob] == size  # one more is sized down to the same model
-    same = evaluate(problem, family, {**big, knob: size})
+    assert bigger.feasibility.feasible and bigger.params[knob] <= size + 1
+    if family == "rf":  # a booster cut down takes larger steps (resize): other trees
+        assert bigger.params[knob] == size  # one more is sized down to the same prefix
+    same = evaluate(problem, family, ev.params)  # what it shipped with: the same model again
+    assert same.params == ev.params
     assert same.metric == ev.metric and same.usage.entries == ev.usage.entries
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"family": family, knob: 12})
@@ -58,6 +61,33 @@ def test_an_oversized_ensemble_ships_as_the_largest_prefix_that_fits(family) -> 
     assert row["params"][knob] == 12 and row["fitted_to_limits"] == {knob: size}
     # rebuilding the trial (the compile's refit, a schedule's build) takes the shipped size
     assert shipped_configuration(study.trials[0]) == (family, {knob: size})
+
+
+def test_a_booster_cut_to_fewer_rounds_takes_larger_steps() -> None:
+    xgb = get_family("xgb")
+    asked = {**xgb.default_params(), "xgb_n_estimators": 10, "xgb_learning_rate": 0.1}
+    assert xgb.resize(asked, 10) == asked
+    assert xgb.resize(asked, 5)["xgb_learning_rate"] == 0.2  # step x rounds kept
+    assert xgb.resize(asked, 1)["xgb_learning_rate"] == 0.6  # up to XGB_RESIZED_STEP
+    steep = {**asked, "xgb_learning_rate": 0.8}
+    assert xgb.resize(steep, 2)["xgb_learning_rate"] == 0.8  # never smaller than asked
+    ds = noisy_dataset()
+    target, limits = make_target("bmv2", {})
+    free = evaluate(make_problem(ds, target, limits, "accuracy", None, VerdictPlan(), 0),
+                    "xgb", asked)
+    problem = make_problem(ds, target, limits.merged({"entries": free.usage.entries // 2}),
+                           "accuracy", None, VerdictPlan(), 0)
+    ev = evaluate(problem, "xgb", asked)
+    rounds = ev.params["xgb_n_estimators"]
+    assert rounds < 10 and ev.params["xgb_learning_rate"] == min(0.6, round(1.0 / rounds, 6))
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"family": "xgb", **asked})
+    trial = study.ask({"family": optuna.distributions.CategoricalDistribution(["xgb"]),
+                       **{k: optuna.distributions.FloatDistribution(0.0, 100.0)
+                          for k in asked}})
+    record(trial, ev)  # the trial records both knobs it shipped with
+    assert trial.user_attrs[FITTED_ATTR] == {"xgb_n_estimators": rounds,
+                                             "xgb_learning_rate": ev.params["xgb_learning_rate"]}
 
 
 def test_a_model_that_fits_or_cannot_shrink_is_unchanged() -> None:

@@ -417,11 +417,11 @@ def ship(problem: Problem, family: str, params: dict[str, Any]) -> Shipped:
 
 def fit_to_limits(problem: Problem, family: str, params: dict[str, Any]) -> Shipped:
     """:func:`ship`, and when the model exceeds the limits and its family has a size knob
-    (``size_param``: a forest's trees, boosting's rounds, whose smaller values train the first
-    trees of the same seeded model), the largest size that fits, found by bisection (resources
-    grow with the knob). A forest sampled larger than the switch holds then ships as the
-    largest prefix of it that fits, instead of costing a trial for nothing. Unchanged when
-    even size 1 does not fit.
+    (``size_param``: a forest's trees, boosting's rounds), the largest size that fits, found by
+    bisection (resources grow with the knob; :func:`resized` gives the configuration at a
+    size). A forest sampled larger than the switch holds then ships as the largest prefix of
+    it that fits, instead of costing a trial for nothing. Unchanged when even size 1 does not
+    fit.
 
     The bisection first searches below :func:`size_bound` (the size at which usage that grows
     linearly from a fixed part would reach the limit), and above it only if the bound itself
@@ -447,6 +447,13 @@ def size_bound(size: int, feasibility: Feasibility) -> int:
     return max(1, min(size - 1, math.ceil(size / worst)))
 
 
+def resized(family: str, params: dict[str, Any], knob: str, size: int) -> dict[str, Any]:
+    """``params`` with the size knob at ``size``, and whatever the family changes with it (its
+    ``resize(params, size)``, e.g. boosting's step); by default only the knob."""
+    resize = getattr(get_family(family), "resize", None)
+    return resize(params, size) if resize is not None else {**params, knob: size}
+
+
 def largest_fitting(problem: Problem, family: str, params: dict[str, Any], knob: str,
                     low: int, high: int) -> Shipped | None:
     """The largest size in ``[low, high]`` whose model fits, by bisection (None: none does)."""
@@ -454,7 +461,7 @@ def largest_fitting(problem: Problem, family: str, params: dict[str, Any], knob:
     while low <= high:
         size = (low + high) // 2
         try:
-            candidate = ship(problem, family, {**params, knob: size})
+            candidate = ship(problem, family, resized(family, params, knob, size))
         except CapacityExceeded:
             candidate = None
         if candidate is not None and candidate.feasibility.feasible:

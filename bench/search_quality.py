@@ -114,6 +114,10 @@ VARIANTS: dict[str, tuple[Callable[[int, int], optuna.samplers.BaseSampler] | No
     "fam05-local03": (_family(0.05, local=0.3), True),
     "fam05-local05": (_family(0.05, local=0.5), True),
     "fam03-local02": (_family(0.03, local=0.2), True),
+    # session 9, once the defaults were sized to the limits
+    "fam02-local02": (_family(0.02, local=0.2), True),
+    "fam02-local03": (_family(0.02, local=0.3), True),
+    "fam03-local03": (_family(0.03, local=0.3), True),
 }
 
 

@@ -175,11 +175,13 @@ def main() -> None:
             return statistics.fmean(r[key] for r in runs)
 
         wins = sum(r["pipeline"] >= r["sklearn"] for r in runs)
+        gap = 100 * (mean("pipeline") - mean("sklearn"))
         table.append([dataset, family, target, f"{mean('pipeline'):.3f}",
-                      f"{mean('sklearn'):.3f}", f"{wins}/{len(runs)}",
+                      f"{mean('sklearn'):.3f}", f"{gap:+.2f}", f"{wins}/{len(runs)}",
                       f"{mean('entries'):.0f}", f"{mean('stages'):.1f}"])
     print(markdown_table(["data", "family", "target", "pipeline acc.", "sklearn default acc.",
-                          "pipeline >= sklearn", "entries", "est. stages"], table))
+                          "difference (points)", "pipeline >= sklearn", "entries",
+                          "est. stages"], table))
     print(f"\n{len(args.splits)} splits ({args.splits}), {args.trials} trials per compile. "
           f"{machine()}. {source_note(before)}")
 

@@ -180,7 +180,7 @@ def test_the_warm_start_queues_every_first_default_before_the_data_defaults() ->
 def test_the_forest_default_keeps_a_few_trees_under_an_entries_limit() -> None:
     rf = get_family("rf")
     (free,) = rf.data_defaults(7)
-    assert free["rf_max_depth"] == 10 and free["rf_max_features"] == 0.2857  # 2 of 7
+    assert free["rf_max_depth"] == 10 and free["rf_max_features"] == 0.2858  # 2 of 7
     (tight,) = rf.data_defaults(7, max_entries=2000)  # 250 leaves a tree: depth 7
     assert tight["rf_max_depth"] == 7 and tight["rf_max_features"] == 0.5
     assert rf.data_defaults(7, max_entries=10**6)[0]["rf_max_depth"] == 10
@@ -200,7 +200,10 @@ def test_the_forest_default_keeps_a_few_trees_under_an_entries_limit() -> None:
 def test_the_data_defaults_follow_the_number_of_features() -> None:
     assert sqrt_feature_share(13, 0.2, 1.0) == 0.2308  # floor(sqrt(13)) = 3 of 13
     assert sqrt_feature_share(4, 0.2, 1.0) == 0.5
+    assert sqrt_feature_share(7, 0.2, 1.0) == 0.2858  # 0.2857 x 7 would draw one feature
     assert sqrt_feature_share(100, 0.2, 1.0) == 0.2  # within the search space
+    for n in range(1, 300):  # the features scikit-learn draws: exactly floor(sqrt(n))
+        assert int(sqrt_feature_share(n, 0.0, 1.0) * n) == int(n ** 0.5)
     assert get_family("xgb").data_defaults(3) == []  # too few features to draw from
     first, second = default_configurations(get_family("xgb"), 13)
     assert first == get_family("xgb").default_params() and second["xgb_colsample"] == 0.5

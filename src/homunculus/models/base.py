@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,9 +84,10 @@ def default_configurations(family: Family, n_features: int, max_entries: int | N
 
 def sqrt_feature_share(n_features: int, low: float, high: float) -> float:
     """scikit-learn's ``max_features="sqrt"`` as a share of ``n_features`` (``floor(sqrt(n))``
-    of them), within the search space's ``[low, high]``."""
+    of them), within the search space's ``[low, high]``. Rounded up to 4 decimals: scikit-learn
+    draws ``int(share * n)`` features, and 2/7 rounded to 0.2857 would draw one."""
     share = max(1, int(n_features ** 0.5)) / max(n_features, 1)
-    return round(min(max(share, low), high), 4)
+    return min(max(math.ceil(share * 10_000 - 1e-9) / 10_000, low), high)
 
 
 def requires_dense(family: Family) -> bool:

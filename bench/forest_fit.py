@@ -8,10 +8,16 @@ scikit-learn's default forest. Writes nothing into the source tree.
 
     python bench/forest_fit.py [--split 0]
     python bench/forest_fit.py --float-grid [--splits 0 1 2]
+    python bench/forest_fit.py --eleven-trees [--splits 0 1 2]
 
 ``--float-grid``: no compile; scikit-learn forests of n trees and depth d (sqrt of the
 features per split, ``random_state`` = split) in floating point, mean test accuracy over the
 splits: how many trees of which depth the data asks for.
+
+``--eleven-trees``: no compile; what a forest of the 11 depth-10-ish trees a Tofino holds
+reaches in floating point when trained otherwise (share of features per split, bootstrap or
+not), and forests of random feature subspaces (each tree sees k of the features), against
+scikit-learn's default forest.
 """
 
 from __future__ import annotations
@@ -62,14 +68,51 @@ def float_grid(splits: list[int]) -> None:
     print(f"\nIoT splits {splits}, floating point, mean test accuracy.")
 
 
+ELEVEN = 11
+SHARES = ("sqrt", 0.5, 0.7, 1.0)
+SUBSPACE_TREES = (11, 22, 33, 64)
+
+
+def eleven_trees(splits: list[int]) -> None:
+    """Mean test accuracy of 11-tree forests trained otherwise, and of subspace forests."""
+    from sklearn.ensemble import BaggingClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    data = [split("iot", s) for s in splits]
+
+    def mean_accuracy(make) -> str:  # noqa: ANN001  (seed -> estimator)
+        return f"{np.mean([np.mean(make(s).fit(x_tr, y_tr).predict(x_te) == y_te) for s, (x_tr, x_te, y_tr, y_te, _) in zip(splits, data, strict=True)]):.4f}"  # noqa: E501
+
+    rows = [[depth or "unlimited", share, bootstrap,
+             mean_accuracy(lambda s, d=depth, f=share, b=bootstrap: RandomForestClassifier(
+                 ELEVEN, max_depth=d, max_features=f, bootstrap=b, random_state=s))]
+            for depth in GRID_DEPTHS for share in SHARES for bootstrap in (True, False)]
+    print(markdown_table(["depth", "features per split", "bootstrap",
+                          f"{ELEVEN} trees, test acc."], rows))
+    rows = [[n, k, mean_accuracy(lambda s, n=n, k=k: BaggingClassifier(
+                DecisionTreeClassifier(max_depth=10), n_estimators=n, max_features=k,
+                random_state=s))]
+            for n in SUBSPACE_TREES for k in (3, 4, 5)]
+    print()
+    print(markdown_table(["trees", "features per tree", "depth-10 subspace forest, test acc."],
+                         rows))
+    print(f"\nscikit-learn's default forest: "
+          f"{mean_accuracy(lambda s: RandomForestClassifier(random_state=s))}; "
+          f"IoT splits {splits}, floating point, mean test accuracy.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=int, default=0)
     parser.add_argument("--float-grid", action="store_true")
+    parser.add_argument("--eleven-trees", action="store_true")
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.float_grid:
         float_grid(args.splits)
+        return
+    if args.eleven_trees:
+        eleven_trees(args.splits)
         return
     x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
     sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)

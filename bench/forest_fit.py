@@ -9,6 +9,7 @@ scikit-learn's default forest. Writes nothing into the source tree.
     python bench/forest_fit.py [--split 0]
     python bench/forest_fit.py --float-grid [--splits 0 1 2]
     python bench/forest_fit.py --eleven-trees [--splits 0 1 2]
+    python bench/forest_fit.py --binned [--splits 0 1 2 3 4]
 
 ``--float-grid``: no compile; scikit-learn forests of n trees and depth d (sqrt of the
 features per split, ``random_state`` = split) in floating point, mean test accuracy over the
@@ -18,6 +19,11 @@ splits: how many trees of which depth the data asks for.
 reaches in floating point when trained otherwise (share of features per split, bootstrap or
 not), and forests of random feature subspaces (each tree sees k of the features), against
 scikit-learn's default forest.
+
+``--binned``: no compile; forests trained on each feature cut into B quantile bins of the
+training data (B - 1 cut points per feature), against the raw features: whether narrower
+keys, and so more trees a Tofino stage, could come from coarser thresholds. Also the mean
+distinct (feature, threshold) pairs per tree, the bits of the tree's thermometer key.
 """
 
 from __future__ import annotations
@@ -101,11 +107,54 @@ def eleven_trees(splits: list[int]) -> None:
           f"IoT splits {splits}, floating point, mean test accuracy.")
 
 
+BIN_COUNTS = (8, 16, 32, None)
+BINNED_FORESTS = ((24, 10), (36, 12), (64, 12), (100, None))
+
+
+def quantile_cuts(x: np.ndarray, bins: int) -> list[np.ndarray]:
+    """Per feature, at most ``bins - 1`` cut points: training values at the inner quantiles."""
+    inner = np.linspace(0, 1, bins + 1)[1:-1]
+    return [np.unique(np.quantile(x[:, j], inner, method="lower")) for j in range(x.shape[1])]
+
+
+def bin_index(x: np.ndarray, cuts: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.searchsorted(c, x[:, j], side="right") for j, c in enumerate(cuts)],
+                    axis=1)
+
+
+def binned(splits: list[int]) -> None:
+    """Mean test accuracy and thresholds per tree of forests on quantile-binned features."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = [split("iot", s) for s in splits]
+    rows = []
+    for bins in BIN_COUNTS:
+        for trees, depth in BINNED_FORESTS:
+            accuracies, thresholds = [], []
+            for s, (x_tr, x_te, y_tr, y_te, _) in zip(splits, data, strict=True):
+                if bins is not None:
+                    cuts = quantile_cuts(x_tr, bins)
+                    x_tr, x_te = bin_index(x_tr, cuts), bin_index(x_te, cuts)
+                forest = RandomForestClassifier(trees, max_depth=depth, max_features="sqrt",
+                                                random_state=s).fit(x_tr, y_tr)
+                accuracies.append(np.mean(forest.predict(x_te) == y_te))
+                thresholds.append(np.mean([
+                    len({(f, t) for f, t in zip(e.tree_.feature, e.tree_.threshold,
+                                                strict=True) if f >= 0})
+                    for e in forest.estimators_]))
+            rows.append([bins or "raw", trees, depth or "unlimited",
+                         f"{np.mean(accuracies):.4f}", f"{np.mean(thresholds):.0f}"])
+    print(markdown_table(["bins per feature", "trees", "depth", "test acc.",
+                          "thresholds per tree (key bits)"], rows))
+    print(f"\nIoT splits {splits}, floating point, sqrt of the features per split.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=int, default=0)
     parser.add_argument("--float-grid", action="store_true")
     parser.add_argument("--eleven-trees", action="store_true")
+    parser.add_argument("--binned", action="store_true")
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.float_grid:
@@ -113,6 +162,9 @@ def main() -> None:
         return
     if args.eleven_trees:
         eleven_trees(args.splits)
+        return
+    if args.binned:
+        binned(args.splits)
         return
     x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
     sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)

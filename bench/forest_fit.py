@@ -10,6 +10,7 @@ scikit-learn's default forest. Writes nothing into the source tree.
     python bench/forest_fit.py --float-grid [--splits 0 1 2]
     python bench/forest_fit.py --eleven-trees [--splits 0 1 2]
     python bench/forest_fit.py --binned [--splits 0 1 2 3 4]
+    python bench/forest_fit.py --phv [--split 0]
 
 ``--float-grid``: no compile; scikit-learn forests of n trees and depth d (sqrt of the
 features per split, ``random_state`` = split) in floating point, mean test accuracy over the
@@ -24,6 +25,11 @@ scikit-learn's default forest.
 training data (B - 1 cut points per feature), against the raw features: whether narrower
 keys, and so more trees a Tofino stage, could come from coarser thresholds. Also the mean
 distinct (feature, threshold) pairs per tree, the bits of the tree's thermometer key.
+
+``--phv``: where the PHV of the largest forest Tofino ships goes (a 64-tree ask, depth 10, half
+the features per split): the estimate's bits by kind of metadata field (per-tree threshold
+codes, the trees' class scores, the arg-max), as containers and as the fields' own widths,
+next to the headers.
 """
 
 from __future__ import annotations
@@ -149,12 +155,49 @@ def binned(splits: list[int]) -> None:
     print(f"\nIoT splits {splits}, floating point, sqrt of the features per split.")
 
 
+def phv_breakdown(split_seed: int) -> None:
+    """The Tofino PHV estimate of the largest shipped forest, by kind of metadata field."""
+    import re
+    from collections import Counter
+
+    from homunculus.passes.switch import lower_for_switch
+    from homunculus.targets.p4.codegen import build_context
+    from homunculus.targets.p4.resources import HEADER_BITS, container_bits
+
+    x_tr, x_te, y_tr, y_te, widths = split("iot", split_seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_data(root, "iot", x_tr, x_te, y_tr, y_te)
+        spec = root / "tofino.yaml"
+        spec.write_text(spec_text("iot", widths, "rf", "tofino", 1, split_seed))
+        ev = evaluate(load_setup(spec, split_seed).problem, "rf", FORESTS[-1])
+    context = build_context(lower_for_switch(ev.pipeline), "tna", program_name="estimate",
+                            feature_udp_port=1)
+    containers: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for f in context["meta_fields"]:
+        kind = re.sub(r"\d+", "N", f["name"])
+        containers[kind] += container_bits(f["width"])
+        own[kind] += f["width"]
+    rows = [[kind, bits, own[kind]] for kind, bits in containers.most_common()]
+    rows.append(["(headers)", sum(HEADER_BITS.values()), sum(HEADER_BITS.values())])
+    if (fh := context["feature_header"]) is not None:
+        feature_bits = sum(f["width"] for f in fh["fields"]) + fh["pad"]
+        rows.append(["(feature header)", feature_bits, feature_bits])
+    print(markdown_table(["metadata fields", "PHV bits (containers)", "bits of the fields"],
+                         rows))
+    print(f"\n{ev.params['rf_n_estimators']} trees shipped of {FORESTS[-1]['rf_n_estimators']}"
+          f" asked; PHV estimate {ev.usage.phv_bits} of the profile's 4096 bits; split "
+          f"{split_seed}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", type=int, default=0)
     parser.add_argument("--float-grid", action="store_true")
     parser.add_argument("--eleven-trees", action="store_true")
     parser.add_argument("--binned", action="store_true")
+    parser.add_argument("--phv", action="store_true")
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     if args.float_grid:
@@ -165,6 +208,9 @@ def main() -> None:
         return
     if args.binned:
         binned(args.splits)
+        return
+    if args.phv:
+        phv_breakdown(args.split)
         return
     x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
     sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)

@@ -200,18 +200,13 @@ def main() -> None:
     parser.add_argument("--phv", action="store_true")
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    if args.float_grid:
-        float_grid(args.splits)
-        return
-    if args.eleven_trees:
-        eleven_trees(args.splits)
-        return
-    if args.binned:
-        binned(args.splits)
-        return
-    if args.phv:
-        phv_breakdown(args.split)
-        return
+    studies = ((args.float_grid, float_grid, args.splits),
+               (args.eleven_trees, eleven_trees, args.splits),
+               (args.binned, binned, args.splits), (args.phv, phv_breakdown, args.split))
+    for chosen, study, argument in studies:
+        if chosen:
+            study(argument)
+            return
     x_tr, x_te, y_tr, y_te, widths = split("iot", args.split)
     sklearn = float(np.mean(reference("rf", args.split, widths).fit(x_tr, y_tr).predict(x_te)
                             == y_te))

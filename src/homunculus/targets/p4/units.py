@@ -16,7 +16,7 @@ from typing import Any
 from homunculus.data.packets import PORT_PAIR_FIELDS
 from homunculus.ir.pipeline import MatchKind, Pipeline, Table
 from homunculus.passes.allocate import Unit, pack_narrow
-from homunculus.passes.switch import FLOW_CLASS, FLOW_COUNT, MODEL_CLASS
+from homunculus.passes.switch import FLOW_CLASS, FLOW_COUNT, MODEL_CLASS, ternary_groups
 from homunculus.targets.p4.actions import table_actions
 from homunculus.targets.p4.codegen import CSUM_FLAG, flow_context
 from homunculus.targets.p4.keys import feature_keys
@@ -24,12 +24,6 @@ from homunculus.targets.p4.profiles import SwitchProfile
 
 PORT = "ig_tm_md.ucast_egress_port"
 CARRY_HEADER = "hdr.hmn_cin"
-
-
-def tcams_per_row(key_bits: int) -> int:
-    """TCAMs side by side for a key (bf-p4c: 1 up to 6 bytes, 2 up to 11, +2 per 11 more)."""
-    n_bytes = max(1, math.ceil(key_bits / 8))
-    return 1 if n_bytes <= 6 else 2 * math.ceil(n_bytes / 11)
 
 
 def table_unit(table: Table, profile: SwitchProfile, reads: frozenset[str],
@@ -48,11 +42,11 @@ def table_unit(table: Table, profile: SwitchProfile, reads: frozenset[str],
         return Unit(table.name, "table", reads, writes, sram_blocks=rows * words, entries=n,
                     exact_xbar_bytes=math.ceil(key_bits / 8), packed_writes=packed,
                     action_bus_bytes=bus)
-    tcam = math.ceil(max(n, 1) / profile.tcam_block_entries) * tcams_per_row(key_bits)
+    tcam = math.ceil(max(n, 1) / profile.tcam_block_entries) * ternary_groups(key_bits)
     sram = rows * math.ceil(data / profile.sram_block_width)
     return Unit(table.name, "table", reads, writes, ternary=1, tcam_blocks=tcam,
                 sram_blocks=sram, entries=n, action_bus_bytes=bus,
-                ternary_xbar_groups=math.ceil(math.ceil(key_bits / 8) / 5), packed_writes=packed)
+                ternary_xbar_groups=ternary_groups(key_bits), packed_writes=packed)
 
 
 def _reads_of_keys(table: Table, direct: dict[str, str]) -> frozenset[str]:
@@ -136,7 +130,7 @@ def _bin_unit(t: dict[str, Any], profile: SwitchProfile, reads: frozenset[str]) 
     n = len(t["entries"])
     return Unit(t["name"], "table", reads, hits, ternary=1, entries=n,
                 tcam_blocks=math.ceil(max(n, 1) / profile.tcam_block_entries)
-                * tcams_per_row(t["key_width"]), ternary_xbar_groups=1)
+                * ternary_groups(t["key_width"]), ternary_xbar_groups=1)
 
 
 def program_units(pipeline: Pipeline, profile: SwitchProfile, *, solitary: bool = True,

@@ -12,7 +12,7 @@ from homunculus.models.base import get_family
 from homunculus.passes.allocate import StageCaps, Unit, pack_narrow, place, span_of
 from homunculus.passes.lower import lower
 from homunculus.targets.base import Limits, Usage, assess
-from homunculus.targets.p4.calibration import calibrate
+from homunculus.targets.p4.calibration import calibrate, legacy_units
 from homunculus.targets.p4.profiles import BMV2, TOFINO
 from homunculus.targets.p4.target import SwitchTarget
 
@@ -123,6 +123,24 @@ def test_calibration_matches_the_real_compiler() -> None:
     encoder_stages = [s for s in result.stages if any(n.startswith("enc_") for n in s)]
     assert len(encoder_stages) == 3
     assert result.stages[-2:] == (("verdict_apply",), ("ipv4_checksum_condition",))
+
+
+def test_a_wide_ternary_key_takes_the_crossbar_groups_the_compiler_gave_it() -> None:
+    """bf-p4c put the fixture's 161-bit tree key in 22 ternary crossbar bytes (two pairs of
+    5-byte groups with their mid bytes) and 4 TCAMs side by side: the model says 4 groups and 4
+    TCAMs (5-byte groups alone would say 5)."""
+    root = Path(__file__).parent / "fixtures" / "real-compilers" / "tna" / "iot-dt-tofino"
+    stages = json.loads((root / "resources.json").read_text())["resources"]["mau"]["mau_stages"]
+
+    def used_by_tree(item: dict) -> bool:
+        return any(u["used_by"] == "MyIngress.tree0" for u in item["usages"])
+
+    tcams = [t for s in stages for t in s["tcams"]["tcams"] if used_by_tree(t)]
+    xbar = [b for s in stages for b in s["xbar_bytes"]["bytes"]
+            if b["byte_type"] == "ternary" and used_by_tree(b)]
+    assert (len(tcams), len(xbar)) == (4, 22)
+    tree = {u.name: u for u in legacy_units((root / "program.p4").read_text(), TOFINO)}["tree0"]
+    assert tree.ternary_xbar_groups == len(tcams) and tree.tcam_blocks == len(tcams)
 
 
 def test_bmv2_keeps_ranges_and_tofino_expands(small_dataset) -> None:

@@ -11,9 +11,9 @@ from homunculus.data.dataset import FeatureDecl, make_dataset
 from homunculus.ir.pipeline import VerdictPlan
 from homunculus.models.base import get_family
 from homunculus.report.summary import trial_rows
-from homunculus.search.problem import evaluate, make_problem, size_bound
+from homunculus.search.problem import evaluate, fewest_stages, make_problem, size_bound
 from homunculus.search.study import FITTED_ATTR, record, shipped_configuration
-from homunculus.targets.base import Feasibility
+from homunculus.targets.base import Feasibility, Limits, Usage
 from homunculus.targets.registry import make_target
 
 
@@ -109,3 +109,33 @@ def test_the_size_bound_is_where_linear_usage_would_reach_the_limit() -> None:
     assert size_bound(64, worst) == 16  # the worst ratio decides
     assert size_bound(3, Feasibility(False, "stages", {"stages": 1.01}, ("stages",))) == 2
     assert size_bound(64, Feasibility(False, "stages", {"stages": 100.0}, ("stages",))) == 1
+
+
+class _CannedTarget:
+    """A target whose estimate of each (stand-in) pipeline is given."""
+
+    def __init__(self, usages: dict[str, Usage]) -> None:
+        self.usages = usages
+
+    def estimate(self, pipeline: str) -> Usage:
+        return self.usages[pipeline]
+
+
+def _usage(stages: int, tcam_kbit: float, phv_bits: int) -> Usage:
+    return Usage(stages=stages, tables=4, sram_kbit=10.0, tcam_kbit=tcam_kbit, entries=100,
+                 phv_bits=phv_bits, throughput_gpps=1.2, latency_ns=300.0)
+
+
+def test_the_code_layout_that_fits_the_limits_wins_over_fewer_stages() -> None:
+    """Seed 0 of the IoT search: a 5-round booster's shared codes took as few stages as its
+    per-tree codes and fewer PHV bits, but 1,276 Kbit of TCAM against the 800 allowed; the
+    layout that fits must be the one shipped, not a cut to fewer rounds."""
+    target = _CannedTarget({"shared": _usage(10, 1276.0, 1286),
+                            "per_tree": _usage(10, 726.0, 2318)})
+    limits = Limits(stages=12, tcam_kbit=800.0)
+    assert fewest_stages(target, ["shared", "per_tree"]) == "shared"  # no limits: stages, PHV
+    assert fewest_stages(target, ["shared", "per_tree"], limits) == "per_tree"
+    target.usages["per_tree"] = _usage(11, 726.0, 2318)  # fits in more stages: still it
+    assert fewest_stages(target, ["shared", "per_tree"], limits) == "per_tree"
+    target.usages["shared"] = _usage(9, 700.0, 1286)  # both fit: the fewest stages
+    assert fewest_stages(target, ["shared", "per_tree"], limits) == "shared"

@@ -287,13 +287,17 @@ def code_choices(target: Target, model: Any) -> tuple[TreeCodes, ...]:
     return (TreeCodes.SHARED,)
 
 
-def fewest_stages(target: Target, pipelines: list[Pipeline]) -> Pipeline:
-    """Of equivalent pipelines, the one the target's estimate puts in the fewest stages (then
-    the fewest PHV bits; the first on a tie)."""
+def fewest_stages(target: Target, pipelines: list[Pipeline],
+                  limits: Limits | None = None) -> Pipeline:
+    """Of equivalent pipelines, one whose estimate fits ``limits`` if any does, then the one the
+    target's estimate puts in the fewest stages (then the fewest PHV bits; the first on a
+    tie). Without the limits, a layout of fewer stages could be chosen over one that fits."""
     if len(pipelines) == 1:
         return pipelines[0]
     usages = [target.estimate(p) for p in pipelines]
-    best = min(range(len(pipelines)), key=lambda i: (usages[i].stages, usages[i].phv_bits, i))
+    misfit = [limits is not None and not assess(u, limits).feasible for u in usages]
+    best = min(range(len(pipelines)),
+               key=lambda i: (misfit[i], usages[i].stages, usages[i].phv_bits, i))
     return pipelines[best]
 
 
@@ -305,10 +309,12 @@ def cpu_lowering(target: Target) -> bool:
 def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan,
               winner_to_class: tuple[int, ...] | None,
               max_lookup_tables: int | None = None,
-              table: CategoryTable | None = None, decide_at: int = 0) -> Pipeline | CpuProgram:
+              table: CategoryTable | None = None, decide_at: int = 0,
+              limits: Limits | None = None) -> Pipeline | CpuProgram:
     """Lower ``model`` (with the hybrid's category ``table`` and the per-flow decision at packet
     ``decide_at``) for ``target`` and prepare it: the CPU program for the XDP and C targets, the
-    table pipeline (tables merged to ``max_lookup_tables``) for switches."""
+    table pipeline (tables merged to ``max_lookup_tables``) for switches, in the code layout
+    that fits ``limits`` in the fewest stages (:func:`fewest_stages`)."""
     shortcut = None if table is None else shortcut_of(table.feature, table.values,
                                                        table.classes, verdict)
     if cpu_lowering(target):
@@ -324,7 +330,7 @@ def lower_for(target: Target, model: Any, dataset: Dataset, verdict: VerdictPlan
         prepared.append(target.prepare(replace(
             with_flow(pipeline, dataset, decide_at), shortcut=shortcut,
             class_rows=class_rows_of(verdict, dataset.n_classes))))
-    return fewest_stages(target, prepared)
+    return fewest_stages(target, prepared, limits)
 
 
 def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False,
@@ -332,7 +338,7 @@ def build_pipeline(problem: Problem, trained: TrainedModel, merge: bool = False,
     """Lower (optionally merging lookup tables to ``merge_budget``) and prepare for the target."""
     return lower_for(problem.target, trained.quantised, problem.dataset, problem.verdict,
                      trained.winner_to_class, merge_budget(problem) if merge else None,
-                     trained.shortcut, decide_at)
+                     trained.shortcut, decide_at, problem.limits)
 
 
 def flow_program(dataset: Dataset, decide_at: int = 0) -> FlowProgram | None:

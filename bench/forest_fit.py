@@ -162,7 +162,8 @@ def phv_breakdown(split_seed: int) -> None:
 
     from homunculus.passes.switch import lower_for_switch
     from homunculus.targets.p4.codegen import build_context
-    from homunculus.targets.p4.resources import HEADER_BITS, container_bits
+    from homunculus.targets.p4.profiles import TOFINO
+    from homunculus.targets.p4.resources import container_bits
 
     x_tr, x_te, y_tr, y_te, widths = split("iot", split_seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,15 +181,13 @@ def phv_breakdown(split_seed: int) -> None:
         containers[kind] += container_bits(f["width"])
         own[kind] += f["width"]
     rows = [[kind, bits, own[kind]] for kind, bits in containers.most_common()]
-    rows.append(["(headers)", sum(HEADER_BITS.values()), sum(HEADER_BITS.values())])
-    if (fh := context["feature_header"]) is not None:
-        feature_bits = sum(f["width"] for f in fh["fields"]) + fh["pad"]
-        rows.append(["(feature header)", feature_bits, feature_bits])
+    headers = ev.usage.phv_bits - sum(containers.values())  # the estimate's remainder
+    rows.append(["(headers, the feature header included)", headers, headers])
     print(markdown_table(["metadata fields", "PHV bits (containers)", "bits of the fields"],
                          rows))
     print(f"\n{ev.params['rf_n_estimators']} trees shipped of {FORESTS[-1]['rf_n_estimators']}"
-          f" asked; PHV estimate {ev.usage.phv_bits} of the profile's 4096 bits; split "
-          f"{split_seed}.")
+          f" asked; PHV estimate {ev.usage.phv_bits} of Tofino's {TOFINO.phv_bits} bits; "
+          f"split {split_seed}.")
 
 
 def main() -> None:

@@ -303,7 +303,7 @@ def report(rows: list[dict[str, Any]], methods: Sequence[str], apps: Sequence[st
                      "seed's best over the methods above (mean over seeds), and the best "
                      "feasible trial of all:\n\n" +
                      markdown_table(["app", "random search", "best per seed, any method",
-                                     "best trial of all", "trials"], room))
+                                     "best trial of all", "feasible trials"], room))
     if trials > SHORT:
         reach_rows = [[app, m, reach(rows, app, m, SHORT)] for app in apps for m in methods
                       if m != "default"]
